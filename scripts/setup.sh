@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Heimdall's one setup script: the README's commands, .ci/run and the Vagrant
+# provisioner all call it, so there is one tested path. Idempotent.
+#
+#   scripts/setup.sh            system packages (as root on Debian/Ubuntu), BCC
+#                               kernel set-up, and the project virtualenv in .venv
+#   HEIMDALL_SKIP_APT=1         skip apt-get (packages already there)
+#
+# Elsewhere (not Linux, not root, no apt) it sets up the Python side only and
+# says what it skipped and why: the probes then report "unavailable".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HEIMDALL_VENV:-$ROOT/.venv}"
+say() { printf '[setup] %s\n' "$*"; }
+skip() { printf '[setup] SKIPPED: %s\n' "$*" >&2; }
+
+APT_PACKAGES=(
+  # eBPF lab (ENVIRONMENT.md step 1)
+  bpfcc-tools python3-bpfcc linux-headers-amd64
+  # real DNS peers and clients for tests and benchmarks
+  dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server
+  # building the probes' C target programs, the venv, Vagrantfile syntax check
+  build-essential python3-venv python3-dev iproute2 ruby procps
+)
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+install_system_packages() {
+  if [ "${HEIMDALL_SKIP_APT:-0}" = 1 ]; then skip "apt-get (HEIMDALL_SKIP_APT=1)"; return; fi
+  if [ "$(uname -s)" != Linux ] || ! have apt-get; then
+    skip "system packages: not a Debian/Ubuntu Linux; use the Vagrant VM (vagrant up) for probes"; return
+  fi
+  if ! is_root; then skip "system packages: not root (run with sudo)"; return; fi
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then say "system packages already installed"; return; fi
+  say "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packaged daemons must not hold ports or run as services: tests start their own.
+  for svc in unbound nsd redis-server; do
+    if have systemctl && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
+}
+
+# ENVIRONMENT.md step 2: BCC looks for headers in /lib/modules/$(uname -r)/{build,source}.
+link_kernel_headers() {
+  [ "$(uname -s)" = Linux ] && is_root || { skip "kernel headers: needs Linux and root"; return; }
+  local mod="/lib/modules/$(uname -r)"
+  if [ -e "$mod/build/include/linux/kconfig.h" ]; then say "kernel headers present in $mod/build"; return; fi
+  local hdr common
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -z "$hdr" ] || [ -z "$common" ]; then skip "kernel headers: no /usr/src/linux-headers-*-amd64 (install linux-headers-amd64)"; return; fi
+  mkdir -p "$mod"
+  ln -sfn "$hdr" "$mod/build"
+  ln -sfn "$common" "$mod/source"
+  say "linked $mod/build -> $hdr"
+}
+
+# ENVIRONMENT.md step 3: tracepoints attach only with tracefs mounted.
+mount_tracefs() {
+  [ "$(uname -s)" = Linux ] && is_root || { skip "tracefs: needs Linux and root"; return; }
+  if [ ! -e /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null && say "mounted tracefs" || skip "could not mount tracefs"
+  fi
+  if [ ! -e /sys/kernel/debug/tracing ] && [ -d /sys/kernel/debug ]; then
+    mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+  fi
+}
+
+pick_python() {
+  # Any CPython >= 3.11 works; BCC's module is pure Python over ctypes.
+  for py in "${HEIMDALL_PYTHON:-}" python3 /usr/bin/python3; do
+    [ -n "$py" ] && have "$py" && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo "$py"; return; }
+  done
+  echo "no Python >= 3.11 found" >&2; exit 1
+}
+
+make_venv() {
+  local py; py=$(pick_python)
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $($py --version)"
+    "$py" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  say "installing heimdall (editable) and test dependencies"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+}
+
+# BCC is not on PyPI: expose Debian's pure-Python module to the venv.
+link_bcc() {
+  local site bcc_dir=/usr/lib/python3/dist-packages/bcc
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if [ -d "$bcc_dir" ]; then
+    ln -sfn "$bcc_dir" "$site/bcc"
+    "$VENV/bin/python" -c 'import bcc' 2>/dev/null && say "bcc importable from $VENV" || skip "bcc linked but does not import"
+  else
+    skip "bcc: $bcc_dir missing (python3-bpfcc not installed); probes will report unavailable"
+  fi
+}
+
+install_system_packages
+link_kernel_headers
+mount_tracefs
+make_venv
+link_bcc
+say "done: $VENV/bin/heimdall, $VENV/bin/heimdall-tools"

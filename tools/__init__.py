@@ -1,0 +1,1 @@
+"""heimdall-tools: the performance lab (load generator, probes, bench, regression gate)."""

@@ -1,0 +1,38 @@
+"""The `heimdall-tools` command: one typer app; each command lives in its own module.
+
+Modules register their commands here by importing lazily heavy dependencies
+(bcc, matplotlib) inside the command bodies, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from heimdall_tools.errors import ToolError
+
+app = typer.Typer(
+    name="heimdall-tools",
+    help="Heimdall's performance lab: DNS load, eBPF probes, bench and the regression gate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# --- command registrations (each module owns its command functions) ---
+# [registrations]
+
+
+def main() -> None:
+    """Entry point: run the app, turning ToolError into one line and an exit status."""
+    try:
+        app()
+    except ToolError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
