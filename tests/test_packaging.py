@@ -1,0 +1,43 @@
+"""The project's one provisioning path holds together: setup, CI, README, Vagrant."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_vagrantfile_parses_and_uses_setup_script():
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby not installed (scripts/setup.sh installs it)")
+    out = subprocess.run(["ruby", "-c", str(ROOT / "Vagrantfile")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = (ROOT / "Vagrantfile").read_text()
+    assert "scripts/setup.sh" in text
+    assert re.search(r'guest: 1053, host: 1053, protocol: "udp"', text)
+    assert re.search(r'guest: 1053, host: 1053, protocol: "tcp"', text)
+
+
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", ".ci/run"])
+def test_shell_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^    (\S.*)$", readme.split("\n## ", 1)[0], re.M)
+    assert len(commands) == 2, "the README opens with exactly two commands"
+    test_cmd = commands[1]
+    assert "scripts/test.sh" in test_cmd
+    assert "scripts/test.sh" in (ROOT / ".ci/run").read_text()
+
+
+@pytest.mark.parametrize("module", ["heimdall", "heimdall_tools.cli"])
+def test_console_scripts_answer_help(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Usage" in out.stdout
