@@ -92,7 +92,11 @@ make_venv() {
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   say "installing heimdall (editable) and test dependencies"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  local log; log=$(mktemp)
+  if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; echo "[setup] pip install failed" >&2; exit 1
+  fi
+  rm -f "$log"
 }
 
 # BCC is not on PyPI: expose Debian's pure-Python module to the venv.
