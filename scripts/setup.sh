@@ -54,7 +54,7 @@ install_system_packages() {
 link_kernel_headers() {
   [ "$(uname -s)" = Linux ] && is_root || { skip "kernel headers: needs Linux and root"; return; }
   local mod="/lib/modules/$(uname -r)"
-  if [ -e "$mod/build/include/linux/kconfig.h" ]; then say "kernel headers present in $mod/build"; return; fi
+  if [ -e "$mod/build/Makefile" ] && [ -e "$mod/source/include/linux/kconfig.h" ]; then say "kernel headers present in $mod/build"; return; fi
   local hdr common
   hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
   common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
