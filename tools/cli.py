@@ -23,6 +23,7 @@ app = typer.Typer(
 
 # --- command registrations (each module owns its command functions) ---
 # [registrations]
+from heimdall_tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
 
 
 def main() -> None:

@@ -1,0 +1,313 @@
+"""The life cycle every probe shares: preflight, load, attach, window, collect, detach.
+
+A probe subclass names its BPF C file and the maps its window covers, and
+implements `read()` (maps -> JSON-ready dict) and `render()` (rich tables).
+`run_probe_command` is the CLI flow: `--pid PID` or `-- COMMAND...`, attach,
+warm up, open the window for --duration, then detach on Ctrl-C, SIGTERM,
+timeout or the target exiting (results then carry `"partial": true`; the
+command still exits 0 because the numbers it has are real).
+
+Usage from other tools (bench): `with LockProbe(pid) as p: p.open_window();
+...load...; result = p.collect(queries=n)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+
+PROBES_DIR = Path(__file__).resolve().parent
+# indices of heimdall_lost in common.bpf.h
+LOST_NAMES = ("map_full", "stack_eexist", "stack_enomem", "stack_other", "no_start")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def read_comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """json.dumps to a temp file beside `path`, then os.replace: never a half file."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
+
+
+def per_query(counts: dict[str, float], queries: int | None) -> dict[str, float] | None:
+    """Each count divided by the queries answered in the same window."""
+    if not queries:
+        return None
+    return {k: round(v / queries, 4) for k, v in counts.items()}
+
+
+class Probe:
+    """Base for BCC probes attached to one process (by tgid)."""
+
+    name = "probe"
+    bpf_file = ""                     # file in probes/, e.g. "futex.bpf.c"
+    schema = "heimdall.probe/1"
+    window_tables: tuple[str, ...] = ()   # maps cleared when the window opens
+
+    def __init__(self, pid: int, **opts: Any) -> None:
+        self.pid = int(pid)
+        self.opts = opts
+        self.bpf = None
+        self.comm = "?"
+        self.partial = False
+        self.window_start: float | None = None
+        self.window_end: float | None = None
+
+    # --- hooks for subclasses -------------------------------------------------
+    def cflags(self) -> list[str]:
+        """Extra -D flags (e.g. optional tracepoints present on this kernel)."""
+        return []
+
+    def attach_points(self, bpf) -> None:
+        """Attach uprobes etc.; TRACEPOINT_PROBEs attach themselves on load."""
+
+    def read(self, queries: int | None) -> dict:
+        """Read the maps into the probe's part of the JSON."""
+        raise NotImplementedError
+
+    @classmethod
+    def render(cls, result: dict, console) -> None:
+        """Print rich tables for a collected result."""
+        console.print_json(json.dumps(result))
+
+    # --- life cycle -------------------------------------------------------------
+    def bpf_text(self) -> str:
+        return (PROBES_DIR / self.bpf_file).read_text()
+
+    def attach(self) -> None:
+        """Preflight, load the BPF program filtered to the pid, attach; clear errors."""
+        from heimdall_probes.doctor import ensure_ready
+
+        if not pid_alive(self.pid):
+            raise ToolError(f"pid {self.pid} does not exist", EXIT_TARGET)
+        ensure_ready(self.name, self.pid)
+        from bcc import BPF
+
+        self.comm = read_comm(self.pid)
+        flags = [f"-DTARGET_TGID={self.pid}", f"-I{PROBES_DIR}", "-Wno-unused-function"] + self.cflags()
+        try:
+            self.bpf = BPF(text=self.bpf_text(), cflags=flags)
+            self.attach_points(self.bpf)
+        except ToolError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            if not pid_alive(self.pid):
+                raise ToolError(f"pid {self.pid} exited while attaching", EXIT_TARGET) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ToolError(f"{self.name} cannot attach to pid {self.pid}: {first} "
+                            "(run `heimdall-tools doctor`)", EXIT_ENVIRONMENT) from None
+        self._warm_symbols()
+
+    def _warm_symbols(self) -> None:
+        """Load the target's symbol maps now, so stacks resolve even if it exits later."""
+        try:
+            self.bpf.sym(0, self.pid)
+        except Exception:
+            pass
+
+    def _ctl(self, value: int) -> None:
+        ctl = self.bpf["heimdall_ctl"]
+        ctl[ctl.Key(0)] = ctl.Leaf(value)
+
+    def open_window(self) -> None:
+        """Clear the window's maps and set the in-kernel enabled flag."""
+        if self.bpf is None:
+            raise ToolError(f"{self.name}: open_window() before attach()", EXIT_ENVIRONMENT)
+        for name in (*self.window_tables, "heimdall_lost"):
+            self.bpf[name].clear()
+        self._ctl(1)
+        self.window_start = time.monotonic()
+        self.window_end = None
+
+    def close_window(self) -> None:
+        if self.bpf is not None and self.window_end is None and self.window_start is not None:
+            self._ctl(0)
+            self.window_end = time.monotonic()
+
+    @property
+    def duration_s(self) -> float:
+        if self.window_start is None:
+            return 0.0
+        end = self.window_end if self.window_end is not None else time.monotonic()
+        return end - self.window_start
+
+    def read_lost(self) -> dict[str, int]:
+        table = self.bpf["heimdall_lost"]
+        vals = [int(table[table.Key(i)].value) for i in range(len(LOST_NAMES))]
+        return dict(zip(LOST_NAMES, vals))
+
+    def collect(self, queries: int | None = None) -> dict:
+        """Close the window and return the JSON-ready result."""
+        if self.bpf is None or self.window_start is None:
+            raise ToolError(f"{self.name}: collect() needs attach() and open_window()", EXIT_ENVIRONMENT)
+        self.close_window()
+        if not pid_alive(self.pid):
+            self.partial = True
+        import bcc
+
+        result: dict[str, Any] = {
+            "schema": self.schema,
+            "tool": f"heimdall-tools {self.name}",
+            "pid": self.pid,
+            "comm": self.comm,
+            "duration_s": round(self.duration_s, 4),
+            "partial": self.partial,
+            "queries": queries,
+            "kernel": platform.release(),
+            "bcc": getattr(bcc, "__version__", "?"),
+        }
+        result.update(self.read(queries))
+        result["lost"] = self.read_lost()
+        return result
+
+    def close(self) -> None:
+        """Detach everything; safe to call twice."""
+        bpf, self.bpf = self.bpf, None
+        if bpf is not None:
+            try:
+                bpf.cleanup()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "Probe":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_target(pid: int | None, command: list[str] | None) -> int | list[str]:
+    """--pid or -- COMMAND..., exactly one of them (usage error, exit 2, otherwise)."""
+    if pid is not None and command:
+        raise ToolError("give either --pid PID or -- COMMAND..., not both", EXIT_INCONCLUSIVE)
+    if pid is None and not command:
+        raise ToolError("give --pid PID or -- COMMAND... to launch and profile", EXIT_INCONCLUSIVE)
+    if pid is not None and pid <= 0:
+        raise ToolError(f"pid {pid} does not exist", EXIT_TARGET)
+    return pid if pid is not None else list(command or [])
+
+
+class _Stopper:
+    """Turns SIGINT/SIGTERM into a flag during the window (restored afterwards)."""
+
+    def __init__(self) -> None:
+        self.signalled: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave handlers alone
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signalled = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _launch(command: list[str]) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(command)
+    except OSError as exc:
+        raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}", EXIT_TARGET) from None
+
+
+def _stop_child(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration: float,
+                      warmup: float = 0.0, json_path: str | None = None, render: bool = True,
+                      queries: int | None = None, console=None, **opts: Any) -> dict:
+    """The common CLI flow; returns the result (also written to json_path, rendered)."""
+    if duration <= 0:
+        raise ToolError(f"--duration must be > 0 (got {duration})", EXIT_INCONCLUSIVE)
+    if warmup < 0:
+        raise ToolError(f"--warmup must be >= 0 (got {warmup})", EXIT_INCONCLUSIVE)
+    proc = _launch(target) if isinstance(target, list) else None
+    pid = proc.pid if proc is not None else int(target)
+
+    def alive() -> bool:
+        return proc.poll() is None if proc is not None else pid_alive(pid)
+
+    probe = probe_cls(pid, **opts)
+    try:
+        with _Stopper() as stopper:
+            probe.attach()
+            deadline = time.monotonic() + warmup
+            while time.monotonic() < deadline and stopper.signalled is None:
+                if not alive():
+                    raise ToolError(f"pid {pid} exited before the window opened", EXIT_TARGET)
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not alive():
+                raise ToolError(f"pid {pid} exited before the window opened", EXIT_TARGET)
+            probe.open_window()
+            end = time.monotonic() + duration
+            reason = "duration"
+            while (left := end - time.monotonic()) > 0:
+                if stopper.signalled is not None:
+                    reason = "interrupted"
+                    break
+                if not alive():
+                    reason = "target-exited"
+                    break
+                time.sleep(min(0.05, left))
+            probe.partial = reason != "duration"
+            result = probe.collect(queries)
+            result["end_reason"] = reason
+    finally:
+        probe.close()
+        _stop_child(proc)
+    if json_path:
+        write_json_atomic(json_path, result)
+    if render:
+        from rich.console import Console
+
+        probe_cls.render(result, console or Console())
+    return result
