@@ -1,0 +1,88 @@
+"""A tiny real DNS responder on loopback whose per-query cost the test controls.
+
+Answers every query with the client's ID and question, QR=1, and one fixed A
+record, after burning a set number of microseconds of *CPU time* (thread CPU
+clock, not wall time), so the cost per query stays the same when the machine
+is busy and only the wall-clock figures move.
+
+    python busy_responder.py [--address 127.0.0.1] [--port 0] [--cost-us 50] [--drop]
+
+Environment BUSY_COST_US overrides the default cost. Prints "READY <port>" once
+bound. --drop binds the port but never answers (a server that does not answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+_ANSWER = struct.pack("!HHHIH4s", 0xC00C, 1, 1, 60, 4, bytes([192, 0, 2, 1]))
+
+
+def reply_for(query: bytes) -> bytes | None:
+    """The fixed answer for a one-question query, or None when it is not one."""
+    if len(query) < 12:
+        return None
+    qid, flags, qdcount = struct.unpack("!HHH", query[:6])
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    end = 12
+    while end < len(query) and query[end] != 0:
+        if query[end] & 0xC0:
+            return None
+        end += query[end] + 1
+    end += 5  # root label + QTYPE + QCLASS
+    if end > len(query):
+        return None
+    rflags = 0x8000 | (flags & 0x7900) | 0x0080  # QR, keep opcode+RD, set RA
+    return struct.pack("!HHHHHH", qid, rflags, 1, 1, 0, 0) + query[12:end] + _ANSWER
+
+
+def burn(cost_ns: int) -> None:
+    """Spin until this thread has used cost_ns of CPU time."""
+    if cost_ns <= 0:
+        return
+    end = time.thread_time_ns() + cost_ns
+    while time.thread_time_ns() < end:
+        pass
+
+
+def serve(address: str, port: int, cost_us: float, drop: bool) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((address, port))
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    cost_ns = int(cost_us * 1000)
+    recv, send = sock.recvfrom, sock.sendto
+    while True:
+        data, peer = recv(4096)
+        if drop:
+            continue
+        answer = reply_for(data)
+        if answer is None:
+            continue
+        burn(cost_ns)
+        send(answer, peer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--address", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--cost-us", type=float, default=float(os.environ.get("BUSY_COST_US", "50")))
+    ap.add_argument("--drop", action="store_true", help="bind but never answer")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve(args.address, args.port, args.cost_us, args.drop)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The metric catalogue: what `check` compares per scenario and how to read it.
+
+Each metric says its unit, which direction is better, and its kind, which
+decides its threshold and how a verdict treats it:
+  time  - wall-clock figures (q/s, latencies): move with machine load
+  cost  - server CPU time per answered query: stable under foreign load
+  count - events per answered query (mallocs, futex waits, syscalls):
+          nearly deterministic, so they get a tight threshold
+  rate  - error share: compared in absolute percentage points
+Window records come from `lab_adapter.run_window`; probe figures are read from
+its normalised `probes_summary`, so probe field names live in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    label: str
+    unit: str
+    better: str          # "higher" | "lower"
+    kind: str            # "time" | "cost" | "count" | "rate"
+    abs_floor: float = 0.0   # differences smaller than this never count (near-zero counts)
+    probe: str | None = None  # probe that must have run for this metric
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec("qps", "throughput", "q/s", "higher", "time"),
+    MetricSpec("latency_avg_us", "latency avg", "us", "lower", "time"),
+    MetricSpec("latency_p50_us", "latency p50", "us", "lower", "time"),
+    MetricSpec("latency_p99_us", "latency p99", "us", "lower", "time"),
+    MetricSpec("error_rate", "error rate", "ratio", "lower", "rate"),
+    MetricSpec("cpu_us_per_query", "server CPU per query", "us", "lower", "cost", abs_floor=0.5),
+    MetricSpec("futex_waits_per_query", "futex waits per query", "1/q", "lower", "count",
+               abs_floor=0.05, probe="futex"),
+    MetricSpec("futex_wait_us_per_query", "futex wait per query", "us", "lower", "time",
+               abs_floor=1.0, probe="futex"),
+    MetricSpec("mallocs_per_query", "mallocs per query", "1/q", "lower", "count",
+               abs_floor=0.5, probe="malloc"),
+    MetricSpec("malloc_bytes_per_query", "malloc bytes per query", "B/q", "lower", "count",
+               abs_floor=64.0, probe="malloc"),
+    MetricSpec("syscalls_per_query", "socket syscalls per query", "1/q", "lower", "count",
+               abs_floor=0.1, probe="udp"),
+    MetricSpec("udp_queue_p99_us", "receive-queue wait p99", "us", "lower", "time",
+               abs_floor=5.0, probe="udp"),
+)
+
+BY_KEY = {m.key: m for m in CATALOGUE}
+
+
+def window_metrics(window: dict) -> dict[str, float]:
+    """The catalogue's values for one measured window (only those it has)."""
+    load = window.get("load", {})
+    lat = load.get("latency_us") or {}
+    out: dict[str, float | None] = {
+        "qps": load.get("qps"),
+        "latency_avg_us": lat.get("avg"),
+        "latency_p50_us": lat.get("p50"),
+        "latency_p99_us": lat.get("p99"),
+        "error_rate": error_rate(load),
+        "cpu_us_per_query": (window.get("server_cpu") or {}).get("cpu_us_per_query"),
+    }
+    out.update((window.get("probes_summary") or {}).get("per_query_metrics", {}))
+    return {k: float(v) for k, v in out.items() if k in BY_KEY and _finite(v)}
+
+
+def error_rate(load: dict) -> float | None:
+    """Share of sent queries that got no usable answer (timeouts and errors)."""
+    sent = load.get("sent") or 0
+    if not sent:
+        return None
+    failed = (load.get("timeouts") or 0) + (load.get("errors") or 0)
+    return failed / sent
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

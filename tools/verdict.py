@@ -1,0 +1,200 @@
+"""Statistics and verdicts for `check`: is a change real, big enough, or noise?
+
+A metric regresses only when BOTH hold (as asv pairs a test with a factor):
+  * its median is worse than the baseline's by more than the threshold
+    (the user's --max-regression for times and CPU cost; a tight threshold for
+    nearly deterministic per-query counts such as mallocs/query), and
+  * the repeats say the difference is real: a one-sided Mann-Whitney U test of
+    the current repeats against the baseline's, exact over all rank splits.
+Worse by more than the threshold but not significant: "inconclusive" (too
+noisy to tell). Wall-clock metrics measured while the machine ran much more
+foreign work than at baseline time are "inconclusive" too, never a regression:
+the cost and count metrics (CPU time and events per query) still gate then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION
+
+ALPHA = 0.05
+DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic
+RATE_ABS_FLOOR = 0.01               # error rates: one percentage point
+BUSY_MARGIN_CORES = 0.35            # foreign CPU above baseline's that voids wall-clock verdicts
+EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
+
+OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """Mid-ranks (1-based), ties sharing the mean of their positions."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
+    """One-sided p-value that x tends to be larger than y (H1: P(X > Y) > 1/2).
+
+    Exact conditional test over every split of the pooled mid-ranks when that
+    is small (5 vs 5 repeats: 252 splits), so ties are handled exactly; normal
+    approximation with tie correction beyond EXACT_LIMIT splits.
+    """
+    n, m = len(x), len(y)
+    if n == 0 or m == 0:
+        return 1.0
+    pooled = list(x) + list(y)
+    r = ranks(pooled)
+    observed = sum(r[:n])
+    total = math.comb(n + m, n)
+    if total <= EXACT_LIMIT:
+        eps = 1e-9
+        hits = sum(1 for idx in itertools.combinations(range(n + m), n)
+                   if sum(r[i] for i in idx) >= observed - eps)
+        return hits / total
+    u = observed - n * (n + 1) / 2
+    mean_u = n * m / 2
+    ties = _tie_term(pooled)
+    var_u = n * m / 12 * ((n + m + 1) - ties / ((n + m) * (n + m - 1)))
+    if var_u <= 0:
+        return 1.0 if u <= mean_u else 0.0
+    z = (u - mean_u - 0.5) / math.sqrt(var_u)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _tie_term(values: Iterable[float]) -> float:
+    counts: dict[float, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sum(t ** 3 - t for t in counts.values())
+
+
+def min_attainable_p(n: int, m: int) -> float:
+    """Smallest one-sided p any result can reach with n and m repeats."""
+    return 1 / math.comb(n + m, n) if n and m else 1.0
+
+
+@dataclass
+class MetricVerdict:
+    """One row of the check table."""
+
+    scenario: str
+    metric: str
+    unit: str
+    better: str
+    kind: str
+    baseline: float
+    current: float
+    change_pct: float | None      # signed change of the median, None when the baseline is 0
+    threshold_pct: float
+    p_value: float
+    verdict: str
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Thresholds:
+    """How much worse a median may get, per kind of metric."""
+
+    max_regression_pct: float
+    count_pct: float = DEFAULT_COUNT_THRESHOLD_PCT
+    alpha: float = ALPHA
+    busy_margin_cores: float = BUSY_MARGIN_CORES
+
+    def for_kind(self, kind: str) -> float:
+        return self.count_pct if kind == "count" else self.max_regression_pct
+
+
+@dataclass
+class Series:
+    """Every repeat's value of one metric, with what it means."""
+
+    values: list[float]
+    unit: str
+    better: str        # "higher" | "lower"
+    kind: str          # "time" | "cost" | "count" | "rate"
+    abs_floor: float = 0.0
+    median: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.median = statistics.median(self.values) if self.values else math.nan
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Series":
+        return cls(values=[float(v) for v in d["values"]], unit=str(d["unit"]), better=str(d["better"]),
+                   kind=str(d.get("kind", "time")), abs_floor=float(d.get("abs_floor", 0.0)))
+
+
+def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
+          machine_busier_by: float = 0.0) -> MetricVerdict:
+    """The verdict for one metric of one scenario."""
+    sign = 1.0 if base.better == "lower" else -1.0           # +: worse
+    diff = cur.median - base.median
+    worse_abs = sign * diff
+    change_pct = None if base.median == 0 else 100.0 * diff / abs(base.median)
+    worse_pct = math.inf if base.median == 0 and worse_abs > 0 else (
+        0.0 if base.median == 0 else sign * change_pct)
+    threshold = th.for_kind(base.kind)
+    floor = RATE_ABS_FLOOR if base.kind == "rate" else base.abs_floor
+    worse_x, better_x = (cur.values, base.values) if sign > 0 else (base.values, cur.values)
+    p_worse = mann_whitney_greater(worse_x, better_x)
+    p_better = mann_whitney_greater(better_x, worse_x)
+    row = dict(scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=base.kind,
+               baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold)
+
+    beyond = worse_pct > threshold and worse_abs > floor
+    if base.kind == "rate":
+        beyond = worse_abs > max(floor, threshold / 100.0 * abs(base.median))
+    if beyond:
+        if p_worse >= th.alpha:
+            why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
+                   f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
+            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+        if base.kind == "time" and machine_busier_by > th.busy_margin_cores:
+            why = (f"worse by {_fmt_pct(worse_pct)}, but other processes used {machine_busier_by:.2f} "
+                   "more cores than at baseline time: wall-clock figures are not comparable")
+            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+        return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION,
+                             reason=f"worse by {_fmt_pct(worse_pct)} > {threshold:g}% (p={p_worse:.3f})")
+    if -worse_pct > threshold and -worse_abs > floor and p_better < th.alpha:
+        return MetricVerdict(**row, p_value=p_better, verdict=IMPROVED,
+                             reason=f"better by {_fmt_pct(-worse_pct)} (p={p_better:.3f})")
+    return MetricVerdict(**row, p_value=p_worse, verdict=OK, reason="within threshold")
+
+
+def _fmt_pct(v: float) -> str:
+    return "inf%" if math.isinf(v) else f"{v:.1f}%"
+
+
+def _small_n_note(n: int, m: int, alpha: float) -> str:
+    return f"; {n} vs {m} repeats cannot reach p<{alpha:g}" if min_attainable_p(n, m) >= alpha else ""
+
+
+def overall(rows: Sequence[MetricVerdict]) -> tuple[int, str]:
+    """Exit status and one-line reason for a whole check."""
+    regressions = [r for r in rows if r.verdict == REGRESSION]
+    if regressions:
+        names = ", ".join(f"{r.scenario}/{r.metric}" for r in regressions[:4])
+        more = f" and {len(regressions) - 4} more" if len(regressions) > 4 else ""
+        return EXIT_REGRESSION, f"regression in {names}{more}"
+    unsure = [r for r in rows if r.verdict == INCONCLUSIVE]
+    if unsure:
+        names = ", ".join(f"{r.scenario}/{r.metric}" for r in unsure[:4])
+        return EXIT_INCONCLUSIVE, f"inconclusive: too noisy to tell for {names}"
+    return EXIT_OK, f"pass: {len(rows)} metrics within thresholds"
