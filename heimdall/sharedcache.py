@@ -1,0 +1,432 @@
+"""Redis as a second cache tier shared by every Heimdall instance and worker.
+
+Why: a cold instance (a restart, a new replica behind a load balancer) should
+not hammer the upstreams for names its neighbours already resolved.  The
+server asks this tier only on a local miss and writes upstream answers to it
+in the background, so local cache hits never touch Redis.
+
+Redis must never slow or crash the caller: every command is bounded by
+``timeout``; a timeout or connection error marks Redis *down* (one log line),
+after which the tier is skipped entirely for a backoff period (doubling up to
+``max_backoff``); one probe then tries again and, when it succeeds, Redis is
+*up* again (one log line).
+
+Stored value (version 1)::
+
+    b"HMDL" | u8 version | f64 stored-at (unix time) | u32 ttl | DNS wire answer
+
+The key is ``key_prefix`` + hex of the server's opaque cache key, and its
+Redis expiry is ``ttl`` seconds, so an answer never outlives its TTL there.
+A value that fails to decode (wrong magic or version, truncated, not a
+well-formed DNS response) is counted as ``garbage`` and never served.
+
+Create one instance per event loop (per worker process, after fork).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import uuid
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dns.exception
+import dns.message
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger("heimdall.sharedcache")
+
+MAGIC = b"HMDL"
+VERSION = 1
+_HEADER = struct.Struct("!4sBdI")  # magic, version, stored-at, ttl
+HEADER_SIZE = _HEADER.size
+_OPT = 41
+
+UP, DOWN, DISABLED = "up", "down", "disabled"
+
+# Upper bounds (seconds) of the latency histogram: fine below the default
+# 50 ms timeout, where a loopback or LAN Redis lives.
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+)
+
+
+class GarbageValue(ValueError):
+    """A value under a Heimdall key that is not a value this code wrote."""
+
+
+# --------------------------------------------------------------------------
+# Pure wire helpers (no I/O): value codec and TTL aging.
+# --------------------------------------------------------------------------
+
+def _skip_name(wire: bytes, pos: int) -> int:
+    """Offset just past the (possibly compressed) name at `pos`."""
+    end = len(wire)
+    while True:
+        if pos >= end:
+            raise GarbageValue("name runs past the end")
+        length = wire[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > end:
+                raise GarbageValue("truncated compression pointer")
+            return pos + 2
+        if length & 0xC0:
+            raise GarbageValue("unknown label type")
+        pos += 1 + length
+
+
+def ttl_offsets(wire: bytes) -> list[int]:
+    """Offsets of the TTL fields of every record except OPT, in wire order.
+
+    Walks the whole message and raises GarbageValue unless the header counts
+    match the records and the last record ends exactly at the end.
+    """
+    if len(wire) < 12:
+        raise GarbageValue("shorter than a DNS header")
+    qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
+    end = len(wire)
+    pos = 12
+    for _ in range(qdcount):
+        pos = _skip_name(wire, pos) + 4
+        if pos > end:
+            raise GarbageValue("truncated question")
+    offsets: list[int] = []
+    for _ in range(ancount + nscount + arcount):
+        pos = _skip_name(wire, pos)
+        if pos + 10 > end:
+            raise GarbageValue("truncated record header")
+        rtype, _rclass, _ttl, rdlength = struct.unpack_from("!HHIH", wire, pos)
+        if rtype != _OPT:
+            offsets.append(pos + 4)
+        pos += 10 + rdlength
+        if pos > end:
+            raise GarbageValue("truncated rdata")
+    if pos != end:
+        raise GarbageValue("trailing bytes after the last record")
+    return offsets
+
+
+def age_ttls(wire: bytes, seconds: float, offsets: list[int] | None = None) -> bytes:
+    """`wire` with every TTL (except OPT's) lowered by whole `seconds`, floored at 0."""
+    if offsets is None:
+        offsets = ttl_offsets(wire)
+    drop = int(seconds)
+    if drop <= 0 or not offsets:
+        return wire
+    out = bytearray(wire)
+    for off in offsets:
+        ttl = int.from_bytes(out[off:off + 4], "big")
+        out[off:off + 4] = max(0, ttl - drop).to_bytes(4, "big")
+    return bytes(out)
+
+
+def encode_value(wire: bytes, ttl: int, stored_at: float) -> bytes:
+    """The Redis value for `wire`: versioned header, then the answer as is."""
+    return _HEADER.pack(MAGIC, VERSION, stored_at, ttl) + wire
+
+
+def decode_value(value: bytes) -> tuple[bytes, float, int]:
+    """(wire, stored_at, ttl) from a Redis value, or raise GarbageValue."""
+    if len(value) < HEADER_SIZE:
+        raise GarbageValue("shorter than the header")
+    magic, version, stored_at, ttl = _HEADER.unpack_from(value)
+    if magic != MAGIC or version != VERSION:
+        raise GarbageValue("wrong magic or version")
+    if stored_at != stored_at or ttl <= 0:  # NaN, or a TTL we never store
+        raise GarbageValue("bad stored-at or ttl")
+    wire = value[HEADER_SIZE:]
+    ttl_offsets(wire)
+    if not wire[2] & 0x80:
+        raise GarbageValue("not a response (QR clear)")
+    try:
+        dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error) as exc:
+        raise GarbageValue(f"unparseable DNS: {exc.__class__.__name__}") from None
+    return wire, stored_at, ttl
+
+
+# --------------------------------------------------------------------------
+# Counters the metrics module reads.
+# --------------------------------------------------------------------------
+
+@dataclass
+class LatencyHistogram:
+    """Round-trip times of completed Redis commands, Prometheus-shaped."""
+
+    bounds: tuple[float, ...] = LATENCY_BOUNDS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, count <= le), ..., ("+Inf", all)], as HistogramMetricFamily wants."""
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts):
+            running += count
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+@dataclass
+class Counters:
+    """Plain ints: cheap to bump, trivially read by the metrics module."""
+
+    hits: int = 0
+    misses: int = 0
+    garbage: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    skipped: int = 0
+    puts: int = 0
+    puts_dropped: int = 0
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+
+
+# --------------------------------------------------------------------------
+# The tier.
+# --------------------------------------------------------------------------
+
+class SharedCache:
+    """Async get/put of DNS answers in Redis that degrades instead of failing."""
+
+    def __init__(self, url: str | None, key_prefix: str = "heimdall:", timeout: float = 0.05,
+                 *, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_pending_puts: int = 256, max_connections: int = 64) -> None:
+        self.url = url or None
+        self.key_prefix = key_prefix.encode()
+        self.timeout = timeout
+        self.base_backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_pending_puts = max_pending_puts
+        self.counters = Counters()
+        self.latency = LatencyHistogram()
+        self.instance_id = uuid.uuid4().hex.encode()
+        self._up = self.url is not None
+        self._retry_at = 0.0
+        self._backoff = backoff
+        self._pending: set[asyncio.Task] = set()
+        self._listener: asyncio.Task | None = None
+        self._client: aioredis.Redis | None = None
+        if self.url is not None:
+            self._client = self._make_client(self.url, max_connections)
+
+    def _make_client(self, url: str, max_connections: int) -> aioredis.Redis:
+        # No client-side retries: our own backoff decides when to try again.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None,
+            socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    # ---- state -----------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self._client is None:
+            return DISABLED
+        return UP if self._up else DOWN
+
+    @property
+    def channel(self) -> bytes:
+        return self.key_prefix + b"invalidate"
+
+    def redis_key(self, key: bytes) -> bytes:
+        return self.key_prefix + key.hex().encode()
+
+    def _may_try(self) -> bool:
+        """True when Redis is up, or down but due for its one probe."""
+        if self._up:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            self.counters.skipped += 1
+            return False
+        self._retry_at = now + self._backoff  # other callers skip while this one probes
+        return True
+
+    def _succeeded(self) -> None:
+        if not self._up:
+            self._up = True
+            self._backoff = self.base_backoff
+            log.warning("redis %s is back: shared cache tier in use again", self.url)
+
+    def _failed(self, exc: BaseException, was_up: bool) -> None:
+        self.counters.errors += 1
+        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(exc).__name__:
+            self.counters.timeouts += 1
+        now = time.monotonic()
+        if self._up:
+            self._up = False
+            self._backoff = self.base_backoff
+            self._retry_at = now + self._backoff
+            log.warning("redis %s unavailable (%s: %s): local cache only, retry in %.1fs",
+                        self.url, type(exc).__name__, exc or "timeout", self._backoff)
+        elif not was_up:  # a failed probe: wait longer next time
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+            self._retry_at = now + self._backoff
+
+    async def _command(self, *args: Any) -> tuple[bool, Any]:
+        """(ok, reply) of one command bounded by `timeout`; never raises on Redis trouble."""
+        was_up = self._up
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self._client.execute_command(*args)
+        except (RedisError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            self._failed(exc, was_up)
+            return False, None
+        self.latency.observe(time.perf_counter() - start)
+        self._succeeded()
+        return True, reply
+
+    # ---- cache API -------------------------------------------------------
+
+    async def get(self, key: bytes) -> tuple[bytes, float] | None:
+        """(wire as stored, seconds since stored) or None on miss/garbage/error/skip."""
+        if self._client is None or not self._may_try():
+            return None
+        ok, value = await self._command("GET", self.redis_key(key))
+        if not ok:
+            return None
+        if value is None:
+            self.counters.misses += 1
+            return None
+        try:
+            wire, stored_at, ttl = decode_value(value)
+        except GarbageValue:
+            self.counters.garbage += 1
+            return None
+        elapsed = max(0.0, time.time() - stored_at)
+        if elapsed >= ttl:  # clocks of two instances disagree: treat as expired
+            self.counters.misses += 1
+            return None
+        self.counters.hits += 1
+        return wire, elapsed
+
+    async def put(self, key: bytes, wire: bytes, ttl: int) -> None:
+        """Schedule a background write and return at once (see put_nowait)."""
+        self.put_nowait(key, wire, ttl)
+
+    def put_nowait(self, key: bytes, wire: bytes, ttl: int) -> bool:
+        """Start a bounded background SET with expiry `ttl`; False if not scheduled.
+
+        Not scheduled when disabled, ttl <= 0, Redis down (backoff), or too
+        many writes already in flight (counted as puts_dropped).  Must be
+        called from inside the running event loop.
+        """
+        if self._client is None or ttl <= 0:
+            return False
+        if len(self._pending) >= self.max_pending_puts:
+            self.counters.puts_dropped += 1
+            return False
+        if not self._may_try():
+            return False
+        value = encode_value(wire, ttl, time.time())
+        task = asyncio.get_running_loop().create_task(self._store(self.redis_key(key), value, ttl))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return True
+
+    async def _store(self, rkey: bytes, value: bytes, ttl: int) -> None:
+        ok, _ = await self._command("SET", rkey, value, "EX", ttl)
+        if ok:
+            self.counters.puts += 1
+
+    async def drain(self) -> None:
+        """Wait for the writes in flight (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # ---- cross-instance invalidation ----------------------------------------
+
+    async def publish_invalidate(self) -> bool:
+        """Tell the other instances to flush local state (blocklists reloaded)."""
+        if self._client is None or not self._may_try():
+            return False
+        ok, _ = await self._command("PUBLISH", self.channel, self.instance_id)
+        if ok:
+            self.counters.invalidations_sent += 1
+        return ok
+
+    def subscribe_invalidate(self, callback: Callable[[], None]) -> asyncio.Task | None:
+        """Run `callback()` whenever another instance publishes an invalidation.
+
+        The listener keeps one pub/sub connection, reconnecting with the
+        same backoff after errors; cancel via close().  Our own messages
+        are ignored (the publisher already flushed itself).
+        """
+        if self._client is None:
+            return None
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(callback))
+        return self._listener
+
+    async def _listen(self, callback: Callable[[], None]) -> None:
+        delay = self.base_backoff
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await asyncio.wait_for(pubsub.subscribe(self.channel), max(self.timeout, 1.0))
+                delay = self.base_backoff
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg and msg.get("type") == "message" and msg.get("data") != self.instance_id:
+                        self.counters.invalidations_received += 1
+                        try:
+                            callback()
+                        except Exception:  # noqa: BLE001 - a bad callback must not kill the listener
+                            log.exception("invalidation callback failed")
+            except (RedisError, OSError, TimeoutError, asyncio.TimeoutError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+            finally:
+                try:
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+                except (RedisError, OSError, TimeoutError, asyncio.TimeoutError):
+                    pass
+
+    # ---- lifecycle and metrics ---------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel the listener and pending writes, close connections."""
+        tasks = list(self._pending) + ([self._listener] if self._listener else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._listener = None
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.aclose(close_connection_pool=True), 1.0)
+            except (RedisError, OSError, TimeoutError, asyncio.TimeoutError):
+                pass
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, state and latency histogram for heimdall_redis_* and /health."""
+        c = self.counters
+        return {
+            "state": self.state,
+            "hits": c.hits, "misses": c.misses, "garbage": c.garbage,
+            "errors": c.errors, "timeouts": c.timeouts, "skipped": c.skipped,
+            "puts": c.puts, "puts_dropped": c.puts_dropped, "puts_in_flight": len(self._pending),
+            "invalidations_sent": c.invalidations_sent,
+            "invalidations_received": c.invalidations_received,
+            "latency_buckets": self.latency.cumulative(),
+            "latency_sum": self.latency.total,
+            "latency_count": sum(self.latency.counts),
+        }
