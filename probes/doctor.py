@@ -29,6 +29,13 @@ PROBE_TRACEPOINTS: dict[str, list[str]] = {
         "lock:contention_begin?", "lock:contention_end?",
     ],
     "memprof": [],
+    "netprof": [
+        "sock:sk_data_ready", "sock:sock_recv_length", "sock:sock_send_length",
+        "udp:udp_fail_queue_rcv_skb", "sock:sock_rcvqueue_full",
+        *[f"syscalls:sys_{d}_{s}" for s in ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg",
+                                             "sendmmsg", "epoll_wait", "epoll_pwait") for d in ("enter", "exit")],
+        "syscalls:sys_enter_epoll_pwait2?", "syscalls:sys_exit_epoll_pwait2?",
+    ],
 }
 
 # probe name -> (library, symbol, required) uprobes it attaches in the target
