@@ -1,0 +1,5 @@
+"""`python -m heimdall serve ...`"""
+
+from heimdall.cli import main
+
+main()

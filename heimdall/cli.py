@@ -1,0 +1,56 @@
+"""`heimdall` command line: `heimdall serve [flags]`; every flag is also a HEIMDALL_* variable."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from heimdall import __version__
+from heimdall.config import ConfigError, build_parser, load_config
+
+USAGE = "usage: heimdall serve [--help] [flags]   (heimdall --version)"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        print("\n".join(build_parser().format_help().splitlines()[1:]))
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"heimdall {__version__}")
+        sys.exit(0)
+    if args[0] != "serve":
+        print(f"error: unknown command {args[0]!r}; {USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if any(a in ("-h", "--help") for a in args[1:]):
+        build_parser().print_help()
+        sys.exit(0)
+    try:
+        config = load_config(args[1:])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_serve(config))
+
+
+def run_serve(config) -> int:
+    """Serve until a signal; startup problems become one line and a non-zero status."""
+    from heimdall.supervisor import StartupError, serve
+
+    try:
+        return serve(config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # ToolError from the demo upstream, and the like
+        if type(exc).__name__ == "ToolError":
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Configuration: one dataclass; each field is a HEIMDALL_* variable and a flag.
+
+A field is declared once with `setting(default, parser, help)`; the env var
+name (HEIMDALL_ + upper-case field name), the flag (--field-name) and the
+error messages are derived from it, so adding an option is one line here.
+Flags win over the environment. Invalid values raise ConfigError, which the
+CLI prints as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Sequence
+
+ENV_PREFIX = "HEIMDALL_"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; str() is the one-line message to print."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        import socket
+
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# --- parsers: str -> value, raising ValueError with a short reason ---
+
+def parse_hostport(text: str, default_port: int | None = None) -> HostPort:
+    text = text.strip()
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not host:port")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port (want host:port, e.g. 127.0.0.1:1053)")
+        port_num = default_port
+    else:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r} has an invalid port")
+        port_num = int(port)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"{text!r}: host must be an IP address") from None
+    return HostPort(host, port_num)
+
+
+def parse_bind(text: str) -> HostPort:
+    return parse_hostport(text)
+
+
+def parse_optional_bind(text: str) -> HostPort | None:
+    return parse_hostport(text) if text.strip() else None
+
+
+def parse_upstreams(text: str) -> tuple[HostPort, ...]:
+    items = [t for t in (p.strip() for p in text.split(",")) if t]
+    return tuple(parse_hostport(t, default_port=53) for t in items)
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range {lo}..{hi}")
+        return value
+    return parse
+
+
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value:g} is out of range {lo:g}..{hi:g}")
+        return value
+    return parse
+
+
+def setting(default: Any, parser: Callable[[str], Any], help: str, aliases: Sequence[str] = (),
+            flag_only: bool = False) -> Any:
+    """Declare a config field: its default, its string parser, its help, extra env names."""
+    meta = {"parser": parser, "help": help, "aliases": tuple(aliases), "flag_only": flag_only}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `heimdall serve` can be told. One line per option."""
+
+    bind_addr: HostPort = setting(HostPort("127.0.0.1", 1053), parse_bind,
+                                  "address for UDP and TCP, host:port")
+    upstream_servers: tuple[HostPort, ...] = setting((), parse_upstreams,
+                                                     "comma list of upstream host:port (port 53 if omitted)")
+    upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
+    cache_capacity: int = setting(100_000, int_in(0, 50_000_000), "cached answers per worker",
+                                  aliases=("HEIMDALL_MAX_CACHE_SIZE",))
+    min_ttl: int = setting(0, int_in(0, 7 * DAY), "lowest TTL an answer is cached and served with")
+    max_ttl: int = setting(DAY, int_in(0, 7 * DAY), "highest TTL an answer is cached and served with")
+    negative_ttl: int = setting(3600, int_in(0, 7 * DAY), "cap on NXDOMAIN/NODATA caching (SOA minimum otherwise)")
+    serve_stale: int = setting(0, int_in(0, 7 * DAY),
+                               "seconds past expiry an answer may be served when upstreams fail (0 = off)")
+    worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
+    http_bind_addr: HostPort | None = setting(None, parse_optional_bind,
+                                              "HTTP metrics/API address host:port (empty = off)")
+    tcp_idle_timeout: float = setting(10.0, float_in(0.1, 3600), "seconds an idle TCP connection is kept")
+    tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
+    max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
+    shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
+    demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    def validate(self) -> "Config":
+        if self.min_ttl > self.max_ttl:
+            raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
+        return self
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(prog: str = "heimdall serve") -> argparse.ArgumentParser:
+    """An argparse parser with one string option per Config field (values parsed later)."""
+    parser = OneLineParser(prog=prog, description="Serve DNS: caching, forwarding, on uvloop.",
+                           epilog="Every flag is also an environment variable: --bind-addr = HEIMDALL_BIND_ADDR.")
+    for f in fields(Config):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "metavar": "VALUE",
+                                  "help": f"{f.metadata['help']} [{Config.env_name(f.name)}, default: {shown}]"}
+        if f.metadata["parser"] is parse_bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        names = [flag_name(f.name)] + [flag_name(a[len(ENV_PREFIX):].lower()) for a in f.metadata["aliases"]]
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def load_config(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Config:
+    """Config from environment and flags (flags win); ConfigError on any bad value."""
+    environ = os.environ if environ is None else environ
+    flags = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        env = Config.env_name(f.name)
+        raw, source = flags.get(f.name), flag_name(f.name)
+        if raw is None:
+            for name in (env, *f.metadata["aliases"]):
+                if name in environ:
+                    raw, source = environ[name], name
+                    break
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parser"](raw)
+        except ValueError as exc:
+            where = env if source == env else f"{env} ({source})"
+            raise ConfigError(f"{where}: {exc}") from None
+    return replace(Config(), **values).validate()

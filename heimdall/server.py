@@ -1,0 +1,451 @@
+"""One worker's DNS service: UDP and TCP on one address, the cache and the miss path.
+
+UDP hot path (`_udp_readable`): the loop calls us when the socket is readable;
+we drain up to BATCH datagrams with recvfrom until EAGAIN. For each: the key
+is `data[2:].lower()` (see wire.cache_key), one dict lookup, and if the entry
+was already aged this second, one sendto of ID + head + client question +
+tail. Everything else (aging, parsing, errors, misses) is `_udp_slow`.
+
+Hook points for the features wired in later, in query order:
+  1. `admit(addr) -> bool`: rate limit on the client address, before anything.
+  2. `policy(qname_lower_wire, qtype) -> bytes|None`: blocklist before the cache
+     (a reply to send instead, None to go on); set `fast_ok=False` while a
+     policy is active so every query goes through `_udp_slow`, or clear the
+     cache on reload.
+  3. `_fetch`: the miss path, where a second-tier (Redis) cache slots in
+     before and after the upstream query.
+Counters are plain ints on `self.stats` (per worker); nothing else on the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from heimdall import wire
+from heimdall.cache import Cache, Entry, build_entry
+from heimdall.config import Config, HostPort
+from heimdall.upstream import UpstreamPool
+from heimdall.wire import Query, WireError
+
+BATCH = 256  # datagrams drained per wakeup before yielding to the loop
+UDP_RCVBUF = 4 << 20
+TCP_LIMIT = 65535
+
+
+@dataclass
+class Stats:
+    """Per-worker plain-int counters (read by the metrics module, never locked)."""
+
+    queries_udp: int = 0  # UDP queries seen by the slow path (hits on the fast path are in hits_fast)
+    queries_tcp: int = 0
+    hits_fast: int = 0
+    hits: int = 0  # slow-path cache hits
+    misses: int = 0
+    coalesced: int = 0
+    stale_served: int = 0
+    servfail: int = 0
+    formerr: int = 0
+    notimp: int = 0
+    refused: int = 0
+    dropped: int = 0
+    overload: int = 0
+    internal_errors: int = 0
+    tcp_connections: int = 0
+    tcp_rejected: int = 0
+    by_qtype: dict[int, int] = field(default_factory=dict)  # slow path only
+    by_rcode: dict[int, int] = field(default_factory=dict)  # miss replies
+    miss_latency_ms: list[int] = field(default_factory=lambda: [0] * 16)  # log2 buckets of ms
+
+    @property
+    def cache_hits(self) -> int:
+        return self.hits_fast + self.hits
+
+    @property
+    def queries(self) -> int:
+        return self.hits_fast + self.queries_udp + self.queries_tcp
+
+
+@dataclass(slots=True)
+class Miss:
+    key: bytes
+    q: Query
+    limit: int
+
+
+def log(msg: str) -> None:
+    print(f"heimdall[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket.socket]:
+    """A non-blocking UDP and a listening TCP socket on addr (SO_REUSEPORT for workers)."""
+    udp = socket.socket(addr.family, socket.SOCK_DGRAM)
+    tcp = socket.socket(addr.family, socket.SOCK_STREAM)
+    try:
+        for s in (udp, tcp):
+            s.setblocking(False)
+            if reuseport:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, opt, UDP_RCVBUF)
+                break
+            except OSError:
+                continue
+        udp.bind((addr.host, addr.port))
+        tcp.bind((addr.host, addr.port))
+        tcp.listen(1024)
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
+
+
+class DnsServer:
+    """UDP + TCP service for one worker process."""
+
+    def __init__(self, config: Config, udp: socket.socket, tcp: socket.socket):
+        self.config = config
+        self.udp = udp
+        self.tcp = tcp
+        self.cache = Cache(config.cache_capacity, config.serve_stale)
+        self.pool = UpstreamPool.from_config(config.upstream_servers, config.upstream_timeout)
+        self.stats = Stats()
+        self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
+        self.pending = 0  # client queries waiting for the miss path
+        self.admit: Callable[[tuple], bool] | None = None  # hook 1: rate limit
+        self.policy: Callable[[bytes, int], bytes | None] | None = None  # hook 2: blocking
+        self.fast_ok = True
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._tcp_conns: set[TcpConnection] = set()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.udp.fileno(), self._udp_readable)
+        self._tcp_server = await self._loop.create_server(lambda: TcpConnection(self), sock=self.tcp)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight queries finish for up to `grace` seconds."""
+        if self._stopping:
+            return
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.udp.fileno())
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        deadline = time.monotonic() + grace
+        while (self.pending or any(c.busy for c in self._tcp_conns)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self._tcp_conns):
+            conn.transport.close()
+        self.udp.close()
+
+    # --- UDP ---
+
+    def _udp_readable(self) -> None:
+        """Hot path: drain datagrams, answer fresh cache hits inline, the rest via _udp_slow."""
+        recvfrom = self.udp.recvfrom
+        sendto = self.udp.sendto
+        get = self.cache.map.get
+        now = int(time.monotonic())
+        admit = self.admit
+        fast = self.fast_ok
+        hits = 0
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            if admit is not None and not admit(addr):
+                self.stats.dropped += 1
+                continue
+            if fast:
+                e = get(data[2:].lower())
+                if e is not None and e.aged == now:
+                    try:
+                        sendto(data[:2] + e.head + data[12:e.qend] + e.tail, addr)
+                    except OSError:
+                        pass
+                    hits += 1
+                    continue
+            try:
+                self._udp_slow(data, addr, now)
+            except Exception as exc:  # noqa: BLE001 - a packet must never kill the worker
+                self.stats.internal_errors += 1
+                if self.stats.internal_errors <= 10:
+                    log(f"internal error on a UDP query: {exc!r}")
+        self.stats.hits_fast += hits
+
+    def _udp_slow(self, data: bytes, addr: tuple, now: int) -> None:
+        self.stats.queries_udp += 1
+        result = self.handle(data, now, tcp=False)
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._sendto(result, addr)
+            return
+        if self.pending >= self.config.max_inflight:
+            self.stats.overload += 1
+            self._sendto(self._servfail(data, result.q), addr)
+            return
+        self.pending += 1
+        asyncio.ensure_future(self._udp_miss(result, data, addr))
+
+    def _sendto(self, reply: bytes, addr: tuple) -> None:
+        try:
+            self.udp.sendto(reply, addr)
+        except OSError:
+            pass
+
+    async def _udp_miss(self, miss: Miss, data: bytes, addr: tuple) -> None:
+        try:
+            self._sendto(await self.resolve(miss, data), addr)
+        finally:
+            self.pending -= 1
+
+    # --- common query handling ---
+
+    def handle(self, data: bytes, now: int, tcp: bool) -> bytes | Miss | None:
+        """Classify a query: a reply to send now, a Miss to resolve, or None to drop."""
+        stats = self.stats
+        if len(data) < 12 or data[2] & wire.QR:
+            stats.dropped += 1
+            return None
+        if data[2] & wire.OPCODE_MASK:
+            stats.notimp += 1
+            try:
+                qend = wire.question_end(data) if data[4:6] == b"\x00\x01" else None
+            except WireError:
+                qend = None
+            return wire.error_reply(data, wire.NOTIMP, qend)
+        try:
+            q = wire.parse_query(data)
+        except WireError:
+            stats.formerr += 1
+            return wire.error_reply(data, wire.FORMERR)
+        stats.by_qtype[q.qtype] = stats.by_qtype.get(q.qtype, 0) + 1
+        if q.edns and q.edns_version > 0:
+            return wire.error_reply(data, wire.BADVERS, q.qend, edns=True)
+        if q.qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR) or q.qclass not in (1, 3, 255):
+            stats.refused += 1
+            return wire.error_reply(data, wire.REFUSED, q.qend, edns=q.edns)
+        if self.policy is not None:
+            blocked = self.policy(data[12:q.qend - 4].lower(), q.qtype)
+            if blocked is not None:
+                return blocked
+        key = wire.cache_key(data, q, tcp)
+        e = self.cache.get_fresh(key, now)
+        if e is not None:
+            stats.hits += 1
+            return e.reply(data)
+        stats.misses += 1
+        return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q))
+
+    def _servfail(self, data: bytes, q: Query) -> bytes:
+        self.stats.servfail += 1
+        return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns)
+
+    async def resolve(self, miss: Miss, data: bytes) -> bytes:
+        """Miss path: coalesce on the key, fetch, and build this client's reply."""
+        started = time.monotonic()
+        fut = self.inflight.get(miss.key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self.inflight[miss.key] = fut
+            entry: Entry | None = None
+            try:
+                entry = await self._fetch(miss, data)
+            except Exception as exc:  # noqa: BLE001
+                self.stats.internal_errors += 1
+                log(f"internal error on the miss path: {exc!r}")
+            finally:
+                del self.inflight[miss.key]
+                fut.set_result(entry)
+        else:
+            self.stats.coalesced += 1
+            entry = await asyncio.shield(fut)
+        ms = int((time.monotonic() - started) * 1000)
+        self.stats.miss_latency_ms[min(15, ms.bit_length())] += 1
+        if entry is None:
+            stale = self.cache.get_stale(miss.key, int(time.monotonic()))
+            if stale is not None:
+                self.stats.stale_served += 1
+                return stale.stale_reply(data)
+            return self._servfail(data, miss.q)
+        reply = entry.reply(data)
+        rcode = reply[3] & wire.RCODE_MASK
+        self.stats.by_rcode[rcode] = self.stats.by_rcode.get(rcode, 0) + 1
+        return reply
+
+    async def _fetch(self, miss: Miss, data: bytes) -> Entry | None:
+        """Ask upstream and cache the answer; None when nobody answered.
+
+        A second-tier cache (Redis, issue 9) goes here: look up before the
+        upstream query, store after building the entry.
+        """
+        q = miss.q
+        question = data[12:q.qend].lower()
+        response = await self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do)
+        if response is None:
+            return None
+        cfg = self.config
+        now = int(time.monotonic())
+        try:
+            entry, ttl = build_entry(response, data, q, miss.limit, now, cfg.min_ttl, cfg.max_ttl, cfg.negative_ttl)
+        except WireError as exc:
+            self.stats.internal_errors += 1
+            log(f"unusable upstream response: {exc}")
+            return None
+        if ttl > 0:
+            self.cache.put(miss.key, entry)
+        return entry
+
+
+class TcpConnection(asyncio.Protocol):
+    """RFC 7766: length-prefixed queries, several per connection, answered as they complete."""
+
+    MAX_PIPELINE = 32
+
+    def __init__(self, server: DnsServer):
+        self.server = server
+        self.buf = bytearray()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.outstanding = 0
+        self.last_active = time.monotonic()
+        self.eof = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.outstanding > 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        srv = self.server
+        if len(srv._tcp_conns) >= srv.config.tcp_max_connections:
+            srv.stats.tcp_rejected += 1
+            transport.close()
+            return
+        srv._tcp_conns.add(self)
+        srv.stats.tcp_connections += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.last_active + self.server.config.tcp_idle_timeout - time.monotonic()
+        self._timer = loop.call_later(max(0.05, delay), self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.outstanding == 0 and time.monotonic() - self.last_active >= self.server.config.tcp_idle_timeout:
+            self.transport.close()
+        else:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._tcp_conns.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.outstanding == 0:
+            return False  # close now
+        return True  # keep open to send pending answers
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        buf = self.buf
+        buf += data
+        srv = self.server
+        now = int(self.last_active)
+        while len(buf) >= 2:
+            size = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + size:
+                break
+            msg = bytes(buf[2:2 + size])
+            del buf[:2 + size]
+            srv.stats.queries_tcp += 1
+            try:
+                result = srv.handle(msg, now, tcp=True)
+            except Exception as exc:  # noqa: BLE001
+                srv.stats.internal_errors += 1
+                log(f"internal error on a TCP query: {exc!r}")
+                result = None
+            if result is None:
+                continue
+            if isinstance(result, bytes):
+                self._send(result)
+            else:
+                self.outstanding += 1
+                srv.pending += 1
+                asyncio.ensure_future(self._miss(result, msg))
+        if self.outstanding >= self.MAX_PIPELINE:
+            self.transport.pause_reading()
+
+    def _send(self, reply: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(len(reply).to_bytes(2, "big") + reply)
+
+    async def _miss(self, miss: Miss, msg: bytes) -> None:
+        try:
+            self._send(await self.server.resolve(miss, msg))
+        finally:
+            self.outstanding -= 1
+            self.server.pending -= 1
+            self.last_active = time.monotonic()
+            if self.outstanding < self.MAX_PIPELINE and not self.transport.is_closing():
+                self.transport.resume_reading()
+            if self.eof and self.outstanding == 0:
+                self.transport.close()
+
+
+async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
+                        on_ready: Callable[[DnsServer], None] | None = None,
+                        on_reload: Callable[[DnsServer], Awaitable[None] | None] | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit status."""
+    import signal
+
+    server = DnsServer(config, udp, tcp)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: on_reload(server) if on_reload else None)
+    if on_ready is not None:
+        on_ready(server)
+    await stop.wait()
+    await server.stop(config.shutdown_grace)
+    return 0
+
+
+def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
+               on_ready: Callable[[DnsServer], None] | None = None) -> int:
+    """Run a worker on a fresh uvloop."""
+    import uvloop
+
+    return uvloop.run(serve_forever(config, udp, tcp, on_ready))
+
+
+def bind_error_message(addr: HostPort, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot bind {addr}: address already in use"
+    if exc.errno == errno.EACCES:
+        return f"cannot bind {addr}: permission denied"
+    return f"cannot bind {addr}: {exc.strerror or exc}"

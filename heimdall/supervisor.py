@@ -1,0 +1,199 @@
+"""Process model: serve in this process (1 worker) or supervise N forked workers.
+
+Python threads share one GIL, so N workers are N processes, each with its own
+uvloop and its own SO_REUSEPORT UDP and TCP sockets (the kernel spreads
+clients over them). The supervisor binds nothing: it loads shared state,
+forks, restarts a worker that dies (with backoff), forwards SIGHUP, and on
+SIGTERM/SIGINT tells workers to stop, waits for them (bounded), exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+
+from heimdall.config import Config, HostPort
+from heimdall.server import bind_error_message, bind_sockets, log, run_worker
+
+EXIT_BIND = 3
+READY_TIMEOUT = 15.0
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class StartupError(Exception):
+    """Could not start serving; str() is the one-line reason."""
+
+
+def listening_line(config: Config, pid: int) -> str:
+    n = config.worker_threads
+    ups = ", ".join(map(str, config.upstream_servers))
+    workers = f"{n} worker{'s' if n > 1 else ''}"
+    return f"listening on udp+tcp {config.bind_addr} ({workers}, pid {pid}), upstreams {ups}"
+
+
+def serve_single(config: Config) -> int:
+    """One process serves; its pid is the one profilers attach to."""
+    try:
+        udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
+    except OSError as exc:
+        raise StartupError(bind_error_message(config.bind_addr, exc)) from None
+    return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())))
+
+
+@dataclass
+class Slot:
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    slots: list[Slot] = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        self.ready_r, self.ready_w = os.pipe()
+        self.slots = [Slot(i) for i in range(self.config.worker_threads)]
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+            self._await_ready()
+            log(listening_line(self.config, os.getpid()))
+            return self._watch()
+        finally:
+            self._stop_all()
+
+    def _spawn(self, slot: Slot) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(self.ready_r)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                code = worker_main(self.config, self.ready_w)
+            except BaseException:  # noqa: BLE001 - report and exit, never return into the supervisor
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        slot.pid, slot.started = pid, time.monotonic()
+
+    def _await_ready(self) -> None:
+        need = len(self.slots)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while need > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupError(f"workers did not start within {READY_TIMEOUT:.0f}s")
+            r, _, _ = select.select([self.ready_r], [], [], min(left, 0.1))
+            if r:
+                need -= len(os.read(self.ready_r, 64))
+            for slot in self.slots:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+                if pid:
+                    slot.pid = 0
+                    code = os.waitstatus_to_exitcode(status)
+                    if code == EXIT_BIND:
+                        raise StartupError(f"cannot bind {self.config.bind_addr} (see the worker's message above)")
+                    raise StartupError(f"worker exited during startup with status {code}")
+
+    def _watch(self) -> int:
+        while True:
+            info = signal.sigtimedwait(SIGNALS, 0.2)
+            self._drain_ready()
+            if info is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    log("stopping: telling workers to finish in-flight queries")
+                    return 0
+                if info.si_signo == signal.SIGHUP:
+                    for slot in self.slots:
+                        if slot.pid:
+                            os.kill(slot.pid, signal.SIGHUP)
+            self._reap_and_restart()
+
+    def _drain_ready(self) -> None:
+        while select.select([self.ready_r], [], [], 0)[0]:
+            if not os.read(self.ready_r, 64):
+                break
+
+    def _reap_and_restart(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+                if pid:
+                    code = os.waitstatus_to_exitcode(status)
+                    lived = now - slot.started
+                    slot.failures = slot.failures + 1 if lived < 10 else 1
+                    delay = min(10.0, 0.1 * 2 ** (slot.failures - 1))
+                    slot.pid, slot.restart_at = 0, now + delay
+                    log(f"worker {pid} exited with status {code}; restarting in {delay:.1f}s")
+            if not slot.pid and now >= slot.restart_at:
+                self._spawn(slot)
+
+    def _stop_all(self) -> None:
+        live = [s for s in self.slots if s.pid]
+        for slot in live:
+            try:
+                os.kill(slot.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.config.shutdown_grace + 3
+        while live and time.monotonic() < deadline:
+            for slot in list(live):
+                if os.waitpid(slot.pid, os.WNOHANG)[0]:
+                    live.remove(slot)
+            time.sleep(0.02)
+        for slot in live:
+            log(f"worker {slot.pid} did not stop in time; killing it")
+            os.kill(slot.pid, signal.SIGKILL)
+            os.waitpid(slot.pid, 0)
+
+
+def worker_main(config: Config, ready_fd: int) -> int:
+    """A forked worker: bind with SO_REUSEPORT, signal readiness, serve."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        udp, tcp = bind_sockets(config.bind_addr, reuseport=True)
+    except OSError as exc:
+        print(f"error: {bind_error_message(config.bind_addr, exc)}", file=sys.stderr, flush=True)
+        return EXIT_BIND
+
+    def ready(_server: object) -> None:
+        os.write(ready_fd, b"r")
+
+    return run_worker(config, udp, tcp, on_ready=ready)
+
+
+def start_demo_upstream(config: Config):
+    """Start the lab's NSD with the test zones on a free loopback port (no internet here)."""
+    from heimdall_tools.upstream import LocalUpstream
+
+    up = LocalUpstream().start()
+    log(f"demo upstream: NSD on {up.addr} serving bench.test. and example.test. (pid {up.pid})")
+    return up, replace(config, upstream_servers=(HostPort(up.address, up.port),))
+
+
+def serve(config: Config) -> int:
+    """`heimdall serve`: demo upstream if needed, then one process or a supervisor."""
+    demo = None
+    try:
+        if config.demo or not config.upstream_servers:
+            if not config.demo:
+                log("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
+            demo, config = start_demo_upstream(config)
+        if config.worker_threads == 1:
+            return serve_single(config)
+        return Supervisor(config).run()
+    finally:
+        if demo is not None:
+            demo.stop()

@@ -1,0 +1,275 @@
+"""Hand-written DNS wire helpers for the hot path and the miss path.
+
+dnspython is correct but slow (tens of microseconds per message); a cache hit
+must cost a few, so these helpers work on raw bytes: header sanity, question
+parsing, the cache key, TTL offset discovery, TTL aging and error replies.
+Everything here raises `WireError` (never anything else) on malformed input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER_LEN = 12
+# byte 2 of the header
+QR = 0x80
+OPCODE_MASK = 0x78
+AA = 0x04
+TC = 0x02
+RD = 0x01
+# byte 3 of the header
+RA = 0x80
+AD = 0x20
+CD = 0x10
+RCODE_MASK = 0x0F
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+TYPE_SOA, TYPE_OPT, TYPE_IXFR, TYPE_AXFR = 6, 41, 251, 252
+DO_BIT = 0x8000
+OUR_UDP_SIZE = 1232  # DNS flag day 2020: no fragmentation
+STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_COUNTS = struct.Struct("!HHHH")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+
+# Byte values that bytes.lower() changes or produces; see cache_key().
+_LETTER_BYTES = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+_PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+
+
+class WireError(ValueError):
+    """The message is malformed (the server answers FORMERR or drops it)."""
+
+
+@dataclass(slots=True)
+class Query:
+    """What the server needs to know about a client query beyond its bytes."""
+
+    qend: int  # offset just past the question (name, type, class)
+    qtype: int
+    qclass: int
+    edns: bool = False
+    udp_size: int = 512
+    do: bool = False
+    edns_version: int = 0
+
+
+def question_end(msg: bytes, off: int = HEADER_LEN) -> int:
+    """Offset past an uncompressed question name + type + class, validated."""
+    n = len(msg)
+    total = 0
+    while True:
+        if off >= n:
+            raise WireError("question runs past the end of the message")
+        length = msg[off]
+        if length == 0:
+            off += 1
+            break
+        if length > 63:
+            raise WireError("compressed or invalid label in the question")
+        total += length + 1
+        if total > 254:
+            raise WireError("question name longer than 255 bytes")
+        off += length + 1
+    if off + 4 > n:
+        raise WireError("question type/class missing")
+    return off + 4
+
+
+def name_end(msg: bytes, off: int) -> int:
+    """Offset past a (possibly compressed) name starting at off."""
+    n = len(msg)
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        length = msg[off]
+        if length == 0:
+            return off + 1
+        if length & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            return off + 2
+        if length & 0xC0:
+            raise WireError("unknown label type")
+        off += length + 1
+
+
+def rr_end(msg: bytes, off: int) -> tuple[int, int, int]:
+    """(end of this RR, offset of its fixed part, its type)."""
+    fixed = name_end(msg, off)
+    if fixed + 10 > len(msg):
+        raise WireError("resource record header truncated")
+    rtype, _cls, _ttl, rdlen = _RR_FIXED.unpack_from(msg, fixed)
+    end = fixed + 10 + rdlen
+    if end > len(msg):
+        raise WireError("resource record data truncated")
+    return end, fixed, rtype
+
+
+def parse_query(msg: bytes) -> Query:
+    """Validate a client query (header already known to be 12+ bytes, QR=0)."""
+    qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
+    if qd != 1:
+        raise WireError("query must carry exactly one question")
+    qend = question_end(msg)
+    qtype, qclass = _U16.unpack_from(msg, qend - 4)[0], _U16.unpack_from(msg, qend - 2)[0]
+    q = Query(qend, qtype, qclass)
+    off = qend
+    for _ in range(an + ns):
+        off = rr_end(msg, off)[0]
+    for _ in range(ar):
+        start = off
+        off, fixed, rtype = rr_end(msg, off)
+        if rtype == TYPE_OPT:
+            if q.edns or fixed != start + 1:
+                raise WireError("more than one OPT record, or OPT with a non-root name")
+            size, ttl = _U16.unpack_from(msg, fixed + 2)[0], _U32.unpack_from(msg, fixed + 4)[0]
+            q.edns = True
+            q.udp_size = max(512, size)
+            q.edns_version = (ttl >> 16) & 0xFF
+            q.do = bool(ttl & DO_BIT)
+    if off != len(msg):
+        raise WireError("trailing bytes after the last record")
+    return q
+
+
+def size_class(q: Query) -> int:
+    """The UDP size we promise to stay within: a lower bound of what the client allows."""
+    if not q.edns:
+        return 512
+    return OUR_UDP_SIZE if q.udp_size >= OUR_UDP_SIZE else 512
+
+
+def opt_record(size: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """An OPT RR (root name) with no options."""
+    return b"\x00\x00\x29" + _U16.pack(size) + bytes((ext_rcode, 0, 0x80 if do else 0, 0)) + b"\x00\x00"
+
+
+def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
+    """The cache key: flags that change the answer + lower-cased question + EDNS class.
+
+    For UDP the key is laid out so that a canonical query's bytes from offset 2,
+    lower-cased, *are* the key: the hot path computes `data[2:].lower()` and
+    does one dict lookup. That is only unambiguous when no byte outside the
+    name is one that lower() changes or produces (e.g. qtype 65 = 'A'); such
+    keys get an 'X' prefix, which the hot path can never produce, so they are
+    only found through this function.
+    """
+    flags = bytes((msg[2] & RD, msg[3] & (AD | CD)))
+    name = msg[HEADER_LEN:q.qend - 4].lower()
+    typeclass = msg[q.qend - 4:q.qend]
+    if q.edns:
+        tail = typeclass + opt_record(size_class(q), q.do)
+        key_parts = (flags, _EDNS_COUNTS, name, tail)
+    else:
+        tail = typeclass
+        key_parts = (flags, _PLAIN_COUNTS, name, tail)
+    key = b"".join(key_parts)
+    if tcp:
+        return b"T" + key
+    if any(b in _LETTER_BYTES for b in flags + tail):
+        return b"X" + key
+    return key
+
+
+def error_reply(msg: bytes, rcode: int, qend: int | None = None, edns: bool = False) -> bytes:
+    """A bare reply with the client's ID, opcode and RD, the question if known."""
+    b2 = QR | (msg[2] & (OPCODE_MASK | RD))
+    ext = 0
+    if rcode > 15:
+        ext, rcode = rcode >> 4, rcode & 0xF
+    head = msg[:2] + bytes((b2, RA | rcode))
+    question = msg[HEADER_LEN:qend] if qend else b""
+    opt = opt_record(OUR_UDP_SIZE, False, ext) if edns else b""
+    counts = _COUNTS.pack(1 if qend else 0, 0, 0, 1 if edns else 0)
+    return head + counts + question + opt
+
+
+@dataclass(slots=True)
+class ResponseScan:
+    """Where things are in an upstream response (offsets into the message)."""
+
+    rcode: int
+    qend: int
+    ancount: int
+    nscount: int
+    arcount: int
+    ttl_offsets: list[int]  # every RR's TTL except OPT's
+    opt_start: int = -1  # OPT RR [start, end) if present
+    opt_end: int = -1
+    soa_ttl_offset: int = -1  # first SOA in the authority section
+    soa_minimum: int = -1
+
+
+def scan_response(msg: bytes) -> ResponseScan:
+    """Walk an upstream response once, recording TTL offsets, the SOA and the OPT."""
+    if len(msg) < HEADER_LEN:
+        raise WireError("response shorter than a header")
+    qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
+    if qd != 1:
+        raise WireError("response must echo exactly one question")
+    qend = question_end(msg)
+    scan = ResponseScan(msg[3] & RCODE_MASK, qend, an, ns, ar, [])
+    off = qend
+    for i in range(an + ns + ar):
+        start = off
+        off, fixed, rtype = rr_end(msg, off)
+        if rtype == TYPE_OPT:
+            if i < an + ns or scan.opt_start >= 0:
+                raise WireError("misplaced or duplicate OPT record")
+            scan.opt_start, scan.opt_end = start, off
+            ext = msg[fixed + 4]
+            scan.rcode |= ext << 4
+            continue
+        scan.ttl_offsets.append(fixed + 4)
+        if rtype == TYPE_SOA and an <= i < an + ns and scan.soa_ttl_offset < 0:
+            scan.soa_ttl_offset = fixed + 4
+            scan.soa_minimum = _U32.unpack_from(msg, off - 4)[0]
+    if off != len(msg):
+        raise WireError("trailing bytes after the last record")
+    return scan
+
+
+def read_ttl(buf: bytes | bytearray, off: int) -> int:
+    return _U32.unpack_from(buf, off)[0]
+
+
+def write_ttl(buf: bytearray, off: int, ttl: int) -> None:
+    _U32.pack_into(buf, off, max(0, min(ttl, 0x7FFFFFFF)))
+
+
+def age_ttls(tail: bytes, offsets: tuple[int, ...], elapsed: int) -> bytes:
+    """A copy of tail with every TTL at offsets lowered by elapsed seconds (not below 0)."""
+    buf = bytearray(tail)
+    for off in offsets:
+        write_ttl(buf, off, _U32.unpack_from(buf, off)[0] - elapsed)
+    return bytes(buf)
+
+
+def set_ttls(tail: bytes, offsets: tuple[int, ...], ttl: int) -> bytes:
+    buf = bytearray(tail)
+    for off in offsets:
+        write_ttl(buf, off, ttl)
+    return bytes(buf)
+
+
+def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bool = True) -> bytes:
+    """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
+    head = _U16.pack(qid) + bytes((RD if rd else 0, CD if cd else 0))
+    if edns:
+        return head + _EDNS_COUNTS + question + opt_record(OUR_UDP_SIZE, do)
+    return head + _PLAIN_COUNTS + question
+
+
+def reply_matches(reply: bytes, qid: int, question: bytes) -> bool:
+    """RFC 5452: an upstream reply counts only if ID, QR and the question match."""
+    if len(reply) < HEADER_LEN + len(question) or reply[2] & QR == 0:
+        return False
+    if _U16.unpack_from(reply, 0)[0] != qid or _U16.unpack_from(reply, 4)[0] != 1:
+        return False
+    return reply[HEADER_LEN:HEADER_LEN + len(question)].lower() == question.lower()
