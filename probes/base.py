@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
+import sys
 import subprocess
 import tempfile
 import time
@@ -58,6 +60,27 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         os.replace(tmp, target)
     except OSError as exc:
         raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+
+
+def expand_includes(path: Path, seen: set[str] | None = None) -> str:
+    """Inline our own `#include "x.bpf.h"` by text: BCC rewrites map calls
+    (map.lookup, get_stackid) only in the main source, never in headers."""
+    seen = set() if seen is None else seen
+
+    def inline(match: re.Match) -> str:
+        name = match.group(1)
+        inc = path.parent / name
+        if not inc.exists():
+            return match.group(0)
+        if name in seen:
+            return f"/* {name} already included */"
+        seen.add(name)
+        return expand_includes(inc, seen)
+
+    return _INCLUDE.sub(inline, path.read_text())
 
 
 def per_query(counts: dict[str, float], queries: int | None) -> dict[str, float] | None:
@@ -103,7 +126,7 @@ class Probe:
 
     # --- life cycle -------------------------------------------------------------
     def bpf_text(self) -> str:
-        return (PROBES_DIR / self.bpf_file).read_text()
+        return expand_includes(PROBES_DIR / self.bpf_file)
 
     def attach(self) -> None:
         """Preflight, load the BPF program filtered to the pid, attach; clear errors."""
@@ -176,6 +199,8 @@ class Probe:
         self.close_window()
         if not pid_alive(self.pid):
             self.partial = True
+        else:
+            self.comm = read_comm(self.pid)  # a launched command may have exec'd since attach
         import bcc
 
         result: dict[str, Any] = {
@@ -279,6 +304,9 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
     probe = probe_cls(pid, **opts)
     try:
         with _Stopper() as stopper:
+            if proc is not None and proc.poll() is not None:
+                raise ToolError(f"{target[0]} exited (status {proc.returncode}) before the probe attached",
+                                EXIT_TARGET)
             probe.attach()
             deadline = time.monotonic() + warmup
             while time.monotonic() < deadline and stopper.signalled is None:
@@ -309,5 +337,5 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
     if render:
         from rich.console import Console
 
-        probe_cls.render(result, console or Console())
+        probe_cls.render(result, console or Console(emoji=False, width=None if sys.stdout.isatty() else 160))
     return result

@@ -37,12 +37,12 @@ static __always_inline u32 hist_index(u64 v)
     return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
 }
 
-/* Add one sample of value v to slot `slot` of a BPF_ARRAY declared with
- * HIST_BUCKETS * nslots entries (one histogram per slot). */
-#define HIST_ADD(map, slot, v) do {                                  \
-        int __hidx = (int)((slot) * HIST_BUCKETS + hist_index(v));   \
-        u64 *__hc = map.lookup(&__hidx);                             \
-        if (__hc) __sync_fetch_and_add(__hc, 1);                     \
-    } while (0)
+/* Index of value v in slot `slot` of a BPF_ARRAY declared with
+ * HIST_BUCKETS * nslots entries (one histogram per slot). BCC forbids map
+ * calls inside macros, so callers do: `table.atomic_increment(hist_key(0, v));` */
+static __always_inline int hist_key(u32 slot, u64 v)
+{
+    return (int)(slot * HIST_BUCKETS + hist_index(v));
+}
 
 #endif

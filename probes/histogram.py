@@ -95,8 +95,8 @@ class Histogram:
 
     def summary(self, scale: float = 1.0, exact_max: float | None = None) -> dict:
         """p50/p90/p99/p999/max (and count), each divided by `scale` (1000: ns -> us)."""
-        out = {name: round(self.percentile(q) / scale, 3) for name, q in PERCENTILES}
         top = exact_max if exact_max is not None else self.max_bound()
+        out = {name: round(min(self.percentile(q), top) / scale, 3) for name, q in PERCENTILES}
         out["max"] = round(top / scale, 3)
         out["count"] = self.total
         return out
