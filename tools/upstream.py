@@ -136,6 +136,7 @@ class LocalUpstream:
             f"  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n"
             f"  xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  logfile: \"{d}/nsd.log\"\n"
             "  hide-version: yes\n  verbosity: 0\n  tcp-count: 512\n  reuseport: no\n"
+            "  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n"  # NSD rate-limits at 200 q/s by default
             "remote-control:\n  control-enable: no\n" + "".join(zone_blocks)
         )
         return conf
