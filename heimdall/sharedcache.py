@@ -18,7 +18,7 @@ Stored value (version 1)::
 The key is ``key_prefix`` + hex of the server's opaque cache key, and its
 Redis expiry is ``ttl`` seconds, so an answer never outlives its TTL there.
 A value that fails to decode (wrong magic or version, truncated, not a
-well-formed DNS response) is counted as ``garbage`` and never served.
+well-formed DNS response: see ttl_offsets) is counted as ``garbage`` and never served.
 
 Create one instance per event loop (per worker process, after fork).
 """
@@ -34,8 +34,6 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import dns.exception
-import dns.message
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -47,6 +45,7 @@ MAGIC = b"HMDL"
 VERSION = 1
 _HEADER = struct.Struct("!4sBdI")  # magic, version, stored-at, ttl
 HEADER_SIZE = _HEADER.size
+_U32 = struct.Struct("!I")
 _OPT = 41
 
 UP, DOWN, DISABLED = "up", "down", "disabled"
@@ -68,20 +67,35 @@ class GarbageValue(ValueError):
 # --------------------------------------------------------------------------
 
 def _skip_name(wire: bytes, pos: int) -> int:
-    """Offset just past the (possibly compressed) name at `pos`."""
+    """Offset just past the name field at `pos`, after checking the whole name.
+
+    Compression pointers are followed and must point strictly backwards (so
+    the walk ends) into the message body; labels total at most 255 bytes.
+    """
     end = len(wire)
+    field_end = -1
+    total = 0
     while True:
         if pos >= end:
             raise GarbageValue("name runs past the end")
         length = wire[pos]
         if length == 0:
-            return pos + 1
+            return field_end if field_end >= 0 else pos + 1
         if length & 0xC0 == 0xC0:
             if pos + 2 > end:
                 raise GarbageValue("truncated compression pointer")
-            return pos + 2
+            target = ((length & 0x3F) << 8) | wire[pos + 1]
+            if not 12 <= target < pos:
+                raise GarbageValue("compression pointer not backwards")
+            if field_end < 0:
+                field_end = pos + 2
+            pos = target
+            continue
         if length & 0xC0:
             raise GarbageValue("unknown label type")
+        total += length + 1
+        if total > 255:
+            raise GarbageValue("name longer than 255 bytes")
         pos += 1 + length
 
 
@@ -89,7 +103,10 @@ def ttl_offsets(wire: bytes) -> list[int]:
     """Offsets of the TTL fields of every record except OPT, in wire order.
 
     Walks the whole message and raises GarbageValue unless the header counts
-    match the records and the last record ends exactly at the end.
+    match the records, every owner name is well formed and the last record
+    ends exactly at the end.  Pure Python, a few microseconds: cheaper than a
+    full dnspython parse (~100-200 us) on the Redis-hit path.  Rdata is not
+    interpreted.
     """
     if len(wire) < 12:
         raise GarbageValue("shorter than a DNS header")
@@ -125,8 +142,8 @@ def age_ttls(wire: bytes, seconds: float, offsets: list[int] | None = None) -> b
         return wire
     out = bytearray(wire)
     for off in offsets:
-        ttl = int.from_bytes(out[off:off + 4], "big")
-        out[off:off + 4] = max(0, ttl - drop).to_bytes(4, "big")
+        ttl = _U32.unpack_from(out, off)[0]
+        _U32.pack_into(out, off, ttl - drop if ttl > drop else 0)
     return bytes(out)
 
 
@@ -148,10 +165,6 @@ def decode_value(value: bytes) -> tuple[bytes, float, int]:
     ttl_offsets(wire)
     if not wire[2] & 0x80:
         raise GarbageValue("not a response (QR clear)")
-    try:
-        dns.message.from_wire(wire)
-    except (dns.exception.DNSException, ValueError, IndexError, struct.error) as exc:
-        raise GarbageValue(f"unparseable DNS: {exc.__class__.__name__}") from None
     return wire, stored_at, ttl
 
 

@@ -66,9 +66,16 @@ def test_ttl_offsets_rejects_malformed(upstream):
     msg = dns.message.from_wire(wire)
     records = sum(len(rrset) for section in (msg.answer, msg.authority, msg.additional) for rrset in section)
     assert len(ttl_offsets(wire)) == records >= 3
-    for bad in (wire[:-1], wire + b"\x00", wire[:11], wire[:30]):
+    owner = 12 + len(b"\x05multi\x07example\x04test\x00") + 4     # first answer's owner name
+    assert wire[owner:owner + 2] == b"\xc0\x0c"
+    self_loop = wire[:owner] + (0xC000 | owner).to_bytes(2, "big") + wire[owner + 2:]
+    forward = wire[:owner] + (0xC000 | owner + 6).to_bytes(2, "big") + wire[owner + 2:]
+    header = b"\x00\x00\x81\x80\x00\x01" + b"\x00" * 6               # one question, no records
+    long_q = header + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01"  # name of 321 bytes
+    for bad in (wire[:-1], wire + b"\x00", wire[:11], wire[:30], self_loop, forward, long_q):
         with pytest.raises(GarbageValue):
             ttl_offsets(bad)
+    assert ttl_offsets(header + (b"\x3f" + b"a" * 63) * 3 + b"\x00\x00\x01\x00\x01") == []
 
 
 @settings(max_examples=300, deadline=None)
