@@ -25,7 +25,7 @@ from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION
 ALPHA = 0.05
 DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic
 RATE_ABS_FLOOR = 0.01               # error rates: one percentage point
-BUSY_MARGIN_CORES = 0.35            # foreign CPU above baseline's that voids wall-clock verdicts
+BUSY_MARGIN_CORES = 0.35           # foreign CPU above baseline's that voids wall-clock verdicts
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
@@ -162,13 +162,13 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     if base.kind == "rate":
         beyond = worse_abs > max(floor, threshold / 100.0 * abs(base.median))
     if beyond:
-        if p_worse >= th.alpha:
-            why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
-                   f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
-            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if base.kind == "time" and machine_busier_by > th.busy_margin_cores:
             why = (f"worse by {_fmt_pct(worse_pct)}, but other processes used {machine_busier_by:.2f} "
                    "more cores than at baseline time: wall-clock figures are not comparable")
+            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+        if p_worse >= th.alpha:
+            why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
+                   f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION,
                              reason=f"worse by {_fmt_pct(worse_pct)} > {threshold:g}% (p={p_worse:.3f})")

@@ -1,0 +1,255 @@
+"""`heimdall-tools bench`: the five scenarios with probes attached, written to a results dir.
+
+Also the measuring engine `baseline create` and `check` share: a *window* is
+one short load run of one scenario, with the server's CPU time, the probes'
+figures and the machine's other CPU use taken over exactly that window. A
+*repeat* is one window of every scenario; repeats rotate the scenario order,
+so slow drift of the machine (and cache growth) hits every scenario alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+
+from heimdall_tools import lab_adapter as lab
+from heimdall_tools.atomic import atomic_write_json
+from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from heimdall_tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
+
+WINDOW_SCHEMA = "heimdall.window/1"
+
+
+@dataclass
+class LabOptions:
+    """What to measure and how; shared by bench, baseline create and check."""
+
+    scenarios: list[str] = field(default_factory=lambda: list(lab.SCENARIOS))
+    duration: float = 30.0
+    warmup: float = 2.0
+    clients: int | None = None
+    repeats: int = 1
+    timeout_ms: int = 2000
+    engine: str = "builtin"
+    server: str | None = None
+    pid: int | None = None
+    probes: list[str] = field(default_factory=list)
+    flame: bool = False
+    results_dir: Path = Path("performance_results")
+
+    def load_params(self) -> dict:
+        """The load parameters recorded in a baseline."""
+        return {"scenarios": list(self.scenarios), "duration_s": self.duration, "warmup_s": self.warmup,
+                "clients": self.clients or lab.DEFAULT_CLIENTS, "repeats": self.repeats,
+                "timeout_ms": self.timeout_ms, "engine": self.engine, "zone": lab.ZONE}
+
+
+def parse_scenarios(text: str) -> list[str]:
+    text = (text or "all").strip().lower()
+    if text == "all":
+        return list(lab.SCENARIOS)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in lab.SCENARIOS]
+    if unknown or not names:
+        raise ToolError(f"unknown scenario {', '.join(unknown) or '(none given)'} "
+                        f"(known: {', '.join(lab.SCENARIOS)}, all)", EXIT_ENVIRONMENT)
+    return list(dict.fromkeys(names))
+
+
+def validate_numbers(opts: LabOptions) -> None:
+    if not opts.duration > 0:
+        raise ToolError(f"--duration must be > 0 (got {opts.duration})", EXIT_ENVIRONMENT)
+    if opts.warmup < 0:
+        raise ToolError(f"--warmup must be >= 0 (got {opts.warmup})", EXIT_ENVIRONMENT)
+    if opts.repeats < 1:
+        raise ToolError(f"--repeats must be >= 1 (got {opts.repeats})", EXIT_ENVIRONMENT)
+    if opts.clients is not None and opts.clients < 1:
+        raise ToolError(f"--clients must be >= 1 (got {opts.clients})", EXIT_ENVIRONMENT)
+    if (opts.server is None) != (opts.pid is None):
+        raise ToolError("give --server HOST:PORT and --pid PID together (or neither, to start "
+                        "Heimdall and an upstream on loopback)", EXIT_ENVIRONMENT)
+
+
+@dataclass
+class Target:
+    server: str
+    pid: int
+    info: dict
+
+
+@contextlib.contextmanager
+def open_target(opts: LabOptions) -> Iterator[Target]:
+    """The given server, checked; or Heimdall + NSD started here and always stopped."""
+    if opts.server is not None:
+        lab.split_server(opts.server)
+        lab.check_pid(int(opts.pid))
+        lab.check_answers(opts.server)
+        yield Target(opts.server, int(opts.pid), {"kind": "external", "server": opts.server})
+        return
+    with tempfile.TemporaryDirectory(prefix="heimdall-lab-") as tmp:
+        own = lab.OwnServer(Path(tmp))
+        try:
+            own.start()
+            lab.check_answers(own.address)
+            yield Target(own.address, own.pid, own.describe())
+        finally:
+            own.stop()
+
+
+def system_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+
+def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
+                   probes: lab.ProbeSet | None, flame_dir: Path | None = None) -> dict:
+    """Warm up, then one measured load window with CPU, probes and machine load over it."""
+    clients = lab.clients_for(scenario, opts.clients)
+    if opts.warmup > 0:
+        lab.run_load(scenario, target.server, opts.warmup, clients, opts.timeout_ms, opts.engine)
+    flame: dict = {}
+    flame_thread = None
+    if flame_dir is not None:
+        flame_thread = threading.Thread(target=lambda: flame.update(
+            lab.flame_graph(target.pid, opts.duration, flame_dir, f"flame_{scenario}")), daemon=True)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    srv0, own0, sys0, t0 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
+    if probes is not None:
+        probes.open_window()
+    if flame_thread is not None:
+        flame_thread.start()
+    load = lab.run_load(scenario, target.server, opts.duration, clients, opts.timeout_ms, opts.engine,
+                        prime=opts.warmup <= 0)
+    queries = lab.answered(load)
+    raw = probes.collect(queries) if probes is not None else {}
+    srv1, own1, sys1, t1 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
+    if flame_thread is not None:
+        flame_thread.join(timeout=opts.duration + 60)
+    if srv0 is None or srv1 is None:
+        raise ToolError(f"server pid {target.pid} exited during the {scenario} window", EXIT_TARGET)
+    elapsed = max(t1 - t0, 1e-6)
+    server_cpu = srv1 - srv0
+    own_cpu = own1 - own0
+    window = {
+        "schema": WINDOW_SCHEMA,
+        "scenario": scenario,
+        "repeat": repeat,
+        "started": started,
+        "params": {"clients": clients, "duration_s": opts.duration, "warmup_s": opts.warmup,
+                   "timeout_ms": opts.timeout_ms, "engine": opts.engine},
+        "load": load,
+        "server_cpu": {"cpu_s": round(server_cpu, 4), "cores_used": round(server_cpu / elapsed, 3),
+                       "processes": len(process_tree(target.pid)),
+                       "cpu_us_per_query": server_cpu * 1e6 / queries if queries else None},
+        "environment": {"window_s": round(elapsed, 3),
+                        "generator_cpu_cores": round(own_cpu / elapsed, 3),
+                        "foreign_cpu_cores": round(max(sys1 - sys0 - server_cpu - own_cpu, 0.0) / elapsed, 3),
+                        "cores": psutil.cpu_count()},
+        "probes": raw,
+        "probes_summary": lab.summarize_probes(raw, queries, elapsed) if raw else {},
+    }
+    if flame_dir is not None:
+        window["profile"] = flame
+    return window
+
+
+def run_windows(opts: LabOptions, target: Target, probes: lab.ProbeSet | None,
+                sampler: ResourceSampler | None = None, flame_dir: Path | None = None,
+                on_window: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every repeat of every scenario, the scenario order rotated each repeat."""
+    windows = []
+    n = len(opts.scenarios)
+    for repeat in range(opts.repeats):
+        order = [opts.scenarios[(i + repeat) % n] for i in range(n)]
+        for scenario in order:
+            if sampler is not None:
+                sampler.scenario = scenario
+            w = measure_window(opts, target, scenario, repeat, probes, flame_dir)
+            windows.append(w)
+            if on_window is not None:
+                on_window(w)
+    if sampler is not None:
+        sampler.scenario = ""
+    return windows
+
+
+@contextlib.contextmanager
+def attached_probes(target: Target, names: list[str], required: bool) -> Iterator[tuple[lab.ProbeSet | None, str | None]]:
+    """Attach the probe set; when not required, a failure becomes a reason in the results."""
+    if not names:
+        yield None, None
+        return
+    probes = lab.ProbeSet(target.pid, names, port=lab.split_server(target.server)[1])
+    try:
+        probes.attach()
+    except ToolError as exc:
+        if required:
+            raise
+        yield None, str(exc)
+        return
+    try:
+        yield probes, None
+    finally:
+        probes.close()
+
+
+def new_results_dir(base: Path, suffix: str = "") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / (stamp + suffix)
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(base) / f"{stamp}{suffix}-{n}"
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise ToolError(f"cannot create results directory {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
+    return path
+
+
+def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
+    """The whole bench: windows, per-scenario JSON, resource_usage.csv, flame graphs, report."""
+    from heimdall_tools.report import write_report
+
+    validate_numbers(opts)
+    with open_target(opts) as target:
+        out = new_results_dir(opts.results_dir)
+        say(f"bench: {', '.join(opts.scenarios)} against {target.server} (pid {target.pid}), "
+            f"{opts.duration:g}s each; results in {out}")
+        with attached_probes(target, opts.probes, required=False) as (probes, unavailable):
+            if unavailable:
+                say(f"warning: {unavailable}; probe figures will read 'not measured'")
+            with ResourceSampler(target.pid) as sampler:
+                windows = run_windows(opts, target, probes, sampler, out if opts.flame else None,
+                                      on_window=lambda w: say(_window_line(w)))
+            sampler.write_csv(out / "resource_usage.csv")
+    for w in windows:
+        name = w["scenario"] + (f"_r{w['repeat']}" if opts.repeats > 1 else "")
+        atomic_write_json(out / f"{name}.json", w)
+    meta = {"schema": "heimdall.bench/1", "target": target.info, "options": _jsonable(opts),
+            "probes_requested": opts.probes, "probes_unavailable": unavailable,
+            "scenarios": [w["scenario"] for w in windows]}
+    atomic_write_json(out / "bench.json", meta)
+    write_report(out / "performance_report.md", windows, meta, resource_rows=sampler.rows)
+    return out
+
+
+def _window_line(w: dict) -> str:
+    load = w["load"]
+    lat = load.get("latency_us") or {}
+    return (f"  {w['scenario']:<17} r{w['repeat']}: {load.get('qps', 0):>9.0f} q/s  avg {lat.get('avg', 0):>8.0f} us"
+            f"  p99 {lat.get('p99', 0):>8.0f} us  server CPU {w['server_cpu'].get('cpu_us_per_query') or 0:.1f} us/q")
+
+
+def _jsonable(opts: LabOptions) -> dict:
+    d = asdict(opts)
+    d["results_dir"] = str(opts.results_dir)
+    return d

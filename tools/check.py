@@ -1,0 +1,139 @@
+"""`baseline create` and `check --max-regression`: repeated windows against a stored baseline.
+
+check reads the baseline first (a missing or corrupt one is exit 3 before any
+load runs), measures with the baseline's own load parameters and probe set
+unless told otherwise (differing probe sets or clients are exit 3: not
+comparable), judges every metric with `verdict.judge`, prints one table and
+exits 0 pass / 1 regression / 2 inconclusive. Every check run is also
+written as a baseline-format document, so a run can be promoted on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from heimdall_tools import bench
+from heimdall_tools.atomic import atomic_write_json, atomic_write_text
+from heimdall_tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
+                                     read_baseline, write_baseline)
+from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from heimdall_tools.metrics import BY_KEY
+from heimdall_tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_kind() -> str:
+    """The committed baseline's name for this kind of machine (server language + cores)."""
+    return f"python-{os.cpu_count()}core"
+
+
+def default_baseline_path() -> Path:
+    root = REPO_ROOT if (REPO_ROOT / "baselines").is_dir() else Path.cwd()
+    return root / "baselines" / f"{machine_kind()}.json"
+
+
+def measure(opts: bench.LabOptions, say: Callable[[str], None]) -> tuple[dict, list[dict]]:
+    """All repeats with the probe set required: one baseline-format document."""
+    bench.validate_numbers(opts)
+    with bench.open_target(opts) as target:
+        say(f"measuring {', '.join(opts.scenarios)} x {opts.repeats} repeats of {opts.duration:g}s "
+            f"against {target.server} (pid {target.pid}), probes: {', '.join(opts.probes) or 'none'}")
+        with bench.attached_probes(target, opts.probes, required=True) as (probes, _):
+            windows = bench.run_windows(opts, target, probes, on_window=lambda w: say(bench._window_line(w)))
+    if not any(w["load"].get("received") for w in windows):
+        raise ToolError(f"server {target.server} answered no queries during the run", EXIT_ENVIRONMENT)
+    return build_document(windows, opts.load_params(), opts.probes, target.info), windows
+
+
+def create_baseline(opts: bench.LabOptions, output: Path, say: Callable[[str], None] = print) -> Path:
+    doc, _ = measure(opts, say)
+    path = write_baseline(output, doc)
+    say(f"baseline written to {path}")
+    return path
+
+
+@dataclass
+class CheckResult:
+    exit_code: int
+    reason: str
+    rows: list[MetricVerdict]
+    fingerprint_warnings: list[str]
+    results_dir: Path | None
+
+
+def apply_baseline_defaults(opts: bench.LabOptions, base: dict, given: set[str]) -> None:
+    """Options the user did not give are taken from the baseline's load parameters."""
+    load = base["load"]
+    if "scenarios" not in given:
+        opts.scenarios = [s for s in load.get("scenarios", base["scenarios"]) if s in base["scenarios"]]
+    if "duration" not in given and "duration_s" in load:
+        opts.duration = float(load["duration_s"])
+    if "warmup" not in given and "warmup_s" in load:
+        opts.warmup = float(load["warmup_s"])
+    if "repeats" not in given and "repeats" in load:
+        opts.repeats = int(load["repeats"])
+    if "clients" not in given and "clients" in load:
+        opts.clients = int(load["clients"])
+    for key in ("timeout_ms", "engine"):
+        if key not in given and key in load:
+            setattr(opts, key, load[key])
+    if "probes" not in given:
+        opts.probes = list(base["probes"])
+
+
+def compare(base: dict, cur: dict, th: Thresholds) -> list[MetricVerdict]:
+    busier = _median(cur) - _median(base)
+    rows = []
+    for scenario, metrics in cur["scenarios"].items():
+        base_metrics = base["scenarios"].get(scenario, {})
+        for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
+            rows.append(judge(scenario, key, Series.from_json(base_metrics[key]),
+                              Series.from_json(metrics[key]), th, machine_busier_by=busier))
+    return rows
+
+
+def _median(doc: dict) -> float:
+    vals = (doc.get("environment", {}).get("foreign_cpu_cores") or {}).get("values") or []
+    return statistics.median(vals) if vals else 0.0
+
+
+def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given: set[str],
+              say: Callable[[str], None] = print) -> CheckResult:
+    base = read_baseline(baseline_path)
+    apply_baseline_defaults(opts, base, given)
+    why = incomparable_reason(base, opts.load_params(), opts.probes)
+    if why:
+        raise ToolError(f"cannot compare with {baseline_path}: {why}", EXIT_ENVIRONMENT)
+    if abs(float(base["load"].get("duration_s", opts.duration)) - opts.duration) > 1e-9:
+        say(f"warning: window length {opts.duration:g}s differs from the baseline's "
+            f"{base['load']['duration_s']:g}s")
+    cur, windows = measure(opts, say)
+    rows = compare(base, cur, th)
+    if not rows:
+        raise ToolError("no metric in common with the baseline", EXIT_ENVIRONMENT)
+    code, reason = overall(rows)
+    warnings = fingerprint_differences(base["fingerprint"], cur["fingerprint"])
+    out = _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th)
+    return CheckResult(code, reason, rows, warnings, out)
+
+
+def _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th) -> Path | None:
+    """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
+    from heimdall_tools.report import check_markdown, write_report
+
+    out = bench.new_results_dir(opts.results_dir, "-check")
+    atomic_write_json(out / "run.json", cur)
+    atomic_write_json(out / "check.json", {
+        "schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,
+        "max_regression_pct": th.max_regression_pct, "count_threshold_pct": th.count_pct,
+        "alpha": th.alpha, "fingerprint_differences": warnings, "rows": [r.as_dict() for r in rows]})
+    atomic_write_text(out / "check_report.md", check_markdown(rows, code, reason, warnings, str(baseline_path), th))
+    meta = {"target": cur["target"], "probes_requested": opts.probes, "probes_unavailable": None,
+            "check": {"exit_code": code, "reason": reason}}
+    write_report(out / "performance_report.md", windows, meta, resource_rows=None)
+    return out

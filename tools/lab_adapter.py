@@ -1,0 +1,297 @@
+"""The one place bench/check touch the rest of the lab: load, servers, probes, py-spy.
+
+Everything here wraps another module's interface (heimdall_tools.loadgen,
+heimdall_tools.peers, heimdall_probes.*), so when one of those changes, this
+file is the only one to adapt. It also turns the probes' own result layouts
+into one normalised summary (`summarize_probes`) that metrics and the report
+read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+
+SCENARIOS = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
+HIGH_CONCURRENCY_MIN_CLIENTS = 200
+DEFAULT_CLIENTS = 20
+BLOCKLIST_SIZE = 100_000
+ZONE = "bench.test"
+
+# probe name -> (module, class); the probe set recorded in baselines uses these names
+PROBES: dict[str, tuple[str, str]] = {
+    "futex": ("heimdall_probes.lockprof", "LockProbe"),
+    "malloc": ("heimdall_probes.memprof", "MemProbe"),
+    "udp": ("heimdall_probes.netprof", "NetProbe"),
+}
+
+
+# --- load ---------------------------------------------------------------------------
+
+def clients_for(scenario: str, clients: int | None) -> int:
+    """high-concurrency always means 200+ concurrent clients."""
+    base = clients or DEFAULT_CLIENTS
+    if scenario == "high-concurrency":
+        return max(HIGH_CONCURRENCY_MIN_CLIENTS, base * 10 if clients is None else base)
+    return base
+
+
+def run_load(scenario: str, server: str, duration: float, clients: int, timeout_ms: int,
+             engine: str = "builtin", warmup: float = 0.0, prime: bool = True) -> dict:
+    """One load window via the load generator; returns its heimdall.load/1 dict."""
+    try:
+        loadgen = importlib.import_module("heimdall_tools.loadgen")
+    except ImportError as exc:
+        raise ToolError(f"load generator unavailable: {exc}", EXIT_ENVIRONMENT) from None
+    cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
+                             timeout_ms=timeout_ms, warmup=warmup, zone=ZONE, engine=engine,
+                             prime=prime)
+    return loadgen.run_load(cfg, progress=False)
+
+
+def answered(load: dict) -> int:
+    return int(load.get("received") or 0)
+
+
+def check_answers(server: str, timeout: float = 3.0) -> None:
+    """Raise EXIT_ENVIRONMENT unless the server answers a real query within `timeout`."""
+    import dns.message
+    import dns.query
+
+    host, port = split_server(server)
+    deadline = time.monotonic() + timeout
+    last = "no reply"
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(dns.message.make_query(f"ping.{ZONE}.", "A"), host, port=port, timeout=0.5)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not answering yet"
+            last = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0]
+            time.sleep(0.1)
+    raise ToolError(f"server {server} is not answering DNS queries ({last} within {timeout:.0f}s)",
+                    EXIT_ENVIRONMENT)
+
+
+def split_server(server: str) -> tuple[str, int]:
+    host, sep, port = server.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ToolError(f"--server must be HOST:PORT, got {server!r}", EXIT_ENVIRONMENT)
+    return host.strip("[]"), int(port)
+
+
+def check_pid(pid: int) -> None:
+    from heimdall_tools.resources import process_tree
+
+    if pid <= 0 or not process_tree(pid):
+        raise ToolError(f"pid {pid} does not exist", EXIT_TARGET)
+
+
+# --- servers --------------------------------------------------------------------------
+
+def write_blocklist(path: Path, count: int = BLOCKLIST_SIZE) -> Path:
+    """The large list the blocking scenario needs, one domain a line."""
+    scenarios = importlib.import_module("heimdall_tools.scenarios")
+    path.write_text("\n".join(scenarios.blocklist_domains(count, zone=ZONE)) + "\n")
+    return path
+
+
+@dataclass
+class OwnServer:
+    """NSD upstream + Heimdall with a large blocklist, both on loopback, both ours to stop."""
+
+    workdir: Path
+    upstream: Any = None
+    server: Any = None
+
+    def start(self) -> "OwnServer":
+        from heimdall_tools.upstream import LocalUpstream
+
+        try:
+            peers = importlib.import_module("heimdall_tools.peers")
+        except ImportError as exc:
+            raise ToolError(f"cannot start Heimdall (server launcher unavailable: {exc}); "
+                            "give --server HOST:PORT --pid PID", EXIT_ENVIRONMENT) from None
+        blocklist = write_blocklist(self.workdir / "blocklist.txt")
+        self.upstream = LocalUpstream().start()
+        try:
+            self.server = peers.HeimdallServer(self.upstream.addr,
+                                               env={"HEIMDALL_BLOCKLISTS": str(blocklist)})
+            self.server.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def address(self) -> str:
+        return str(self.server.addr)
+
+    @property
+    def pid(self) -> int:
+        return int(self.server.pid)
+
+    def describe(self) -> dict:
+        return {"kind": "heimdall (started by the lab)", "server": self.address,
+                "upstream": f"nsd {self.upstream.addr}", "blocklist_size": BLOCKLIST_SIZE}
+
+    def stop(self) -> None:
+        for part in (self.server, self.upstream):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # noqa: BLE001 - stopping must not hide the real error
+                    pass
+
+
+# --- probes ---------------------------------------------------------------------------
+
+def parse_probe_names(text: str) -> list[str]:
+    """'all', 'none' or a comma list of futex,malloc,udp."""
+    text = (text or "").strip().lower()
+    if text in ("", "none"):
+        return []
+    if text == "all":
+        return sorted(PROBES)
+    names = sorted({n.strip() for n in text.split(",") if n.strip()})
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise ToolError(f"unknown probe {', '.join(unknown)} (known: {', '.join(PROBES)}, all, none)",
+                        EXIT_ENVIRONMENT)
+    return names
+
+
+@dataclass
+class ProbeSet:
+    """Several probes attached to one pid, windows opened and collected together."""
+
+    pid: int
+    names: list[str]
+    port: int | None = None
+    probes: dict[str, Any] = field(default_factory=dict)
+
+    def attach(self) -> "ProbeSet":
+        for name in self.names:
+            module, cls = PROBES[name]
+            try:
+                klass = getattr(importlib.import_module(module), cls)
+            except (ImportError, AttributeError) as exc:
+                self.close()
+                raise ToolError(f"probes unavailable: {name} ({module}.{cls}: {exc})", EXIT_ENVIRONMENT) from None
+            probe = klass(self.pid, port=self.port) if name == "udp" else klass(self.pid)
+            try:
+                probe.attach()
+            except ToolError as exc:
+                self.close()
+                raise ToolError(f"probes unavailable: {name}: {exc}", exc.exit_code) from None
+            self.probes[name] = probe
+        return self
+
+    def open_window(self) -> None:
+        for probe in self.probes.values():
+            probe.open_window()
+
+    def collect(self, queries: int | None) -> dict[str, dict]:
+        return {name: probe.collect(queries=queries) for name, probe in self.probes.items()}
+
+    def close(self) -> None:
+        for probe in self.probes.values():
+            try:
+                probe.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.probes.clear()
+
+
+def _num(d: Any, *path: str) -> float | None:
+    """d[path[0]][path[1]]... as a float, None when any step is missing."""
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return float(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else None
+
+
+def _first(d: dict, *paths: tuple[str, ...]) -> float | None:
+    for path in paths:
+        v = _num(d, *path)
+        if v is not None:
+            return v
+    return None
+
+
+def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dict:
+    """Normalise the probes' results: per-query metrics plus facts the report names."""
+    out: dict[str, Any] = {"per_query_metrics": {}, "facts": {}}
+    pq, facts = out["per_query_metrics"], out["facts"]
+    q = max(queries, 1)
+    if "futex" in raw:
+        r = raw["futex"]
+        waits = _first(r, ("futex", "waits"), ("waits",))
+        wait_us = _first(r, ("futex", "wait_us_total"), ("wait_us_total",))
+        if waits is not None:
+            pq["futex_waits_per_query"] = waits / q
+        if wait_us is not None:
+            pq["futex_wait_us_per_query"] = wait_us / q
+            facts["futex_wait_share"] = wait_us / 1e6 / window_s if window_s > 0 else None
+        facts["futex_waits"] = waits
+        facts["futex_wait_us_total"] = wait_us
+        top = (r.get("futex") or {}).get("top") or []
+        facts["top_lock"] = _lock_label(top[0]) if top else None
+    if "malloc" in raw:
+        r = raw["malloc"]
+        calls = _first(r, ("malloc", "calls"), ("calls",), ("totals", "calls"))
+        nbytes = _first(r, ("malloc", "bytes"), ("bytes",), ("totals", "bytes"))
+        if calls is not None:
+            pq["mallocs_per_query"] = calls / q
+        if nbytes is not None:
+            pq["malloc_bytes_per_query"] = nbytes / q
+        facts["mallocs"] = calls
+        facts["malloc_bytes"] = nbytes
+    if "udp" in raw:
+        r = raw["udp"]
+        recv = _first(r, ("udp", "recv_syscalls"))
+        send = _first(r, ("udp", "send_syscalls"))
+        if recv is not None or send is not None:
+            pq["syscalls_per_query"] = ((recv or 0) + (send or 0)) / q
+        p99 = _first(r, ("udp", "queue_latency_us", "p99"))
+        if p99 is not None and _first(r, ("udp", "queue_latency_us", "count")):
+            pq["udp_queue_p99_us"] = p99
+        facts["udp_queue_p50_us"] = _first(r, ("udp", "queue_latency_us", "p50"))
+        facts["udp_queue_p99_us"] = p99
+        facts["udp_drops"] = _first(r, ("udp", "drops"))
+        facts["datagrams"] = _first(r, ("udp", "datagrams"))
+    return out
+
+
+def _lock_label(top: dict) -> dict:
+    """The top futex row reduced to what a report sentence names."""
+    stack = top.get("stack") or []
+    return {"name": f"{top.get('uaddr', '?')} (tid {top.get('tid', '?')} {top.get('comm', '')}"
+                    + (f", {stack[0]}" if stack else "") + ")",
+            "waits": top.get("waits"), "wait_us_total": top.get("wait_us_total")}
+
+
+# --- CPU profile (py-spy) -------------------------------------------------------------
+
+def flame_graph(pid: int, duration: float, out_dir: Path, name: str) -> dict:
+    """Sample pid's Python stacks for `duration` s: SVG flame graph, folded stacks, top frames."""
+    try:
+        cpuprof = importlib.import_module("heimdall_probes.cpuprof")
+    except ImportError as exc:
+        return {"unavailable": f"cpuprof: {exc}"}
+    try:
+        return dict(cpuprof.record(pid, duration=duration, out_dir=out_dir, name=name))
+    except ToolError as exc:
+        return {"unavailable": str(exc)}
+
+
+def own_cpu_seconds() -> float:
+    """CPU used by this process and its reaped children (load workers, dnsperf, py-spy)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
