@@ -23,7 +23,9 @@ app = typer.Typer(
 
 # --- command registrations (each module owns its command functions) ---
 # [registrations]
+from heimdall_tools import net_cli as _net_cli; _net_cli.register(app)  # netprof, cpuprof
 from heimdall_tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
+from heimdall_tools import lab_cli as _lab_cli; _lab_cli.register(app)  # bench, baseline create, check
 
 
 def main() -> None:
