@@ -1,0 +1,134 @@
+"""`heimdall-tools load`: run a load scenario against any DNS server and print/save the figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heimdall_tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
+from heimdall_tools.latency import render_distribution
+
+
+class TestType(str, Enum):
+    cache_hit = "cache-hit"
+    cache_miss = "cache-miss"
+    mixed = "mixed"
+    high_concurrency = "high-concurrency"
+    blocking = "blocking"
+
+
+class Engine(str, Enum):
+    builtin = "builtin"
+    dnsperf = "dnsperf"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write next to the target, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ToolError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def print_summary(r: dict, console: Console) -> None:
+    """The human summary: counts, rates, rcodes, latency figures and the distribution."""
+    lat = r["latency_us"]
+    t = Table(title=f"{r['test_type']} against {r['server']} ({r['engine']}, {r['mode']} loop"
+                    + (f", offered {r['offered_qps']:,.0f} q/s" if r["offered_qps"] else "") + ")",
+              show_header=False, box=None)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("window", f"{r['duration_s']:.2f} s, {r['clients']} clients, {r['processes']} process(es)"
+              + ("  [yellow](interrupted)[/]" if r["interrupted"] else ""))
+    t.add_row("queries", f"sent {r['sent']:,}  received {r['received']:,}  timeouts {r['timeouts']:,}  "
+              f"errors {r['errors']:,}  late {r['late']:,}  mismatched {r['mismatched']:,}")
+    t.add_row("throughput", f"{r['qps']:,.1f} q/s")
+    t.add_row("rates", f"response {r['response_rate']:.2%}  success {r['success_rate']:.2%}  "
+              f"error {r['error_rate']:.2%}")
+    t.add_row("rcodes", ", ".join(f"{k} {v:,}" for k, v in sorted(r["rcodes"].items())) or "-")
+    if lat["avg"] is not None:
+        t.add_row("latency us", "  ".join(f"{k} {lat[k]:,.1f}" for k in
+                                           ("min", "avg", "p50", "p90", "p95", "p99", "p999", "max")))
+    if r.get("blocking"):
+        b = r["blocking"]
+        t.add_row("blocked names", f"replies {b['blocked_replies']:,}  rcodes {b['rcodes']}  "
+                  f"zero-IP answers {b['zero_ip_answers']}  forwarded {b['forwarded_answers']}")
+    g = r["generator"]
+    t.add_row("generator", f"CPU {g['cpu_percent']:.0f}% of a core"
+              + (f", busy per process {g['busy_per_process']}" if g.get("busy_per_process") else ""))
+    if r.get("primed"):
+        t.add_row("primed", f"{r['primed']['answered']}/{r['primed']['questions']} warm-set questions")
+    console.print(t)
+    console.print("[bold]latency distribution[/] (bucket upper bound, count, cumulative)")
+    for line in render_distribution(r["histogram"]):
+        console.print(line, highlight=False)
+    for n in r["bad_lines"][:20]:
+        console.print(f"[yellow]queries file line {n['line']}: {n['error']} (skipped)[/]", highlight=False)
+    if len(r["bad_lines"]) > 20:
+        console.print(f"[yellow]... and {len(r['bad_lines']) - 20} more bad lines[/]")
+    for w in r["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    if r.get("unavailable"):
+        console.print(f"[dim]not measured by this engine: {', '.join(r['unavailable'])}[/]")
+
+
+def load(
+    test_type: TestType = typer.Option(TestType.cache_hit, "--test-type", help="Scenario to run."),
+    server: str = typer.Option("127.0.0.1:1053", "--server", help="DNS server under test, HOST:PORT."),
+    duration: float = typer.Option(10.0, "--duration", min=0.1, help="Measured window, seconds."),
+    clients: int = typer.Option(None, "--clients", min=1, help="Clients (sockets); default 20, high-concurrency 256."),
+    timeout: float = typer.Option(1000.0, "--timeout", min=1, help="Query timeout, milliseconds."),
+    qps: float = typer.Option(None, "--qps", min=1, help="Open loop at this offered rate (default: closed loop)."),
+    warmup: float = typer.Option(1.0, "--warmup", min=0, help="Unmeasured seconds before the window."),
+    zone: str = typer.Option("bench.test", "--zone", help="Zone whose names the scenarios ask."),
+    queries: Path = typer.Option(None, "--queries", help="dnsperf-format file ('name type' per line)."),
+    processes: int = typer.Option(None, "--processes", min=1, help="Generator processes (default: auto)."),
+    engine: Engine = typer.Option(Engine.builtin, "--engine", help="builtin or the real dnsperf."),
+    json_out: Path = typer.Option(None, "--json", help="Write the result here (atomically)."),
+    write_blocklist: Path = typer.Option(None, "--write-blocklist",
+                                         help="Write the blocking scenario's blocklist here and exit."),
+    blocklist_size: int = typer.Option(1000, "--blocklist-size", min=1, help="Names in the blocklist."),
+    warm_set: int = typer.Option(1000, "--warm-set", min=1, help="Names in the cache-hit/mixed warm set."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
+) -> None:
+    """Drive a DNS server with a scenario; print the figures, optionally save them as JSON."""
+    from heimdall_tools.loadgen import LoadConfig, run_load
+    from heimdall_tools.scenarios import write_blocklist as write_list
+
+    console = Console()
+    if write_blocklist is not None:
+        try:
+            write_list(write_blocklist, blocklist_size, zone)
+        except OSError as exc:
+            raise ToolError(f"cannot write {write_blocklist}: {exc.strerror}") from None
+        console.print(f"wrote {blocklist_size} blocked domains to {write_blocklist}")
+        raise typer.Exit(EXIT_OK)
+    cfg = LoadConfig(test_type=test_type.value, server=server, duration=duration, clients=clients,
+                     timeout_ms=timeout, qps=qps, warmup=warmup, zone=zone, queries_file=queries,
+                     processes=processes, engine=engine.value, warm_set=warm_set, blocklist_size=blocklist_size)
+    try:
+        result = run_load(cfg, progress=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        raise ToolError("interrupted before the measuring window opened: nothing measured", 130) from None
+    print_summary(result, console)
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+        console.print(f"result written to {json_out}")
+    if result["received"] == 0:
+        raise ToolError(f"no replies from {server}: {result['timeouts']:,} of {result['sent']:,} queries timed out",
+                        EXIT_REGRESSION)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("load")(load)

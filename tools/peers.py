@@ -1,0 +1,198 @@
+"""DNS servers under test on loopback: Unbound, dnsmasq and Heimdall, each a context manager.
+
+Every server runs in the foreground as our child, in its own temp dir with
+its own pid file and log, and counts as started only when it answers a real
+query (`wait_for_dns`). `stop()` always cleans up, also after a failed start.
+They forward to an upstream such as `LocalUpstream` (NSD), so the lab can
+drive any of them with the same load and probes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from heimdall_tools.upstream import free_port, wait_for_dns
+
+free = free_port  # the port picker the launchers use; exported for callers
+
+READY_QNAME = "ready.bench.test."
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ToolError(f"bad upstream address {addr!r}: expected HOST:PORT", EXIT_ENVIRONMENT)
+    return host.strip("[]"), int(port)
+
+
+class DnsServer:
+    """Common life cycle: write config, spawn, wait for a real answer, stop and clean up."""
+
+    name = "dns server"
+
+    def __init__(self, upstream_addr: str, port: int = 0, address: str = "127.0.0.1") -> None:
+        self.upstream_host, self.upstream_port = _split_addr(upstream_addr)
+        self.address = address
+        self.port = port
+        self.workdir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        return None
+
+    def start(self, timeout: float = 15.0) -> "DnsServer":
+        if self.port == 0:
+            self.port = free_port(self.address)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"heimdall-{self.name}-"))
+        cmd = self.command()
+        if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
+            self.stop()
+            raise ToolError(f"{cmd[0]} is not installed: run scripts/setup.sh", EXIT_ENVIRONMENT)
+        log = open(self.workdir / "stderr.log", "wb")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         env=self.environment(), start_new_session=True)
+        finally:
+            log.close()
+        try:
+            wait_for_dns(self.address, self.port, READY_QNAME, timeout=timeout, proc=self.proc)
+        except ToolError as exc:
+            said = (self.workdir / "stderr.log").read_text(errors="replace").strip()[-600:]
+            self.stop()
+            raise ToolError(f"{self.name}: {exc}; it said: {said or 'nothing'}", EXIT_ENVIRONMENT) from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def log_text(self) -> str:
+        """What the server wrote so far (for test failure messages)."""
+        p = self.workdir / "stderr.log" if self.workdir else None
+        return p.read_text(errors="replace") if p and p.exists() else ""
+
+    def __enter__(self) -> "DnsServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class UnboundServer(DnsServer):
+    """Unbound as a caching forwarder to the upstream (no DNSSEC, no remote control)."""
+
+    name = "unbound"
+
+    def __init__(self, upstream_addr: str, port: int = 0, threads: int = 1, cache_entries: int = 100_000,
+                 address: str = "127.0.0.1") -> None:
+        super().__init__(upstream_addr, port, address)
+        self.threads = threads
+        self.cache_entries = cache_entries
+
+    def config_text(self) -> str:
+        d = self.workdir
+        # ~300 bytes per message entry and ~600 per rrset entry, with room to spare
+        msg_mb = max(4, self.cache_entries * 400 // 1_000_000)
+        return (
+            "server:\n"
+            f"  interface: {self.address}@{self.port}\n"
+            f"  port: {self.port}\n"
+            f"  num-threads: {self.threads}\n"
+            "  do-ip6: no\n  do-tcp: yes\n  do-daemonize: no\n"
+            "  username: \"\"\n  chroot: \"\"\n"
+            f"  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  logfile: \"{d}/unbound.log\"\n"
+            "  use-syslog: no\n  verbosity: 0\n"
+            "  access-control: 127.0.0.0/8 allow\n"
+            "  module-config: \"iterator\"\n"
+            "  do-not-query-localhost: no\n"
+            "  so-rcvbuf: 4m\n  so-sndbuf: 4m\n"
+            f"  msg-cache-size: {msg_mb}m\n  rrset-cache-size: {msg_mb * 2}m\n"
+            "  msg-cache-slabs: 1\n  rrset-cache-slabs: 1\n  infra-cache-slabs: 1\n  key-cache-slabs: 1\n"
+            "  outgoing-range: 1024\n  num-queries-per-thread: 4096\n"
+            "  minimal-responses: yes\n  qname-minimisation: no\n"
+            # Unbound answers RFC 6761 names (test., invalid., ...) itself unless told not to
+            "  local-zone: \"test.\" nodefault\n  domain-insecure: \"test.\"\n"
+            "remote-control:\n  control-enable: no\n"
+            "forward-zone:\n  name: \".\"\n"
+            f"  forward-addr: {self.upstream_host}@{self.upstream_port}\n"
+        )
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "unbound.conf"
+        conf.write_text(self.config_text())
+        return [shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c", str(conf)]
+
+
+class DnsmasqServer(DnsServer):
+    """dnsmasq as a caching forwarder to the upstream."""
+
+    name = "dnsmasq"
+
+    def __init__(self, upstream_addr: str, port: int = 0, cache_size: int = 10_000,
+                 address: str = "127.0.0.1") -> None:
+        super().__init__(upstream_addr, port, address)
+        self.cache_size = cache_size
+
+    def command(self) -> list[str]:
+        d = self.workdir
+        return [shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--no-resolv", "--no-hosts",
+                "--conf-file=/dev/null", f"--server={self.upstream_host}#{self.upstream_port}",
+                f"--port={self.port}", f"--listen-address={self.address}", "--bind-interfaces",
+                f"--cache-size={self.cache_size}", f"--pid-file={d}/dnsmasq.pid", "--user=root",
+                "--group=root", "--log-facility=-", "--dns-forward-max=4096"]
+
+
+class HeimdallServer(DnsServer):
+    """`heimdall serve` from this checkout's Python, configured through HEIMDALL_* variables."""
+
+    name = "heimdall"
+
+    def __init__(self, upstream_addr: str, port: int = 0, env: dict | None = None, workers: int = 1,
+                 address: str = "127.0.0.1", python: str | None = None) -> None:
+        super().__init__(upstream_addr, port, address)
+        self.extra_env = dict(env or {})
+        self.workers = workers
+        self.python = python or sys.executable
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "HEIMDALL_BIND_ADDR": f"{self.address}:{self.port}",
+            "HEIMDALL_UPSTREAM_SERVERS": f"{self.upstream_host}:{self.upstream_port}",
+            "HEIMDALL_WORKER_THREADS": str(self.workers),
+        })
+        env.update({k: str(v) for k, v in self.extra_env.items()})
+        return env
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "heimdall", "serve"]
