@@ -11,14 +11,12 @@ after which the tier is skipped entirely for a backoff period (doubling up to
 ``max_backoff``); one probe then tries again and, when it succeeds, Redis is
 *up* again (one log line).
 
-Stored value (version 1)::
-
-    b"HMDL" | u8 version | f64 stored-at (unix time) | u32 ttl | DNS wire answer
-
-The key is ``key_prefix`` + hex of the server's opaque cache key, and its
-Redis expiry is ``ttl`` seconds, so an answer never outlives its TTL there.
-A value that fails to decode (wrong magic or version, truncated, not a
-well-formed DNS response: see ttl_offsets) is counted as ``garbage`` and never served.
+The value (sharedvalue.py) is a versioned header with the stored-at time
+and TTL, then the DNS wire answer as the server passed it.  The key is
+``key_prefix`` + hex of the server's opaque cache key, and its Redis expiry
+is ``ttl`` seconds, so an answer never outlives its TTL there.  A value that
+fails to decode (wrong magic or version, truncated, not a well-formed DNS
+response: see sharedvalue.ttl_offsets) is counted as ``garbage``, never served.
 
 Create one instance per event loop (per worker process, after fork).
 """
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 import uuid
 from bisect import bisect_left
@@ -39,14 +36,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-log = logging.getLogger("heimdall.sharedcache")
+from heimdall.sharedvalue import (  # noqa: F401 - re-exported
+    HEADER_SIZE, MAGIC, VERSION, GarbageValue, age_ttls, decode_value, encode_value, ttl_offsets,
+)
 
-MAGIC = b"HMDL"
-VERSION = 1
-_HEADER = struct.Struct("!4sBdI")  # magic, version, stored-at, ttl
-HEADER_SIZE = _HEADER.size
-_U32 = struct.Struct("!I")
-_OPT = 41
+log = logging.getLogger("heimdall.sharedcache")
 
 UP, DOWN, DISABLED = "up", "down", "disabled"
 
@@ -56,116 +50,6 @@ LATENCY_BOUNDS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
     0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
 )
-
-
-class GarbageValue(ValueError):
-    """A value under a Heimdall key that is not a value this code wrote."""
-
-
-# --------------------------------------------------------------------------
-# Pure wire helpers (no I/O): value codec and TTL aging.
-# --------------------------------------------------------------------------
-
-def _skip_name(wire: bytes, pos: int) -> int:
-    """Offset just past the name field at `pos`, after checking the whole name.
-
-    Compression pointers are followed and must point strictly backwards (so
-    the walk ends) into the message body; labels total at most 255 bytes.
-    """
-    end = len(wire)
-    field_end = -1
-    total = 0
-    while True:
-        if pos >= end:
-            raise GarbageValue("name runs past the end")
-        length = wire[pos]
-        if length == 0:
-            return field_end if field_end >= 0 else pos + 1
-        if length & 0xC0 == 0xC0:
-            if pos + 2 > end:
-                raise GarbageValue("truncated compression pointer")
-            target = ((length & 0x3F) << 8) | wire[pos + 1]
-            if not 12 <= target < pos:
-                raise GarbageValue("compression pointer not backwards")
-            if field_end < 0:
-                field_end = pos + 2
-            pos = target
-            continue
-        if length & 0xC0:
-            raise GarbageValue("unknown label type")
-        total += length + 1
-        if total > 255:
-            raise GarbageValue("name longer than 255 bytes")
-        pos += 1 + length
-
-
-def ttl_offsets(wire: bytes) -> list[int]:
-    """Offsets of the TTL fields of every record except OPT, in wire order.
-
-    Walks the whole message and raises GarbageValue unless the header counts
-    match the records, every owner name is well formed and the last record
-    ends exactly at the end.  Pure Python, a few microseconds: cheaper than a
-    full dnspython parse (~100-200 us) on the Redis-hit path.  Rdata is not
-    interpreted.
-    """
-    if len(wire) < 12:
-        raise GarbageValue("shorter than a DNS header")
-    qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
-    end = len(wire)
-    pos = 12
-    for _ in range(qdcount):
-        pos = _skip_name(wire, pos) + 4
-        if pos > end:
-            raise GarbageValue("truncated question")
-    offsets: list[int] = []
-    for _ in range(ancount + nscount + arcount):
-        pos = _skip_name(wire, pos)
-        if pos + 10 > end:
-            raise GarbageValue("truncated record header")
-        rtype, _rclass, _ttl, rdlength = struct.unpack_from("!HHIH", wire, pos)
-        if rtype != _OPT:
-            offsets.append(pos + 4)
-        pos += 10 + rdlength
-        if pos > end:
-            raise GarbageValue("truncated rdata")
-    if pos != end:
-        raise GarbageValue("trailing bytes after the last record")
-    return offsets
-
-
-def age_ttls(wire: bytes, seconds: float, offsets: list[int] | None = None) -> bytes:
-    """`wire` with every TTL (except OPT's) lowered by whole `seconds`, floored at 0."""
-    if offsets is None:
-        offsets = ttl_offsets(wire)
-    drop = int(seconds)
-    if drop <= 0 or not offsets:
-        return wire
-    out = bytearray(wire)
-    for off in offsets:
-        ttl = _U32.unpack_from(out, off)[0]
-        _U32.pack_into(out, off, ttl - drop if ttl > drop else 0)
-    return bytes(out)
-
-
-def encode_value(wire: bytes, ttl: int, stored_at: float) -> bytes:
-    """The Redis value for `wire`: versioned header, then the answer as is."""
-    return _HEADER.pack(MAGIC, VERSION, stored_at, ttl) + wire
-
-
-def decode_value(value: bytes) -> tuple[bytes, float, int]:
-    """(wire, stored_at, ttl) from a Redis value, or raise GarbageValue."""
-    if len(value) < HEADER_SIZE:
-        raise GarbageValue("shorter than the header")
-    magic, version, stored_at, ttl = _HEADER.unpack_from(value)
-    if magic != MAGIC or version != VERSION:
-        raise GarbageValue("wrong magic or version")
-    if stored_at != stored_at or ttl <= 0:  # NaN, or a TTL we never store
-        raise GarbageValue("bad stored-at or ttl")
-    wire = value[HEADER_SIZE:]
-    ttl_offsets(wire)
-    if not wire[2] & 0x80:
-        raise GarbageValue("not a response (QR clear)")
-    return wire, stored_at, ttl
 
 
 # --------------------------------------------------------------------------
@@ -310,8 +194,12 @@ class SharedCache:
 
     # ---- cache API -------------------------------------------------------
 
-    async def get(self, key: bytes) -> tuple[bytes, float] | None:
-        """(wire as stored, seconds since stored) or None on miss/garbage/error/skip."""
+    async def get(self, key: bytes, question: bytes | None = None) -> tuple[bytes, float] | None:
+        """(wire as stored, seconds since stored) or None on miss/garbage/error/skip.
+
+        With `question` (lower-cased wire question), an answer whose question
+        section does not start with it counts as garbage.
+        """
         if self._client is None or not self._may_try():
             return None
         ok, value = await self._command("GET", self.redis_key(key))
@@ -323,6 +211,9 @@ class SharedCache:
         try:
             wire, stored_at, ttl = decode_value(value)
         except GarbageValue:
+            self.counters.garbage += 1
+            return None
+        if question is not None and wire[12:12 + len(question)].lower() != question:
             self.counters.garbage += 1
             return None
         elapsed = max(0.0, time.time() - stored_at)

@@ -16,9 +16,9 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall.sharedcache import (
-    HEADER_SIZE, MAGIC, GarbageValue, SharedCache, age_ttls, decode_value, encode_value,
-    ttl_offsets,
+from heimdall.sharedcache import SharedCache
+from heimdall.sharedvalue import (
+    HEADER_SIZE, MAGIC, GarbageValue, age_ttls, decode_value, encode_value, ttl_offsets,
 )
 from redis_fixture import redis_server  # noqa: F401 - pytest fixture
 
@@ -180,8 +180,11 @@ def test_garbage_is_ignored_and_counted(redis_server, upstream):
             for i, value in enumerate(garbage):
                 r.set(sc.redis_key(b"g%d" % i), value)
                 assert await sc.get(b"g%d" % i) is None, i
+            r.set(sc.redis_key(b"q"), encode_value(wire, 300, now))     # valid, other question
+            assert await sc.get(b"q", question=b"\x05other\x07example\x04test\x00\x00\x01\x00\x01") is None
+            assert await sc.get(b"q", question=b"\x03www\x07example\x04test\x00\x00\x01\x00\x01")
             s = sc.stats()
-            assert (s["garbage"], s["hits"], s["errors"], s["state"]) == (len(garbage), 0, 0, "up")
+            assert (s["garbage"], s["hits"], s["errors"], s["state"]) == (len(garbage) + 1, 1, 0, "up")
         finally:
             await sc.close()
 
