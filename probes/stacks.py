@@ -62,6 +62,6 @@ def stack_note(pid: int, depths: list[int], exe: str | None = None) -> dict:
                         "`heimdall-tools cpuprof` (py-spy) for Python-level stacks")
     elif depths and median <= 2:
         note["limited"] = True
-        note["text"] = (f"user stacks are only {median} frame(s) deep: {exe} or the libraries it waits in "
+        note["text"] = (f"user stacks are only {median} frame(s) deep: {exe} or the libraries on the stack "
                         "(Debian's libc) lack frame pointers, so the walk stops early")
     return note

@@ -1,0 +1,110 @@
+/* memprof: libc allocation calls of one process, from uprobes at function entry.
+ *
+ * Entry probes only (no uretprobes: they cost a second trap per call). Per
+ * function: calls and requested bytes; one log-linear size histogram per
+ * layer; allocating user stacks on 1 call in SAMPLE_N (stack walks are the
+ * expensive part). Slots FN_PY_* are CPython's PyObject_* layer (--pymalloc).
+ * Compiled with -DTARGET_TGID=<pid> -DSAMPLE_N=<n>.
+ */
+#include <uapi/linux/ptrace.h>
+#include "common.bpf.h"
+
+#define FN_MALLOC 0
+#define FN_CALLOC 1
+#define FN_REALLOC 2
+#define FN_FREE 3
+#define FN_POSIX_MEMALIGN 4
+#define FN_ALIGNED_ALLOC 5
+#define FN_PY_MALLOC 6
+#define FN_PY_CALLOC 7
+#define FN_PY_REALLOC 8
+#define FN_PY_FREE 9
+#define FN_SLOTS 10
+
+#define LAYER_LIBC 0
+#define LAYER_PY 1
+
+struct fn_stat {
+    u64 calls;
+    u64 bytes;
+    u64 null_or_zero;   /* free(NULL) / zero-size requests */
+};
+
+/* At function entry the frame pointer still belongs to the caller, so a
+ * frame-pointer walk skips the direct caller: keep its return address ([sp]). */
+struct stack_key {
+    u64 caller;
+    int stack_id;
+    u32 layer;
+};
+
+struct stack_stat {
+    u64 samples;
+    u64 bytes;
+};
+
+BPF_ARRAY(fn_stats, struct fn_stat, FN_SLOTS);
+BPF_ARRAY(size_hist, u64, HIST_BUCKETS * 2);
+BPF_ARRAY(sample_ctr, u64, 2);
+BPF_HASH(stack_stats, struct stack_key, struct stack_stat, 8192);
+BPF_STACK_TRACE(stacks, 8192);
+
+static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 size)
+{
+    u64 *n = sample_ctr.lookup(&layer);
+    if (!n) return;
+    u64 seen = __sync_fetch_and_add(n, 1);
+    if (seen % SAMPLE_N) return;
+    struct stack_key k = {};
+    k.stack_id = heimdall_stack_check(stacks.get_stackid(ctx, BPF_F_USER_STACK));
+    k.layer = layer;
+    bpf_probe_read_user(&k.caller, sizeof(k.caller), (void *)PT_REGS_SP(ctx));
+    struct stack_stat zero = {};
+    struct stack_stat *s = stack_stats.lookup_or_try_init(&k, &zero);
+    if (!s) { heimdall_lose(LOST_MAP_FULL); return; }
+    __sync_fetch_and_add(&s->samples, 1);
+    __sync_fetch_and_add(&s->bytes, size);
+}
+
+static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 size)
+{
+    if (!heimdall_is_target() || !heimdall_enabled()) return 0;
+    struct fn_stat *st = fn_stats.lookup(&fn);
+    if (st) {
+        __sync_fetch_and_add(&st->calls, 1);
+        __sync_fetch_and_add(&st->bytes, size);
+        if (size == 0) __sync_fetch_and_add(&st->null_or_zero, 1);
+    }
+    size_hist.atomic_increment(hist_key(layer, size));
+    sample_stack(ctx, layer, size);
+    return 0;
+}
+
+static __always_inline int on_free(int fn, u64 ptr)
+{
+    if (!heimdall_is_target() || !heimdall_enabled()) return 0;
+    struct fn_stat *st = fn_stats.lookup(&fn);
+    if (st) {
+        __sync_fetch_and_add(&st->calls, 1);
+        if (!ptr) __sync_fetch_and_add(&st->null_or_zero, 1);
+    }
+    return 0;
+}
+
+int malloc_enter(struct pt_regs *ctx, size_t size) { return on_alloc(ctx, FN_MALLOC, LAYER_LIBC, size); }
+int calloc_enter(struct pt_regs *ctx, size_t n, size_t size) { return on_alloc(ctx, FN_CALLOC, LAYER_LIBC, (u64)n * size); }
+int realloc_enter(struct pt_regs *ctx, void *ptr, size_t size) { return on_alloc(ctx, FN_REALLOC, LAYER_LIBC, size); }
+int free_enter(struct pt_regs *ctx, void *ptr) { return on_free(FN_FREE, (u64)ptr); }
+int posix_memalign_enter(struct pt_regs *ctx, void **memptr, size_t align, size_t size)
+{
+    return on_alloc(ctx, FN_POSIX_MEMALIGN, LAYER_LIBC, size);
+}
+int aligned_alloc_enter(struct pt_regs *ctx, size_t align, size_t size)
+{
+    return on_alloc(ctx, FN_ALIGNED_ALLOC, LAYER_LIBC, size);
+}
+
+int py_malloc_enter(struct pt_regs *ctx, size_t size) { return on_alloc(ctx, FN_PY_MALLOC, LAYER_PY, size); }
+int py_calloc_enter(struct pt_regs *ctx, size_t n, size_t size) { return on_alloc(ctx, FN_PY_CALLOC, LAYER_PY, (u64)n * size); }
+int py_realloc_enter(struct pt_regs *ctx, void *ptr, size_t size) { return on_alloc(ctx, FN_PY_REALLOC, LAYER_PY, size); }
+int py_free_enter(struct pt_regs *ctx, void *ptr) { return on_free(FN_PY_FREE, (u64)ptr); }

@@ -1,0 +1,313 @@
+"""memprof: libc allocation calls of one process, and what counting them costs.
+
+Attaches probes/malloc.bpf.c as entry uprobes (pid-filtered) on the target's
+libc malloc, calloc, realloc, free, posix_memalign, aligned_alloc, and with
+`pymalloc=True` on CPython's PyObject_Malloc/Calloc/Realloc/Free.
+Uprobes trap into the kernel on every call (microseconds each), so before
+attaching to the target we time a malloc+free loop in a helper process with
+and without the same probes and report the per-call cost and the estimated
+share of the target's time (`overhead`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from heimdall_probes.base import Probe, per_query
+from heimdall_probes.doctor import PROBE_UPROBES, resolve_uprobe
+from heimdall_probes.histogram import Histogram
+from heimdall_probes.stacks import exe_name, stack_note, symbolize
+from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+
+LIBC_FNS = ("malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc")
+PY_FNS = ("PyObject_Malloc", "PyObject_Calloc", "PyObject_Realloc", "PyObject_Free")
+PY_HANDLERS = ("py_malloc_enter", "py_calloc_enter", "py_realloc_enter", "py_free_enter")
+FN_NAMES = LIBC_FNS + PY_FNS
+ALLOC_SLOTS = (0, 1, 2, 4, 5)      # libc functions that allocate
+PY_ALLOC_SLOTS = (6, 7, 8)
+
+CPYTHON_NOTE = ("CPython serves objects of <= 512 bytes from its pymalloc arenas (themselves mmap'd), so libc "
+                "malloc counts here are larger objects, raw buffers and C extensions (uvloop/libuv) only; "
+                "use --pymalloc for CPython's object layer, or run the target with PYTHONMALLOC=malloc "
+                "to send every allocation through libc")
+
+CALIBRATION_CODE = r"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None)
+m, f = libc.malloc, libc.free
+m.restype, m.argtypes, f.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+print("ready", flush=True)
+for line in sys.stdin:
+    n = int(line)
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        f(m(64))
+    print((time.perf_counter_ns() - t) / n, flush=True)
+"""
+
+
+def find_libpython(pid: int) -> str | None:
+    """Path of the module holding PyObject_Malloc in the target: libpython or the executable."""
+    candidates = []
+    try:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6 and "libpython" in parts[5] and parts[5] not in candidates:
+                candidates.append(parts[5])
+        candidates.append(os.path.realpath(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
+    for path in candidates:
+        try:
+            resolve_uprobe(path, "PyObject_Malloc", pid)
+            return path
+        except Exception:
+            continue
+    return None
+
+
+class Calibrator:
+    """Times malloc+free pairs in a helper process without and with memprof's probes."""
+
+    def __init__(self, sample: int, iterations: int = 20000, rounds: int = 3) -> None:
+        self.sample = sample
+        self.iterations = iterations
+        self.rounds = rounds
+
+    def _round(self, proc: subprocess.Popen) -> float:
+        proc.stdin.write(f"{self.iterations}\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    def measure(self) -> dict:
+        proc = subprocess.Popen([sys.executable, "-c", CALIBRATION_CODE], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            proc.stdout.readline()
+            self._round(proc)  # warm caches and the allocator
+            without = [self._round(proc) for _ in range(self.rounds)]
+            probe = MemProbe(proc.pid, sample=self.sample, overhead=False)
+            probe.attach()
+            try:
+                probe.open_window()
+                with_probe = [self._round(proc) for _ in range(self.rounds)]
+                counted = probe.counts()
+            finally:
+                probe.close()
+            without += [self._round(proc) for _ in range(self.rounds)]
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        base, probed = statistics.median(without), statistics.median(with_probe)
+        expected = 2 * self.iterations * self.rounds
+        return {
+            "method": ("median ns per malloc+free pair in a helper loop, without and with these uprobes "
+                       f"({self.rounds} rounds x {self.iterations} pairs each)"),
+            "ns_per_pair_without": round(base, 1),
+            "ns_per_pair_with": round(probed, 1),
+            "probe_cost_us_per_call": round(max(probed - base, 0.0) / 2 / 1000.0, 3),
+            "calls_counted_in_calibration": counted["malloc"] + counted["free"],
+            "calls_expected_in_calibration": expected,
+        }
+
+
+class MemProbe(Probe):
+    """libc (and optionally CPython object) allocation calls of one process."""
+
+    name = "memprof"
+    bpf_file = "malloc.bpf.c"
+    schema = "heimdall.memprof/1"
+    window_tables = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
+
+    def __init__(self, pid: int, sample: int = 100, top: int = 10, pymalloc: bool = False,
+                 overhead: bool = True, **opts) -> None:
+        super().__init__(pid, **opts)
+        self.sample = max(1, int(sample))
+        self.top = top
+        self.pymalloc = pymalloc
+        self.want_overhead = overhead
+        self.attached: list[str] = []
+        self.pymalloc_status = "not requested (--pymalloc)"
+        self.calibration: dict | None = None
+
+    def cflags(self) -> list[str]:
+        return [f"-DSAMPLE_N={self.sample}"]
+
+    def attach(self) -> None:
+        if self.want_overhead and self.calibration is None:
+            from heimdall_probes.doctor import ensure_ready
+            ensure_ready(self.name, self.pid)
+            self.calibration = Calibrator(self.sample).measure()
+        super().attach()
+
+    def attach_points(self, bpf) -> None:
+        for lib, sym, required in PROBE_UPROBES["memprof"]:
+            try:
+                path = resolve_uprobe(lib, sym, self.pid)
+                bpf.attach_uprobe(name=path, sym=sym, fn_name=f"{sym}_enter", pid=self.pid)
+                self.attached.append(sym)
+            except Exception as exc:
+                if required:
+                    raise ToolError(f"memprof cannot attach uprobe {lib}:{sym} in pid {self.pid}: {exc}",
+                                    EXIT_ENVIRONMENT) from None
+        if self.pymalloc:
+            self._attach_pymalloc(bpf)
+
+    def _attach_pymalloc(self, bpf) -> None:
+        path = find_libpython(self.pid)
+        if path is None:
+            self.pymalloc_status = "unavailable: PyObject_Malloc not found in the target (not CPython?)"
+            return
+        for sym, handler in zip(PY_FNS, PY_HANDLERS):
+            bpf.attach_uprobe(name=path, sym=sym, fn_name=handler, pid=self.pid)
+            self.attached.append(sym)
+        self.pymalloc_status = f"attached in {path}"
+
+    # --- reading ---------------------------------------------------------------
+    def _fn_stats(self) -> dict[str, dict]:
+        table = self.bpf["fn_stats"]
+        out = {}
+        for i, name in enumerate(FN_NAMES):
+            v = table[table.Key(i)]
+            out[name] = {"calls": int(v.calls), "bytes": int(v.bytes), "null_or_zero": int(v.null_or_zero)}
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Calls per function so far (used by calibration and tests)."""
+        return {k: v["calls"] for k, v in self._fn_stats().items()}
+
+    def _frames(self, stack_id: int, caller: int) -> list[str]:
+        """Innermost frame, then the direct caller read at entry, then the rest of the walk."""
+        frames = symbolize(self.bpf, stack_id, self.pid)
+        if caller:
+            try:
+                name = self.bpf.sym(caller, self.pid, show_module=True, show_offset=True)
+                name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+            except Exception:
+                name = "[unknown]"
+            name = f"0x{caller:x}" if name.startswith("[unknown]") else name
+            if stack_id < 0:
+                return [name]
+            if len(frames) < 2 or frames[1] != name:
+                frames.insert(1, name)
+        return frames
+
+    def _top_stacks(self, layer: int) -> tuple[list[dict], list[int], int]:
+        rows = [(k, v) for k, v in self.bpf["stack_stats"].items() if k.layer == layer]
+        rows.sort(key=lambda kv: -kv[1].samples)
+        sampled = sum(int(v.samples) for _, v in rows)
+        top, depths = [], []
+        for key, v in rows[: self.top]:
+            frames = self._frames(key.stack_id, key.caller)
+            depths.append(len(frames))
+            top.append({"samples": int(v.samples), "est_calls": int(v.samples) * self.sample,
+                        "share": round(int(v.samples) / sampled, 4) if sampled else 0.0,
+                        "sampled_bytes": int(v.bytes), "stack": frames})
+        return top, depths, sampled
+
+    def _layer(self, fns: dict, slots: tuple[int, ...], free_name: str, layer: int) -> dict:
+        secs = max(self.duration_s, 1e-9)
+        calls = sum(fns[FN_NAMES[i]]["calls"] for i in slots)
+        nbytes = sum(fns[FN_NAMES[i]]["bytes"] for i in slots)
+        hist = Histogram.from_table(self.bpf["size_hist"], slot=layer)
+        top, depths, sampled = self._top_stacks(layer)
+        return {
+            "calls": calls, "bytes": nbytes, "frees": fns[free_name]["calls"],
+            "frees_null": fns[free_name]["null_or_zero"],
+            "rate_per_s": round(calls / secs, 1), "bytes_per_s": round(nbytes / secs, 1),
+            "mean_size": round(nbytes / calls, 1) if calls else 0.0,
+            "by_function": {FN_NAMES[i]: fns[FN_NAMES[i]] for i in (*slots, FN_NAMES.index(free_name))},
+            "size_percentiles": hist.summary(1.0),
+            "size_histogram": hist.to_json(scale=1.0, key="le_bytes"),
+            "sample_every": self.sample, "stacks_sampled": sampled,
+            "top_stacks": top, "_depths": depths,
+        }
+
+    def _overhead(self, probed_calls: int) -> dict:
+        if not self.calibration:
+            return {"measured": False, "reason": "calibration disabled"}
+        cost_us = self.calibration["probe_cost_us_per_call"]
+        secs = max(self.duration_s, 1e-9)
+        spent = probed_calls * cost_us / 1e6
+        return {"measured": True, **self.calibration, "probed_calls_in_window": probed_calls,
+                "estimated_probe_seconds": round(spent, 4),
+                "estimated_target_share": round(spent / secs, 4)}
+
+    def read(self, queries: int | None) -> dict:
+        fns = self._fn_stats()
+        libc = self._layer(fns, ALLOC_SLOTS, "free", 0)
+        depths = libc.pop("_depths")
+        out: dict = {"malloc": libc, "attached": list(self.attached)}
+        probed = libc["calls"] + libc["frees"]
+        if self.pymalloc:
+            py = self._layer(fns, PY_ALLOC_SLOTS, "PyObject_Free", 1)
+            depths += py.pop("_depths")
+            py["status"] = self.pymalloc_status
+            out["pymalloc"] = py
+            probed += py["calls"] + py["frees"]
+        else:
+            out["pymalloc"] = {"status": self.pymalloc_status}
+        out["overhead"] = self._overhead(probed)
+        exe = exe_name(self.pid)
+        notes = []
+        if "python" in exe or self.pymalloc_status.startswith("attached"):
+            notes.append(CPYTHON_NOTE)
+        note = stack_note(self.pid, depths, exe)
+        if note["text"]:
+            notes.append(note["text"])
+        out["stack_note"] = note
+        out["notes"] = notes
+        counts = {"mallocs": libc["calls"], "malloc_bytes": libc["bytes"], "frees": libc["frees"]}
+        if self.pymalloc:
+            counts["pymalloc_calls"] = out["pymalloc"]["calls"]
+        out["per_query"] = per_query(counts, queries)
+        return out
+
+    # --- rendering -------------------------------------------------------------
+    @classmethod
+    def render(cls, result: dict, console) -> None:
+        from rich.table import Table
+
+        head = (f"memprof pid {result['pid']} ({result['comm']}) window {result['duration_s']:.2f}s"
+                + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited") + "[/]" if result["partial"] else ""))
+        console.print(head, highlight=False)
+        layers = [("libc", result["malloc"])]
+        if "calls" in result.get("pymalloc", {}):
+            layers.append(("CPython PyObject_*", result["pymalloc"]))
+        for label, m in layers:
+            sp = m["size_percentiles"]
+            console.print(f"{label}: {m['calls']} allocations ({m['rate_per_s']:.0f}/s), {m['bytes']} bytes "
+                          f"(mean {m['mean_size']:.0f}), {m['frees']} frees; size p50 {sp['p50']:.0f} "
+                          f"p99 {sp['p99']:.0f} max {sp['max']:.0f} bytes", highlight=False)
+            fn = Table(title=f"{label} calls by function")
+            for col in ("function", "calls", "bytes"):
+                fn.add_column(col)
+            for name, v in m["by_function"].items():
+                if v["calls"]:
+                    fn.add_row(name, str(v["calls"]), str(v["bytes"]))
+            console.print(fn)
+            st = Table(title=f"{label} top allocating stacks (1 in {m['sample_every']} sampled, "
+                             f"{m['stacks_sampled']} samples)")
+            for col in ("share", "est. calls", "stack (innermost first)"):
+                st.add_column(col, overflow="fold")
+            for r in m["top_stacks"]:
+                st.add_row(f"{r['share'] * 100:.1f}%", str(r["est_calls"]), " < ".join(r["stack"][:4]))
+            console.print(st)
+        o = result["overhead"]
+        if o.get("measured"):
+            console.print(f"probe overhead: {o['probe_cost_us_per_call']:.2f} us per probed call "
+                          f"({o['ns_per_pair_without']:.0f} -> {o['ns_per_pair_with']:.0f} ns per malloc+free); "
+                          f"~{o['estimated_probe_seconds']:.3f} s in this window = "
+                          f"{o['estimated_target_share'] * 100:.1f}% of one CPU", highlight=False)
+        else:
+            console.print(f"probe overhead: not measured ({o.get('reason')})", highlight=False)
+        for n in result["notes"]:
+            console.print(f"note: {n}", highlight=False)
+        lost = {k: v for k, v in result["lost"].items() if v}
+        console.print(f"lost: {lost if lost else 'none'}", highlight=False)
+        if result.get("per_query"):
+            console.print(f"per query: {result['per_query']}", highlight=False)
