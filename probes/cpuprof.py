@@ -67,7 +67,12 @@ class NativeCpuProbe(Probe):
 
 
 def find_pyspy() -> str:
-    """py-spy on PATH or beside this interpreter (the venv's bin)."""
+    """$HEIMDALL_PYSPY, else py-spy on PATH or beside this interpreter (the venv's bin)."""
+    chosen = os.environ.get("HEIMDALL_PYSPY")
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise ToolError(f"py-spy not found at HEIMDALL_PYSPY={chosen}; {PYSPY_FIX}", EXIT_ENVIRONMENT)
+        return chosen
     found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not found:
         raise ToolError(f"py-spy not found; {PYSPY_FIX}", EXIT_ENVIRONMENT)
