@@ -1,0 +1,156 @@
+"""HTTP endpoints /metrics, /health and /stats on aiohttp.
+
+Runs on any asyncio (or uvloop) loop: ``await HttpApi(...).start()`` in the
+process that serves (N=1) or in the supervisor (N>1), or
+``BackgroundHttpApi`` when that process has no event loop of its own (it runs
+one in a daemon thread). It only needs ``snapshot_fn() -> Snapshot`` (the
+figures summed across workers, e.g. ``SnapshotStore.merged`` or
+``Stats.snapshot``) and optionally ``health_fn() -> Health``; by default a
+server is healthy while at least one upstream is.
+
+HEIMDALL_HTTP_BIND_ADDR: ``host:port``, ``[v6]:port`` or ``disabled``
+(see ``parse_bind_addr``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from heimdall.metrics import HeimdallCollector, Snapshot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIND = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Health:
+    serving: bool
+    upstreams_healthy: int
+    upstreams_total: int
+
+    @property
+    def ok(self) -> bool:
+        return self.serving and self.upstreams_healthy > 0
+
+
+def parse_bind_addr(value: str | None) -> tuple[str, int] | None:
+    """"127.0.0.1:8080", "[::1]:8080", ":8080" (all v4) or "disabled" -> (host, port) or None."""
+    value = (value or DEFAULT_BIND).strip()
+    if value.lower() in ("disabled", "off", "none", "false", "0"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"HEIMDALL_HTTP_BIND_ADDR must be host:port or 'disabled', not {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (host or "0.0.0.0", int(port))
+
+
+def health_from_snapshot(s: Snapshot, serving: bool = True) -> Health:
+    return Health(serving, sum(1 for ok in s.upstream_healthy.values() if ok), len(s.upstream_healthy))
+
+
+def stats_document(s: Snapshot) -> dict:
+    """The /stats JSON: cache, upstream, blocking and rate-limit figures."""
+    by_proto: dict[str, int] = {}
+    for (proto, _, _), n in s.queries.items():
+        by_proto[proto] = by_proto.get(proto, 0) + n
+    lookups = s.cache_hits + s.cache_misses
+    upstreams: dict[str, dict] = {u: {"healthy": ok, "requests": {}} for u, ok in s.upstream_healthy.items()}
+    for (u, result), n in s.upstream_requests.items():
+        upstreams.setdefault(u, {"healthy": False, "requests": {}})["requests"][result] = n
+    for u, h in s.upstream_duration.items():
+        if h.count:
+            upstreams.setdefault(u, {"healthy": False, "requests": {}})["avg_ms"] = round(h.total / h.count * 1000, 3)
+    return {
+        "workers": s.workers,
+        "queries": {"total": sum(s.queries.values()), "by_protocol": by_proto},
+        "cache": {"hits": s.cache_hits, "misses": s.cache_misses,
+                  "hit_ratio": round(s.cache_hits / lookups, 4) if lookups else None,
+                  "evictions": s.cache_evictions, "entries": s.cache_entries},
+        "upstreams": upstreams,
+        "blocking": {"blocked": s.blocked, "blocklist_entries": s.blocklist_entries},
+        "rate_limit": {"rate_limited": s.rate_limited},
+        "counters": s.counters,
+    }
+
+
+class HttpApi:
+    """The aiohttp application and its site; start() and stop() on the caller's loop."""
+
+    def __init__(self, snapshot_fn: Callable[[], Snapshot], health_fn: Callable[[], Health] | None = None,
+                 host: str = "127.0.0.1", port: int = 8080) -> None:
+        self.snapshot_fn = snapshot_fn
+        self.health_fn = health_fn or (lambda: health_from_snapshot(self.snapshot_fn()))
+        self.host, self.port = host, port
+        self.registry = CollectorRegistry()
+        self.registry.register(HeimdallCollector(snapshot_fn))
+        self.app = web.Application()
+        self.app.add_routes([web.get("/metrics", self._metrics), web.get("/health", self._health),
+                             web.get("/stats", self._stats)])
+        self._runner: web.AppRunner | None = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        try:
+            h = self.health_fn()
+        except Exception as e:  # noqa: BLE001 - a broken figure source means "not healthy"
+            log.warning("health check failed: %s", e)
+            return web.json_response({"status": "unhealthy", "error": str(e)}, status=503)
+        body = {"status": "ok" if h.ok else "unhealthy", **asdict(h)}
+        return web.json_response(body, status=200 if h.ok else 503)
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(stats_document(self.snapshot_fn()), dumps=lambda o: json.dumps(o, indent=1))
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError if the address is taken."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        sockets = self._runner.addresses
+        if sockets:
+            self.port = sockets[0][1]  # the real port when 0 was asked for
+        log.info("HTTP API on %s:%d (/metrics /health /stats)", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class BackgroundHttpApi:
+    """HttpApi on its own event loop in a daemon thread, for a process without a loop."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self.api = api
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="heimdall-http", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.api.start(), self._loop).result(timeout)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.api.stop(), self._loop).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
