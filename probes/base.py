@@ -161,8 +161,12 @@ class Probe:
         except Exception:
             pass
 
+    def table(self, name: str):
+        """A BPF map by name (bytes, as BCC wants them)."""
+        return self.bpf[name.encode()]
+
     def _ctl(self, value: int) -> None:
-        ctl = self.bpf["heimdall_ctl"]
+        ctl = self.table("heimdall_ctl")
         ctl[ctl.Key(0)] = ctl.Leaf(value)
 
     def open_window(self) -> None:
@@ -170,7 +174,7 @@ class Probe:
         if self.bpf is None:
             raise ToolError(f"{self.name}: open_window() before attach()", EXIT_ENVIRONMENT)
         for name in (*self.window_tables, "heimdall_lost"):
-            self.bpf[name].clear()
+            self.table(name).clear()
         self._ctl(1)
         self.window_start = time.monotonic()
         self.window_end = None
@@ -188,7 +192,7 @@ class Probe:
         return end - self.window_start
 
     def read_lost(self) -> dict[str, int]:
-        table = self.bpf["heimdall_lost"]
+        table = self.table("heimdall_lost")
         vals = [int(table[table.Key(i)].value) for i in range(len(LOST_NAMES))]
         return dict(zip(LOST_NAMES, vals))
 

@@ -66,7 +66,7 @@ class LockProbe(Probe):
 
     # --- reading ---------------------------------------------------------------
     def _load_comms(self) -> None:
-        for k, v in self.bpf["comms"].items():
+        for k, v in self.table("comms").items():
             self._comms[k.value] = v.comm.decode(errors="replace")
 
     def tcomm(self, tid: int) -> str:
@@ -76,7 +76,7 @@ class LockProbe(Probe):
 
     def _wait_rows(self) -> list[dict]:
         rows = []
-        for k, v in self.bpf["waits"].items():
+        for k, v in self.table("waits").items():
             rows.append({"tid": k.tid, "uaddr": k.uaddr, "stack_id": k.stack_id, "op": OP_NAMES.get(k.op, f"op{k.op}"),
                          "waits": v.count,
                          "total_ns": v.total_ns, "max_ns": v.max_ns,
@@ -85,7 +85,7 @@ class LockProbe(Probe):
 
     def _wakers(self) -> dict[int, list[dict]]:
         by_addr: dict[int, list[dict]] = defaultdict(list)
-        for k, v in self.bpf["wakes"].items():
+        for k, v in self.table("wakes").items():
             by_addr[k.uaddr].append({"tid": k.tid, "comm": self.tcomm(k.tid),
                                      "calls": int(v.calls), "woken": int(v.woken)})
         for lst in by_addr.values():
@@ -142,7 +142,7 @@ class LockProbe(Probe):
         if not self.has_klocks:
             return {"available": False, "reason": "lock:contention_begin/end tracepoints absent"}
         rows = []
-        for k, v in self.bpf["klocks"].items():
+        for k, v in self.table("klocks").items():
             rows.append((k, v))
         rows.sort(key=lambda kv: -kv[1].total_ns)
         top = []
@@ -153,7 +153,7 @@ class LockProbe(Probe):
                         "flags": klock_flags(k.flags), "contentions": int(v.count),
                         "wait_us_total": us(v.total_ns), "wait_us_max": us(v.max_ns),
                         "stack": symbolize(self.bpf, k.kstack, self.pid, kernel=True, limit=8)})
-        hist = Histogram.from_table(self.bpf["klock_hist"])
+        hist = Histogram.from_table(self.table("klock_hist"))
         return {"available": True, "contentions": sum(int(v.count) for _, v in rows),
                 "wait_us_total": us(sum(v.total_ns for _, v in rows)),
                 "wait_us_max": us(max((v.max_ns for _, v in rows), default=0)),
@@ -163,7 +163,7 @@ class LockProbe(Probe):
         self._load_comms()
         rows = self._wait_rows()
         wakers = self._wakers()
-        hist = Histogram.from_table(self.bpf["wait_hist"])
+        hist = Histogram.from_table(self.table("wait_hist"))
         waits = sum(r["waits"] for r in rows)
         total_ns = sum(r["total_ns"] for r in rows)
         max_ns = max((r["max_ns"] for r in rows), default=0)
@@ -196,6 +196,7 @@ class LockProbe(Probe):
     # --- rendering -------------------------------------------------------------
     @classmethod
     def render(cls, result: dict, console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         f = result["futex"]
@@ -218,10 +219,10 @@ class LockProbe(Probe):
             wk = f"{r['wakers'][0]['tid']}:{r['wakers'][0]['woken']}" if r["wakers"] else "-"
             table.add_row(str(r["tid"]), r["comm"], r["uaddr"], r["op"], str(r["waits"]),
                           f"{r['wait_us_total'] / 1000:.1f}", f"{r['wait_us_mean']:.1f}", f"{r['wait_us_max']:.0f}",
-                          f"{o['woken']}/{o['timedout']}/{o['eagain']}", wk, r["stack"][0] if r["stack"] else "-")
+                          f"{o['woken']}/{o['timedout']}/{o['eagain']}", wk, escape(r["stack"][0]) if r["stack"] else "-")
         console.print(table)
         if f["stack_note"]["text"]:
-            console.print(f"note: {f['stack_note']['text']}", highlight=False)
+            console.print(f"note: {escape(f['stack_note']['text'])}", highlight=False)
         k = result["kernel_locks"]
         if not k.get("available"):
             console.print(f"kernel locks: unavailable ({k.get('reason')})", highlight=False)
@@ -233,7 +234,7 @@ class LockProbe(Probe):
                 caller = next((fr for fr in r["stack"] if "spin_lock" not in fr and "lock_slowpath" not in fr
                                and "mutex_lock" not in fr), r["stack"][0] if r["stack"] else "-")
                 kt.add_row(r["symbol"] or r["lock"], r["flags"], str(r["contentions"]), f"{r['wait_us_total']:.0f}",
-                           f"{r['wait_us_max']:.0f}", caller)
+                           f"{r['wait_us_max']:.0f}", escape(caller))
             console.print(kt)
         lost = {k: v for k, v in result["lost"].items() if v}
         console.print(f"lost: {lost if lost else 'none'}", highlight=False)

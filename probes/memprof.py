@@ -169,7 +169,7 @@ class MemProbe(Probe):
 
     # --- reading ---------------------------------------------------------------
     def _fn_stats(self) -> dict[str, dict]:
-        table = self.bpf["fn_stats"]
+        table = self.table("fn_stats")
         out = {}
         for i, name in enumerate(FN_NAMES):
             v = table[table.Key(i)]
@@ -197,7 +197,7 @@ class MemProbe(Probe):
         return frames
 
     def _top_stacks(self, layer: int) -> tuple[list[dict], list[int], int]:
-        rows = [(k, v) for k, v in self.bpf["stack_stats"].items() if k.layer == layer]
+        rows = [(k, v) for k, v in self.table("stack_stats").items() if k.layer == layer]
         rows.sort(key=lambda kv: -kv[1].samples)
         sampled = sum(int(v.samples) for _, v in rows)
         top, depths = [], []
@@ -213,7 +213,7 @@ class MemProbe(Probe):
         secs = max(self.duration_s, 1e-9)
         calls = sum(fns[FN_NAMES[i]]["calls"] for i in slots)
         nbytes = sum(fns[FN_NAMES[i]]["bytes"] for i in slots)
-        hist = Histogram.from_table(self.bpf["size_hist"], slot=layer)
+        hist = Histogram.from_table(self.table("size_hist"), slot=layer)
         top, depths, sampled = self._top_stacks(layer)
         return {
             "calls": calls, "bytes": nbytes, "frees": fns[free_name]["calls"],
@@ -270,6 +270,7 @@ class MemProbe(Probe):
     # --- rendering -------------------------------------------------------------
     @classmethod
     def render(cls, result: dict, console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         head = (f"memprof pid {result['pid']} ({result['comm']}) window {result['duration_s']:.2f}s"
@@ -295,7 +296,7 @@ class MemProbe(Probe):
             for col in ("share", "est. calls", "stack (innermost first)"):
                 st.add_column(col, overflow="fold")
             for r in m["top_stacks"]:
-                st.add_row(f"{r['share'] * 100:.1f}%", str(r["est_calls"]), " < ".join(r["stack"][:4]))
+                st.add_row(f"{r['share'] * 100:.1f}%", str(r["est_calls"]), escape(" < ".join(r["stack"][:4])))
             console.print(st)
         o = result["overhead"]
         if o.get("measured"):
@@ -306,7 +307,7 @@ class MemProbe(Probe):
         else:
             console.print(f"probe overhead: not measured ({o.get('reason')})", highlight=False)
         for n in result["notes"]:
-            console.print(f"note: {n}", highlight=False)
+            console.print(f"note: {escape(n)}", highlight=False)
         lost = {k: v for k, v in result["lost"].items() if v}
         console.print(f"lost: {lost if lost else 'none'}", highlight=False)
         if result.get("per_query"):

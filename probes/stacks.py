@@ -23,7 +23,7 @@ def symbolize(bpf, stack_id: int, pid: int, kernel: bool = False, limit: int = 1
     if stack_id < 0:
         return [f"[{stack_error(stack_id)}]"]
     try:
-        addrs = list(bpf["stacks"].walk(stack_id))
+        addrs = list(bpf[b"stacks"].walk(stack_id))
     except KeyError:
         return ["[stack evicted]"]
     frames = []
