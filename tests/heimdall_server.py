@@ -1,0 +1,111 @@
+"""Start `python -m heimdall serve` as a real subprocess for tests, and talk to it.
+
+Usage: `with HeimdallProcess([upstream.addr], args=["--min-ttl", "5"]) as srv: srv.query(...)`.
+The process is always stopped (SIGTERM, then SIGKILL) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+from heimdall_tools.upstream import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class HeimdallProcess:
+    upstreams: list[str]
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    address: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 20.0) -> "HeimdallProcess":
+        self.port = self.port or free_port()
+        fd, name = tempfile.mkstemp(prefix="heimdall-test-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+        env.update(self.env)
+        cmd = [sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"{self.address}:{self.port}"]
+        if self.upstreams:
+            cmd += ["--upstream-servers", ",".join(self.upstreams)]
+        self.proc = subprocess.Popen(cmd + self.args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log_path, "wb"), start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while "listening on" not in self.log:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"heimdall exited with {self.proc.returncode}: {self.log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"heimdall did not start: {self.log}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def query(self, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 3.0,
+              **make_kw) -> dns.message.Message:
+        q = dns.message.make_query(name, rdtype, **make_kw)
+        fn = dns.query.tcp if tcp else dns.query.udp
+        return fn(q, self.address, port=self.port, timeout=timeout)
+
+    def raw(self, packet: bytes, timeout: float = 1.0) -> bytes | None:
+        """Send one datagram; the reply, or None when none comes within timeout."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(packet, (self.address, self.port))
+            try:
+                return s.recv(65535)
+            except socket.timeout:
+                return None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        code = self.proc.returncode
+        try:  # workers of a supervisor share its session: leave none behind
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return code
+
+    def __enter__(self) -> "HeimdallProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self.log_path:
+            self.log_path.unlink(missing_ok=True)
