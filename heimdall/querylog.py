@@ -1,0 +1,169 @@
+"""The query log (HEIMDALL_QUERY_LOG=path): one JSON line per query, written off the loop.
+
+``log()`` is the only call on the hot path: it appends a tuple to a bounded
+``deque`` (no formatting, no I/O). A writer thread wakes every
+``flush_interval`` seconds, or as soon as ``batch_size`` entries wait, formats
+them as JSON lines and writes them in one batch. Opening the file also happens
+in that thread, so a slow disk, a full disk or a FIFO without a reader never
+stalls the event loop.
+
+When the buffer holds ``max_buffer`` entries, new ones are dropped and
+counted (``dropped``). A failing open or write drops that batch, is logged
+once (and once more when writing works again), and is retried on the next
+batch. ``reopen()`` starts a new file after log rotation.
+
+Line format::
+
+    {"ts": 1764211200.123456, "client": "192.0.2.1", "protocol": "udp",
+     "name": "www.example.com.", "type": "A", "rcode": "NOERROR",
+     "ms": 0.081, "cached": true, "blocked": false}
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+
+import dns.rcode
+import dns.rdatatype
+
+log = logging.getLogger(__name__)
+
+
+def wire_to_text(qname: bytes) -> str:
+    """b"\\x03www\\x07example\\x00" -> "www.example." (non-ASCII bytes escaped)."""
+    labels, i = [], 0
+    while i < len(qname) and qname[i]:
+        n = qname[i]
+        labels.append(qname[i + 1:i + 1 + n].decode("ascii", "backslashreplace"))
+        i += n + 1
+    return ".".join(labels) + "."
+
+
+def _type_text(qtype: int) -> str:
+    try:
+        return dns.rdatatype.to_text(qtype)
+    except ValueError:
+        return f"TYPE{qtype}"
+
+
+def _rcode_text(rcode: int) -> str:
+    try:
+        return dns.rcode.to_text(rcode)
+    except ValueError:
+        return f"RCODE{rcode}"
+
+
+def format_entry(e: tuple) -> str:
+    ts, client, protocol, qname, qtype, rcode, seconds, cached, blocked = e
+    return json.dumps({
+        "ts": round(ts, 6), "client": client, "protocol": protocol,
+        "name": wire_to_text(qname) if isinstance(qname, (bytes, bytearray)) else qname,
+        "type": _type_text(qtype), "rcode": _rcode_text(rcode),
+        "ms": round(seconds * 1000, 3), "cached": cached, "blocked": blocked,
+    }, separators=(", ", ": "))
+
+
+class QueryLog:
+    """Buffered JSON-lines query log with a writer thread; see the module doc."""
+
+    def __init__(self, path: str, flush_interval: float = 1.0, batch_size: int = 1000,
+                 max_buffer: int = 50_000) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_buffer = max_buffer
+        self._buf: collections.deque[tuple] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._reopen = False
+        self._file = None
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="heimdall-querylog", daemon=True)
+        self.dropped = 0   # entries lost to a full buffer or a failed write
+        self.written = 0
+
+    def start(self) -> "QueryLog":
+        self._thread.start()
+        return self
+
+    def log(self, client: str, qname: bytes | str, qtype: int, rcode: int, seconds: float,
+            cached: bool = False, blocked: bool = False, protocol: str = "udp",
+            ts: float | None = None) -> None:
+        """Hot path: queue one entry (qname as wire bytes or text); never blocks."""
+        buf = self._buf
+        if len(buf) >= self.max_buffer:
+            self.dropped += 1
+            return
+        buf.append((ts or time.time(), client, protocol, qname, qtype, rcode, seconds, cached, blocked))
+        if len(buf) == self.batch_size:
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def reopen(self) -> None:
+        """Close and reopen the file at the next batch (after log rotation)."""
+        self._reopen = True
+        self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued and stop; False if the writer did not finish in time."""
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            stopping = self._stop
+            while self._buf:
+                self._write_batch()
+            if stopping:
+                break
+        self._close_file()
+
+    def _take(self) -> list[tuple]:
+        buf, out = self._buf, []
+        for _ in range(min(len(buf), self.batch_size)):
+            out.append(buf.popleft())
+        return out
+
+    def _write_batch(self) -> None:
+        batch = self._take()
+        if not batch:
+            return
+        try:
+            text = "".join(format_entry(e) + "\n" for e in batch)
+            if self._reopen:
+                self._reopen = False
+                self._close_file()
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(text)
+            self._file.flush()
+        except (OSError, ValueError, TypeError) as e:
+            self.dropped += len(batch)
+            self._close_file()
+            if not self._failing:
+                log.error("query log %s: %s; dropping lines until it works again", self.path, e)
+                self._failing = True
+            return
+        self.written += len(batch)
+        if self._failing:
+            log.warning("query log %s works again (%d lines dropped so far)", self.path, self.dropped)
+            self._failing = False
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
