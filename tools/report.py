@@ -31,6 +31,7 @@ MALLOCS_PER_QUERY_FLAG = 20.0
 QUEUE_P99_FLAG_US = 1_000.0
 CPU_BOUND_CORES = 0.85
 HOT_FRAME_FLAG = 0.20
+FOREIGN_FLAG_CORES = 0.5
 
 
 def representative(windows: Sequence[dict]) -> dict[str, dict]:
@@ -147,6 +148,7 @@ def indicators(rep: dict[str, dict]) -> list[str]:
 def bottlenecks(rep: dict[str, dict], meta: dict) -> list[str]:
     """Sentences, each conditional on a measured figure, naming what this run saw."""
     out: list[str] = []
+    out += _machine_findings(rep)
     out += _generator_findings(rep)
     out += _cpu_findings(rep)
     out += _futex_findings(rep, meta)
@@ -195,25 +197,25 @@ def _futex_findings(rep: dict, meta: dict) -> list[str]:
     state = _probe_state(rep, meta, "futex", "--lock-profile")
     if state:
         return [f"Lock contention (futex): {state}."]
-    out = []
+    out, quiet = [], []
     for scen, w in rep.items():
         facts = (w.get("probes_summary") or {}).get("facts", {})
         share = facts.get("futex_wait_share")
         if share is None:
             continue
+        if share <= FUTEX_SHARE_FLAG:
+            quiet.append((share, scen))
+            continue
         top = facts.get("top_lock")
-        top_txt = ""
-        if isinstance(top, dict):
-            label = top.get("name") or top.get("symbol") or top.get("uaddr") or top.get("addr") or "?"
-            top_txt = (f"; top lock {label}: {_f(top.get('waits'))} waits, "
-                       f"{_f(top.get('wait_us_total') or top.get('total_us'))} us")
-        if share > FUTEX_SHARE_FLAG:
-            out.append(f"{scen}: threads spent {share * 100:.1f} % of the window waiting in futex{top_txt}. "
-                       "Contention is significant: shard or shorten what that lock guards, or use worker processes "
-                       "instead of threads (CPython's GIL waits show up here).")
-        else:
-            out.append(f"{scen}: futex waiting was {share * 100:.1f} % of the window{top_txt}: lock contention is not "
-                       "a bottleneck here.")
+        top_txt = (f"; top lock {top.get('name')}: {_f(top.get('waits'))} waits, {_f(top.get('wait_us_total'))} us"
+                   if isinstance(top, dict) else "")
+        out.append(f"{scen}: threads spent {share * 100:.1f} % of the window waiting in futex{top_txt}. "
+                   "Contention is significant: shard or shorten what that lock guards, or use worker processes "
+                   "instead of threads (CPython's GIL waits show up here).")
+    if quiet:
+        worst, scen = max(quiet)
+        out.append(f"Futex waiting stayed at or below {worst * 100:.1f} % of the window in {len(quiet)} scenario(s) "
+                   f"(highest in {scen}): lock contention is not a bottleneck there.")
     return out
 
 
@@ -248,11 +250,40 @@ def _udp_findings(rep: dict, meta: dict) -> list[str]:
             out.append(f"{scen}: the kernel dropped {drops:,.0f} datagrams with a full receive buffer: the server does "
                        "not drain its socket fast enough; add worker processes or raise SO_RCVBUF.")
         if p99 is not None and p99 > QUEUE_P99_FLAG_US:
-            out.append(f"{scen}: queries waited up to {_us(p99)} (p99) in the socket queue before the server read them: "
-                       "time is lost before the server's code runs, so the event loop is busy or blocked.")
+            out.append(f"{scen}: queries waited up to {_us(p99)} (p99) in the socket queue before the server read them; "
+                       + _queue_cause(w))
         elif p99 is not None and not drops:
             out.append(f"{scen}: receive-queue wait p99 {_us(p99)}, no drops: the socket is drained promptly.")
     return out
+
+
+def _queue_cause(w: dict) -> str:
+    """Why datagrams queue, from the server's CPU use and the machine's other load in that window."""
+    cpu = w.get("server_cpu") or {}
+    cores, procs = cpu.get("cores_used"), max(1, int(cpu.get("processes") or 1))
+    foreign = (w.get("environment") or {}).get("foreign_cpu_cores")
+    if cores is not None and cores >= CPU_BOUND_CORES * procs:
+        return "the server was busy all the time, so its per-query work is the limit."
+    if foreign is not None and foreign >= FOREIGN_FLAG_CORES:
+        return (f"the server used only {cores:.2f} cores while other processes used {foreign:.2f}: it was "
+                "waiting for a CPU, not for work.")
+    if cores is not None:
+        return (f"the server used only {cores:.2f} cores and the machine was not busy, so it was blocked in "
+                "something other than CPU work (a synchronous call or sleep on the event loop).")
+    return "server CPU use was not measured, so the cause is not known."
+
+
+def _machine_findings(rep: dict) -> list[str]:
+    vals = [(w.get("environment") or {}).get("foreign_cpu_cores") for w in rep.values()]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return []
+    peak = max(vals)
+    if peak >= FOREIGN_FLAG_CORES:
+        return [f"Other processes used up to {peak:.2f} cores during the windows (median {statistics.median(vals):.2f}): "
+                "wall-clock figures (q/s, latency) understate this server; compare CPU per query instead, or rerun "
+                "on a quiet machine."]
+    return [f"Other processes used at most {peak:.2f} cores during the windows: the machine was quiet enough."]
 
 
 def _frame_findings(rep: dict, meta: dict) -> list[str]:

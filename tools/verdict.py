@@ -65,7 +65,14 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
         hits = sum(1 for idx in itertools.combinations(range(n + m), n)
                    if sum(r[i] for i in idx) >= observed - eps)
         return hits / total
-    u = observed - n * (n + 1) / 2
+    return normal_p_greater(x, y)
+
+
+def normal_p_greater(x: Sequence[float], y: Sequence[float]) -> float:
+    """Normal approximation of `mann_whitney_greater`, with tie and continuity corrections."""
+    n, m = len(x), len(y)
+    pooled = list(x) + list(y)
+    u = sum(ranks(pooled)[:n]) - n * (n + 1) / 2
     mean_u = n * m / 2
     ties = _tie_term(pooled)
     var_u = n * m / 12 * ((n + m + 1) - ties / ((n + m) * (n + m - 1)))

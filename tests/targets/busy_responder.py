@@ -84,5 +84,52 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
+
+class Responder:
+    """Launch this responder as a child process (for tests): `with Responder(50) as r: r.port, r.pid`."""
+
+    def __init__(self, cost_us: float = 50.0, drop: bool = False, address: str = "127.0.0.1") -> None:
+        self.cost_us, self.drop, self.address = cost_us, drop, address
+        self.proc = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def server(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def start(self) -> "Responder":
+        import subprocess
+
+        cmd = [sys.executable, os.path.abspath(__file__), "--address", self.address, "--cost-us", str(self.cost_us)]
+        if self.drop:
+            cmd.append("--drop")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"busy_responder did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "Responder":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,114 @@
+"""`heimdall-tools bench` against a real responder: files, probe figures against known truth, computed report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import bcc_unavailable_reason
+from targets.busy_responder import Responder
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+COST_US = 30.0
+
+
+def tool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOOL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One short bench of two scenarios, with the tracepoint probes when BCC works here."""
+    out = tmp_path_factory.mktemp("bench")
+    probes = [] if bcc_unavailable_reason() else ["--lock-profile", "--net-profile"]
+    with Responder(COST_US) as r:
+        proc = tool("bench", "--server", r.server, "--pid", str(r.pid), "--scenarios", "cache-hit,blocking",
+                    "--duration", "2", "--warmup", "0.3", "--results-dir", str(out), *probes)
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"report: (\S+)", proc.stdout)
+    assert m, proc.stdout
+    report = Path(m.group(1))
+    return {"dir": report.parent, "report": report.read_text(), "probes": bool(probes),
+            "windows": {s: json.loads((report.parent / f"{s}.json").read_text()) for s in ("cache-hit", "blocking")}}
+
+
+def test_writes_every_file(run):
+    d = run["dir"]
+    for name in ("cache-hit.json", "blocking.json", "resource_usage.csv", "performance_report.md", "bench.json"):
+        assert (d / name).is_file(), name
+    assert not list(d.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_window_figures_match_the_target(run):
+    for scen, w in run["windows"].items():
+        load = w["load"]
+        assert load["received"] > 100 and load["qps"] > 0
+        assert w["params"]["duration_s"] == 2
+        # the responder burns 30 us of CPU per answer: the server-CPU figure must see it
+        assert COST_US <= w["server_cpu"]["cpu_us_per_query"] < COST_US + 60, w["server_cpu"]
+
+
+def test_probe_figures_cover_the_same_window(run):
+    if not run["probes"]:
+        pytest.skip(bcc_unavailable_reason())
+    for w in run["windows"].values():
+        pq = w["probes_summary"]["per_query_metrics"]
+        # one recvfrom + one sendto per answered query: known truth of the responder
+        assert 1.9 <= pq["syscalls_per_query"] <= 2.1, pq
+        # single-threaded, no locks
+        assert pq["futex_waits_per_query"] < 0.05, pq
+        assert w["probes"]["udp"]["udp"]["datagrams"] >= w["load"]["received"] * 0.9
+
+
+def test_resource_usage_csv(run):
+    rows = list(csv.DictReader((run["dir"] / "resource_usage.csv").open()))
+    assert len(rows) >= 3                     # ~5 s of windows sampled each second
+    assert {r["scenario"] for r in rows} >= {"cache-hit", "blocking"}
+    assert all(int(r["rss_bytes"]) > 1_000_000 for r in rows)
+    assert max(float(r["cpu_percent"]) for r in rows) > 5     # it was answering queries
+    assert all(r["threads"] == "1" for r in rows)
+
+
+def test_report_is_computed_from_the_run(run):
+    text, hit = run["report"], run["windows"]["cache-hit"]
+    avg, qps = hit["load"]["latency_us"]["avg"], hit["load"]["qps"]
+    assert f"{qps:,.0f} q/s" in text
+    expected = "PASS" if avg < 100 else "FAIL"
+    assert re.search(rf"\| cache-hit average latency \| < 100 us \| [^|]+ \| {expected} \|", text)
+    expected = "PASS" if qps > 10_000 else "FAIL"
+    assert re.search(rf"\| cache-hit throughput \| > 10,000 q/s \| [^|]+ \| {expected} \|", text)
+    assert "cache-miss average latency | < 50 ms | n/a | not measured" in text     # scenario not run
+    assert "Allocations (libc malloc): not measured (run with --memory-profile)" in text
+    assert "Hottest Python frames: not measured (run with --profile)" in text
+    cpu = hit["server_cpu"]["cpu_us_per_query"]
+    assert f"{cpu:,.1f} us per query" in text
+    gen = hit["load"]["generator_saturated"]
+    assert ("generator was saturated" in text) == gen or any(w["load"]["generator_saturated"]
+                                                             for w in run["windows"].values())
+    if run["probes"]:
+        assert "Futex waiting stayed at or below" in text
+        assert "socket syscalls 2.00/query" in text
+
+
+def test_bench_bad_input_is_one_line():
+    proc = tool("bench", "--server", "127.0.0.1:53", "--duration", "1")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1 and "--pid" in proc.stderr
+    proc = tool("bench", "--server", "127.0.0.1:53", "--pid", "1", "--duration", "0")
+    assert proc.returncode == 3 and "--duration" in proc.stderr
+
+
+def test_bench_server_not_answering_is_exit_3(tmp_path):
+    with Responder(drop=True) as silent:
+        proc = tool("bench", "--server", silent.server, "--pid", str(silent.pid), "--scenarios", "cache-hit",
+                    "--duration", "1", "--results-dir", str(tmp_path))
+    assert proc.returncode == 3, proc.stderr
+    assert "not answering" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir()), "no results directory for a run that never started"

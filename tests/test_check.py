@@ -1,0 +1,155 @@
+"""`check --max-regression` against a real responder whose per-query CPU cost we set.
+
+The acceptance runs: an unchanged target passes, the same target made 20 us
+per query slower is a regression, and missing/corrupt baselines, a server
+that does not answer, a vanished pid and a different probe set are exit 3
+(4 for the pid) with one line and no traceback. CI runs each acceptance
+check twice; HEIMDALL_ACCEPTANCE_RUNS=5 runs the full 5 out of 5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from targets.busy_responder import Responder
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "2"))
+COST_US = 50.0
+SLOWER_US = COST_US + 20.0
+# reduced form of the default check: one scenario, 5 repeats of 1 s windows
+LOAD = ["--scenarios", "cache-hit", "--duration", "1", "--warmup", "0.3", "--repeats", "5", "--probes", "none"]
+
+
+def tool(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOOL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, proc.stderr
+    assert needle in error_lines[0], error_lines[0]
+
+
+@pytest.fixture(scope="module")
+def target():
+    with Responder(COST_US) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def baseline(target, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("baseline") / "busy.json"
+    proc = tool("baseline", "create", "--output", str(path), "--server", target.server, "--pid", str(target.pid), *LOAD)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def check(baseline: Path, r: Responder, results: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--server", r.server,
+                "--pid", str(r.pid), "--results-dir", str(results), *extra)
+    runs = sorted(results.glob("*-check"))
+    verdicts = json.loads((runs[-1] / "check.json").read_text()) if runs else {}
+    return proc, verdicts
+
+
+def test_baseline_records_every_repeat(baseline):
+    doc = json.loads(baseline.read_text())
+    assert doc["schema"] == "heimdall.baseline/1"
+    assert doc["probes"] == [] and doc["load"]["repeats"] == 5
+    cpu = doc["scenarios"]["cache-hit"]["cpu_us_per_query"]
+    assert len(cpu["values"]) == 5 and cpu["better"] == "lower" and cpu["unit"] == "us"
+    # the responder burns 50 us of CPU per query; its own recv/send adds a little
+    assert COST_US <= cpu["median"] < COST_US + 60
+    qps = doc["scenarios"]["cache-hit"]["qps"]
+    assert qps["better"] == "higher" and all(v > 0 for v in qps["values"])
+    for key in ("cpu_model", "cores", "kernel", "python", "packages"):
+        assert key in doc["fingerprint"]
+
+
+def test_unchanged_target_passes(baseline, target, tmp_path):
+    outcomes = []
+    for i in range(RUNS):
+        proc, v = check(baseline, target, tmp_path / f"run{i}")
+        rows = v["rows"]
+        assert not [r for r in rows if r["verdict"] == "regression"], proc.stdout
+        cost = [r for r in rows if r["metric"] == "cpu_us_per_query"]
+        assert cost and cost[0]["verdict"] in ("ok", "improved"), cost
+        # the only tolerated non-pass: wall-clock figures while other processes loaded the machine
+        unsure = [r for r in rows if r["verdict"] == "inconclusive"]
+        for r in unsure:
+            assert r["kind"] == "time" and "other processes" in r["reason"], r
+        assert proc.returncode == (2 if unsure else 0), proc.stdout
+        outcomes.append(proc.returncode)
+    print(f"unchanged target: exit statuses {outcomes}")
+
+
+def test_target_20us_slower_is_a_regression(baseline, tmp_path):
+    with Responder(SLOWER_US) as slower:
+        for i in range(RUNS):
+            proc, v = check(baseline, slower, tmp_path / f"run{i}")
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            cost = [r for r in v["rows"] if r["metric"] == "cpu_us_per_query"][0]
+            assert cost["verdict"] == "regression"
+            assert 20 < cost["change_pct"] < 60   # +20 us on ~60-70 us per query
+            assert "regression" in proc.stdout
+
+
+def test_missing_baseline_is_exit_3(target, tmp_path):
+    proc = tool("check", "--max-regression", "10", "--baseline", str(tmp_path / "nope.json"),
+                "--server", target.server, "--pid", str(target.pid))
+    assert_one_line_error(proc, 3, "no baseline")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"schema": "heimdall.baseline/1", "scenarios": {', "not valid JSON"),
+    ('{"schema": "heimdall.baseline/1", "fingerprint": {}, "probes": [], "load": {}, "scenarios": {}}', "no scenarios"),
+    ('[1, 2]', "not an object"),
+    ('{"schema": "other/9"}', "schema"),
+    ('\xff\xfe garbage', "baseline"),
+])
+def test_corrupt_baseline_is_exit_3(target, tmp_path, content, needle):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content.encode("latin-1"))
+    proc = tool("check", "--max-regression", "10", "--baseline", str(path),
+                "--server", target.server, "--pid", str(target.pid))
+    assert_one_line_error(proc, 3, needle)
+
+
+def test_server_not_answering_is_exit_3(baseline):
+    with Responder(drop=True) as silent:
+        proc = tool("check", "--max-regression", "10", "--baseline", str(baseline),
+                    "--server", silent.server, "--pid", str(silent.pid))
+    assert_one_line_error(proc, 3, "not answering")
+
+
+def test_gone_pid_is_exit_4(baseline, target):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline),
+                "--server", target.server, "--pid", str(dead.pid))
+    assert_one_line_error(proc, 4, "does not exist")
+
+
+def test_different_probe_set_is_exit_3(baseline, target):
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--probes", "futex",
+                "--server", target.server, "--pid", str(target.pid))
+    assert_one_line_error(proc, 3, "probe set differs")
+
+
+def test_bad_input_is_one_line(baseline, target):
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--scenarios", "warp-speed",
+                "--server", target.server, "--pid", str(target.pid))
+    assert_one_line_error(proc, 3, "unknown scenario")
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--server", "nohostport",
+                "--pid", str(target.pid))
+    assert_one_line_error(proc, 3, "HOST:PORT")
