@@ -46,6 +46,7 @@ BUSY_SATURATED = 0.90          # a process busy this much of the window is the b
 CLIENTS_PER_PROCESS = 2500     # auto: one more process per this many clients (closed loop)
 QPS_PER_PROCESS = 25000        # auto: one more process per this offered rate (open loop)
 PROGRESS_NS = 100_000_000      # how often a process publishes its counters
+FINE_WAIT = os.environ.get('HEIMDALL_LOAD_FINE_WAIT', '1') == '1'
 MAX_BURST = 2000               # open loop: sends per iteration before reading replies
 
 # counter slots inside a worker (a list is the cheapest mutable counter in CPython)
@@ -226,6 +227,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         sends[s.fileno()] = s.send
         recvs[s.fileno()] = s.recv
     fds = [s.fileno() for s in socks]
+    epfd, select_ = ep.fileno(), select.select
     ids = [int.from_bytes(os.urandom(2), "big") for _ in range(maxfd + 1)]
     ready.put(spec.index)
     while start.value == 0:
@@ -257,17 +259,19 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
     interrupted = False
     base = spec.index * 4
 
-    def issue(fd: int, now: int) -> None:
+    def issue(fd: int) -> None:
         q, kind = nxt()
         qid = (ids[fd] + 1) & 0xFFFF
         ids[fd] = qid
+        msg = qid.to_bytes(2, "big") + HEADER_TAIL + q
+        now = mono()  # as close to the send as Python gets: the latency is the server's, not ours
+        try:
+            sends[fd](msg)
+        except OSError:  # full buffer or an ICMP error from earlier: the query is lost
+            cnt[SEND_ERRORS] += 1
         inwin = t_measure <= now
         if inwin:
             cnt[SENT] += 1
-        try:
-            sends[fd](qid.to_bytes(2, "big") + HEADER_TAIL + q)
-        except OSError:  # full buffer or an ICMP error from earlier: the query is lost
-            cnt[SEND_ERRORS] += 1
         key = fd << 16 | qid
         pending[key] = (now, q, kind, inwin)
         push((now + timeout_ns, key, now))
@@ -280,7 +284,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
     sending = not stop.value
     if closed and sending:
         for fd in fds:
-            issue(fd, now)
+            issue(fd)
     next_send = now
     rr = 0
     next_progress = now + PROGRESS_NS
@@ -308,7 +312,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         if sending and not closed:
             burst = 0
             while next_send <= now and burst < MAX_BURST:
-                issue(fds[rr], now)
+                issue(fds[rr])
                 rr = rr + 1 if rr + 1 < len(fds) else 0
                 next_send += interval_ns
                 burst += 1
@@ -325,7 +329,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             if ent[3]:
                 cnt[TIMEOUTS] += 1
             if closed and sending:
-                issue(key >> 16, now)
+                issue(key >> 16)
         if len(expired) > 200_000:
             expired.clear()
         # progress and the stop flag
@@ -346,7 +350,13 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             if not closed:
                 due = min(due, next_send)
         wait = max(due - now, 0) / 1e9
-        for fd, _ev in ep.poll(wait):
+        if 0 < wait < 0.002 and not closed and FINE_WAIT:
+            # epoll's timeout is whole milliseconds; select's is microseconds, and an epoll fd is
+            # itself pollable, so short waits keep the open-loop schedule even instead of bursty
+            events = ep.poll(0) if select_([epfd], (), (), wait)[0] else ()
+        else:
+            events = ep.poll(wait)
+        for fd, _ev in events:
             recv = recvs[fd]
             while True:
                 try:
@@ -387,7 +397,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
                     d = d - d % 100 if d < 10_000_000 else quantize(d)
                     lat[d] = lat_get(d, 0) + 1
                 if closed and sending:
-                    issue(fd, t)
+                    issue(fd)
 
     # whatever in-window query is still pending never got its answer
     cnt[TIMEOUTS] += sum(1 for ent in pending.values() if ent[3])
