@@ -140,7 +140,7 @@ class Probe:
         self.comm = read_comm(self.pid)
         flags = [f"-DTARGET_TGID={self.pid}", f"-I{PROBES_DIR}", "-Wno-unused-function"] + self.cflags()
         try:
-            self.bpf = BPF(text=self.bpf_text(), cflags=flags)
+            self.bpf = BPF(text=self.bpf_text().encode(), cflags=flags)
             self.attach_points(self.bpf)
         except ToolError:
             self.close()

@@ -142,7 +142,7 @@ def check_tracepoints(probe: str) -> list[Check]:
 def resolve_uprobe(lib: str, sym: str, pid: int | None) -> str:
     """Path of the module that holds `sym`, resolved in the target's maps; raises when absent."""
     from bcc import BPF
-    path, _addr = BPF._check_path_symbol(lib, sym, 0, pid if pid else -1)
+    path, _addr = BPF._check_path_symbol(lib.encode(), sym.encode(), 0, pid if pid else -1)
     return path.decode() if isinstance(path, bytes) else str(path)
 
 

@@ -94,7 +94,7 @@ class LockProbe(Probe):
 
     def _stats(self, table: str, names) -> dict:
         out = {}
-        t = self.bpf[table]
+        t = self.table(table)
         for key, val in t.items():
             if val.count:
                 name = names(key.value)

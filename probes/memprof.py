@@ -148,7 +148,7 @@ class MemProbe(Probe):
         for lib, sym, required in PROBE_UPROBES["memprof"]:
             try:
                 path = resolve_uprobe(lib, sym, self.pid)
-                bpf.attach_uprobe(name=path, sym=sym, fn_name=f"{sym}_enter", pid=self.pid)
+                bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=f"{sym}_enter".encode(), pid=self.pid)
                 self.attached.append(sym)
             except Exception as exc:
                 if required:
@@ -163,7 +163,7 @@ class MemProbe(Probe):
             self.pymalloc_status = "unavailable: PyObject_Malloc not found in the target (not CPython?)"
             return
         for sym, handler in zip(PY_FNS, PY_HANDLERS):
-            bpf.attach_uprobe(name=path, sym=sym, fn_name=handler, pid=self.pid)
+            bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=handler.encode(), pid=self.pid)
             self.attached.append(sym)
         self.pymalloc_status = f"attached in {path}"
 

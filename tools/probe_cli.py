@@ -48,6 +48,7 @@ def memprof(
     top: int = typer.Option(10, "--top", help="rows in the top-stacks table and JSON"),
     warmup: float = typer.Option(0.0, "--warmup", help="seconds after attach before the window opens"),
     pymalloc: bool = typer.Option(False, "--pymalloc", help="also probe CPython's PyObject_Malloc layer"),
+    overhead: bool = typer.Option(True, "--overhead/--no-overhead", help="measure the probe's per-call cost first (~3 s)"),
     queries: Optional[int] = typer.Option(None, "--queries", help="queries answered in the window (adds per-query figures)"),
     json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON to this file"),
     command: Optional[List[str]] = typer.Argument(None, help=CMD_HELP),
@@ -60,7 +61,8 @@ def memprof(
     if sample < 1 or top < 1:
         raise ToolError("--sample and --top must be >= 1", EXIT_INCONCLUSIVE)
     run_probe_command(MemProbe, resolve_target(pid, command), duration, warmup, json_path,
-                      queries=queries, sample=sample, top=top, pymalloc=pymalloc)
+                      queries=queries, sample=sample, top=top, pymalloc=pymalloc,
+                      overhead=overhead)
 
 
 def register(app: typer.Typer) -> None:
