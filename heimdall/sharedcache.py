@@ -161,7 +161,7 @@ class SharedCache:
         if not self._up:
             self._up = True
             self._backoff = self.base_backoff
-            log.warning("redis %s is back: shared cache tier in use again", self.url)
+            log.warning("shared cache: redis %s is back, in use again", self.url)
 
     def _failed(self, exc: BaseException, was_up: bool) -> None:
         self.counters.errors += 1
@@ -172,8 +172,8 @@ class SharedCache:
             self._up = False
             self._backoff = self.base_backoff
             self._retry_at = now + self._backoff
-            log.warning("redis %s unavailable (%s: %s): local cache only, retry in %.1fs",
-                        self.url, type(exc).__name__, exc or "timeout", self._backoff)
+            log.warning("shared cache: redis %s unavailable (%s: %s), local cache only, retry in %.1fs",
+                        self.url, type(exc).__name__, str(exc) or "timed out", self._backoff)
         elif not was_up:  # a failed probe: wait longer next time
             self._backoff = min(self._backoff * 2, self.max_backoff)
             self._retry_at = now + self._backoff
