@@ -253,6 +253,10 @@ def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dic
             pq["malloc_bytes_per_query"] = nbytes / q
         facts["mallocs"] = calls
         facts["malloc_bytes"] = nbytes
+        over = r.get("overhead") or {}
+        if over.get("measured"):
+            facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")
+            facts["malloc_probe_share"] = over.get("estimated_target_share")
     if "udp" in raw:
         r = raw["udp"]
         recv = _first(r, ("udp", "recv_syscalls"))
@@ -280,15 +284,21 @@ def _lock_label(top: dict) -> dict:
 # --- CPU profile (py-spy) -------------------------------------------------------------
 
 def flame_graph(pid: int, duration: float, out_dir: Path, name: str) -> dict:
-    """Sample pid's Python stacks for `duration` s: SVG flame graph, folded stacks, top frames."""
+    """Sample pid's Python stacks with py-spy for `duration` s: SVG, folded stacks, top frames."""
     try:
         cpuprof = importlib.import_module("heimdall_probes.cpuprof")
     except ImportError as exc:
         return {"unavailable": f"cpuprof: {exc}"}
     try:
-        return dict(cpuprof.record(pid, duration=duration, out_dir=out_dir, name=name))
+        res = cpuprof.run_cpuprof(pid, max(1.0, duration), svg=str(Path(out_dir) / f"{name}.svg"),
+                                  top=10, render=False)
     except ToolError as exc:
         return {"unavailable": str(exc)}
+    py = res.get("python") or {}
+    return {"svg": res.get("svg"), "folded": res.get("folded"), "samples": py.get("samples"),
+            "rate_hz": res.get("rate_hz"), "partial": res.get("partial"),
+            "top_frames": [{"frame": f["frame"], "share": f["self_pct"] / 100, "total_share": f["total_pct"] / 100}
+                           for f in py.get("top") or []]}
 
 
 def own_cpu_seconds() -> float:

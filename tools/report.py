@@ -229,12 +229,18 @@ def _malloc_findings(rep: dict, meta: dict) -> list[str]:
         calls, nbytes = pq.get("mallocs_per_query"), pq.get("malloc_bytes_per_query")
         if calls is None:
             continue
+        facts = (w.get("probes_summary") or {}).get("facts", {})
         txt = f"{scen}: {calls:.1f} libc mallocs and {_f(nbytes, 0)} bytes per query"
         if calls > MALLOCS_PER_QUERY_FLAG:
-            out.append(txt + ": allocation-heavy; reuse buffers and avoid building objects per query on the hot path.")
+            txt += ": allocation-heavy; reuse buffers and avoid building objects per query on the hot path."
         else:
-            out.append(txt + " (CPython's small objects come from pymalloc arenas and are not counted): "
-                       "libc allocation is not a bottleneck here.")
+            txt += (": libc allocation is not a bottleneck here (CPython's small objects come from pymalloc "
+                    "arenas and are not counted).")
+        share = facts.get("malloc_probe_share")
+        if share is not None:
+            txt += (f" The uprobes themselves cost about {facts.get('malloc_probe_us_per_call') or 0:.2f} us a call, "
+                    f"{share * 100:.1f} % of the window, which inflates this run's times.")
+        out.append(txt)
     return out
 
 
@@ -299,14 +305,11 @@ def _frame_findings(rep: dict, meta: dict) -> list[str]:
         if not frames:
             out.append(f"{scen}: the CPU profile recorded no samples.")
             continue
-        parts = []
-        for fr in frames[:3]:
-            share = fr.get("share") if fr.get("share") is not None else fr.get("fraction")
-            parts.append(f"{fr.get('frame') or fr.get('name')} ({share * 100:.0f} %)" if share is not None
-                         else str(fr.get("frame") or fr.get("name")))
-        top_share = frames[0].get("share") if frames[0].get("share") is not None else frames[0].get("fraction")
+        parts = [f"{fr['frame']} ({fr['share'] * 100:.0f} % self, {fr['total_share'] * 100:.0f} % total)"
+                 for fr in frames[:3]]
+        top_share = frames[0]["share"]
         txt = f"{scen}: hottest frames {', '.join(parts)}"
-        if top_share is not None and top_share > HOT_FRAME_FLAG:
+        if top_share > HOT_FRAME_FLAG:
             txt += f"; the first alone takes {top_share * 100:.0f} % of samples, so start there"
         out.append(txt + f" (flame graph: {Path(prof.get('svg', '')).name or 'n/a'}).")
     return out
