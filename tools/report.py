@@ -309,7 +309,10 @@ def _frame_findings(rep: dict, meta: dict) -> list[str]:
                  for fr in frames[:3]]
         top_share = frames[0]["share"]
         txt = f"{scen}: hottest frames {', '.join(parts)}"
-        if top_share > HOT_FRAME_FLAG:
+        if frames[0]["total_share"] >= 0.99 and top_share > HOT_FRAME_FLAG:
+            txt += (f"; the first is the root frame, so its {top_share * 100:.0f} % self time is spent inside C code "
+                    "it called (the event loop's polling and socket calls), not in a Python function")
+        elif top_share > HOT_FRAME_FLAG:
             txt += f"; the first alone takes {top_share * 100:.0f} % of samples, so start there"
         out.append(txt + f" (flame graph: {Path(prof.get('svg', '')).name or 'n/a'}).")
     return out
@@ -323,7 +326,12 @@ def _scenario_contrasts(rep: dict) -> list[str]:
     hit_avg = (hit["load"].get("latency_us") or {}).get("avg")
     hit_qps = hit["load"].get("qps")
     blk = rep.get("blocking")
-    if blk and hit_avg:
+    info = (blk or {}).get("load", {}).get("blocking") or {}
+    if info.get("forwarded_answers"):
+        out.append(f"blocking: {info['forwarded_answers']:,} of {info.get('blocked_replies', 0):,} answers to "
+                   "blocklisted names were forwarded answers, not blocks: the server did not load or apply the list, "
+                   "so this scenario measured forwarding/caching, not blocking.")
+    if blk and hit_avg and not info.get("forwarded_answers"):
         b_avg = (blk["load"].get("latency_us") or {}).get("avg")
         if b_avg and b_avg > 1.5 * hit_avg:
             out.append(f"blocking answers averaged {_us(b_avg)} against {_us(hit_avg)} for cache hits: the blocklist "
