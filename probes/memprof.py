@@ -215,8 +215,11 @@ class MemProbe(Probe):
         nbytes = sum(fns[FN_NAMES[i]]["bytes"] for i in slots)
         hist = Histogram.from_table(self.table("size_hist"), slot=layer)
         top, depths, sampled = self._top_stacks(layer)
+        realloc_name = FN_NAMES[slots[2]]
+        reallocs = fns[realloc_name]["calls"]
         return {
-            "calls": calls, "bytes": nbytes, "frees": fns[free_name]["calls"],
+            "calls": calls, "new_blocks": calls - reallocs, "reallocs": reallocs,
+            "bytes": nbytes, "frees": fns[free_name]["calls"],
             "frees_null": fns[free_name]["null_or_zero"],
             "rate_per_s": round(calls / secs, 1), "bytes_per_s": round(nbytes / secs, 1),
             "mean_size": round(nbytes / calls, 1) if calls else 0.0,
@@ -261,7 +264,8 @@ class MemProbe(Probe):
             notes.append(note["text"])
         out["stack_note"] = note
         out["notes"] = notes
-        counts = {"mallocs": libc["calls"], "malloc_bytes": libc["bytes"], "frees": libc["frees"]}
+        counts = {"alloc_calls": libc["calls"], "new_blocks": libc["new_blocks"], "reallocs": libc["reallocs"],
+                  "frees": libc["frees"], "alloc_bytes": libc["bytes"]}
         if self.pymalloc:
             counts["pymalloc_calls"] = out["pymalloc"]["calls"]
         out["per_query"] = per_query(counts, queries)
@@ -281,7 +285,8 @@ class MemProbe(Probe):
             layers.append(("CPython PyObject_*", result["pymalloc"]))
         for label, m in layers:
             sp = m["size_percentiles"]
-            console.print(f"{label}: {m['calls']} allocations ({m['rate_per_s']:.0f}/s), {m['bytes']} bytes "
+            console.print(f"{label}: {m['calls']} allocation calls ({m['rate_per_s']:.0f}/s; {m['new_blocks']} new "
+                          f"blocks, {m['reallocs']} reallocs), {m['bytes']} bytes "
                           f"(mean {m['mean_size']:.0f}), {m['frees']} frees; size p50 {sp['p50']:.0f} "
                           f"p99 {sp['p99']:.0f} max {sp['max']:.0f} bytes", highlight=False)
             fn = Table(title=f"{label} calls by function")

@@ -23,7 +23,7 @@ def malloc_n(tmp_path_factory):
     return compile_target("malloc_n", tmp_path_factory.mktemp("memprof"))
 
 
-def profile(argv: list[str], **opts) -> tuple[dict, dict]:
+def profile(argv: list[str], opts_queries: int | None = None, **opts) -> tuple[dict, dict]:
     from heimdall_probes.memprof import MemProbe
 
     target = Target(argv)
@@ -31,7 +31,7 @@ def profile(argv: list[str], **opts) -> tuple[dict, dict]:
         with MemProbe(target.pid, **opts) as probe:
             probe.open_window()
             report = target.go()
-            result = probe.collect()
+            result = probe.collect(queries=opts_queries)
     finally:
         target.finish()
     return report, result
@@ -40,10 +40,13 @@ def profile(argv: list[str], **opts) -> tuple[dict, dict]:
 def test_counts_exactly_n_mallocs_and_their_bytes(malloc_n):
     from heimdall_probes.histogram import Histogram
 
-    report, result = profile([str(malloc_n), str(N), str(BASE)], sample=SAMPLE, overhead=False)
+    report, result = profile([str(malloc_n), str(N), str(BASE)], opts_queries=N // 10, sample=SAMPLE,
+                             overhead=False)
     m = result["malloc"]
     assert m["by_function"]["malloc"]["calls"] == N
-    assert m["calls"] == N                      # no calloc/realloc in the window
+    assert m["calls"] == m["new_blocks"] == N   # no calloc/realloc in the window
+    assert m["reallocs"] == 0
+    assert result["per_query"]["new_blocks"] == 10 and result["per_query"]["frees"] == 10
     assert m["bytes"] == int(report["bytes"][0])
     assert m["frees"] == N
     sizes = [BASE + (i % 7) * 16 for i in range(N)]
