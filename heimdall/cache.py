@@ -16,7 +16,8 @@ from collections import deque
 from heimdall import wire
 from heimdall.wire import ResponseScan, WireError
 
-_HEADS: dict[bytes, bytes] = {}  # interned head bytes: most entries share a few
+_HEADS: dict[bytes, bytes] = {}  # interned: most entries share a few heads ...
+_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}  # ... and a few TTL layouts
 
 
 class Entry:
@@ -25,12 +26,12 @@ class Entry:
     __slots__ = ("head", "tail", "qend", "aged", "expires", "offsets", "mark")
 
     def __init__(self, head: bytes, tail: bytes, qend: int, now: int, ttl: int, offsets: tuple[int, ...]):
-        self.head = _HEADS.setdefault(head, head)
+        self.head = _HEADS.setdefault(head, head) if len(_HEADS) < 10_000 else head
         self.tail = tail
         self.qend = qend
         self.aged = now
         self.expires = now + ttl
-        self.offsets = offsets
+        self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
         self.mark = now
 
     def reply(self, msg: bytes) -> bytes:
