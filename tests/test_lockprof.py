@@ -98,3 +98,24 @@ def test_target_exiting_mid_window_gives_partial_result(tmp_path):
     assert result["partial"] is True and result["end_reason"] == "target-exited"
     assert result["duration_s"] < 10
     assert "PARTIAL" in proc.stdout
+
+
+def test_ctrl_c_detaches_and_writes_partial_result(tmp_path):
+    import signal
+    import time
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    out = tmp_path / "lock.json"
+    try:
+        cli = subprocess.Popen([*CLI, "lockprof", "--pid", str(sleeper.pid), "--duration", "30",
+                                "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        cli.send_signal(signal.SIGINT)
+        stdout, stderr = cli.communicate(timeout=30)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert cli.returncode == 0, stderr
+    result = json.loads(out.read_text())
+    assert result["partial"] is True and result["end_reason"] == "interrupted"
+    assert result["duration_s"] < 10
