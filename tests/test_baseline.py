@@ -194,3 +194,9 @@ def test_overall_exit_statuses():
     assert overall([ok])[0] == EXIT_OK
     assert overall([ok, unsure])[0] == EXIT_INCONCLUSIVE
     assert overall([ok, unsure, bad])[0] == EXIT_REGRESSION
+
+
+def test_information_rows_do_not_set_the_exit_status():
+    base = _s([100, 101, 99, 100, 102])
+    tail = judge("a", "latency_p99_us", base, _s([130, 131, 129, 130, 132]), TH, gate=False)
+    assert tail.verdict == REGRESSION and overall([tail])[0] == EXIT_OK

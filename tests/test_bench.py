@@ -112,3 +112,21 @@ def test_bench_server_not_answering_is_exit_3(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "not answering" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir()), "no results directory for a run that never started"
+
+
+def test_bench_starts_and_stops_its_own_heimdall(tmp_path):
+    """No --server: the lab starts Heimdall (with a large blocklist) and NSD, and stops both."""
+    import psutil
+
+    before = {p.pid for p in psutil.process_iter()}
+    proc = tool("bench", "--scenarios", "cache-hit,blocking", "--duration", "1", "--warmup", "0.3",
+                "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = next(tmp_path.iterdir())
+    meta = json.loads((run_dir / "bench.json").read_text())
+    assert meta["target"]["kind"].startswith("heimdall") and meta["target"]["blocklist_size"] >= 100_000
+    hit = json.loads((run_dir / "cache-hit.json").read_text())
+    assert hit["load"]["received"] > 0 and hit["load"]["rcodes"].get("NOERROR", 0) > 0
+    left = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
+            and any("heimdall" in a and "serve" in " ".join(p.info["cmdline"] or []) for a in (p.info["cmdline"] or []))]
+    assert not left, f"server left running: {left}"

@@ -93,7 +93,8 @@ def compare(base: dict, cur: dict, th: Thresholds) -> list[MetricVerdict]:
         base_metrics = base["scenarios"].get(scenario, {})
         for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
             rows.append(judge(scenario, key, Series.from_json(base_metrics[key]),
-                              Series.from_json(metrics[key]), th, machine_busier_by=busier))
+                              Series.from_json(metrics[key]), th, machine_busier_by=busier,
+                              gate=BY_KEY[key].gate))
     return rows
 
 

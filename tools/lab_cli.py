@@ -138,7 +138,7 @@ def print_check(result) -> None:
     colour = {"regression": "bold red", "inconclusive": "yellow", "improved": "green", "ok": ""}
     for r in result.rows:
         change = "n/a" if r.change_pct is None else f"{r.change_pct:+.1f}%"
-        table.add_row(r.scenario, f"{r.metric} ({r.unit})", f"{r.baseline:.4g}", f"{r.current:.4g}", change,
+        table.add_row(r.scenario, f"{r.metric} ({r.unit})" + ("" if r.gate else " [info]"), f"{r.baseline:.4g}", f"{r.current:.4g}", change,
                       f"[{colour[r.verdict]}]{r.verdict}[/]" if colour[r.verdict] else r.verdict,
                       r.reason if r.verdict != "ok" else "")
     out.print(table)

@@ -110,6 +110,7 @@ class MetricVerdict:
     p_value: float
     verdict: str
     reason: str = ""
+    gate: bool = True             # False: shown, but does not set the exit status
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -149,7 +150,7 @@ class Series:
 
 
 def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
-          machine_busier_by: float = 0.0) -> MetricVerdict:
+          machine_busier_by: float = 0.0, gate: bool = True) -> MetricVerdict:
     """The verdict for one metric of one scenario."""
     sign = 1.0 if base.better == "lower" else -1.0           # +: worse
     diff = cur.median - base.median
@@ -163,7 +164,7 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     p_worse = mann_whitney_greater(worse_x, better_x)
     p_better = mann_whitney_greater(better_x, worse_x)
     row = dict(scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=base.kind,
-               baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold)
+               baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold, gate=gate)
 
     beyond = worse_pct > threshold and worse_abs > floor
     if base.kind == "rate":
@@ -194,14 +195,15 @@ def _small_n_note(n: int, m: int, alpha: float) -> str:
 
 
 def overall(rows: Sequence[MetricVerdict]) -> tuple[int, str]:
-    """Exit status and one-line reason for a whole check."""
-    regressions = [r for r in rows if r.verdict == REGRESSION]
+    """Exit status and one-line reason for a whole check (gating rows only)."""
+    regressions = [r for r in rows if r.verdict == REGRESSION and r.gate]
     if regressions:
         names = ", ".join(f"{r.scenario}/{r.metric}" for r in regressions[:4])
         more = f" and {len(regressions) - 4} more" if len(regressions) > 4 else ""
         return EXIT_REGRESSION, f"regression in {names}{more}"
-    unsure = [r for r in rows if r.verdict == INCONCLUSIVE]
+    unsure = [r for r in rows if r.verdict == INCONCLUSIVE and r.gate]
     if unsure:
         names = ", ".join(f"{r.scenario}/{r.metric}" for r in unsure[:4])
         return EXIT_INCONCLUSIVE, f"inconclusive: too noisy to tell for {names}"
-    return EXIT_OK, f"pass: {len(rows)} metrics within thresholds"
+    gating = sum(1 for r in rows if r.gate)
+    return EXIT_OK, f"pass: {gating} gating metrics within thresholds ({len(rows) - gating} more shown for information)"
