@@ -5,7 +5,8 @@
  * "waits <K>", "wait_us_total <measured>", then waits for another line
  * before exiting (so results are read while it is alive).
  * Threads hand over with pipes, not futexes, so the waiter's only futex
- * waits are the K mutex waits (holder locks, then tells the waiter to try).
+ * waits are the K mutex waits (holder locks, then tells the waiter to try,
+ * and unlocks only once the mutex is marked contended).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -36,6 +37,10 @@ static void *holder(void *arg)
         pthread_mutex_lock(&m);
         if (write(to_waiter[1], &c, 1) != 1) exit(2);
         usleep(T_MS * 1000);
+        /* under load the waiter may not have reached the lock yet: hold on
+         * until glibc marks the mutex contended (2), so every round is a wait */
+        while (__atomic_load_n(&m.__data.__lock, __ATOMIC_ACQUIRE) != 2)
+            usleep(200);
         pthread_mutex_unlock(&m);
         if (read(to_holder[0], &c, 1) != 1) exit(2);
     }
