@@ -26,8 +26,9 @@ from heimdall_probes.flamegraph import parse_folded, render_svg, to_folded, top_
 from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 SCHEMA = "heimdall.cpuprof/1"
-NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without frame pointers, "
-               "so BPF stack walks stop after one or two frames; kernel stacks are complete")
+NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without frame pointers, so "
+               "the BPF walk past the leaf reads garbage; user stacks are cut at the first unknown "
+               "frame (truncated_samples says how often); kernel stacks are complete")
 PYSPY_FIX = "install it into the venv: .venv/bin/pip install py-spy (a heimdall-dns dependency)"
 
 
@@ -50,20 +51,37 @@ class NativeCpuProbe(Probe):
         bpf = self.bpf
         stacks_tab = bpf["cpu_stacks"]
         stacks: dict[tuple[str, ...], int] = {}
-        kernel = 0
+        kernel = truncated = 0
         for key, val in bpf["cpu_counts"].items():
             frames = [key.comm.decode(errors="replace") or "?"]
             if key.ustack >= 0:
-                addrs = list(stacks_tab.walk(key.ustack))
-                frames += [bpf.sym(a, self.pid, show_module=True).decode(errors="replace") or "[unknown]"
-                           for a in reversed(addrs)]
+                user = [bpf.sym(a, self.pid, show_module=True).decode(errors="replace") or "[unknown]"
+                        for a in stacks_tab.walk(key.ustack)]      # leaf first
+                kept = trusted_user_frames(user)
+                truncated += int(val.value) if len(kept) < len(user) else 0
+                frames += list(reversed(kept))
             if key.kstack >= 0:
                 kernel += int(val.value)
                 frames += [bpf.ksym(a).decode(errors="replace") + "_[k]"
                            for a in reversed(list(stacks_tab.walk(key.kstack)))]
             k = tuple(frames)
             stacks[k] = stacks.get(k, 0) + int(val.value)
-        return {"stacks": stacks, "kernel_samples": kernel}
+        return {"stacks": stacks, "kernel_samples": kernel, "truncated_samples": truncated}
+
+
+def trusted_user_frames(leaf_first: list[str]) -> list[str]:
+    """The leaf frame and the callers above it up to the first unknown one.
+
+    Without frame pointers the walk past the leaf reads garbage return
+    addresses (mostly unsymbolisable), so everything from the first
+    "[unknown]" outward is dropped rather than shown as a fake call chain.
+    """
+    kept = leaf_first[:1]
+    for frame in leaf_first[1:]:
+        if frame.startswith("[unknown]"):
+            break
+        kept.append(frame)
+    return kept
 
 
 def find_pyspy() -> str:
@@ -138,7 +156,8 @@ def _native_result(probe: NativeCpuProbe, svg: Path, top: int) -> dict:
     depth = max((len(k) - 1 - sum(f.endswith('_[k]') for f in k) for k in stacks), default=0)
     return {"samples": samples, "kernel_samples": res["kernel_samples"],
             "kernel_pct": round(100.0 * res["kernel_samples"] / samples, 2) if samples else 0.0,
-            "user_stack_depth_max": depth, "top": top_frames(stacks, top),
+            "user_stack_depth_max": depth, "truncated_samples": res["truncated_samples"],
+            "top": top_frames(stacks, top),
             "svg": str(nsvg), "folded": str(folded), "lost": res["lost"], "note": NATIVE_NOTE}
 
 

@@ -26,13 +26,13 @@ class Node:
 
 
 def parse_folded(text: str) -> dict[tuple[str, ...], int]:
-    """`a;b;c 42` lines -> {(a, b, c): 42}; malformed lines are skipped."""
+    """`a;b;c 42` lines -> {(a, b, c): 42}; lines without a count are skipped."""
     stacks: dict[tuple[str, ...], int] = {}
     for line in text.splitlines():
-        stack, _, num = line.rstrip().rpartition(" ")
-        if not stack or not num.isdigit():
+        stack, _, num = line.strip().rpartition(" ")
+        if not num.isdigit():
             continue
-        key = tuple(stack.split(";"))
+        key = tuple(stack.split(";")) if stack else ("[no frame]",)
         stacks[key] = stacks.get(key, 0) + int(num)
     return stacks
 

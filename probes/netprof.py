@@ -8,11 +8,10 @@ target has bound (found with psutil when the window opens).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
-from heimdall_probes.base import PROBES_DIR, Probe, per_query, pid_alive
+from heimdall_probes.base import Probe, per_query, pid_alive
 from heimdall_probes.doctor import tracepoint_exists
 from heimdall_probes.histogram import HIST_BUCKETS, Histogram
 from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
@@ -38,19 +37,6 @@ NOTES = [
     "recv/send syscalls count only calls that touched a UDP socket; epoll waits include idle time",
     "rcvqueue_full_any_socket comes from sock:sock_rcvqueue_full, which names no socket",
 ]
-
-_INCLUDE = re.compile(r'^#include "([^"]+)"[ \t]*$', re.M)
-
-
-def inline_includes(text: str) -> str:
-    """Paste our own headers into the program text.
-
-    BCC only rewrites map calls (`map.lookup(...)`) in the main text, not in
-    #included files, so common.bpf.h's helpers fail to load ("unknown opcode
-    8d") unless pasted in.
-    """
-    return _INCLUDE.sub(lambda m: inline_includes((PROBES_DIR / m.group(1)).read_text()), text)
-
 
 def udp_listen_ports(pid: int) -> list[int]:
     """Local ports of the pid's unconnected UDP sockets (its server sockets)."""
@@ -90,9 +76,6 @@ class NetProbe(Probe):
             raise ToolError(f"--port must be 1..65535 (got {port})", EXIT_INCONCLUSIVE)
         self.port = port
         self.ports: list[int] = [port] if port else []
-
-    def bpf_text(self) -> str:
-        return inline_includes(super().bpf_text())
 
     def cflags(self) -> list[str]:
         return ["-DHAVE_EPOLL_PWAIT2"] if tracepoint_exists("syscalls:sys_enter_epoll_pwait2") else []

@@ -1,8 +1,15 @@
-"""cpuprof truth target: ~80% of CPU in hot_loop, ~20% in cold_loop, measured by itself.
+"""cpuprof truth target: ~80% of CPU in hot_loop(), ~20% in cold_loop(), measured by itself.
 
-usage: hot_cold.py SECONDS [REPORT_FILE]; writes "hot_s cold_s" CPU seconds on exit.
+usage: hot_cold.py SECONDS [REPORT_FILE]
+Both functions run the same loop body; hot_loop does 4x the iterations. The
+CPU seconds spent in each (thread_time around every call) are written to
+REPORT_FILE as "hot_s cold_s" about every half second and at the end, so the
+file holds the truth even when the target is killed.
 """
-import sys, time
+import os
+import sys
+import time
+
 
 def hot_loop(n):
     s = 0
@@ -10,20 +17,39 @@ def hot_loop(n):
         s += i * i
     return s
 
+
 def cold_loop(n):
     s = 0
     for i in range(n):
         s += i * i
     return s
 
+
+def report(path, hot, cold):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{hot} {cold}\n")
+    os.replace(tmp, path)
+
+
 def main():
     end = time.monotonic() + float(sys.argv[1])
+    path = sys.argv[2] if len(sys.argv) > 2 else None
     hot = cold = 0.0
+    next_report = time.monotonic() + 0.5
     while time.monotonic() < end:
-        t0 = time.thread_time(); hot_loop(40000); t1 = time.thread_time(); cold_loop(10000); t2 = time.thread_time()
-        hot += t1 - t0; cold += t2 - t1
-    if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as fh:
-            fh.write(f"{hot} {cold}\n")
+        t0 = time.thread_time()
+        hot_loop(40000)
+        t1 = time.thread_time()
+        cold_loop(10000)
+        t2 = time.thread_time()
+        hot += t1 - t0
+        cold += t2 - t1
+        if path and time.monotonic() >= next_report:
+            report(path, hot, cold)
+            next_report += 0.5
+    if path:
+        report(path, hot, cold)
+
 
 main()
