@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 from heimdall import wire
 from heimdall.cache import Cache, Entry, build_entry
@@ -130,6 +130,17 @@ class DnsServer:
         self._tcp_conns: set[TcpConnection] = set()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.reload_hooks: list[Callable[[], object]] = []  # run on SIGHUP (e.g. reload blocklists)
+
+    def reload(self) -> None:
+        """SIGHUP: run the reload hooks; a failing hook is logged, never fatal."""
+        for hook in self.reload_hooks:
+            try:
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    asyncio.ensure_future(result)
+            except Exception as exc:  # noqa: BLE001
+                log(f"reload hook failed: {exc!r}")
 
     # --- lifecycle ---
 
@@ -438,19 +449,28 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.close()
 
 
+Setup = Callable[["DnsServer"], None]
+
+
 async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
                         on_ready: Callable[[DnsServer], None] | None = None,
-                        on_reload: Callable[[DnsServer], Awaitable[None] | None] | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit status."""
+                        setup: Setup | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit status.
+
+    `setup(server)` runs in the worker before it serves: the place to install
+    the admit/policy hooks, reload hooks and per-worker state.
+    """
     import signal
 
     server = DnsServer(config, udp, tcp)
+    if setup is not None:
+        setup(server)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: on_reload(server) if on_reload else None)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     if on_ready is not None:
         on_ready(server)
     await stop.wait()
@@ -459,11 +479,11 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
 
 
 def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
-               on_ready: Callable[[DnsServer], None] | None = None) -> int:
+               on_ready: Callable[[DnsServer], None] | None = None, setup: Setup | None = None) -> int:
     """Run a worker on a fresh uvloop."""
     import uvloop
 
-    return uvloop.run(serve_forever(config, udp, tcp, on_ready))
+    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup))
 
 
 def bind_error_message(addr: HostPort, exc: OSError) -> str:

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from heimdall.config import Config, HostPort
-from heimdall.server import bind_error_message, bind_sockets, log, run_worker
+from heimdall.server import Setup, bind_error_message, bind_sockets, log, run_worker
 
 EXIT_BIND = 3
 READY_TIMEOUT = 15.0
@@ -36,13 +36,13 @@ def listening_line(config: Config, pid: int) -> str:
     return f"listening on udp+tcp {config.bind_addr} ({workers}, pid {pid}), upstreams {ups}"
 
 
-def serve_single(config: Config) -> int:
+def serve_single(config: Config, setup: Setup | None = None) -> int:
     """One process serves; its pid is the one profilers attach to."""
     try:
         udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
     except OSError as exc:
         raise StartupError(bind_error_message(config.bind_addr, exc)) from None
-    return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())))
+    return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())), setup=setup)
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Slot:
 @dataclass
 class Supervisor:
     config: Config
+    setup: Setup | None = None
     slots: list[Slot] = field(default_factory=list)
     stopping: bool = False
 
@@ -80,7 +81,7 @@ class Supervisor:
             try:
                 os.close(self.ready_r)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                code = worker_main(self.config, self.ready_w)
+                code = worker_main(self.config, self.ready_w, self.setup)
             except BaseException:  # noqa: BLE001 - report and exit, never return into the supervisor
                 traceback.print_exc()
             finally:
@@ -159,7 +160,7 @@ class Supervisor:
             os.waitpid(slot.pid, 0)
 
 
-def worker_main(config: Config, ready_fd: int) -> int:
+def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> int:
     """A forked worker: bind with SO_REUSEPORT, signal readiness, serve."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
@@ -171,7 +172,7 @@ def worker_main(config: Config, ready_fd: int) -> int:
     def ready(_server: object) -> None:
         os.write(ready_fd, b"r")
 
-    return run_worker(config, udp, tcp, on_ready=ready)
+    return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
 
 
 def start_demo_upstream(config: Config):
@@ -183,17 +184,27 @@ def start_demo_upstream(config: Config):
     return up, replace(config, upstream_servers=(HostPort(up.address, up.port),))
 
 
+def prepare_shared(config: Config) -> Setup | None:
+    """Load state every worker shares, once, before fork (copy-on-write pages).
+
+    Returns the per-worker setup that installs it into each DnsServer. Blocking,
+    rate limiting and metrics (issue 3) are wired in here.
+    """
+    return None
+
+
 def serve(config: Config) -> int:
-    """`heimdall serve`: demo upstream if needed, then one process or a supervisor."""
+    """`heimdall serve`: demo upstream if needed, shared state, then one process or a supervisor."""
     demo = None
     try:
         if config.demo or not config.upstream_servers:
             if not config.demo:
                 log("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
             demo, config = start_demo_upstream(config)
+        setup = prepare_shared(config)
         if config.worker_threads == 1:
-            return serve_single(config)
-        return Supervisor(config).run()
+            return serve_single(config, setup)
+        return Supervisor(config, setup).run()
     finally:
         if demo is not None:
             demo.stop()
