@@ -77,11 +77,19 @@ class ParseResult:
     invalid_count: int = 0
 
 
+_LEN_BYTE = [bytes((i,)) for i in range(256)]
+
+
 def to_wire(name: str) -> bytes:
     """Dotted lower-case ASCII name -> wire format (``b"\\x03www...\\x00"``)."""
     if not name or name == ".":
         return b"\x00"
-    return "".join([chr(len(label)) + label for label in name.rstrip(".").split(".")]).encode("latin-1") + b"\x00"
+    return b"".join([_LEN_BYTE[len(label)] + label for label in name.rstrip(".").encode().split(b".")]) + b"\x00"
+
+
+def _plainly_valid(name: str) -> bool:
+    """Fast check for the common case; False means "ask _validate", not "invalid"."""
+    return len(name) <= 253 and not name[-1].isdigit() and _NAME_RE.fullmatch(name) is not None
 
 
 def _validate(name: str) -> tuple[str | None, str]:
@@ -125,6 +133,10 @@ class _Collector:
         if len(self.r.invalid) < MAX_LOGGED_INVALID:
             self.r.invalid.append(InvalidLine(self.path, lineno, text[:200], reason))
 
+    def add_valid(self, name: str) -> None:
+        """A name already known valid, from a plain block line (the fast path)."""
+        (self.r.exceptions if self.allow_file else self.r.exact).add(to_wire(name))
+
     def add(self, lineno: int, text: str, raw: str, exception: bool) -> None:
         wildcard = raw.startswith("*.")
         if wildcard:
@@ -159,6 +171,19 @@ def parse_line(c: _Collector, lineno: int, text: str) -> None:
     line = text.strip().lower()
     if not line or line[0] in "#![":
         return
+    # Fast paths for the three commonest shapes: "name", "0.0.0.0 name", "||name^".
+    if " " not in line:
+        if line.startswith("||") and line.endswith("^") and _plainly_valid(line[2:-1]):
+            c.add_valid(line[2:-1])
+            return
+        if _plainly_valid(line):
+            c.add_valid(line)
+            return
+    elif line.startswith("0.0.0.0 ") or line.startswith("127.0.0.1 "):
+        rest = line[line.index(" ") + 1:].strip()
+        if _plainly_valid(rest) and rest not in _HOSTS_SELF:
+            c.add_valid(rest)
+            return
     if "#" in line:
         cut = line.find("#")
         if line[cut - 1] not in " \t":
@@ -203,7 +228,7 @@ class Blocklist:
     mutated, a reload builds a new one and swaps the reference.
     """
 
-    __slots__ = ("_block", "_block_wild", "_allow", "_allow_wild", "entries",
+    __slots__ = ("_block", "_block_wild", "_allow", "_allow_wild", "_skip_tld", "entries",
                  "allow_entries", "invalid_lines", "invalid_samples", "sources")
 
     def __init__(self, block: Iterable[bytes] = (), block_wild: Iterable[bytes] = (),
@@ -216,6 +241,8 @@ class Blocklist:
         # One hot set: exact and wildcard names together; the rare hit is resolved by _decide.
         self._block: frozenset[bytes] = exact | block_wild if block_wild else exact
         self._block_wild: frozenset[bytes] = block_wild - exact
+        # Without single-label entries ("com", "*.com") the last label never needs a lookup.
+        self._skip_tld: bool = not any(len(w) == w[0] + 2 for w in self._block)
         self._allow: frozenset[bytes] = frozenset(allow)
         self._allow_wild: frozenset[bytes] = frozenset(allow_wild)
         self.entries: int = len(self._block)
@@ -240,6 +267,14 @@ class Blocklist:
         block = self._block
         i = 0
         end = len(qname) - 1
+        if self._skip_tld:
+            while True:
+                n = i + qname[i] + 1
+                if n >= end:
+                    return False
+                if qname[i:] in block:
+                    return self._decide(qname, i)
+                i = n
         while i < end:
             if qname[i:] in block:
                 return self._decide(qname, i)
