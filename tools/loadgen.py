@@ -13,6 +13,13 @@ counts when it was *sent* inside the window; after the window the processes
 stop sending and wait up to the timeout for those queries' replies. So
 `sent = received + timeouts` and `qps = received / duration_s`.
 
+Latency runs from just before `send` to just after `recv` returns, as dnsperf
+measures it, so it includes the generator's own wake-up and queueing. With
+`kernel_timestamps` each reply is also timed by its kernel arrival
+(SO_TIMESTAMPNS): `kernel_latency_us` excludes the generator's delay, and
+`generator.own_delay_us` says how much of the average latency was ours.
+(It costs a recvmsg per reply, so it is off by default.)
+
 Each process measures its own CPU time over the window; a process busy more
 than 90 % of the window (closed loop) or an open loop that falls behind its
 schedule means the generator, not the server, may be the limit: the result
@@ -30,6 +37,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +54,7 @@ BUSY_SATURATED = 0.90          # a process busy this much of the window is the b
 CLIENTS_PER_PROCESS = 2500     # auto: one more process per this many clients (closed loop)
 QPS_PER_PROCESS = 25000        # auto: one more process per this offered rate (open loop)
 PROGRESS_NS = 100_000_000      # how often a process publishes its counters
-FINE_WAIT = os.environ.get('HEIMDALL_LOAD_FINE_WAIT', '1') == '1'
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: kernel receive time, CLOCK_REALTIME
 MAX_BURST = 2000               # open loop: sends per iteration before reading replies
 
 # counter slots inside a worker (a list is the cheapest mutable counter in CPython)
@@ -73,6 +81,7 @@ class LoadConfig:
     warm_set: int = 1000              # names in the cache-hit / mixed warm set
     blocklist_size: int = 1000        # blocked names the blocking scenario draws from
     prime: bool = True                # ask the warm set once before the window
+    kernel_timestamps: bool = False   # also time replies by their kernel arrival (SO_TIMESTAMPNS)
 
     def resolved_clients(self) -> int:
         if self.clients is not None:
@@ -92,6 +101,7 @@ class WorkerSpec:
     warmup_ns: int
     duration_ns: int
     scenario: Scenario
+    kernel_timestamps: bool = False
 
 
 def parse_server(server: str) -> tuple[int, tuple]:
@@ -134,6 +144,15 @@ def auto_processes(clients: int, qps: float | None) -> int:
     cores = os.cpu_count() or 1
     want = math.ceil(qps / QPS_PER_PROCESS) if qps else math.ceil(clients / CLIENTS_PER_PROCESS)
     return max(1, min(cores, want, clients))
+
+
+def runqueue_wait_s() -> float:
+    """Seconds this process has waited runnable for a CPU (/proc schedstat; 0 where unavailable)."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 # ---------------------------------------------------------------- priming
@@ -225,7 +244,11 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
     for s in socks:
         ep.register(s.fileno(), select.EPOLLIN)
         sends[s.fileno()] = s.send
-        recvs[s.fileno()] = s.recv
+        if spec.kernel_timestamps:
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            recvs[s.fileno()] = s.recvmsg
+        else:
+            recvs[s.fileno()] = s.recv
     fds = [s.fileno() for s in socks]
     epfd, select_ = ep.fileno(), select.select
     ids = [int.from_bytes(os.urandom(2), "big") for _ in range(maxfd + 1)]
@@ -235,6 +258,8 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             break
         time.sleep(0.001)
     mono = time.monotonic_ns
+    wall = time.time_ns
+    unpack_ts = struct.Struct("qq").unpack
     t0 = start.value or mono()
     t_measure = t0 + spec.warmup_ns
     t_end = t_measure + spec.duration_ns
@@ -248,12 +273,16 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
     success = [frozenset(s) for s in SUCCESS_RCODES]
     lat: dict[int, int] = {}
     lat_get = lat.get
+    klat: dict[int, int] = {}
+    kts = spec.kernel_timestamps
+    anc = None
     pending: dict[int, tuple] = {}
     expired: dict[int, bool] = {}
     deadlines: collections.deque = collections.deque()
     popleft, push = deadlines.popleft, deadlines.append
     quantize = latency.quantize
     cpu0 = cpu1 = None
+    rq0 = rq1 = 0.0
     wall1 = None
     max_lag = 0
     interrupted = False
@@ -265,6 +294,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         ids[fd] = qid
         msg = qid.to_bytes(2, "big") + HEADER_TAIL + q
         now = mono()  # as close to the send as Python gets: the latency is the server's, not ours
+        rt = wall() if kts else 0
         try:
             sends[fd](msg)
         except OSError:  # full buffer or an ICMP error from earlier: the query is lost
@@ -273,7 +303,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         if inwin:
             cnt[SENT] += 1
         key = fd << 16 | qid
-        pending[key] = (now, q, kind, inwin)
+        pending[key] = (now, q, kind, inwin, rt)
         push((now + timeout_ns, key, now))
 
     # closed loop: every client starts with one query in flight
@@ -295,16 +325,16 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         # window transitions
         if sending:
             if cpu0 is None and now >= t_measure:
-                cpu0 = time.process_time()
+                cpu0, rq0 = time.process_time(), runqueue_wait_s()
             if now >= t_end:
                 sending = False
             elif stop.value:
                 sending, interrupted = False, True
                 t_end = max(now, t_measure)
             if not sending:
-                cpu1, wall1 = time.process_time(), now
+                cpu1, wall1, rq1 = time.process_time(), now, runqueue_wait_s()
                 if cpu0 is None:
-                    cpu0 = cpu1
+                    cpu0, rq0 = cpu1, rq1
                 drain_until = now + timeout_ns + 20_000_000
         elif not pending or now > drain_until:
             break
@@ -350,7 +380,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             if not closed:
                 due = min(due, next_send)
         wait = max(due - now, 0) / 1e9
-        if 0 < wait < 0.002 and not closed and FINE_WAIT:
+        if 0 < wait < 0.002 and not closed:
             # epoll's timeout is whole milliseconds; select's is microseconds, and an epoll fd is
             # itself pollable, so short waits keep the open-loop schedule even instead of bursty
             events = ep.poll(0) if select_([epfd], (), (), wait)[0] else ()
@@ -360,7 +390,10 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             recv = recvs[fd]
             while True:
                 try:
-                    data = recv(4096)
+                    if kts:
+                        data, anc, _f, _a = recv(4096, 64)
+                    else:
+                        data = recv(4096)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:  # ICMP port unreachable and the like
@@ -379,7 +412,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
                     else:
                         cnt[MISMATCHED] += 1
                     continue
-                t_send, q, kind, inwin = ent
+                t_send, q, kind, inwin, rt_send = ent
                 if data[12:12 + len(q)] != q:
                     pending[key] = ent
                     cnt[MISMATCHED] += 1
@@ -396,6 +429,11 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
                     d = t - t_send
                     d = d - d % 100 if d < 10_000_000 else quantize(d)
                     lat[d] = lat_get(d, 0) + 1
+                    if kts and anc:
+                        sec, nsec = unpack_ts(anc[0][2])
+                        d = sec * 1_000_000_000 + nsec - rt_send
+                        d = d - d % 100 if d < 10_000_000 else quantize(max(d, 1))
+                        klat[d] = klat.get(d, 0) + 1
                 if closed and sending:
                     issue(fd)
 
@@ -413,8 +451,8 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
         cpu1 = time.process_time()
     return {
         "index": spec.index, "clients": spec.clients, "counters": dict(zip(COUNTER_NAMES, cnt)),
-        "rcodes": rcodes, "latency_counts": lat, "cpu_s": cpu1 - (cpu0 if cpu0 is not None else cpu1),
-        "window_s": window_ns / 1e9, "max_lag_ms": max_lag / 1e6, "interrupted": interrupted,
+        "rcodes": rcodes, "latency_counts": lat, "kernel_latency_counts": klat, "cpu_s": cpu1 - (cpu0 if cpu0 is not None else cpu1),
+        "runqueue_wait_s": rq1 - rq0, "window_s": window_ns / 1e9, "max_lag_ms": max_lag / 1e6, "interrupted": interrupted,
     }
 
 
@@ -485,7 +523,7 @@ def _run_workers(run: _Run, show_progress: bool) -> list[dict]:
     procs = []
     for i, n in enumerate(_split(run.clients, run.processes)):
         spec = WorkerSpec(i, run.processes, run.family, run.sockaddr, n, rate, int(cfg.timeout_ms * 1e6),
-                          int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario)
+                          int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario, cfg.kernel_timestamps)
         p = ctx.Process(target=_worker_entry, args=(spec, prog, start, stop, ready, results), daemon=True)
         p.start()
         procs.append(p)
@@ -565,6 +603,7 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
     rcode_errors = received - tot["successes"]
     errors = rcode_errors + tot["send_errors"]
     busy = [round(p["cpu_s"] / p["window_s"], 3) if p["window_s"] > 0 else 0.0 for p in parts]
+    waited = [round(p.get("runqueue_wait_s", 0.0) / p["window_s"], 3) if p["window_s"] > 0 else 0.0 for p in parts]
     warnings: list[str] = []
     saturated = False
     if engine == "builtin":
@@ -572,6 +611,9 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
             saturated = True
             warnings.append(f"generator saturated: a load process was busy {max(busy):.0%} of the window, "
                             "so the figures may measure the generator, not the server")
+        if max(waited, default=0) >= 0.2:
+            warnings.append(f"machine overloaded: a load process waited for a CPU {max(waited):.0%} of the "
+                            "window; latencies include that wait")
         if cfg.qps is not None and duration > 0 and sent < 0.97 * cfg.qps * duration:
             saturated = True
             warnings.append(f"generator saturated: offered {cfg.qps:.0f} q/s but sent only "
@@ -617,6 +659,7 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
         "histogram": latency.histogram_json(counts),
         "generator": {
             "busy_per_process": busy,
+            "runqueue_wait_per_process": waited,
             "cpu_percent": round(100 * sum(p["cpu_s"] for p in parts) / window, 1) if window else 0.0,
             "max_schedule_lag_ms": round(max((p["max_lag_ms"] for p in parts), default=0.0), 3),
         },
@@ -627,6 +670,17 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
         "interrupted": interrupted,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
+    if cfg.kernel_timestamps and engine == "builtin":
+        kcounts = latency.merge_counts([p.get("kernel_latency_counts", {}) for p in parts])
+        klat = latency.summarize(kcounts)
+        result["kernel_latency_us"] = klat
+        ulat = result["latency_us"]
+        own = (round(ulat["avg"] - klat["avg"], 1) if ulat["avg"] is not None and klat["avg"] is not None
+               else None)
+        result["generator"]["own_delay_us"] = own
+        if own is not None and own > 0.5 * ulat["avg"]:
+            warnings.append(f"the generator's own delay ({own:,.0f} us) is over half the measured average "
+                            "latency: see kernel_latency_us for the server's share")
     if cfg.test_type == "blocking":
         result["blocking"] = {"blocked_replies": sum(by_kind.get("blocked", {}).values()),
                               "zero_ip_answers": tot["blocked_zero_ip"],

@@ -135,7 +135,8 @@ class UnboundServer(DnsServer):
             "  access-control: 127.0.0.0/8 allow\n"
             "  module-config: \"iterator\"\n"
             "  do-not-query-localhost: no\n"
-            "  so-rcvbuf: 4m\n  so-sndbuf: 4m\n"
+            "  so-rcvbuf: 4m\n  so-sndbuf: 4m\n  so-reuseport: no\n"  # a port clash must fail, not share
+
             f"  msg-cache-size: {msg_mb}m\n  rrset-cache-size: {msg_mb * 2}m\n"
             "  msg-cache-slabs: 1\n  rrset-cache-slabs: 1\n  infra-cache-slabs: 1\n  key-cache-slabs: 1\n"
             "  outgoing-range: 1024\n  num-queries-per-thread: 4096\n"
