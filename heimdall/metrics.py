@@ -221,6 +221,12 @@ class Stats:
         """Same as record() with the key built here (a tuple per call)."""
         self.record((protocol, qtype, rcode), seconds, cache_hit)
 
+    def observe_hits(self, n: int, seconds_each: float) -> None:
+        """Histogram only, for a batch of n fast-path cache hits timed together
+        (each gets the batch's mean service time); count their queries separately."""
+        self.hit_counts[bisect_left(QUERY_BUCKETS, seconds_each)] += n
+        self.hit_sum += n * seconds_each
+
     def record_upstream(self, upstream: str, result: str, seconds: float | None = None) -> None:
         """One upstream exchange; result e.g. "ok", "timeout", "error", "servfail"."""
         self.upstream_requests[(upstream, result)] += 1

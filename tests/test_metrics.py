@@ -183,6 +183,14 @@ def test_publish_forever_publishes_and_survives_errors(tmp_path, caplog):
     assert caplog.text.count("cannot publish stats") == 1
 
 
+def test_observe_hits_adds_a_batch_to_the_hit_histogram():
+    s = Stats()
+    s.observe_hits(10, 0.0003)
+    h = s.snapshot().query_duration["hit"]
+    assert h.cumulative()[3] == ("0.0005", 10) and h.cumulative()[2] == ("0.00025", 0)
+    assert h.total == pytest.approx(0.003)
+
+
 def test_record_is_cheap():
     """Not a benchmark: a generous bound that still catches an accidental O(n) or a lock."""
     s = Stats()
