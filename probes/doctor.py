@@ -113,6 +113,9 @@ def check_headers() -> Check:
 def check_tracefs() -> Check:
     if os.path.isdir(os.path.join(TRACEFS, "events")):
         return Check("tracefs", True, f"mounted at {TRACEFS}")
+    if os.geteuid() != 0 and os.path.isdir(TRACEFS) and not os.access(TRACEFS, os.R_OK | os.X_OK):
+        return Check("tracefs", False, f"{TRACEFS} is not readable by this user",
+                     f"run as root; otherwise {VM_FIX}")
     return Check("tracefs", False, f"{TRACEFS}/events does not exist",
                  f"mount -t tracefs nodev {TRACEFS} (or run scripts/setup.sh)")
 
