@@ -50,9 +50,17 @@ def test_heimdall_launcher(upstream):
 def test_failed_start_is_one_clear_error(upstream):
     with UnboundServer(upstream.addr) as first:
         clash = UnboundServer(upstream.addr, port=first.port)
-        with pytest.raises(ToolError, match="unbound"):
+        with pytest.raises(ToolError, match="cannot start on"):
             clash.start(timeout=3)
         assert clash.proc is None and clash.workdir is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("heimdall.server") is None, reason="heimdall server not built yet")
+def test_server_that_exits_is_reported_with_its_output(upstream):
+    bad = HeimdallServer(upstream.addr, env={"HEIMDALL_CACHE_CAPACITY": "-5"})
+    with pytest.raises(ToolError, match=r"exited with status .*CACHE_CAPACITY"):
+        bad.start(timeout=10)
+    assert bad.proc is None and bad.workdir is None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

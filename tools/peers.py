@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,14 @@ def _split_addr(addr: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ToolError(f"bad upstream address {addr!r}: expected HOST:PORT", EXIT_ENVIRONMENT)
     return host.strip("[]"), int(port)
+
+
+def _check_port_free(address: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, port))
+        except OSError as exc:
+            raise ToolError(f"cannot start on {address}:{port}: {exc.strerror}", EXIT_ENVIRONMENT) from None
 
 
 class DnsServer:
@@ -61,6 +70,8 @@ class DnsServer:
     def start(self, timeout: float = 15.0) -> "DnsServer":
         if self.port == 0:
             self.port = free_port(self.address)
+        else:
+            _check_port_free(self.address, self.port)  # else the readiness query reaches the other server
         self.workdir = Path(tempfile.mkdtemp(prefix=f"heimdall-{self.name}-"))
         cmd = self.command()
         if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
@@ -75,7 +86,7 @@ class DnsServer:
         try:
             wait_for_dns(self.address, self.port, READY_QNAME, timeout=timeout, proc=self.proc)
         except ToolError as exc:
-            said = (self.workdir / "stderr.log").read_text(errors="replace").strip()[-600:]
+            said = self.log_text().strip()[-600:]
             self.stop()
             raise ToolError(f"{self.name}: {exc}; it said: {said or 'nothing'}", EXIT_ENVIRONMENT) from None
         return self
@@ -97,9 +108,10 @@ class DnsServer:
             self.workdir = None
 
     def log_text(self) -> str:
-        """What the server wrote so far (for test failure messages)."""
-        p = self.workdir / "stderr.log" if self.workdir else None
-        return p.read_text(errors="replace") if p and p.exists() else ""
+        """What the server wrote so far, stderr and log files (for failure messages)."""
+        if self.workdir is None:
+            return ""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
 
     def __enter__(self) -> "DnsServer":
         return self.start()
