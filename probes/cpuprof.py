@@ -237,6 +237,7 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
 
 def render_result(result: dict, console) -> None:
     """Top frames tables (Python, then native/kernel)."""
+    from rich.markup import escape
     from rich.table import Table
 
     def table(title: str, rows: list[dict]) -> Table:
@@ -244,12 +245,12 @@ def render_result(result: dict, console) -> None:
         for col in ("frame", "self %", "total %", "self", "total"):
             t.add_column(col, justify="left" if col == "frame" else "right")
         for r in rows:
-            t.add_row(r["frame"], f"{r['self_pct']:.1f}", f"{r['total_pct']:.1f}",
+            t.add_row(escape(r["frame"]), f"{r['self_pct']:.1f}", f"{r['total_pct']:.1f}",
                       str(r["self_samples"]), str(r["total_samples"]))
         return t
 
     py = result["python"]
-    part = " [partial: " + result["end_reason"] + "]" if result["partial"] else ""
+    part = escape(" [partial: " + result["end_reason"] + "]") if result["partial"] else ""
     console.print(table(f"hottest Python frames, pid {result['pid']} ({result['comm']}), "
                         f"{py['samples']} samples{part}", py["top"]))
     if not py["samples"]:
@@ -258,5 +259,5 @@ def render_result(result: dict, console) -> None:
         nat = result["native"]
         console.print(table(f"hottest native/kernel frames, {nat['samples']} on-CPU samples, "
                             f"{nat['kernel_pct']:.1f}% in kernel", nat["top"]))
-        console.print(f"note: {nat['note']}", highlight=False)
+        console.print(f"note: {escape(nat['note'])}", highlight=False)
     console.print(f"flame graph: {result['svg']}  folded: {result['folded']}", highlight=False)

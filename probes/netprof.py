@@ -176,11 +176,12 @@ class NetProbe(Probe):
     @classmethod
     def render(cls, result: dict, console) -> None:
         """Queue latency, drops and server time, then the syscall table."""
+        from rich.markup import escape
         from rich.table import Table
 
         udp = result["udp"]
         title = f"netprof pid {result['pid']} ({result['comm']}) ports {udp['ports']} " \
-                f"{result['duration_s']:.2f}s" + (" [partial]" if result.get("partial") else "")
+                f"{result['duration_s']:.2f}s" + (escape(f" [partial: {result.get('end_reason')}]") if result.get("partial") else "")
         t = Table(title=title)
         for col in ("metric", "count", "p50 us", "p90 us", "p99 us", "max us"):
             t.add_column(col, justify="right" if col != "metric" else "left")
