@@ -358,3 +358,38 @@ def load_blocklists(block_files: Iterable[str], allow_files: Iterable[str] = ())
 
 
 EMPTY = Blocklist()
+
+
+class BlocklistManager:
+    """Holds the current Blocklist; reloads keep the old one when a file is unreadable.
+
+    The server reads ``manager.current`` per query (one attribute load) or
+    copies it into its own attribute after each successful reload.
+    """
+
+    def __init__(self, block_files: Iterable[str], allow_files: Iterable[str] = ()) -> None:
+        self.block_files = list(block_files)
+        self.allow_files = list(allow_files)
+        self.current: Blocklist = EMPTY
+        self.last_error: str | None = None
+
+    def load(self) -> Blocklist:
+        """First load: errors propagate (a missing list at start is a config error)."""
+        self.current = load_blocklists(self.block_files, self.allow_files)
+        return self.current
+
+    def reload(self) -> bool:
+        """True if new lists are in use; False (old lists kept, reason logged) otherwise."""
+        try:
+            new = load_blocklists(self.block_files, self.allow_files)
+        except BlocklistError as e:
+            self.last_error = str(e)
+            log.error("blocklist reload failed, keeping the %d entries loaded before: %s",
+                      self.current.entries, e)
+            return False
+        self.current, self.last_error = new, None
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """For HEIMDALL_BLOCKLIST_RELOAD_INTERVAL: reload when a file's mtime moved."""
+        return self.current.changed() and self.reload()

@@ -14,6 +14,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heimdall.blocklist import Blocklist, BlocklistError, load_blocklists, to_wire
 from heimdall.blockresponse import BlockResponder, BlockResponseError, question_end
@@ -283,3 +285,43 @@ def test_match_agrees_with_a_plain_suffix_check(names):
         labels = q.split(".")
         expect = any(".".join(labels[i:]) in listed for i in range(len(labels)))
         assert bl.match_name(q) == expect, (names, q)
+
+
+def test_manager_reload_swaps_lists_and_keeps_old_ones_on_failure(tmp_path, caplog):
+    from heimdall.blocklist import BlocklistManager
+    path = tmp_path / "l.txt"
+    write(path, "old.example\n")
+    mgr = BlocklistManager([str(path)])
+    first = mgr.load()
+    assert first.match_name("old.example")
+    assert not mgr.reload_if_changed()                      # nothing changed
+    write(path, "new.example\n")
+    os.utime(path, ns=(first.sources[0].mtime_ns + 10**9,) * 2)
+    assert mgr.reload_if_changed()
+    assert mgr.current.match_name("new.example") and not mgr.current.match_name("old.example")
+    kept = mgr.current
+    path.unlink()
+    with caplog.at_level(logging.ERROR, logger="heimdall.blocklist"):
+        assert not mgr.reload()
+    assert mgr.current is kept and "l.txt" in mgr.last_error
+    assert "blocklist reload failed, keeping the 1 entries" in caplog.text
+
+
+names = st.lists(st.sampled_from(["a", "b", "ads", "x-y", "c0", "_t"]), min_size=1, max_size=5).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(block=st.lists(st.tuples(st.booleans(), names), max_size=6),
+       allow=st.lists(st.tuples(st.booleans(), names), max_size=3), query=names)
+def test_match_agrees_with_the_definition(block, allow, query):
+    """Property: blocked iff some block rule covers the name and no allow rule does."""
+    def covers(rules, q):
+        labels = q.split(".")
+        for wild, n in rules:
+            for i in range(len(labels)):
+                if ".".join(labels[i:]) == n and (i > 0 or not wild):
+                    return True
+        return False
+    bl = Blocklist.from_names([("*." if w else "") + n for w, n in block],
+                              [("*." if w else "") + n for w, n in allow])
+    assert bl.match_name(query) == (covers(block, query) and not covers(allow, query))
