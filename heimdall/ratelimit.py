@@ -63,10 +63,16 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def key(self, ip: str) -> object:
-        """The bucket key: the address itself, or its /24 or /56 network."""
+    def key(self, ip: str | bytes) -> object:
+        """The bucket key: the address itself, or its /24 or /56 network.
+
+        `ip` is a text address or a packed one (4 or 16 bytes, as the server's
+        batched receive gives it); packed ones aggregate by a plain slice.
+        """
         if not self._v4_keep:
             return ip
+        if isinstance(ip, bytes):
+            return ip[: self._v4_keep] if len(ip) == 4 else ip[: self._v6_bytes]
         if ":" in ip:
             try:
                 return socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])[: self._v6_bytes]
@@ -74,8 +80,8 @@ class RateLimiter:
                 return ip
         return ip.rsplit(".", 4 - self._v4_keep)[0] if self._v4_keep < 4 else ip
 
-    def allow(self, ip: str, now: float) -> bool:
-        """Take one token for `ip` at time `now` (monotonic seconds); False = limit it."""
+    def allow(self, ip: str | bytes, now: float) -> bool:
+        """Take one token for `ip` (text or packed) at `now` (monotonic seconds); False = limit it."""
         if now >= self._next_sweep:
             self.sweep(now)
         key = self.key(ip) if self._v4_keep else ip

@@ -104,3 +104,15 @@ def test_sweep_keeps_buckets_that_are_still_refilling():
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError):
         RateLimiter(RateLimitConfig(per_ip_qps=0))
+
+
+def test_packed_addresses_aggregate_like_text_ones():
+    import socket
+    rl = RateLimiter(RateLimitConfig(per_ip_qps=1, per_ip_burst=2, aggregate=True))
+    v4 = [socket.inet_pton(socket.AF_INET, f"198.51.100.{i}") for i in (1, 2, 3)]
+    assert [rl.allow(ip, 0.0) for ip in v4] == [True, True, False]
+    v6 = [socket.inet_pton(socket.AF_INET6, a) for a in ("2001:db8:0:1200::1", "2001:db8:0:12ff::2", "2001:db8:0:1300::1")]
+    assert [rl.allow(ip, 0.0) for ip in v6] == [True, True, True]    # third is another /56
+    assert rl.allow(v6[0], 0.0) is False
+    plain = RateLimiter(RateLimitConfig(per_ip_qps=1, per_ip_burst=1))
+    assert [plain.allow(ip, 0.0) for ip in v4] == [True, True, True]
