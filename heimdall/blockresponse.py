@@ -56,6 +56,8 @@ def _soa(ttl: int) -> bytes:
 
 
 _OPT = b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, 0, 0)
+# _FLAGS[query byte 2 & (opcode|RD)][CD | rcode] -> response flag bytes (QR and RA set)
+_FLAGS = [[bytes((b2 | 0x80, b3 | 0x80)) for b3 in range(32)] for b2 in range(128)]
 
 
 def parse_custom_ips(value: str) -> tuple[bytes | None, bytes | None]:
@@ -103,10 +105,10 @@ class BlockResponder:
         v4, v6 = parse_custom_ips(custom_ip) if mode == "custom_ip" else (None, None)
         if mode == "zero_ip":
             v4, v6 = bytes(4), bytes(16)
-        self._templates: dict[tuple[int, bool], _Template] = {}
-        for edns in (False, True):
-            for key, addr in ((TYPE_A, v4), (TYPE_AAAA, v6), (0, None)):
-                self._templates[(key, edns)] = self._build(key, addr, edns)
+        # index: 0 other, 1 A, 2 AAAA; +3 with EDNS
+        self._by_index: list[_Template] = [
+            self._build(rtype, addr, edns) for edns in (False, True)
+            for rtype, addr in ((0, None), (TYPE_A, v4), (TYPE_AAAA, v6))]
 
     def _build(self, rtype: int, addr: bytes | None, edns: bool) -> _Template:
         an = ns = b""
@@ -133,8 +135,7 @@ class BlockResponder:
             if qend < 0:
                 return None
         qtype = (query[qend - 4] << 8) | query[qend - 3]
-        edns = (query[10] or query[11]) and len(query) >= qend + 11 and query[qend] == 0 \
-            and query[qend + 1] == 0 and query[qend + 2] == TYPE_OPT
-        t = self._templates[(qtype if qtype in (TYPE_A, TYPE_AAAA) else 0, bool(edns))]
-        flags = bytes(((query[2] & 0x79) | 0x80, (query[3] & 0x10) | 0x80 | t.rcode))
-        return query[:2] + flags + t.counts + query[12:qend] + t.tail
+        edns = 3 if (query[11] or query[10]) and query[qend:qend + 3] == b"\x00\x00\x29" else 0
+        t = self._by_index[edns + (1 if qtype == TYPE_A else 2 if qtype == TYPE_AAAA else 0)]
+        return b"".join((query[:2], _FLAGS[query[2] & 0x79][query[3] & 0x10 | t.rcode], t.counts,
+                          query[12:qend], t.tail))
