@@ -124,28 +124,36 @@ def check(
     raise typer.Exit(result.exit_code)
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.4g}"
+
+
 def print_check(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out, err = Console(width=max(Console().width, 110)), Console(stderr=True)
+    out, err = Console(width=max(Console().width, 100)), Console(stderr=True, soft_wrap=True)
     if result.fingerprint_warnings:
         err.print("[bold yellow]WARNING: this machine differs from the baseline's: "
                   + "; ".join(result.fingerprint_warnings) + " -- figures may not be comparable[/]", highlight=False)
-    table = Table(title="check against baseline")
-    for col in ("scenario", "metric", "baseline", "current", "change", "verdict", "reason"):
-        table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left")
+    table = Table(title="check against baseline ((info) rows are shown but do not set the exit status)")
+    for col in ("scenario", "metric", "unit", "baseline", "current", "change", "verdict"):
+        table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left",
+                         no_wrap=col != "unit")
     colour = {"regression": "bold red", "inconclusive": "yellow", "improved": "green", "ok": ""}
     for r in result.rows:
         change = "n/a" if r.change_pct is None else f"{r.change_pct:+.1f}%"
-        table.add_row(r.scenario, f"{r.metric} ({r.unit})" + ("" if r.gate else " [info]"), f"{r.baseline:.4g}", f"{r.current:.4g}", change,
-                      f"[{colour[r.verdict]}]{r.verdict}[/]" if colour[r.verdict] else r.verdict,
-                      r.reason if r.verdict != "ok" else "")
+        verdict = f"[{colour[r.verdict]}]{r.verdict}[/]" if colour[r.verdict] else r.verdict
+        table.add_row(r.scenario, r.metric + ("" if r.gate else " (info)"), r.unit, _num(r.baseline),
+                      _num(r.current), change, verdict)
     out.print(table)
-    out.print(f"{result.reason} (exit {result.exit_code})", highlight=False)
+    for r in result.rows:
+        if r.verdict in ("regression", "inconclusive") and r.gate:
+            out.print(f"  {r.scenario}/{r.metric}: {r.verdict}: {r.reason}", highlight=False, soft_wrap=True)
+    out.print(f"{result.reason} (exit {result.exit_code})", highlight=False, soft_wrap=True)
     if result.results_dir:
-        out.print(f"report: {result.results_dir / 'check_report.md'} and "
-                  f"{result.results_dir / 'performance_report.md'}", highlight=False)
+        out.print(f"report: {result.results_dir / 'performance_report.md'} "
+                  f"(verdicts: {result.results_dir / 'check_report.md'})", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,9 @@ decides its threshold and how a verdict treats it:
   count - events per answered query (mallocs, futex waits, syscalls):
           nearly deterministic, so they get a tight threshold
   rate  - error share: compared in absolute percentage points
-Tail and redundant figures (p99, average latency, which a closed loop ties to
-q/s, futex wait time, queue p99) are judged and shown but do not gate: with
+Latencies (in a closed loop Little's law ties them to q/s: clients = q/s x
+average latency, so gating both counts one effect twice), futex wait time and
+queue p99 are judged and shown but do not gate: with
 a dozen metrics per scenario, every extra noisy metric that can fail the
 check is another chance of a false alarm, and tails are the noisiest.
 Window records come from `lab_adapter.run_window`; probe figures are read from
@@ -36,7 +37,7 @@ class MetricSpec:
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("qps", "throughput", "q/s", "higher", "time"),
     MetricSpec("latency_avg_us", "latency avg", "us", "lower", "time", gate=False),
-    MetricSpec("latency_p50_us", "latency p50", "us", "lower", "time"),
+    MetricSpec("latency_p50_us", "latency p50", "us", "lower", "time", gate=False),
     MetricSpec("latency_p99_us", "latency p99", "us", "lower", "time", gate=False),
     MetricSpec("error_rate", "error rate", "ratio", "lower", "rate"),
     MetricSpec("cpu_us_per_query", "server CPU per query", "us", "lower", "cost", abs_floor=0.5),

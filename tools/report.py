@@ -405,6 +405,6 @@ def check_markdown(rows, code: int, reason: str, warnings: list[str], baseline: 
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ch = "n/a" if r.change_pct is None else f"{r.change_pct:+.1f} %"
-        lines.append(f"| {r.scenario} | {r.metric} ({r.unit}){'' if r.gate else ' [info]'} | {r.baseline:.4g} | {r.current:.4g} | {ch} | "
+        lines.append(f"| {r.scenario} | {r.metric} ({r.unit}){'' if r.gate else ' (info)'} | {r.baseline:.4g} | {r.current:.4g} | {ch} | "
                      f"{r.p_value:.3f} | {r.verdict} | {r.reason} |")
     return "\n".join(lines) + "\n"
