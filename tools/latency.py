@@ -55,7 +55,8 @@ def summarize(counts: dict[int, int]) -> dict:
         "max": max(counts) / 1000,
     }
     for name, pct in PERCENTILES.items():
-        out[name] = h.get_value_at_percentile(pct) / 1000
+        # HdrHistogram answers with its bucket's upper edge: keep it inside the observed range
+        out[name] = min(max(h.get_value_at_percentile(pct) / 1000, out["min"]), out["max"])
     return {k: round(v, 1) for k, v in out.items()}
 
 

@@ -64,6 +64,10 @@ def print_summary(r: dict, console: Console) -> None:
         b = r["blocking"]
         t.add_row("blocked names", f"replies {b['blocked_replies']:,}  rcodes {b['rcodes']}  "
                   f"zero-IP answers {b['zero_ip_answers']}  forwarded {b['forwarded_answers']}")
+    k = r.get("kernel_latency_us")
+    if k and k["avg"] is not None:
+        t.add_row("kernel-timed us", "  ".join(f"{n} {k[n]:,.1f}" for n in ("min", "avg", "p50", "p99", "max"))
+                  + f"  (generator's own delay {r['generator']['own_delay_us']:,.1f} us)")
     g = r["generator"]
     t.add_row("generator", f"CPU {g['cpu_percent']:.0f}% of a core"
               + (f", busy per process {g['busy_per_process']}" if g.get("busy_per_process") else ""))
@@ -100,6 +104,8 @@ def load(
                                          help="Write the blocking scenario's blocklist here and exit."),
     blocklist_size: int = typer.Option(1000, "--blocklist-size", min=1, help="Names in the blocklist."),
     warm_set: int = typer.Option(1000, "--warm-set", min=1, help="Names in the cache-hit/mixed warm set."),
+    kernel_timestamps: bool = typer.Option(False, "--kernel-timestamps",
+                                           help="Also time replies by kernel arrival: shows the generator's own delay."),
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
 ) -> None:
     """Drive a DNS server with a scenario; print the figures, optionally save them as JSON."""
@@ -116,7 +122,8 @@ def load(
         raise typer.Exit(EXIT_OK)
     cfg = LoadConfig(test_type=test_type.value, server=server, duration=duration, clients=clients,
                      timeout_ms=timeout, qps=qps, warmup=warmup, zone=zone, queries_file=queries,
-                     processes=processes, engine=engine.value, warm_set=warm_set, blocklist_size=blocklist_size)
+                     processes=processes, engine=engine.value, warm_set=warm_set, blocklist_size=blocklist_size,
+                     kernel_timestamps=kernel_timestamps)
     try:
         result = run_load(cfg, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
