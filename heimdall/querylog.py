@@ -12,6 +12,9 @@ counted (``dropped``). A failing open or write drops that batch, is logged
 once (and once more when writing works again), and is retried on the next
 batch. ``reopen()`` starts a new file after log rotation.
 
+Each batch is one ``write()`` on an ``O_APPEND`` descriptor, so N workers may
+share one path: the kernel keeps each batch whole, lines never interleave.
+
 Line format::
 
     {"ts": 1764211200.123456, "client": "192.0.2.1", "protocol": "udp",
@@ -24,6 +27,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
 
@@ -80,7 +84,7 @@ class QueryLog:
         self._wake = threading.Event()
         self._stop = False
         self._reopen = False
-        self._file = None
+        self._fd: int | None = None
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="heimdall-querylog", daemon=True)
         self.dropped = 0   # entries lost to a full buffer or a failed write
@@ -144,10 +148,11 @@ class QueryLog:
             if self._reopen:
                 self._reopen = False
                 self._close_file()
-            if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write(text)
-            self._file.flush()
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            data = memoryview(text.encode("utf-8"))
+            while data:  # one write() per batch; a loop only after a partial write
+                data = data[os.write(self._fd, data):]
         except (OSError, ValueError, TypeError) as e:
             self.dropped += len(batch)
             self._close_file()
@@ -161,9 +166,9 @@ class QueryLog:
             self._failing = False
 
     def _close_file(self) -> None:
-        f, self._file = self._file, None
-        if f is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             try:
-                f.close()
+                os.close(fd)
             except OSError:
                 pass

@@ -126,3 +126,29 @@ def test_reopen_after_rotation(tmp_path):
 def test_wire_to_text():
     assert wire_to_text(b"\x03www\x07example\x00") == "www.example."
     assert wire_to_text(b"\x00") == "."
+
+
+def _write_many(path: str, tag: str, n: int) -> None:
+    ql = QueryLog(path, flush_interval=0.001, batch_size=37).start()
+    for i in range(n):
+        ql.log("192.0.2.1", f"{tag}-{i}.example.", 1, 0, 0.001)
+        if i % 500 == 0:
+            time.sleep(0.001)
+    assert ql.close(30)
+
+
+def test_several_worker_processes_share_one_file_without_torn_lines(tmp_path):
+    import multiprocessing as mp
+    path = str(tmp_path / "shared.log")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(path, f"w{k}", 5000)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = read_lines(path)                     # every line parses: none was torn
+    assert len(lines) == 15000
+    for k in range(3):
+        mine = [x["name"] for x in lines if x["name"].startswith(f"w{k}-")]
+        assert mine == [f"w{k}-{i}.example." for i in range(5000)]
