@@ -210,6 +210,20 @@ def test_queries_file_with_bad_lines(unbound, tmp_path):
     assert [b["line"] for b in r["bad_lines"]] == [3, 4, 7]
     check_consistent(r)
     assert set(r["rcodes"]) == {"NOERROR", "NXDOMAIN"} and r["success_rate"] == r["response_rate"]
+    assert any("3 bad lines" in w for w in r["warnings"])
+
+
+@requires_dnsperf
+def test_dnsperf_engine_reads_the_same_queries_file(unbound, tmp_path):
+    qfile = tmp_path / "queries.txt"
+    qfile.write_text("a.bench.test A\nnot valid\nnx.example.test A\n")
+    r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, duration=1, warmup=0,
+                            queries_file=qfile, engine="dnsperf"))
+    check_consistent(r)
+    assert [b["line"] for b in r["bad_lines"]] == [2] and any("bad lines" in w for w in r["warnings"])
+    # dnsperf cycles the file in order: half the answers are NXDOMAIN, and both count as success
+    assert r["rcodes"]["NXDOMAIN"] == pytest.approx(r["received"] / 2, abs=25)
+    assert r["success_rate"] == r["response_rate"]
 
 
 def test_invalid_input_gives_one_line_or_usage(tmp_path):

@@ -624,8 +624,9 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
             saturated = True
             warnings.append(f"generator saturated: offered {cfg.qps:.0f} q/s but sent only "
                             f"{sent / duration:.0f} q/s")
-    if extra and extra.get("generator_saturated"):
-        saturated = True
+    if extra:
+        extra = dict(extra)
+        saturated = saturated or bool(extra.pop("generator_saturated", False))
         warnings.extend(extra.pop("warnings", []))
     if run.bad_lines:
         warnings.append(f"{len(run.bad_lines)} bad lines skipped in {cfg.queries_file}")
