@@ -11,6 +11,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -267,3 +268,65 @@ def test_many_clients_fit_the_fd_limit(unbound):
     assert r["clients"] == 10_000 and r["received"] > 0
     assert r["sent"] == r["received"] + r["timeouts"]
     assert os.getpid()  # the parent survived opening them
+
+
+class SlowResponder:
+    """A real UDP responder that answers every query twice: at once with the wrong ID, then
+    correctly but after `delay` seconds, so a generator with a shorter timeout sees only
+    mismatched and late replies."""
+
+    def __init__(self, delay: float) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.01)
+        self.delay = delay
+        self.running = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    @property
+    def addr(self) -> str:
+        return "127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def serve(self) -> None:
+        later: list[tuple[float, bytes, tuple]] = []
+        while self.running:
+            try:
+                data, peer = self.sock.recvfrom(512)
+                reply = bytearray(data)
+                reply[2] |= 0x80  # QR
+                wrong = bytes([reply[0] ^ 0x80]) + bytes(reply[1:])
+                self.sock.sendto(wrong, peer)
+                later.append((time.monotonic() + self.delay, bytes(reply), peer))
+            except (TimeoutError, OSError):
+                pass
+            now = time.monotonic()
+            for item in [i for i in later if i[0] <= now]:
+                self.sock.sendto(item[1], item[2])
+                later.remove(item)
+
+    def __enter__(self) -> "SlowResponder":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_late_and_mismatched_replies_are_counted_not_received():
+    with SlowResponder(delay=0.15) as slow:
+        r = run_load(LoadConfig(test_type="cache-miss", server=slow.addr, clients=2, duration=1, warmup=0,
+                                timeout_ms=100))
+    assert r["received"] == 0 and r["timeouts"] == r["sent"] > 0
+    # closed loop: each client asks every 100 ms; the correct answers come 50 ms too late
+    assert r["sent"] - 2 <= r["late"] <= r["sent"] and r["sent"] - 2 <= r["mismatched"] <= r["sent"] + 2
+    assert 2 * 8 <= r["sent"] <= 2 * 11
+
+
+def test_open_loop_beyond_the_generator_says_it_is_saturated(unbound):
+    r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, qps=1_000_000, processes=1, duration=1,
+                            warmup=0, timeout_ms=300))
+    assert r["generator_saturated"] is True
+    assert any("offered 1000000 q/s but sent only" in w for w in r["warnings"])
+    assert r["sent"] < 0.97 * 1_000_000
