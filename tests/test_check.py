@@ -101,7 +101,7 @@ def test_target_20us_slower_is_a_regression(baseline, tmp_path):
             assert proc.returncode == 1, proc.stdout + proc.stderr
             cost = [r for r in v["rows"] if r["metric"] == "cpu_us_per_query"][0]
             assert cost["verdict"] == "regression"
-            assert 20 < cost["change_pct"] < 60   # +20 us on ~60-70 us per query
+            assert 10 < cost["change_pct"] < 60   # +20 us on 60-100 us per query (overhead grows under load)
             assert "regression" in proc.stdout
 
 

@@ -137,7 +137,7 @@ class OwnServer:
         return int(self.server.pid)
 
     def describe(self) -> dict:
-        return {"kind": "heimdall (started by the lab)", "server": self.address,
+        return {"kind": "heimdall (started by the lab)", "server": self.address, "pid": self.pid,
                 "upstream": f"nsd {self.upstream.addr}", "blocklist_size": BLOCKLIST_SIZE}
 
     def stop(self) -> None:
