@@ -129,3 +129,29 @@ def test_bench_starts_and_stops_its_own_heimdall(tmp_path):
     pid = meta["target"]["pid"]
     gone = not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert gone, f"server pid {pid} left running"
+
+
+def test_sigterm_stops_the_started_server_and_keeps_finished_windows(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([*TOOL, "bench", "--scenarios", "cache-hit,blocking", "--duration", "3", "--warmup", "0.2",
+                             "--results-dir", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("*/cache-hit.json")) \
+            and not list(tmp_path.glob("*/blocking.json")):
+        time.sleep(0.2)
+    run_dir = next(tmp_path.iterdir())
+    server_pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "serve" in " ".join(c.cmdline())]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(run_dir.glob("*.json")), "the finished window was kept"
+    assert (run_dir / "resource_usage.csv").is_file()
+    for pid in server_pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -227,13 +227,17 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
         with attached_probes(target, opts.probes, required=False) as (probes, unavailable):
             if unavailable:
                 say(f"warning: {unavailable}; probe figures will read 'not measured'")
+            def done(w: dict) -> None:
+                """Each window's JSON is written as soon as it is measured (an interrupted bench keeps them)."""
+                name = w["scenario"] + (f"_r{w['repeat']}" if opts.repeats > 1 else "")
+                atomic_write_json(out / f"{name}.json", w)
+                say(_window_line(w))
+
             with ResourceSampler(target.pid) as sampler:
-                windows = run_windows(opts, target, probes, sampler, out if opts.flame else None,
-                                      on_window=lambda w: say(_window_line(w)))
-            sampler.write_csv(out / "resource_usage.csv")
-    for w in windows:
-        name = w["scenario"] + (f"_r{w['repeat']}" if opts.repeats > 1 else "")
-        atomic_write_json(out / f"{name}.json", w)
+                try:
+                    windows = run_windows(opts, target, probes, sampler, out if opts.flame else None, on_window=done)
+                finally:
+                    sampler.write_csv(out / "resource_usage.csv")
     meta = {"schema": "heimdall.bench/1", "target": target.info, "options": _jsonable(opts),
             "probes_requested": opts.probes, "probes_unavailable": unavailable,
             "scenarios": [w["scenario"] for w in windows]}

@@ -119,6 +119,8 @@ def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given
         raise ToolError("no metric in common with the baseline", EXIT_ENVIRONMENT)
     code, reason = overall(rows)
     warnings = fingerprint_differences(base["fingerprint"], cur["fingerprint"])
+    if (base.get("target") or {}).get("kind") != (cur.get("target") or {}).get("kind"):
+        warnings.append(f"target {base.get('target', {}).get('kind')!r} -> {cur['target'].get('kind')!r}")
     out = _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th)
     return CheckResult(code, reason, rows, warnings, out)
 

@@ -52,7 +52,10 @@ def run_load(scenario: str, server: str, duration: float, clients: int, timeout_
     cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
                              timeout_ms=timeout_ms, warmup=warmup, zone=ZONE, engine=engine,
                              prime=prime)
-    return loadgen.run_load(cfg, progress=False)
+    result = loadgen.run_load(cfg, progress=False)
+    if result.get("interrupted"):
+        raise KeyboardInterrupt   # the generator swallowed Ctrl-C/SIGTERM to finish its window; stop here
+    return result
 
 
 def answered(load: dict) -> int:

@@ -6,9 +6,11 @@ and check.py, errors are ToolErrors (one line, documented exit status).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -22,6 +24,24 @@ baseline_app = typer.Typer(help="Create a JSON baseline for `check`.", no_args_i
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C or SIGTERM unwinds normally (probes detach, started servers stop), then one line, exit 3."""
+    from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise ToolError("interrupted: probes detached and started servers stopped; finished windows are kept",
+                        EXIT_ENVIRONMENT) from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def bench(
@@ -49,7 +69,8 @@ def bench(
     opts = LabOptions(scenarios=parse_scenarios(scenarios), duration=duration, warmup=warmup, clients=clients,
                       repeats=repeats, server=server, pid=pid, probes=probes, flame=profile or all_profiles,
                       engine=engine, timeout_ms=timeout_ms, results_dir=results_dir)
-    out = run_bench(opts, say=_say)
+    with _interruptible():
+        out = run_bench(opts, say=_say)
     print(f"report: {out / 'performance_report.md'}")
 
 
@@ -90,7 +111,8 @@ def baseline_create(
 
     opts, _ = _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes or "all",
                            engine, timeout_ms, Path("performance_results"))
-    create_baseline(opts, output or default_baseline_path(), say=_say)
+    with _interruptible():
+        create_baseline(opts, output or default_baseline_path(), say=_say)
 
 
 def check(
@@ -119,7 +141,8 @@ def check(
     opts, given = _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes,
                                engine, timeout_ms, results_dir)
     th = Thresholds(max_regression_pct=max_regression, count_pct=count_threshold)
-    result = run_check(opts, baseline or default_baseline_path(), th, given, say=_say)
+    with _interruptible():
+        result = run_check(opts, baseline or default_baseline_path(), th, given, say=_say)
     print_check(result)
     raise typer.Exit(result.exit_code)
 
