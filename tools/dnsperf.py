@@ -191,6 +191,7 @@ def run_dnsperf(run: Any, progress: bool = False) -> dict:
     }
     result = build_result(run, [part], engine="dnsperf", extra=extra)
     result["generator"]["busy_per_process"] = None
+    result["generator"]["runqueue_wait_per_process"] = None
     return result
 
 
