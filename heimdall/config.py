@@ -113,6 +113,15 @@ def float_in(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        low = text.strip().lower()
+        if low not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return low
+    return parse
+
+
 def setting(default: Any, parser: Callable[[str], Any], help: str, aliases: Sequence[str] = (),
             flag_only: bool = False) -> Any:
     """Declare a config field: its default, its string parser, its help, extra env names."""
@@ -148,6 +157,8 @@ class Config:
     tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
+    udp_batch: str = setting("auto", choice("auto", "on", "off"),
+                             "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
 
     @classmethod
