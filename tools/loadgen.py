@@ -299,7 +299,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
             sends[fd](msg)
         except OSError:  # full buffer or an ICMP error from earlier: the query is lost
             cnt[SEND_ERRORS] += 1
-        inwin = t_measure <= now
+        inwin = t_measure <= now < t_end
         if inwin:
             cnt[SENT] += 1
         key = fd << 16 | qid
