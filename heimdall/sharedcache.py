@@ -330,7 +330,9 @@ class SharedCache:
             "puts": c.puts, "puts_dropped": c.puts_dropped, "puts_in_flight": len(self._pending),
             "invalidations_sent": c.invalidations_sent,
             "invalidations_received": c.invalidations_received,
-            "latency_buckets": self.latency.cumulative(),
+            "latency_bounds": self.latency.bounds,            # metrics.Hist(bounds, counts, sum)
+            "latency_counts": list(self.latency.counts),      # per bucket, last one is +Inf
+            "latency_buckets": self.latency.cumulative(),     # Prometheus (le, cumulative count)
             "latency_sum": self.latency.total,
             "latency_count": sum(self.latency.counts),
         }

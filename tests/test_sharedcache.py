@@ -109,6 +109,8 @@ def test_put_get_roundtrip_with_elapsed_age(redis_server, upstream):
             s = sc.stats()
             assert (s["state"], s["hits"], s["misses"], s["puts"], s["errors"]) == ("up", 2, 1, 1, 0)
             assert s["latency_count"] >= 4 and s["latency_buckets"][-1] == ("+Inf", s["latency_count"])
+            assert sum(s["latency_counts"]) == s["latency_count"]
+            assert len(s["latency_counts"]) == len(s["latency_bounds"]) + 1
         finally:
             await sc.close()
 
