@@ -213,8 +213,13 @@ def _prime_round(s: socket.socket, todo: list[bytes], timeout_s: float, window: 
 def _worker_entry(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: Any, results: Any) -> None:
     """Process entry: ignore Ctrl-C (the parent decides), run, always send back a result."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     try:
-        results.put(_run_worker(spec, progress, start, stop, ready))
+        result = _run_worker(spec, progress, start, stop, ready)
+        if os.getppid() != parent:  # nobody will read it: do not wait on a full pipe at exit
+            results.cancel_join_thread()
+            return
+        results.put(result)
     except BaseException as exc:  # noqa: BLE001 - reported by the parent as one line
         ready.put(spec.index)
         results.put({"index": spec.index, "error": f"{type(exc).__name__}: {exc}"})
@@ -287,6 +292,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
     max_lag = 0
     interrupted = False
     base = spec.index * 4
+    parent = os.getppid()
 
     def issue(fd: int) -> None:
         q, kind = nxt()
@@ -329,7 +335,7 @@ def _run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: A
                 cpu0, rq0 = time.process_time(), runqueue_wait_s()
             if now >= t_end:
                 sending = False
-            elif stop.value:
+            elif stop.value or (now >= next_progress and os.getppid() != parent):  # told to, or orphaned
                 sending, interrupted = False, True
                 t_end = max(now, t_measure)
             if not sending:
