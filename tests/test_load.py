@@ -78,6 +78,13 @@ def test_mixed_is_80_20_by_construction():
     assert set(names) - set(unique) == {decode_question(q)[0] for q in sc.prime}
 
 
+def test_cache_miss_names_are_unique_across_processes_and_runs():
+    a, b = build_scenario("cache-miss"), build_scenario("cache-miss")
+    names = [decode_question(s.next()[0])[0] for s in (a.stream(0, 2), a.stream(1, 2), b.stream(0, 2))
+             for _ in range(500)]
+    assert len(set(names)) == 1500 and all(n.endswith(".miss.bench.test.") for n in names)
+
+
 def test_blocking_asks_half_blocked_names():
     sc = build_scenario("blocking", blocklist_size=300)
     kinds = [k for _, k in sc.fixed]

@@ -29,7 +29,8 @@ from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
 from heimdall_tools.latency import quantize
 from heimdall_tools.scenarios import KIND_NAMES, RCODE_NAMES, SUCCESS_RCODES, decode_question
 
-MAX_LINES = 2_000_000          # cap on generated query-file lines (unique-name scenarios)
+MAX_LINES = 2_000_000          # cap on generated query-file lines (unique-name scenarios; dnsperf
+                               # starts over at the top when it runs out, so names can repeat beyond it)
 EST_RATE = 60_000              # closed-loop rate assumed when sizing a unique-name file
 UNAVAILABLE = ["late", "mismatched", "icmp_errors", "send_errors", "generator.busy_per_process",
                "blocking.zero_ip_answers", "blocking.forwarded_answers"]
@@ -44,14 +45,17 @@ def dnsperf_binary() -> str:
     return path
 
 
-def write_query_file(run: Any, path: Path) -> dict[str, int]:
-    """The scenario as dnsperf input; returns name -> kind for the names that are not normal."""
+def write_query_file(run: Any, path: Path, seconds: float, stream: Any) -> dict[str, int]:
+    """The scenario as dnsperf input; returns name -> kind for the names that are not normal.
+
+    Scenarios with unique names draw `seconds` worth of queries from `stream`, so
+    the warm-up file and the measured file never share a unique name.
+    """
     cfg, sc = run.cfg, run.scenario
     kinds: dict[str, int] = {}
     if sc.unique_every:
         rate = cfg.qps or EST_RATE
-        n = int(min(MAX_LINES, max(1000, rate * (cfg.duration + cfg.warmup) * 1.2)))
-        stream = sc.stream(0, 1)
+        n = int(min(MAX_LINES, max(1000, rate * seconds * 1.2)))
         items = (stream.next() for _ in range(n))
     else:
         items = iter(sc.fixed)
@@ -158,10 +162,13 @@ def run_dnsperf(run: Any, progress: bool = False) -> dict:
     try:
         if cfg.prime and run.scenario.prime:
             run.primed = prime(run.family, run.sockaddr, run.scenario.prime, min(cfg.timeout_ms / 1000, 2.0))
-        qfile = work / "queries.txt"
-        kinds = write_query_file(run, qfile)
+        stream = run.scenario.stream(0, 1)
         if cfg.warmup > 0:
-            _run(_command(run, qfile, cfg.warmup, False), work / "warmup.txt", cfg.warmup, cfg.timeout_ms / 1000)
+            wfile = work / "warmup-queries.txt"
+            write_query_file(run, wfile, cfg.warmup, stream)
+            _run(_command(run, wfile, cfg.warmup, False), work / "warmup.txt", cfg.warmup, cfg.timeout_ms / 1000)
+        qfile = work / "queries.txt"
+        kinds = write_query_file(run, qfile, cfg.duration, stream)
         cmd = _command(run, qfile, cfg.duration, True)
         status, cpu = _run(cmd, work / "out.txt", cfg.duration, cfg.timeout_ms / 1000)
         text = _tail_text(work / "out.txt")
