@@ -168,11 +168,16 @@ def test_counts_have_a_tight_threshold_and_a_floor():
 
 
 def test_busy_machine_voids_wall_clock_but_not_cost():
+    assert TH.machine_busy(0.1, 0.2) is None
+    assert "more than 0.5" in TH.machine_busy(0.1, 0.9)
+    assert "more cores than at baseline" in Thresholds(10, quiet_limit_cores=5).machine_busy(0.1, 0.9)
+    busy = TH.machine_busy(0.1, 0.9)
     base_t, cur_t = _s([100] * 4 + [101]), _s([130] * 4 + [131])
-    v = judge("s", "latency", base_t, cur_t, TH, machine_busier_by=1.0)
+    assert judge("s", "latency", base_t, cur_t, TH).verdict == REGRESSION
+    v = judge("s", "latency", base_t, cur_t, TH, machine_busy=busy)
     assert v.verdict == INCONCLUSIVE and "other processes" in v.reason
     base_c, cur_c = _s([60, 61, 60, 62, 60], kind="cost"), _s([80, 81, 80, 82, 80], kind="cost")
-    assert judge("s", "cpu", base_c, cur_c, TH, machine_busier_by=1.0).verdict == REGRESSION
+    assert judge("s", "cpu", base_c, cur_c, TH, machine_busy=busy).verdict == REGRESSION
 
 
 def test_error_rate_in_percentage_points():

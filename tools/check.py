@@ -87,13 +87,13 @@ def apply_baseline_defaults(opts: bench.LabOptions, base: dict, given: set[str])
 
 
 def compare(base: dict, cur: dict, th: Thresholds) -> list[MetricVerdict]:
-    busier = _median(cur) - _median(base)
+    busy = th.machine_busy(_median(base), _median(cur))
     rows = []
     for scenario, metrics in cur["scenarios"].items():
         base_metrics = base["scenarios"].get(scenario, {})
         for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
             rows.append(judge(scenario, key, Series.from_json(base_metrics[key]),
-                              Series.from_json(metrics[key]), th, machine_busier_by=busier,
+                              Series.from_json(metrics[key]), th, machine_busy=busy,
                               gate=BY_KEY[key].gate))
     return rows
 

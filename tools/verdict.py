@@ -7,9 +7,10 @@ A metric regresses only when BOTH hold (as asv pairs a test with a factor):
   * the repeats say the difference is real: a one-sided Mann-Whitney U test of
     the current repeats against the baseline's, exact over all rank splits.
 Worse by more than the threshold but not significant: "inconclusive" (too
-noisy to tell). Wall-clock metrics measured while the machine ran much more
-foreign work than at baseline time are "inconclusive" too, never a regression:
-the cost and count metrics (CPU time and events per query) still gate then.
+noisy to tell). Wall-clock metrics measured while other processes used more
+than half a core, or much more than at baseline time, are "inconclusive" too,
+never a regression: the cost and count metrics (CPU time and events per
+query) still gate then.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ALPHA = 0.05
 DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic
 RATE_ABS_FLOOR = 0.01               # error rates: one percentage point
 BUSY_MARGIN_CORES = 0.35           # foreign CPU above baseline's that voids wall-clock verdicts
+QUIET_LIMIT_CORES = 0.5            # foreign CPU during the check above which wall-clock verdicts are void
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
@@ -124,6 +126,17 @@ class Thresholds:
     count_pct: float = DEFAULT_COUNT_THRESHOLD_PCT
     alpha: float = ALPHA
     busy_margin_cores: float = BUSY_MARGIN_CORES
+    quiet_limit_cores: float = QUIET_LIMIT_CORES
+
+    def machine_busy(self, base_foreign: float, cur_foreign: float) -> str | None:
+        """Why wall-clock figures of this run cannot be compared with the baseline's, or None."""
+        if cur_foreign > self.quiet_limit_cores:
+            return (f"other processes used {cur_foreign:.2f} cores during this run (more than "
+                    f"{self.quiet_limit_cores:g}): wall-clock figures are not comparable")
+        if cur_foreign - base_foreign > self.busy_margin_cores:
+            return (f"other processes used {cur_foreign - base_foreign:.2f} more cores than at baseline "
+                    "time: wall-clock figures are not comparable")
+        return None
 
     def for_kind(self, kind: str) -> float:
         return self.count_pct if kind == "count" else self.max_regression_pct
@@ -150,7 +163,7 @@ class Series:
 
 
 def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
-          machine_busier_by: float = 0.0, gate: bool = True) -> MetricVerdict:
+          machine_busy: str | None = None, gate: bool = True) -> MetricVerdict:
     """The verdict for one metric of one scenario."""
     sign = 1.0 if base.better == "lower" else -1.0           # +: worse
     diff = cur.median - base.median
@@ -170,9 +183,8 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     if base.kind == "rate":
         beyond = worse_abs > max(floor, threshold / 100.0 * abs(base.median))
     if beyond:
-        if base.kind == "time" and machine_busier_by > th.busy_margin_cores:
-            why = (f"worse by {_fmt_pct(worse_pct)}, but other processes used {machine_busier_by:.2f} "
-                   "more cores than at baseline time: wall-clock figures are not comparable")
+        if base.kind == "time" and machine_busy:
+            why = f"worse by {_fmt_pct(worse_pct)}, but {machine_busy}"
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if p_worse >= th.alpha:
             why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
