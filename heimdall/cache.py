@@ -20,6 +20,19 @@ _HEADS: dict[bytes, bytes] = {}  # interned: most entries share a few heads ...
 _OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}  # ... and a few TTL layouts
 
 
+_INTS: dict[int, int] = {}  # one int object per distinct second/expiry instead of one per entry
+
+
+def shared_int(value: int) -> int:
+    """The same int object for equal values (ints above 256 are otherwise 32 bytes each)."""
+    obj = _INTS.get(value)
+    if obj is None:
+        if len(_INTS) >= 8192:
+            _INTS.clear()
+        _INTS[value] = obj = value
+    return obj
+
+
 class Entry:
     """One cached reply variant. Slots keep it ~100 bytes."""
 
@@ -29,8 +42,8 @@ class Entry:
         self.head = _HEADS.setdefault(head, head) if len(_HEADS) < 10_000 else head
         self.tail = tail
         self.qend = qend
-        self.aged = now
-        self.expires = now + ttl
+        self.aged = now = shared_int(now)
+        self.expires = shared_int(now + ttl)
         self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
         self.mark = now
 
@@ -45,7 +58,7 @@ class Entry:
         elapsed = now - self.aged
         if elapsed > 0 and self.offsets:
             self.tail = wire.age_ttls(self.tail, self.offsets, elapsed)
-        self.aged = now
+        self.aged = shared_int(now)
         return True
 
     def stale_reply(self, msg: bytes) -> bytes:
@@ -166,20 +179,28 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     if scan.rcode > 15:
         raise WireError("extended rcode from upstream")
     body, ttl = clamp_ttls(response, scan, min_ttl, max_ttl, negative_cap)
-    if scan.opt_start >= 0:
+    nscount, arcount = scan.nscount, scan.arcount
+    ttl_offsets = scan.ttl_offsets
+    if scan.rcode == wire.NOERROR and scan.ancount > 0:
+        # Minimal responses: a positive answer is the answer section (smaller
+        # replies, and about 40 fewer bytes per cached entry than NS + glue).
+        del body[scan.answer_end:]
+        nscount = arcount = 0
+        ttl_offsets = [off for off in ttl_offsets if off < scan.answer_end]
+        if ttl > 0:
+            ttl = min(wire.read_ttl(body, off) for off in ttl_offsets)
+    elif scan.opt_start >= 0:
         if scan.opt_end != len(body):
             raise WireError("OPT is not the last record")
         del body[scan.opt_start:]
-        arcount = scan.arcount - 1
-    else:
-        arcount = scan.arcount
+        arcount -= 1
     records = bytes(body[scan.qend:])
     qend = q.qend
     qlen = qend - 12
     shift = qend - scan.qend  # our question and upstream's have the same length
     if shift:
         raise WireError("upstream echoed a different question length")
-    offsets = tuple(off - scan.qend for off in scan.ttl_offsets)
+    offsets = tuple(off - scan.qend for off in ttl_offsets)
     b2 = wire.QR | (client[2] & wire.RD)
     b3 = wire.RA | (client[3] & wire.CD) | scan.rcode
     if (client[3] & wire.AD or q.do) and response[3] & wire.AD:
@@ -189,5 +210,5 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     if 12 + qlen + len(records) + len(opt) > limit:
         head = bytes((b2 | wire.TC, b3)) + wire._COUNTS.pack(1, 0, 0, extra)
         return Entry(head, opt, qend, now, max(ttl, 0), ()), ttl
-    head = bytes((b2, b3)) + wire._COUNTS.pack(1, scan.ancount, scan.nscount, arcount + extra)
+    head = bytes((b2, b3)) + wire._COUNTS.pack(1, scan.ancount, nscount, arcount + extra)
     return Entry(head, records + opt, qend, now, max(ttl, 0), offsets), ttl

@@ -204,6 +204,7 @@ class ResponseScan:
     opt_end: int = -1
     soa_ttl_offset: int = -1  # first SOA in the authority section
     soa_minimum: int = -1
+    answer_end: int = -1  # offset just past the answer section
 
 
 def scan_response(msg: bytes) -> ResponseScan:
@@ -216,6 +217,7 @@ def scan_response(msg: bytes) -> ResponseScan:
     qend = question_end(msg)
     scan = ResponseScan(msg[3] & RCODE_MASK, qend, an, ns, ar, [])
     off = qend
+    scan.answer_end = qend if an == 0 else -1
     for i in range(an + ns + ar):
         start = off
         off, fixed, rtype = rr_end(msg, off)
@@ -227,6 +229,8 @@ def scan_response(msg: bytes) -> ResponseScan:
             scan.rcode |= ext << 4
             continue
         scan.ttl_offsets.append(fixed + 4)
+        if i == an - 1:
+            scan.answer_end = off
         if rtype == TYPE_SOA and an <= i < an + ns and scan.soa_ttl_offset < 0:
             scan.soa_ttl_offset = fixed + 4
             scan.soa_minimum = _U32.unpack_from(msg, off - 4)[0]

@@ -8,6 +8,7 @@ import tracemalloc
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from heimdall import wire
@@ -50,6 +51,15 @@ def test_entry_reply_is_the_answer_with_client_id_and_question(upstream):
     assert r.question[0].name.to_text() == "WwW.Example.TEST."
     assert r.answer[0][0].address == "192.0.2.10"
     assert not r.flags & dns.flags.AA and r.flags & dns.flags.RA
+
+
+def test_positive_answers_are_minimal_negative_keep_the_soa(upstream):
+    w, (e, ttl) = entry_for(upstream, "long.example.test", max_ttl=10**6)
+    r = dns.message.from_wire(e.reply(w))
+    assert ttl == 604800  # the answer's TTL, not the NS record's 3600 that NSD adds
+    assert r.answer and not r.authority and not r.additional
+    w2, (e2, _) = entry_for(upstream, "nope.example.test")
+    assert dns.message.from_wire(e2.reply(w2)).authority[0].rdtype == dns.rdatatype.SOA
 
 
 def test_negative_entry_uses_soa_minimum_and_cap(upstream):
