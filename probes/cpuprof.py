@@ -49,10 +49,10 @@ class NativeCpuProbe(Probe):
     def read(self, queries: int | None) -> dict:
         """Folded native stacks: thread;user frames (outer first);kernel frames_[k]."""
         bpf = self.bpf
-        stacks_tab = bpf["cpu_stacks"]
+        stacks_tab = bpf[b"cpu_stacks"]
         stacks: dict[tuple[str, ...], int] = {}
         kernel = truncated = 0
-        for key, val in bpf["cpu_counts"].items():
+        for key, val in bpf[b"cpu_counts"].items():
             frames = [key.comm.decode(errors="replace") or "?"]
             if key.ustack >= 0:
                 user = [bpf.sym(a, self.pid, show_module=True).decode(errors="replace") or "[unknown]"

@@ -11,6 +11,8 @@
  *    queues are FIFO, so the n-th pop matches the n-th push. A read failing
  *    with EAGAIN proves the queue empty, so leftover timestamps (datagrams
  *    queued before we attached) are discarded there: the FIFO re-aligns.
+ *    A reader on another CPU may take a datagram before its sk_data_ready
+ *    fires; that read is settled by the push that follows (see EARLY_NS).
  *  - udp:udp_fail_queue_rcv_skb: a datagram dropped at the socket (receive
  *    buffer full), attributed by destination port; sock:sock_rcvqueue_full has
  *    no socket or port and is reported as a global count only.
@@ -31,6 +33,11 @@
 
 #define RING_SLOTS 4096            /* per-socket FIFO depth (power of two) */
 #define RING_MASK (RING_SLOTS - 1)
+/* The datagram is queued before sk_data_ready fires, so a reader already
+ * running on another CPU can take it first: its read finds the FIFO empty.
+ * If the push follows within EARLY_NS, it is that datagram (queue time ~0);
+ * an older early read was a datagram queued before we attached. */
+#define EARLY_NS 500000ULL
 
 /* syscall kinds: index into net_sys and the latency/batch histograms */
 #define K_RECVFROM 0
@@ -53,7 +60,7 @@
 /* global counters in net_count */
 #define C_QUEUED 0          /* datagrams queued on watched sockets (window) */
 #define C_MATCHED 1         /* reads by the target matched to a queue time */
-#define C_UNMATCHED 2       /* reads with an empty FIFO (queued before attach) */
+#define C_UNMATCHED 2       /* reads never matched to a push (queued before attach) */
 #define C_OVERFLOW 3        /* reads whose slot was overwritten or evicted */
 #define C_RESYNC 4          /* stale timestamps discarded at an EAGAIN read */
 #define C_DROPS 5           /* udp_fail_queue_rcv_skb on watched ports */
@@ -62,7 +69,8 @@
 #define C_SENT 8            /* datagrams sent by the target on watched sockets */
 #define C_OTHER_READER 9    /* datagrams on watched sockets read by another process */
 #define C_SERVER_UNPAIRED 10 /* sends on a watched socket with no read before */
-#define NCOUNT 11
+#define C_EARLY 11          /* reads that beat their sk_data_ready (queue time ~0) */
+#define NCOUNT 12
 
 struct port_stat {
     u64 queued;
@@ -74,6 +82,9 @@ struct sock_fifo {
     u64 head;     /* next sequence to pop */
     u64 tail;     /* next sequence to push */
     u64 port;
+    u64 early_ts; /* a read that found the FIFO empty (see EARLY_NS) */
+    u32 early;
+    u32 early_target;
 };
 
 struct slot_key {
@@ -127,19 +138,14 @@ static __always_inline void track_max(int slot, u64 v)
     if (m && v > *m) *m = v;    /* racy between CPUs: off by one sample at worst */
 }
 
-/* HIST_ADD cannot be used here: BCC refuses map calls inside macros. */
 static __always_inline void hist_add(int slot, u64 v)
 {
-    int idx = slot * HIST_BUCKETS + (int)hist_index(v);
-    u64 *c = net_hist.lookup(&idx);
-    if (c) __sync_fetch_and_add(c, 1);
+    net_hist.atomic_increment(hist_key(slot, v));
 }
 
 static __always_inline void batch_add(int kind, u64 v)
 {
-    int idx = kind * HIST_BUCKETS + (int)hist_index(v);
-    u64 *c = net_batch.lookup(&idx);
-    if (c) __sync_fetch_and_add(c, 1);
+    net_batch.atomic_increment(hist_key(kind, v));
 }
 
 static __always_inline u16 sk_local_port(const void *skaddr)
@@ -176,12 +182,34 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
         if (!f)
             return 0;
     }
+    u64 now = bpf_ktime_get_ns();
+    int on = heimdall_enabled();
+    if (f->early) {
+        f->early = 0;
+        if (now - f->early_ts < EARLY_NS) {   /* already read: the reader won the race */
+            if (on) {
+                __sync_fetch_and_add(&ps->queued, 1);
+                count(C_QUEUED, 1);
+                count(C_EARLY, 1);
+                if (f->early_target) {
+                    hist_add(H_QUEUE, 0);
+                    count(C_MATCHED, 1);
+                    __sync_fetch_and_add(&ps->read, 1);
+                } else {
+                    count(C_OTHER_READER, 1);
+                }
+            }
+            return 0;
+        }
+        if (on)
+            count(C_UNMATCHED, 1);
+    }
     u64 seq = __sync_fetch_and_add(&f->tail, 1);
     struct slot_key key = {.sk = sk, .idx = seq & RING_MASK};
-    struct slot_val val = {.seq = seq, .ts = bpf_ktime_get_ns()};
+    struct slot_val val = {.seq = seq, .ts = now};
     if (net_ring.update(&key, &val) != 0)
         heimdall_lose(LOST_MAP_FULL);
-    if (heimdall_enabled()) {
+    if (on) {
         __sync_fetch_and_add(&ps->queued, 1);
         count(C_QUEUED, 1);
     }
@@ -226,9 +254,12 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
         struct pending p = {.ts = now, .sk = sk};
         net_pending.update(&tid, &p);
     }
-    if (f->head >= f->tail) {
-        if (on)
+    if (f->head >= f->tail) {          /* early read: settled at the next push */
+        if (f->early && on)
             count(C_UNMATCHED, 1);
+        f->early = 1;
+        f->early_ts = now;
+        f->early_target = target;
         return 0;
     }
     u64 seq = __sync_fetch_and_add(&f->head, 1);

