@@ -331,6 +331,15 @@ def test_late_and_mismatched_replies_are_counted_not_received():
     assert 2 * 8 <= r["sent"] <= 2 * 11
 
 
+def test_open_loop_rate_is_split_over_processes(unbound):
+    r = run_load(LoadConfig(test_type="mixed", server=unbound.addr, qps=2000, processes=2, clients=10,
+                            duration=1.5, warmup=0.2))
+    check_consistent(r)
+    assert r["processes"] == 2 and r["mode"] == "open" and not r["generator_saturated"]
+    assert r["sent"] == pytest.approx(3000, rel=0.02) and r["qps"] == pytest.approx(2000, rel=0.03)
+    assert 0 < r["generator"]["host_cpu_percent"] <= 100
+
+
 def test_open_loop_beyond_the_generator_says_it_is_saturated(unbound):
     r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, qps=1_000_000, processes=1, duration=1,
                             warmup=0, timeout_ms=300))

@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from heimdall_tools import latency
 from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
 from heimdall_tools.scenarios import (DEFAULT_CLIENTS, DEFAULT_CLIENTS_OTHER, HEADER_TAIL, KIND_BLOCKED,
@@ -480,6 +482,7 @@ class _Run:
     processes: int
     bad_lines: list = field(default_factory=list)
     primed: dict | None = None
+    host_cpu_percent: float | None = None  # whole machine, warm-up to drain, 100 = every core busy
 
 
 def prepare(cfg: LoadConfig) -> _Run:
@@ -542,8 +545,10 @@ def _run_workers(run: _Run, show_progress: bool) -> list[dict]:
     parts: list[dict] = []
     try:
         _wait_ready(procs, ready)
+        psutil.cpu_percent(None)  # starts the host-CPU interval
         start.value = time.monotonic_ns() + 20_000_000
         parts = _collect(run, procs, prog, stop, results, show_progress)
+        run.host_cpu_percent = psutil.cpu_percent(None)
     finally:
         stop.value = 1
         for p in procs:
@@ -675,6 +680,7 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
             "runqueue_wait_per_process": waited,
             "cpu_percent": round(100 * sum(p["cpu_s"] for p in parts) / window, 1) if window else 0.0,
             "max_schedule_lag_ms": round(max((p["max_lag_ms"] for p in parts), default=0.0), 3),
+            "host_cpu_percent": run.host_cpu_percent,
         },
         "generator_saturated": saturated,
         "warnings": warnings,
