@@ -19,7 +19,7 @@ import pytest
 
 from conftest import requires_dnsperf
 from heimdall_tools.loadgen import LoadConfig, run_load
-from heimdall_tools.peers import UnboundServer
+from heimdall_tools.peers import DnsmasqServer, UnboundServer
 from heimdall_tools.scenarios import KIND_BLOCKED, blocklist_domains, build_scenario, decode_question
 from heimdall_tools.upstream import free_port
 
@@ -92,6 +92,21 @@ def test_blocking_asks_half_blocked_names():
     blocked = {decode_question(q)[0].rstrip(".") for q, k in sc.fixed if k == KIND_BLOCKED}
     assert blocked == set(blocklist_domains(300))
     assert blocklist_domains(3) == blocklist_domains(5)[:3]  # deterministic, prefix-stable
+
+
+@pytest.mark.parametrize("answer, rcode", [("0.0.0.0", "NOERROR"), ("", "NXDOMAIN")])
+def test_blocking_against_a_server_that_blocks(upstream, answer, rcode):
+    """dnsmasq blocking the generated list's domain answers zero-IP or NXDOMAIN; both are success."""
+    blocker = DnsmasqServer(upstream.addr, extra_args=[f"--address=/blocked.bench.test/{answer}"])
+    with blocker:
+        r = run_load(LoadConfig(test_type="blocking", server=blocker.addr, duration=1, warmup=0.2))
+    check_consistent(r)
+    b = r["blocking"]
+    assert b["rcodes"] == {rcode: b["blocked_replies"]} and b["blocked_replies"] > 0
+    assert b["zero_ip_answers"] == (b["blocked_replies"] if rcode == "NOERROR" else 0)
+    assert b["forwarded_answers"] == 0
+    assert r["rcodes_by_kind"]["normal"] == {"NOERROR": r["received"] - b["blocked_replies"]}
+    assert r["success_rate"] == r["response_rate"]
 
 
 def test_thousand_clients_lose_under_one_percent(unbound):

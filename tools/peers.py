@@ -172,9 +172,10 @@ class DnsmasqServer(DnsServer):
     name = "dnsmasq"
 
     def __init__(self, upstream_addr: str, port: int = 0, cache_size: int = 10_000,
-                 address: str = "127.0.0.1") -> None:
+                 address: str = "127.0.0.1", extra_args: list[str] | None = None) -> None:
         super().__init__(upstream_addr, port, address)
         self.cache_size = cache_size
+        self.extra_args = list(extra_args or [])  # e.g. --address=/blocked.bench.test/0.0.0.0 to block
 
     def command(self) -> list[str]:
         d = self.workdir
@@ -182,7 +183,7 @@ class DnsmasqServer(DnsServer):
                 "--conf-file=/dev/null", f"--server={self.upstream_host}#{self.upstream_port}",
                 f"--port={self.port}", f"--listen-address={self.address}", "--bind-interfaces",
                 f"--cache-size={self.cache_size}", f"--pid-file={d}/dnsmasq.pid", "--user=root",
-                "--group=root", "--log-facility=-", "--dns-forward-max=4096"]
+                "--group=root", "--log-facility=-", "--dns-forward-max=4096", *self.extra_args]
 
 
 class HeimdallServer(DnsServer):
