@@ -429,6 +429,7 @@ class TcpConnection(asyncio.Protocol):
         self.outstanding = 0
         self.last_active = time.monotonic()
         self.eof = False
+        self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -444,6 +445,7 @@ class TcpConnection(asyncio.Protocol):
             return
         srv._tcp_conns.add(self)
         srv.stats.tcp_connections += 1
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self._arm()
 
     def _arm(self) -> None:
@@ -458,6 +460,16 @@ class TcpConnection(asyncio.Protocol):
             self.transport.close()
         else:
             self._arm()
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its queries (bounded memory)."""
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.outstanding < self.MAX_PIPELINE:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._tcp_conns.discard(self)
@@ -511,7 +523,7 @@ class TcpConnection(asyncio.Protocol):
             self.outstanding -= 1
             self.server.pending -= 1
             self.last_active = time.monotonic()
-            if self.outstanding < self.MAX_PIPELINE and not self.transport.is_closing():
+            if self.outstanding < self.MAX_PIPELINE and not self.write_paused and not self.transport.is_closing():
                 self.transport.resume_reading()
             if self.eof and self.outstanding == 0:
                 self.transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
 
 import dns.message
 import dns.rcode
@@ -153,4 +154,28 @@ def test_tcp_connections_are_bounded(srv):
     finally:
         for s in socks:
             s.close()
+    assert_alive(srv)
+
+
+def test_tcp_client_that_never_reads_cannot_grow_server_memory(srv):
+    import psutil
+
+    q = query_wire("www.example.test")
+    frame = struct.pack("!H", len(q)) + q
+    proc = psutil.Process(srv.pid)
+    with socket.create_connection((srv.address, srv.port), timeout=3) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(0.5)
+        rss0 = proc.memory_info().rss
+        sent = 0
+        deadline = time.monotonic() + 8
+        while sent < 20000 * 50 and time.monotonic() < deadline:  # ~50 MB of answers if all were buffered
+            try:
+                s.sendall(frame * 50)
+                sent += 50
+            except socket.timeout:
+                break  # the server stopped reading us: back-pressure works
+        grown = proc.memory_info().rss - rss0
+    assert sent < 20000 * 50
+    assert grown < 20 * 1024 * 1024, f"server grew by {grown} bytes"
     assert_alive(srv)
