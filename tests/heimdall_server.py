@@ -35,13 +35,14 @@ class HeimdallProcess:
     log_path: Path | None = None
 
     def start(self, timeout: float = 20.0) -> "HeimdallProcess":
-        self.port = self.port or free_port()
+        self.port = self.port or free_port()  # probed on 127.0.0.1; fine for ::1 too
         fd, name = tempfile.mkstemp(prefix="heimdall-test-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
         env.update(self.env)
-        cmd = [sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"{self.address}:{self.port}"]
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        cmd = [sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"{host}:{self.port}"]
         if self.upstreams:
             cmd += ["--upstream-servers", ",".join(self.upstreams)]
         self.proc = subprocess.Popen(cmd + self.args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -73,7 +74,7 @@ class HeimdallProcess:
 
     def raw(self, packet: bytes, timeout: float = 1.0) -> bytes | None:
         """Send one datagram; the reply, or None when none comes within timeout."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in self.address else socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             s.sendto(packet, (self.address, self.port))
             try:

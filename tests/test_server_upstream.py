@@ -25,6 +25,7 @@ class FakeUpstream:
     delay: float = 0.3
     answer: str = "192.0.2.99"
     queries: list[bytes] = field(default_factory=list)
+    seen: set = field(default_factory=set)
 
     def __enter__(self) -> "FakeUpstream":
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -75,6 +76,15 @@ class FakeUpstream:
                 self.sock.sendto(self._reply(data, self.answer), src)
             elif self.mode == "delay":
                 threading.Timer(self.delay, self._late, (data, src)).start()
+            elif self.mode == "servfail-once":
+                name = dns.message.from_wire(data).question[0].name
+                if name not in self.seen:
+                    self.seen.add(name)
+                    r = dns.message.make_response(dns.message.from_wire(data))
+                    r.set_rcode(dns.rcode.SERVFAIL)
+                    self.sock.sendto(r.to_wire(), src)
+                else:
+                    self.sock.sendto(self._reply(data, self.answer), src)
 
     def _late(self, data: bytes, src: tuple) -> None:
         if not self.stop.is_set():
@@ -199,3 +209,23 @@ def test_refused_upstream_fails_over_fast(upstream, bad):
         t0 = time.monotonic()
         assert h.query(unique(), timeout=5).answer[0][0].address == "192.0.2.1"
         assert time.monotonic() - t0 < 1.0
+
+
+def test_servfail_from_upstream_is_passed_on_but_not_cached():
+    with FakeUpstream("servfail-once") as fake, HeimdallProcess([fake.addr]) as h:
+        name = unique()
+        assert h.query(name, timeout=5).rcode() == dns.rcode.SERVFAIL
+        r = h.query(name, timeout=5)
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address == "192.0.2.99"
+        assert len(fake.queries) == 2
+
+
+def test_ipv6_bind_and_batched_udp(upstream):
+    h = HeimdallProcess([upstream.addr], address="::1", args=["--udp-batch", "on"])
+    h.start()
+    try:
+        assert h.query("www.example.test").answer[0][0].address == "192.0.2.10"
+        assert h.query("www.example.test", tcp=True).answer[0][0].address == "192.0.2.10"
+        assert h.query(unique()).answer[0][0].address == "192.0.2.1"
+    finally:
+        h.stop()
