@@ -181,7 +181,7 @@ def prime(family: int, sockaddr: tuple, questions: list[bytes], timeout_s: float
 def _prime_round(s: socket.socket, todo: list[bytes], timeout_s: float, window: int) -> set[int]:
     got: set[int] = set()
     inflight: dict[int, float] = {}
-    nxt = 0
+    nxt = lost = 0
     deadline_all = time.monotonic() + timeout_s * 3 + len(todo) / 2000
     while (nxt < len(todo) or inflight) and time.monotonic() < deadline_all:
         while nxt < len(todo) and len(inflight) < window:
@@ -207,6 +207,9 @@ def _prime_round(s: socket.socket, todo: list[bytes], timeout_s: float, window: 
         now = time.monotonic()
         for i in [i for i, t in inflight.items() if now - t > timeout_s]:
             del inflight[i]
+            lost += 1
+        if lost >= window and not got:
+            break  # a whole window unanswered: the server is not there, the run will say so
     return got
 
 
