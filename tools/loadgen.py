@@ -625,13 +625,14 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
     busy = [round(p["cpu_s"] / p["window_s"], 3) if p["window_s"] > 0 else 0.0 for p in parts]
     waited = [round(p.get("runqueue_wait_s", 0.0) / p["window_s"], 3) if p["window_s"] > 0 else 0.0 for p in parts]
     warnings: list[str] = []
-    saturated = False
+    saturated = overloaded = False
     if engine == "builtin":
         if cfg.qps is None and any(b >= BUSY_SATURATED for b in busy):
             saturated = True
             warnings.append(f"generator saturated: a load process was busy {max(busy):.0%} of the window, "
                             "so the figures may measure the generator, not the server")
         if max(waited, default=0) >= 0.2:
+            overloaded = True
             warnings.append(f"machine overloaded: a load process waited for a CPU {max(waited):.0%} of the "
                             "window; latencies include that wait")
         if cfg.qps is not None and duration > 0 and sent < 0.97 * cfg.qps * duration:
@@ -686,6 +687,7 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
             "host_cpu_percent": run.host_cpu_percent,
         },
         "generator_saturated": saturated,
+        "machine_overloaded": overloaded,   # load processes waited >= 20 % of the window for a CPU
         "warnings": warnings,
         "primed": run.primed,
         "bad_lines": [{"line": n, "error": why} for n, why in run.bad_lines],
