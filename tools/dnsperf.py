@@ -16,7 +16,6 @@ closed-loop clients), `--qps` -> `-Q`, `--timeout` -> `-t`, `--processes` ->
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import shutil
