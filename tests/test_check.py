@@ -105,6 +105,25 @@ def test_target_20us_slower_is_a_regression(baseline, tmp_path):
             assert "regression" in proc.stdout
 
 
+def test_other_machine_fingerprint_is_a_loud_warning(baseline, target, tmp_path):
+    doc = json.loads(baseline.read_text())
+    doc["fingerprint"]["kernel"] = "2.6.32-ancient"
+    doc["fingerprint"]["cpu_model"] = "Some Other CPU"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(doc))
+    proc, v = check(other, target, tmp_path / "res")
+    assert proc.returncode in (0, 2), proc.stdout
+    assert "WARNING" in proc.stderr and "2.6.32-ancient" in proc.stderr and "Some Other CPU" in proc.stderr
+    assert any("kernel" in d for d in v["fingerprint_differences"])
+
+
+def test_unwritable_baseline_output_fails_before_measuring(target, tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = tool("baseline", "create", "--output", str(tmp_path / "file" / "b.json"), "--server", target.server,
+                "--pid", str(target.pid), *LOAD, timeout=20)
+    assert_one_line_error(proc, 3, "cannot")
+
+
 def test_missing_baseline_is_exit_3(target, tmp_path):
     proc = tool("check", "--max-regression", "10", "--baseline", str(tmp_path / "nope.json"),
                 "--server", target.server, "--pid", str(target.pid))

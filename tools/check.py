@@ -51,10 +51,22 @@ def measure(opts: bench.LabOptions, say: Callable[[str], None]) -> tuple[dict, l
 
 
 def create_baseline(opts: bench.LabOptions, output: Path, say: Callable[[str], None] = print) -> Path:
+    _ensure_writable(Path(output))
     doc, _ = measure(opts, say)
     path = write_baseline(output, doc)
     say(f"baseline written to {path}")
     return path
+
+
+def _ensure_writable(path: Path) -> None:
+    """Fail before minutes of measuring, not after."""
+    parent = path.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolError(f"cannot create {parent}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
+    if not os.access(parent, os.W_OK) or path.is_dir():
+        raise ToolError(f"cannot write {path}", EXIT_ENVIRONMENT)
 
 
 @dataclass
