@@ -214,8 +214,11 @@ def _futex_findings(rep: dict, meta: dict) -> list[str]:
                    "instead of threads (CPython's GIL waits show up here).")
     if quiet:
         worst, scen = max(quiet)
-        out.append(f"Futex waiting stayed at or below {worst * 100:.1f} % of the window in {len(quiet)} scenario(s) "
-                   f"(highest in {scen}): lock contention is not a bottleneck there.")
+        if worst == 0:
+            out.append(f"No thread waited in futex in {len(quiet)} scenario(s): no lock contention.")
+        else:
+            out.append(f"Futex waiting stayed at or below {worst * 100:.2f} % of the window in {len(quiet)} "
+                       f"scenario(s) (highest in {scen}): lock contention is not a bottleneck there.")
     return out
 
 
