@@ -167,6 +167,17 @@ def test_counts_have_a_tight_threshold_and_a_floor():
     assert judge("s", "futex", tiny, _s([0.03] * 5, kind="count", floor=0.05), TH).verdict == OK  # +200 % but tiny
 
 
+def test_load_dependent_counts_are_judged_like_wall_clock():
+    batched = _s([0.42, 0.47, 0.55, 0.44, 0.50], kind="count", floor=0.1)     # 30 % spread in the baseline
+    cur = _s([0.50, 0.52, 0.53, 0.51, 0.52], kind="count", floor=0.1)        # +8 %: fine at 10 %
+    v = judge("s", "syscalls", batched, cur, TH)
+    assert v.verdict == OK and v.kind.startswith("count (varies") and v.threshold_pct == 10
+    busy = TH.machine_busy(0.1, 0.9)
+    worse = _s([0.70, 0.72, 0.71, 0.73, 0.70], kind="count", floor=0.1)
+    assert judge("s", "syscalls", batched, worse, TH).verdict == REGRESSION
+    assert judge("s", "syscalls", batched, worse, TH, machine_busy=busy).verdict == INCONCLUSIVE
+
+
 def test_busy_machine_voids_wall_clock_but_not_cost():
     assert TH.machine_busy(0.1, 0.2) is None
     assert "more than 0.5" in TH.machine_busy(0.1, 0.9)

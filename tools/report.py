@@ -156,7 +156,20 @@ def bottlenecks(rep: dict[str, dict], meta: dict) -> list[str]:
     out += _udp_findings(rep, meta)
     out += _frame_findings(rep, meta)
     out += _scenario_contrasts(rep)
+    out += _probe_losses(rep)
     return [f"- {s}" for s in out]
+
+
+def _probe_losses(rep: dict) -> list[str]:
+    """Events a probe could not record (full maps, stack errors): its figures are lower bounds then."""
+    out = []
+    for scen, w in rep.items():
+        for name, res in (w.get("probes") or {}).items():
+            lost = {k: v for k, v in (res.get("lost") or {}).items() if v}
+            if lost:
+                what = ", ".join(f"{k} {v:,}" for k, v in lost.items())
+                out.append(f"{scen}: the {name} probe lost events ({what}): its counts are lower bounds.")
+    return out
 
 
 def _probe_state(rep: dict, meta: dict, name: str, flag: str) -> str | None:
