@@ -161,14 +161,18 @@ def bottlenecks(rep: dict[str, dict], meta: dict) -> list[str]:
 
 
 def _probe_losses(rep: dict) -> list[str]:
-    """Events a probe could not record (full maps, stack errors): its figures are lower bounds then."""
+    """What a probe could not record: full maps lose events, stack-map errors lose only stacks."""
     out = []
     for scen, w in rep.items():
         for name, res in (w.get("probes") or {}).items():
-            lost = {k: v for k, v in (res.get("lost") or {}).items() if v}
-            if lost:
-                what = ", ".join(f"{k} {v:,}" for k, v in lost.items())
-                out.append(f"{scen}: the {name} probe lost events ({what}): its counts are lower bounds.")
+            lost = res.get("lost") or {}
+            if lost.get("map_full"):
+                out.append(f"{scen}: the {name} probe's maps were full {lost['map_full']:,} times: "
+                           "its counts are lower bounds.")
+            stacks = sum(v for k, v in lost.items() if k.startswith("stack_"))
+            if stacks:
+                out.append(f"{scen}: the {name} probe could not record {stacks:,} stacks: its per-stack "
+                           "attribution is partial (totals are unaffected).")
     return out
 
 
