@@ -10,8 +10,8 @@ Worse by more than the threshold but not significant: "inconclusive" (too
 noisy to tell). Wall-clock metrics measured while other processes used more
 than half a core, or much more than at baseline time, are "inconclusive" too,
 never a regression: the cost and count metrics (CPU time and events per
-query) still gate then. A count whose baseline repeats themselves spread
-wider than the tight threshold (a server that batches syscalls makes
+query) still gate then. A cost or count whose baseline repeats themselves
+spread wider than its threshold (a server that batches syscalls makes
 syscalls/query depend on queue depth) is judged like a wall-clock figure.
 """
 
@@ -33,7 +33,7 @@ QUIET_LIMIT_CORES = 0.5            # foreign CPU during the check above which wa
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
-LOAD_DEPENDENT = "count (varies with load)"
+LOAD_DEPENDENT_SUFFIX = " (varies with load)"
 
 
 def ranks(values: Sequence[float]) -> list[float]:
@@ -187,7 +187,7 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     if base.kind == "rate":
         beyond = worse_abs > max(floor, threshold / 100.0 * abs(base.median))
     if beyond:
-        if kind in ("time", LOAD_DEPENDENT) and machine_busy:
+        if (kind == "time" or kind.endswith(LOAD_DEPENDENT_SUFFIX)) and machine_busy:
             why = f"worse by {_fmt_pct(worse_pct)}, but {machine_busy}"
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if p_worse >= th.alpha:
@@ -211,10 +211,10 @@ def relative_spread(values: Sequence[float]) -> float:
 
 
 def effective_kind(base: Series, th: Thresholds) -> str:
-    """A count whose own baseline repeats spread wider than the tight threshold depends on load
-    (batched syscalls, buffers per batch): it is judged like a wall-clock figure, not tightly."""
-    if base.kind == "count" and relative_spread(base.values) * 100 > th.count_pct:
-        return LOAD_DEPENDENT
+    """A cost or count whose own baseline repeats spread wider than its threshold depends on load
+    (batched syscalls, upstream retries under contention): it is judged like a wall-clock figure."""
+    if base.kind in ("count", "cost") and relative_spread(base.values) * 100 > th.for_kind(base.kind):
+        return f"{base.kind}{LOAD_DEPENDENT_SUFFIX}"
     return base.kind
 
 
