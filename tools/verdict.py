@@ -135,10 +135,10 @@ class Thresholds:
         """Why wall-clock figures of this run cannot be compared with the baseline's, or None."""
         if cur_foreign > self.quiet_limit_cores:
             return (f"other processes used {cur_foreign:.2f} cores during this run (more than "
-                    f"{self.quiet_limit_cores:g}): wall-clock figures are not comparable")
+                    f"{self.quiet_limit_cores:g}): figures that move with machine load are not comparable")
         if cur_foreign - base_foreign > self.busy_margin_cores:
             return (f"other processes used {cur_foreign - base_foreign:.2f} more cores than at baseline "
-                    "time: wall-clock figures are not comparable")
+                    "time: figures that move with machine load are not comparable")
         return None
 
     def for_kind(self, kind: str) -> float:
