@@ -26,6 +26,7 @@ class FakeUpstream:
     answer: str = "192.0.2.99"
     queries: list[bytes] = field(default_factory=list)
     seen: set = field(default_factory=set)
+    ports: list[int] = field(default_factory=list)
 
     def __enter__(self) -> "FakeUpstream":
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -64,6 +65,7 @@ class FakeUpstream:
             except socket.timeout:
                 continue
             self.queries.append(data)
+            self.ports.append(src[1])
             if self.mode == "swallow":
                 continue
             if self.mode == "spoof":
@@ -137,6 +139,7 @@ def test_upstream_queries_use_random_ids_and_ports():
             h.query(unique(), timeout=5)
     ids = {q[:2] for q in fake.queries}
     assert len(fake.queries) == 12 and len(ids) >= 10
+    assert len(set(fake.ports)) >= 10  # a new connected socket, kernel-random port, per query so far
 
 
 def test_identical_queries_in_flight_are_coalesced():
