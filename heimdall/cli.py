@@ -15,7 +15,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
-        print("\n".join(build_parser().format_help().splitlines()[1:]))
+        print("\nCommands:\n  serve   answer DNS on UDP and TCP: caching, forwarding (heimdall serve --help)")
         sys.exit(0 if args else 2)
     if args[0] == "--version":
         print(f"heimdall {__version__}")
