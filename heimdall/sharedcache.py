@@ -103,7 +103,8 @@ class SharedCache:
 
     def __init__(self, url: str | None, key_prefix: str = "heimdall:", timeout: float = 0.05,
                  *, backoff: float = 1.0, max_backoff: float = 30.0,
-                 max_pending_puts: int = 256, max_connections: int = 64) -> None:
+                 max_pending_puts: int = 256, max_connections: int = 64,
+                 instance_id: str | None = None) -> None:
         self.url = url or None
         self.key_prefix = key_prefix.encode()
         self.timeout = timeout
@@ -112,7 +113,9 @@ class SharedCache:
         self.max_pending_puts = max_pending_puts
         self.counters = Counters()
         self.latency = LatencyHistogram()
-        self.instance_id = uuid.uuid4().hex.encode()
+        # Invalidations carrying our own id are ignored: give every worker of one
+        # instance the same id (e.g. host + supervisor pid) so siblings skip them too.
+        self.instance_id = (instance_id or uuid.uuid4().hex).encode()
         self._up = self.url is not None
         self._retry_at = 0.0
         self._backoff = backoff

@@ -321,9 +321,10 @@ def test_invalidation_reaches_other_instances_only(redis_server):
     r = redis_server.client()
 
     async def scenario():
-        a = SharedCache(redis_server.url, timeout=1.0)
+        a = SharedCache(redis_server.url, timeout=1.0, instance_id="host1:100")
+        a2 = SharedCache(redis_server.url, timeout=1.0, instance_id="host1:100")  # a's sibling worker
         b = SharedCache(redis_server.url, timeout=1.0)
-        flushed = {"a": 0, "b": 0}
+        flushed = {"a": 0, "a2": 0, "b": 0}
         got_b = asyncio.Event()
 
         def on_b():
@@ -332,19 +333,20 @@ def test_invalidation_reaches_other_instances_only(redis_server):
 
         try:
             a.subscribe_invalidate(lambda: flushed.__setitem__("a", flushed["a"] + 1))
+            a2.subscribe_invalidate(lambda: flushed.__setitem__("a2", flushed["a2"] + 1))
             b.subscribe_invalidate(on_b)
-            for _ in range(100):                             # both listeners subscribed
-                if r.pubsub_numsub(a.channel)[0][1] == 2:
+            for _ in range(100):                             # all listeners subscribed
+                if r.pubsub_numsub(a.channel)[0][1] == 3:
                     break
                 await asyncio.sleep(0.05)
             assert await a.publish_invalidate() is True
             await asyncio.wait_for(got_b.wait(), 3)
             await asyncio.sleep(0.2)
-            assert flushed == {"a": 0, "b": 1}
+            assert flushed == {"a": 0, "a2": 0, "b": 1}
             assert a.stats()["invalidations_sent"] == 1 and b.stats()["invalidations_received"] == 1
         finally:
-            await a.close()
-            await b.close()
+            for sc in (a, a2, b):
+                await sc.close()
 
     run(scenario())
     assert r.pubsub_numsub("heimdall:invalidate")[0][1] == 0
