@@ -37,7 +37,7 @@
  * running on another CPU can take it first: its read finds the FIFO empty.
  * If the push follows within EARLY_NS, it is that datagram (queue time ~0);
  * an older early read was a datagram queued before we attached. */
-#define EARLY_NS 500000ULL
+#define EARLY_NS 2000000ULL
 
 /* syscall kinds: index into net_sys and the latency/batch histograms */
 #define K_RECVFROM 0
