@@ -1,18 +1,22 @@
 """One worker's DNS service: UDP and TCP on one address, the cache and the miss path.
 
-UDP hot path (`_udp_readable`): the loop calls us when the socket is readable;
-we drain up to BATCH datagrams with recvfrom until EAGAIN. For each: the key
-is `data[2:].lower()` (see wire.cache_key), one dict lookup, and if the entry
-was already aged this second, one sendto of ID + head + client question +
-tail. Everything else (aging, parsing, errors, misses) is `_udp_slow`.
+UDP hot path: the loop calls `_udp_readable_batched` (recvmmsg/sendmmsg
+batches, when datagrams queue up) or `_udp_readable` (recvfrom/sendto, an
+adaptive number per wakeup) when the socket is readable. For each datagram
+the key is `data[2:].lower()` (see wire.cache_key), one dict lookup, and if
+the entry is fresh (re-aged at most once a second), the reply is ID + head +
+client question + tail. Everything else (parsing, errors, misses, stale
+entries) goes through `handle`.
 
 Hook points for the features wired in later, in query order:
   1. `admit(ip: bytes) -> bool`: rate limit on the client's packed IP address
      (4 or 16 bytes), before anything; False drops the datagram.
-  2. `policy(qname_lower_wire, qtype) -> bytes|None`: blocklist before the cache
-     (a reply to send instead, None to go on); set `fast_ok=False` while a
-     policy is active so every query goes through `_udp_slow`, or clear the
-     cache on reload.
+  2. `policy(data, q) -> bytes|None`: blocklist before the cache, given the
+     client message and its parsed Query (lower-cased wire qname:
+     `data[12:q.qend - 4].lower()`); returns the reply to send instead (e.g.
+     `wire.error_reply(data, wire.NXDOMAIN, q.qend, q.edns)`) or None to go
+     on. The fast path answers cached names before `handle` runs, so clear
+     the cache on a blocklist reload, or set `fast_ok = False`.
   3. `_fetch`: the miss path, where a second-tier (Redis) cache slots in
      before and after the upstream query.
 Counters are plain ints on `self.stats` (per worker); nothing else on the path.
@@ -126,7 +130,7 @@ class DnsServer:
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
         self.admit: Callable[[bytes], bool] | None = None  # hook 1: rate limit on packed client IP
-        self.policy: Callable[[bytes, int], bytes | None] | None = None  # hook 2: blocking
+        self.policy: Callable[[bytes, Query], bytes | None] | None = None  # hook 2: blocking
         self.fast_ok = True
         self._batch: udpbatch.BatchSocket | None = None
         self._batch_auto = config.udp_batch == "auto"
@@ -346,7 +350,7 @@ class DnsServer:
             stats.refused += 1
             return wire.error_reply(data, wire.REFUSED, q.qend, edns=q.edns)
         if self.policy is not None:
-            blocked = self.policy(data[12:q.qend - 4].lower(), q.qtype)
+            blocked = self.policy(data, q)
             if blocked is not None:
                 return blocked
         key = wire.cache_key(data, q, tcp)
