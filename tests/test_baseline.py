@@ -188,7 +188,10 @@ def test_busy_machine_voids_wall_clock_but_not_cost():
     v = judge("s", "latency", base_t, cur_t, TH, machine_busy=busy)
     assert v.verdict == INCONCLUSIVE and "other processes" in v.reason
     base_c, cur_c = _s([60, 61, 60, 62, 60], kind="cost"), _s([80, 81, 80, 82, 80], kind="cost")
-    assert judge("s", "cpu", base_c, cur_c, TH, machine_busy=busy).verdict == REGRESSION
+    assert judge("s", "cpu", base_c, cur_c, TH, machine_busy=busy).verdict == REGRESSION      # +33 % > 2 x 10 %
+    v = judge("s", "cpu", base_c, _s([69, 70, 69, 71, 69], kind="cost"), TH, machine_busy=busy)    # +15 %
+    assert v.verdict == INCONCLUSIVE and "busy machine" in v.reason
+    assert judge("s", "cpu", base_c, _s([69, 70, 69, 71, 69], kind="cost"), TH).verdict == REGRESSION
     noisy_c = _s([40, 60, 50, 45, 55], kind="cost")                      # 40 % spread: varies with load
     assert judge("s", "cpu", noisy_c, _s([80, 81, 80, 82, 80], kind="cost"), TH, machine_busy=busy).verdict == INCONCLUSIVE
 

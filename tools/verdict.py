@@ -10,8 +10,10 @@ Worse by more than the threshold but not significant: "inconclusive" (too
 noisy to tell). Wall-clock metrics measured while other processes used more
 than half a core, or much more than at baseline time, are "inconclusive" too,
 never a regression: the cost and count metrics (CPU time and events per
-query) still gate then. A cost or count whose baseline repeats themselves
-spread wider than its threshold (a server that batches syscalls makes
+query) still gate then. On a busy machine a CPU-per-query regression must also
+exceed twice the threshold (kernel wake-up paths cost more under contention);
+between one and two thresholds it is inconclusive. A cost or count whose
+baseline repeats themselves spread wider than twice its threshold (a server that batches syscalls makes
 syscalls/query depend on queue depth) is judged like a wall-clock figure.
 """
 
@@ -30,6 +32,7 @@ DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic
 RATE_ABS_FLOOR = 0.01               # error rates: one percentage point
 BUSY_MARGIN_CORES = 0.35           # foreign CPU above baseline's that voids wall-clock verdicts
 QUIET_LIMIT_CORES = 0.5            # foreign CPU during the check above which wall-clock verdicts are void
+BUSY_COST_FACTOR = 2.0             # on a busy machine CPU per query must worsen by this x the threshold
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
@@ -190,6 +193,10 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
         if (kind == "time" or kind.endswith(LOAD_DEPENDENT_SUFFIX)) and machine_busy:
             why = f"worse by {_fmt_pct(worse_pct)}, but {machine_busy}"
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+        if kind == "cost" and machine_busy and worse_pct <= BUSY_COST_FACTOR * threshold:
+            why = (f"worse by {_fmt_pct(worse_pct)}, within {BUSY_COST_FACTOR:g}x the threshold that a busy machine "
+                   f"needs for CPU per query ({machine_busy})")
+            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if p_worse >= th.alpha:
             why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
                    f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
@@ -213,7 +220,7 @@ def relative_spread(values: Sequence[float]) -> float:
 def effective_kind(base: Series, th: Thresholds) -> str:
     """A cost or count whose own baseline repeats spread wider than its threshold depends on load
     (batched syscalls, upstream retries under contention): it is judged like a wall-clock figure."""
-    if base.kind in ("count", "cost") and relative_spread(base.values) * 100 > th.for_kind(base.kind):
+    if base.kind in ("count", "cost") and relative_spread(base.values) * 100 > 2 * th.for_kind(base.kind):
         return f"{base.kind}{LOAD_DEPENDENT_SUFFIX}"
     return base.kind
 
