@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -198,6 +199,7 @@ def test_bursts_from_many_clients_get_their_own_answers(upstream, mode):
         socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
         try:
             sent = {}
+            h.signal(signal.SIGSTOP)  # let the whole burst queue up in the socket, then serve it
             for rnd in range(10):
                 for si, s in enumerate(socks):
                     for ni, n in enumerate(names):
@@ -207,6 +209,7 @@ def test_bursts_from_many_clients_get_their_own_answers(upstream, mode):
                         q.id = qid
                         s.sendto(q.to_wire(), (h.address, h.port))
                         sent[(si, qid)] = qname
+            h.signal(signal.SIGCONT)
             got = {}
             for si, s in enumerate(socks):
                 s.settimeout(2)
