@@ -138,77 +138,66 @@ class Cache:
         self._order.clear()
 
 
-def clamp_ttls(msg: bytes, scan: ResponseScan, min_ttl: int, max_ttl: int, negative_cap: int) -> tuple[bytearray, int]:
-    """Rewrite every TTL into [min_ttl, max_ttl]; negative answers use the SOA (RFC 2308).
+def clamp_ttls(body: bytearray, scan: ResponseScan, min_ttl: int, max_ttl: int, negative_cap: int) -> int:
+    """Rewrite every scanned TTL in body into [min_ttl, max_ttl]; negative answers use the SOA (RFC 2308).
 
-    Returns the rewritten message and the TTL the entry may live, -1 if it
-    must not be cached (SERVFAIL and friends, or a negative answer without SOA).
+    Returns the TTL the entry may live, -1 if it must not be cached
+    (SERVFAIL and friends, or a negative answer without SOA).
     """
-    buf = bytearray(msg)
     rcode = scan.rcode
-    negative = rcode == wire.NXDOMAIN or (rcode == wire.NOERROR and scan.ancount == 0)
-    if rcode not in (wire.NOERROR, wire.NXDOMAIN):
-        return buf, -1
+    if rcode != wire.NOERROR and rcode != wire.NXDOMAIN:
+        return -1
+    u32 = wire._U32
+    ttls = []
     for off in scan.ttl_offsets:
-        wire.write_ttl(buf, off, max(min_ttl, min(max_ttl, wire.read_ttl(buf, off))))
-    if negative:
+        ttl = u32.unpack_from(body, off)[0]
+        if ttl > 0x7FFFFFFF:  # RFC 2181: treat as zero
+            ttl = 0
+        ttl = max_ttl if ttl > max_ttl else (min_ttl if ttl < min_ttl else ttl)
+        u32.pack_into(body, off, ttl)
+        ttls.append(ttl)
+    if rcode == wire.NXDOMAIN or scan.ancount == 0:
         if scan.soa_ttl_offset < 0:
-            return buf, -1
-        soa_ttl = min(wire.read_ttl(msg, scan.soa_ttl_offset), scan.soa_minimum)
+            return -1
+        soa_ttl = min(u32.unpack_from(body, scan.soa_ttl_offset)[0], scan.soa_minimum)
         ttl = min(max(min_ttl, min(max_ttl, soa_ttl)), negative_cap)
-        wire.write_ttl(buf, scan.soa_ttl_offset, ttl)
-        # Other records in a negative answer must not outlive it.
-        for off in scan.ttl_offsets:
-            if wire.read_ttl(buf, off) > ttl:
-                wire.write_ttl(buf, off, ttl)
-        return buf, ttl
-    if not scan.ttl_offsets:
-        return buf, -1
-    return buf, min(wire.read_ttl(buf, off) for off in scan.ttl_offsets)
+        for off in scan.ttl_offsets:  # nothing in a negative answer may outlive it
+            if u32.unpack_from(body, off)[0] > ttl or off == scan.soa_ttl_offset:
+                u32.pack_into(body, off, ttl)
+        return ttl
+    return min(ttls) if ttls else -1
 
 
 def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: int,
                 min_ttl: int, max_ttl: int, negative_cap: int) -> tuple[Entry, int]:
     """Turn a validated upstream response into the reply variant this client needs.
 
+    Minimal responses: a positive answer keeps its answer section, a negative
+    one its authority section (the SOA); the rest (NS, glue, upstream's OPT)
+    is dropped, which makes replies smaller and entries ~40 bytes lighter.
     `limit` is the size the reply must fit (512/1232 for UDP, 65535 for TCP);
     when it does not fit, the variant is an empty TC=1 reply. Returns the
     entry and its cache lifetime (-1: serve once, do not cache).
     """
-    scan = wire.scan_response(response)
+    scan = wire.scan_response(response, full=False)
     if scan.rcode > 15:
         raise WireError("extended rcode from upstream")
-    body, ttl = clamp_ttls(response, scan, min_ttl, max_ttl, negative_cap)
-    nscount, arcount = scan.nscount, scan.arcount
-    ttl_offsets = scan.ttl_offsets
-    if scan.rcode == wire.NOERROR and scan.ancount > 0:
-        # Minimal responses: a positive answer is the answer section (smaller
-        # replies, and about 40 fewer bytes per cached entry than NS + glue).
-        del body[scan.answer_end:]
-        nscount = arcount = 0
-        ttl_offsets = [off for off in ttl_offsets if off < scan.answer_end]
-        if ttl > 0:
-            ttl = min(wire.read_ttl(body, off) for off in ttl_offsets)
-    elif scan.opt_start >= 0:
-        if scan.opt_end != len(body):
-            raise WireError("OPT is not the last record")
-        del body[scan.opt_start:]
-        arcount -= 1
-    records = bytes(body[scan.qend:])
-    qend = q.qend
-    qlen = qend - 12
-    shift = qend - scan.qend  # our question and upstream's have the same length
-    if shift:
+    if scan.qend != q.qend:
         raise WireError("upstream echoed a different question length")
-    offsets = tuple(off - scan.qend for off in ttl_offsets)
+    positive = scan.rcode == wire.NOERROR and scan.ancount > 0
+    body = bytearray(response[:scan.end])
+    ttl = clamp_ttls(body, scan, min_ttl, max_ttl, negative_cap)
+    qend = q.qend
+    records = bytes(body[qend:])
+    offsets = tuple(off - qend for off in scan.ttl_offsets)
     b2 = wire.QR | (client[2] & wire.RD)
     b3 = wire.RA | (client[3] & wire.CD) | scan.rcode
     if (client[3] & wire.AD or q.do) and response[3] & wire.AD:
         b3 |= wire.AD
     opt = wire.opt_record(wire.OUR_UDP_SIZE, q.do) if q.edns else b""
     extra = 1 if q.edns else 0
-    if 12 + qlen + len(records) + len(opt) > limit:
+    if qend + len(records) + len(opt) > limit:
         head = bytes((b2 | wire.TC, b3)) + wire._COUNTS.pack(1, 0, 0, extra)
         return Entry(head, opt, qend, now, max(ttl, 0), ()), ttl
-    head = bytes((b2, b3)) + wire._COUNTS.pack(1, scan.ancount, nscount, arcount + extra)
+    head = bytes((b2, b3)) + wire._COUNTS.pack(1, scan.ancount, 0 if positive else scan.nscount, extra)
     return Entry(head, records + opt, qend, now, max(ttl, 0), offsets), ttl

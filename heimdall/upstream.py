@@ -194,6 +194,8 @@ class UpstreamPool:
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in configured order, then down ones, soonest retry first."""
+        if all(u.down_until <= now for u in self.servers):
+            return self.servers
         up = [u for u in self.servers if u.healthy(now)]
         down = sorted((u for u in self.servers if not u.healthy(now)), key=lambda u: u.down_until)
         return up + down

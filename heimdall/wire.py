@@ -205,10 +205,16 @@ class ResponseScan:
     soa_ttl_offset: int = -1  # first SOA in the authority section
     soa_minimum: int = -1
     answer_end: int = -1  # offset just past the answer section
+    end: int = -1  # offset just past the last record scanned
 
 
-def scan_response(msg: bytes) -> ResponseScan:
-    """Walk an upstream response once, recording TTL offsets, the SOA and the OPT."""
+def scan_response(msg: bytes, full: bool = True) -> ResponseScan:
+    """Walk an upstream response once, recording TTL offsets, the SOA and the OPT.
+
+    With full=False the walk stops where a minimal response ends (after the
+    answer section of a positive answer, after the authority section
+    otherwise): the miss path drops the rest, so it need not parse it.
+    """
     if len(msg) < HEADER_LEN:
         raise WireError("response shorter than a header")
     qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
@@ -218,7 +224,11 @@ def scan_response(msg: bytes) -> ResponseScan:
     scan = ResponseScan(msg[3] & RCODE_MASK, qend, an, ns, ar, [])
     off = qend
     scan.answer_end = qend if an == 0 else -1
-    for i in range(an + ns + ar):
+    count = an + ns + ar
+    if not full:
+        count = an if scan.rcode == NOERROR and an > 0 else an + ns
+    ttl_offsets = scan.ttl_offsets
+    for i in range(count):
         start = off
         off, fixed, rtype = rr_end(msg, off)
         if rtype == TYPE_OPT:
@@ -228,13 +238,14 @@ def scan_response(msg: bytes) -> ResponseScan:
             ext = msg[fixed + 4]
             scan.rcode |= ext << 4
             continue
-        scan.ttl_offsets.append(fixed + 4)
+        ttl_offsets.append(fixed + 4)
         if i == an - 1:
             scan.answer_end = off
         if rtype == TYPE_SOA and an <= i < an + ns and scan.soa_ttl_offset < 0:
             scan.soa_ttl_offset = fixed + 4
             scan.soa_minimum = _U32.unpack_from(msg, off - 4)[0]
-    if off != len(msg):
+    scan.end = off
+    if full and off != len(msg):
         raise WireError("trailing bytes after the last record")
     return scan
 
