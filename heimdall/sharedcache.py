@@ -78,6 +78,20 @@ class LatencyHistogram:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class SharedHit:
+    """An answer found in Redis: the wire bytes as stored, their age, the TTL they were stored with."""
+
+    wire: bytes
+    age: float
+    ttl: int
+
+    @property
+    def remaining(self) -> int:
+        """Whole seconds the answer may still live (>= 1 for a hit)."""
+        return self.ttl - int(self.age)
+
+
 @dataclass
 class Counters:
     """Plain ints: cheap to bump, trivially read by the metrics module."""
@@ -198,7 +212,12 @@ class SharedCache:
     # ---- cache API -------------------------------------------------------
 
     async def get(self, key: bytes, question: bytes | None = None) -> tuple[bytes, float] | None:
-        """(wire as stored, seconds since stored) or None on miss/garbage/error/skip.
+        """(wire as stored, seconds since stored) or None on miss/garbage/error/skip."""
+        hit = await self.lookup(key, question)
+        return None if hit is None else (hit.wire, hit.age)
+
+    async def lookup(self, key: bytes, question: bytes | None = None) -> SharedHit | None:
+        """Like get, with the TTL the answer was stored with (to bound its TTLs by what is left).
 
         With `question` (lower-cased wire question), an answer whose question
         section does not start with it counts as garbage.
@@ -219,12 +238,12 @@ class SharedCache:
         if question is not None and wire[12:12 + len(question)].lower() != question:
             self.counters.garbage += 1
             return None
-        elapsed = max(0.0, time.time() - stored_at)
-        if elapsed >= ttl:  # clocks of two instances disagree: treat as expired
+        age = max(0.0, time.time() - stored_at)
+        if age >= ttl:  # clocks of two instances disagree: treat as expired
             self.counters.misses += 1
             return None
         self.counters.hits += 1
-        return wire, elapsed
+        return SharedHit(wire, age, ttl)
 
     async def put(self, key: bytes, wire: bytes, ttl: int) -> None:
         """Schedule a background write and return at once (see put_nowait)."""

@@ -106,9 +106,16 @@ def test_put_get_roundtrip_with_elapsed_age(redis_server, upstream):
             got = await sc.get(b"k2")
             assert got is not None and 42 <= got[1] < 43
             assert ttls(age_ttls(*got)) == [t - 42 for t in ttls(wire)]
+            hit = await sc.lookup(b"k2")
+            assert (hit.wire, hit.ttl, hit.remaining) == (wire, 300, 258)
+            # clocks disagree: a writer 400 s behind -> expired; 30 s ahead -> age 0
+            redis_server.client().set(sc.redis_key(b"old"), encode_value(wire, 300, time.time() - 400), ex=300)
+            assert await sc.get(b"old") is None
+            redis_server.client().set(sc.redis_key(b"new"), encode_value(wire, 300, time.time() + 30), ex=300)
+            assert (await sc.get(b"new"))[1] == 0.0
             s = sc.stats()
-            assert (s["state"], s["hits"], s["misses"], s["puts"], s["errors"]) == ("up", 2, 1, 1, 0)
-            assert s["latency_count"] >= 4 and s["latency_buckets"][-1] == ("+Inf", s["latency_count"])
+            assert (s["state"], s["hits"], s["misses"], s["puts"], s["errors"]) == ("up", 4, 2, 1, 0)
+            assert s["latency_count"] >= 5 and s["latency_buckets"][-1] == ("+Inf", s["latency_count"])
             assert sum(s["latency_counts"]) == s["latency_count"]
             assert len(s["latency_counts"]) == len(s["latency_bounds"]) + 1
         finally:
