@@ -171,3 +171,23 @@ def test_bad_input_is_one_line(baseline, target):
     proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--server", "nohostport",
                 "--pid", str(target.pid))
     assert_one_line_error(proc, 3, "HOST:PORT")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("setpriv"), reason="needs root and setpriv")
+def test_probes_unavailable_is_exit_3(target):
+    """As an unprivileged user the futex probe cannot attach: one line naming the fix, exit 3."""
+    import shutil
+    import tempfile
+
+    pub = tempfile.mkdtemp(prefix="heimdall-nobody-")
+    os.chmod(pub, 0o777)
+    try:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TOOL, "baseline",
+                               "create", "--output", os.path.join(pub, "b.json"), "--server", target.server,
+                               "--pid", str(target.pid), "--scenarios", "cache-hit", "--duration", "1",
+                               "--repeats", "1", "--probes", "futex"],
+                              capture_output=True, text=True, timeout=120, cwd=pub)
+        assert_one_line_error(proc, 3, "probes unavailable")
+        assert not os.path.exists(os.path.join(pub, "b.json"))
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
