@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import bcc_unavailable_reason
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +192,23 @@ def test_probes_unavailable_is_exit_3(target):
         assert not os.path.exists(os.path.join(pub, "b.json"))
     finally:
         shutil.rmtree(pub, ignore_errors=True)
+
+
+@pytest.mark.skipif(bcc_unavailable_reason() is not None, reason=bcc_unavailable_reason() or "")
+def test_check_with_probes_judges_per_query_counts(target, tmp_path):
+    """With the tracepoint probes, per-query counts join the table: the responder makes exactly
+    one recvfrom and one sendto per answer, and never waits in futex."""
+    path = tmp_path / "probed.json"
+    load = [a if a != "none" else "futex,udp" for a in LOAD]
+    proc = tool("baseline", "create", "--output", str(path), "--server", target.server, "--pid", str(target.pid), *load)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(path.read_text())
+    assert doc["probes"] == ["futex", "udp"]
+    sys_pq = doc["scenarios"]["cache-hit"]["syscalls_per_query"]
+    assert sys_pq["kind"] == "count" and all(1.95 <= v <= 2.05 for v in sys_pq["values"])
+    proc, v = check(path, target, tmp_path / "res")
+    rows = {r["metric"]: r for r in v["rows"]}
+    assert rows["syscalls_per_query"]["verdict"] == "ok" and rows["syscalls_per_query"]["kind"] == "count"
+    assert rows["syscalls_per_query"]["threshold_pct"] == 3.0
+    assert rows["futex_waits_per_query"]["verdict"] == "ok"
+    assert proc.returncode in (0, 2), proc.stdout
