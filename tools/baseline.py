@@ -9,6 +9,7 @@ A baseline (and every `check` run, written beside its report) is one document:
     probes       sorted probe set the windows ran with (compare only equal sets)
     load         scenarios, duration_s, warmup_s, clients, repeats, engine, timeout_ms
     environment  foreign_cpu_cores: other processes' CPU use per window
+    probe_losses {scenario: {probe: {map_full, stack_*, ...}}}: events probes could not record
     scenarios    {scenario: {metric: {values: [one per repeat], median, unit,
                   better: higher|lower, kind: time|cost|count|rate, abs_floor}}}
 
@@ -47,6 +48,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def bcc_version() -> str | None:
+    """BCC is Debian's module, not a pip package: ask it."""
+    try:
+        import bcc
+    except Exception:  # noqa: BLE001 - missing or broken BCC is simply "no version"
+        return None
+    return str(getattr(bcc, "__version__", "unknown"))
+
+
+def probe_losses(windows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per scenario and probe, the events each probe could not record, summed over windows."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for w in windows:
+        for probe, res in (w.get("probes") or {}).items():
+            acc = out.setdefault(w["scenario"], {}).setdefault(probe, {})
+            for key, val in (res.get("lost") or {}).items():
+                acc[key] = acc.get(key, 0) + int(val)
+    return out
+
+
 def fingerprint() -> dict[str, Any]:
     """What makes numbers from two machines (or two set-ups) comparable."""
     packages = {}
@@ -55,6 +76,7 @@ def fingerprint() -> dict[str, Any]:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
+    packages["bcc"] = bcc_version()
     return {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
@@ -102,6 +124,7 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
         "environment": {"foreign_cpu_cores": {"values": [round(v, 4) for v in foreign],
                                               "median": statistics.median(foreign) if foreign else None}},
         "scenarios": scenarios,
+        "probe_losses": probe_losses(windows),
     }
 
 
