@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from heimdall import wire
+from heimdall import bailiwick, wire
 from heimdall.wire import ResponseScan, WireError
 
 _HEADS: dict[bytes, bytes] = {}  # interned: most entries share a few heads ...
@@ -180,6 +180,9 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     entry and its cache lifetime (-1: serve once, do not cache).
     """
     scan = wire.scan_response(response, full=False)
+    if not bailiwick.clean(response, scan):  # issue 8: only records about the question are kept
+        response = bailiwick.strip(response, scan)
+        scan = wire.scan_response(response, full=False)
     if scan.rcode > 15:
         raise WireError("extended rcode from upstream")
     if scan.qend != q.qend:

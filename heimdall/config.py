@@ -160,6 +160,12 @@ class Config:
     udp_batch: str = setting("auto", choice("auto", "on", "off"),
                              "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
+    cache_file: str = setting("", str.strip,
+                              "cache snapshot file, restored at start (empty = off; N workers: FILE.<index>)")
+    cache_snapshot_interval: float = setting(300.0, float_in(1, 86400), "seconds between cache snapshots")
+    any_mode: str = setting("minimal", choice("minimal", "refused", "forward"),
+                            "qtype ANY: minimal (RFC 8482 HINFO), refused, or forward")
+    use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
 
     @classmethod
     def env_name(cls, name: str) -> str:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from heimdall import udpbatch, wire
+from heimdall import anyquery, udpbatch, wire
 from heimdall.cache import Cache, Entry, build_entry
 from heimdall.config import Config, HostPort
 from heimdall.upstream import UpstreamPool
@@ -126,6 +126,7 @@ class DnsServer:
         self.tcp = tcp
         self.cache = Cache(config.cache_capacity, config.serve_stale)
         self.pool = UpstreamPool.from_config(config.upstream_servers, config.upstream_timeout)
+        self.pool.use_0x20 = config.use_0x20
         self.stats = Stats()
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
@@ -353,6 +354,10 @@ class DnsServer:
             blocked = self.policy(data, q)
             if blocked is not None:
                 return blocked
+        if q.qtype == 255 and self.config.any_mode != "forward":  # RFC 8482: no ANY amplification
+            if self.config.any_mode == "refused":
+                stats.refused += 1
+            return anyquery.reply(data, q, self.config.any_mode)
         key = wire.cache_key(data, q, tcp)
         e = self.cache.get_fresh(key, now)
         if e is not None:
@@ -549,7 +554,15 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
     server = DnsServer(config, udp, tcp)
     if setup is not None:
         setup(server)
+    saver = None
+    if config.cache_file:  # issue 8: restore before serving, snapshot on a timer and at shutdown
+        from heimdall.snapshot import Snapshotter
+
+        saver = Snapshotter(server.cache, config.cache_file, config.cache_snapshot_interval, log)
+        saver.restore()
     await server.start()
+    if saver is not None:
+        saver.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -559,6 +572,8 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
         on_ready(server)
     await stop.wait()
     await server.stop(config.shutdown_grace)
+    if saver is not None:
+        saver.stop_and_save()
     return 0
 
 

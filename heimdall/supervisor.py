@@ -81,7 +81,10 @@ class Supervisor:
             try:
                 os.close(self.ready_r)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                code = worker_main(self.config, self.ready_w, self.setup)
+                config = self.config
+                if config.cache_file:  # each worker snapshots its own cache (heimdall/snapshot.py)
+                    config = replace(config, cache_file=f"{config.cache_file}.{slot.index}")
+                code = worker_main(config, self.ready_w, self.setup)
             except BaseException:  # noqa: BLE001 - report and exit, never return into the supervisor
                 traceback.print_exc()
             finally:

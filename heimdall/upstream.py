@@ -64,6 +64,17 @@ class RandomIds:
 
 
 IDS = RandomIds()
+_LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+
+
+def mix_case(question: bytes) -> bytes:
+    """0x20 (draft-vixie-dnsext-dns0x20): flip the case of each letter of the name at random.
+
+    Length bytes are at most 63 and never letters; the type and class stay as they are.
+    """
+    name = question[:-4]
+    bits = os.urandom(len(name))
+    return bytes(c ^ 0x20 if c in _LETTERS and r & 1 else c for c, r in zip(name, bits)) + question[-4:]
 
 
 class Channel:
@@ -84,6 +95,7 @@ class Channel:
         self.loop = loop
         self.fd = self.sock.fileno()
         self.waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
+        self.exact = False  # 0x20: the question must echo our mixed case exactly
         self.uses = 0
         self.born = time.monotonic()
         self.retired = False
@@ -109,7 +121,7 @@ class Channel:
                 return
             entry = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
             if (entry is not None and src[:2] == self.want and not entry[1].done()
-                    and wire.reply_matches(data, int.from_bytes(data[:2], "big"), entry[0])):
+                    and wire.reply_matches(data, int.from_bytes(data[:2], "big"), entry[0], self.exact)):
                 entry[1].set_result(data)
             else:
                 self.stats.mismatched += 1
@@ -187,6 +199,7 @@ class UpstreamPool:
     servers: list[Upstream]
     timeout: float
     stats: UpstreamStats = field(default_factory=UpstreamStats)
+    use_0x20: bool = False  # HEIMDALL_USE_0X20: random name case upstream, echoed exactly or rejected
 
     @classmethod
     def from_config(cls, addrs: tuple[HostPort, ...], timeout: float) -> "UpstreamPool":
@@ -239,6 +252,9 @@ class UpstreamPool:
         chan = up.channels.pick(loop)
         qid = chan.free_id()
         fut: asyncio.Future[bytes] = loop.create_future()
+        if self.use_0x20:
+            question = mix_case(question)
+            chan.exact = True
         chan.waiting[qid] = (question, fut)
         timer = loop.call_later(budget, _expire, fut)
         try:

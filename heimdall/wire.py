@@ -281,10 +281,13 @@ def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bo
     return head + _PLAIN_COUNTS + question
 
 
-def reply_matches(reply: bytes, qid: int, question: bytes) -> bool:
+def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
     """RFC 5452: an upstream reply counts only if ID, QR and the question match."""
     if len(reply) < HEADER_LEN + len(question) or reply[2] & QR == 0:
         return False
     if _U16.unpack_from(reply, 0)[0] != qid or _U16.unpack_from(reply, 4)[0] != 1:
         return False
-    return reply[HEADER_LEN:HEADER_LEN + len(question)].lower() == question.lower()
+    echoed = reply[HEADER_LEN:HEADER_LEN + len(question)]
+    if exact:  # 0x20 (HEIMDALL_USE_0X20): the mixed case we sent must come back as sent
+        return echoed == question
+    return echoed.lower() == question.lower()

@@ -1,0 +1,214 @@
+"""Cache snapshots: HEIMDALL_CACHE_FILE survives restarts with correctly aged TTLs.
+
+A snapshot is every live entry as it is sent (head, tail with TTLs, TTL
+offsets, question end) with its expiry and last-aged time in *wall-clock*
+seconds (the cache itself runs on the monotonic clock, which restarts at
+boot). On restore, entries past expiry are dropped and the rest are aged by
+the wall-clock time since they were last aged, so a name cached for 300 s,
+snapshotted, and restored 100 s later answers with TTL ~200 and expires on
+time.
+
+File format (version 1), all integers big-endian:
+
+    magic  b"HEIMDALL-CACHE\\x01\\n"
+    body   count:u32, then per entry
+           keylen:u16 key  head(10 bytes)  qend:u16  taillen:u32 tail
+           noffsets:u16 offsets(u16 each)  expires:u64  aged:u64
+    crc    zlib.crc32 of body:u32
+
+Writes are atomic: a temp file in the same directory, fsync, rename, fsync of
+the directory; a crash leaves the old snapshot or the new one, never half of
+one. A snapshot that is truncated, corrupt (CRC), of another version or
+internally inconsistent is ignored with one warning line, and the server
+starts with an empty cache.
+
+Workers: each worker process has its own cache, so each snapshots its own,
+to FILE with one worker and FILE.<index> with N (the supervisor hands worker
+i the name FILE.i; a restarted worker i restores FILE.i).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import tempfile
+import time
+import zlib
+from typing import Callable
+
+from heimdall.cache import Cache, Entry
+
+MAGIC = b"HEIMDALL-CACHE\x01\n"
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_EXP = struct.Struct("!QQ")
+HEAD_LEN = 10
+
+
+class SnapshotError(ValueError):
+    """The snapshot cannot be used (truncated, corrupt, wrong version)."""
+
+
+def worker_file(path: str, index: int, workers: int) -> str:
+    """The snapshot file of worker `index` of `workers`."""
+    return path if workers <= 1 else f"{path}.{index}"
+
+
+def dump(cache: Cache, now_mono: int, now_wall: float) -> bytes:
+    """The snapshot bytes of every unexpired entry (monotonic times mapped to wall clock)."""
+    shift = int(now_wall) - now_mono
+    parts: list[bytes] = []
+    count = 0
+    for key, e in list(cache.map.items()):
+        if e.expires <= now_mono or len(e.head) != HEAD_LEN or len(key) > 0xFFFF:
+            continue
+        parts.append(b"".join((
+            _U16.pack(len(key)), key, e.head, _U16.pack(e.qend), _U32.pack(len(e.tail)), e.tail,
+            _U16.pack(len(e.offsets)), struct.pack(f"!{len(e.offsets)}H", *e.offsets),
+            _EXP.pack(e.expires + shift, e.aged + shift))))
+        count += 1
+    body = _U32.pack(count) + b"".join(parts)
+    return MAGIC + body + _U32.pack(zlib.crc32(body))
+
+
+def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes, Entry]], int]:
+    """(key, entry) pairs still valid at now_wall, aged to it; and how many had expired.
+
+    Raises SnapshotError on anything malformed (never another exception).
+    """
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a heimdall cache snapshot (or another version)")
+    body, crc = data[len(MAGIC):-4], data[-4:]
+    if len(data) < len(MAGIC) + 8 or _U32.unpack(crc)[0] != zlib.crc32(body):
+        raise SnapshotError("truncated or corrupt (checksum mismatch)")
+    wall = int(now_wall)
+    out: list[tuple[bytes, Entry]] = []
+    expired = 0
+    try:
+        (count,) = _U32.unpack_from(body, 0)
+        off = 4
+        for _ in range(count):
+            (klen,) = _U16.unpack_from(body, off)
+            key = body[off + 2:off + 2 + klen]
+            off += 2 + klen
+            head = body[off:off + HEAD_LEN]
+            (qend,) = _U16.unpack_from(body, off + HEAD_LEN)
+            (tlen,) = _U32.unpack_from(body, off + HEAD_LEN + 2)
+            off += HEAD_LEN + 6
+            tail = body[off:off + tlen]
+            off += tlen
+            (n,) = _U16.unpack_from(body, off)
+            offsets = struct.unpack_from(f"!{n}H", body, off + 2)
+            off += 2 + 2 * n
+            expires, aged = _EXP.unpack_from(body, off)
+            off += _EXP.size
+            if (len(key) != klen or len(head) != HEAD_LEN or len(tail) != tlen or qend < 17
+                    or any(o + 4 > tlen for o in offsets) or aged > expires):
+                raise SnapshotError("inconsistent entry")
+            if expires <= wall:
+                expired += 1
+                continue
+            entry = Entry(head, tail, qend, now_mono, expires - wall, offsets)
+            # TTLs in tail are as of `aged`: the first refresh() ages them by the downtime too
+            entry.aged = entry.mark = now_mono - max(0, wall - aged)
+            out.append((key, entry))
+        if off != len(body):
+            raise SnapshotError("trailing bytes")
+    except struct.error:
+        raise SnapshotError("truncated entry") from None
+    return out, expired
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write data to path so that readers see the old file or the new one, whole (temp, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def restore(cache: Cache, path: str, log: Callable[[str], None]) -> int:
+    """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log(f"warning: cache snapshot {path} unreadable, starting empty: {exc.strerror or exc}")
+        return 0
+    try:
+        entries, expired = load(data, int(time.monotonic()), time.time())
+    except SnapshotError as exc:
+        log(f"warning: cache snapshot {path} ignored, starting empty: {exc}")
+        return 0
+    for key, entry in entries:
+        cache.put(key, entry)
+    log(f"cache snapshot {path}: restored {len(entries)} entries ({expired} expired, dropped)")
+    return len(entries)
+
+
+def save(cache: Cache, path: str) -> int:
+    """Snapshot cache to path atomically; the size written."""
+    data = dump(cache, int(time.monotonic()), time.time())
+    write_atomic(path, data)
+    return len(data)
+
+
+class Snapshotter:
+    """Restore at start, snapshot every `interval` seconds and at clean shutdown."""
+
+    def __init__(self, cache: Cache, path: str, interval: float, log: Callable[[str], None]):
+        self.cache = cache
+        self.path = path
+        self.interval = interval
+        self.log = log
+        self._task: asyncio.Task | None = None
+        self._failed = False
+
+    def restore(self) -> int:
+        return restore(self.cache, self.path, self.log)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            data = dump(self.cache, int(time.monotonic()), time.time())  # on the loop: the cache is not locked
+            try:
+                await loop.run_in_executor(None, write_atomic, self.path, data)  # disk I/O off the loop
+                self._failed = False
+            except OSError as exc:
+                if not self._failed:  # once per failure streak, not every interval
+                    self.log(f"warning: cache snapshot to {self.path} failed: {exc.strerror or exc}")
+                self._failed = True
+
+    def stop_and_save(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            size = save(self.cache, self.path)
+            self.log(f"cache snapshot {self.path}: saved {len(self.cache)} entries ({size} bytes)")
+        except OSError as exc:
+            self.log(f"warning: cache snapshot to {self.path} failed: {exc.strerror or exc}")
