@@ -201,8 +201,10 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
             why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
                    f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+        bar = BUSY_COST_FACTOR * threshold if kind == "cost" and machine_busy else threshold
         return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION,
-                             reason=f"worse by {_fmt_pct(worse_pct)} > {threshold:g}% (p={p_worse:.3f})")
+                             reason=f"worse by {_fmt_pct(worse_pct)} > {bar:g}% (p={p_worse:.3f})"
+                             + (" although the machine was busy" if bar != threshold else ""))
     if -worse_pct > threshold and -worse_abs > floor and p_better < th.alpha:
         return MetricVerdict(**row, p_value=p_better, verdict=IMPROVED,
                              reason=f"better by {_fmt_pct(-worse_pct)} (p={p_better:.3f})")
