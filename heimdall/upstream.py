@@ -115,6 +115,7 @@ class Channel:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP unreachable for this upstream: fail everyone waiting here
+                self.retired = True  # uvloop stops polling a socket after an error: replies would go unread
                 for _q, fut in list(self.waiting.values()):
                     if not fut.done():
                         fut.set_exception(OSError(exc.errno, exc.strerror))
@@ -158,12 +159,23 @@ class ChannelSet:
             return chan
         i = IDS.next() % len(chans)
         chan = chans[i]
-        if chan.uses >= self.MAX_USES or time.monotonic() - chan.born > self.MAX_AGE:
-            chan.retired = True
-            if not chan.waiting:
-                chan.close()
-            chans[i] = chan = Channel(self.addr, self.stats, loop)
+        if chan.retired or chan.uses >= self.MAX_USES or time.monotonic() - chan.born > self.MAX_AGE:
+            chan = self.renew(chan, loop, i)
         return chan
+
+    def renew(self, chan: Channel, loop: asyncio.AbstractEventLoop, i: int | None = None) -> Channel:
+        """Retire chan (closed when its last query is done) and put a fresh channel in its place."""
+        chan.retired = True
+        if not chan.waiting:
+            chan.close()
+        fresh = Channel(self.addr, self.stats, loop)
+        if i is None:
+            i = next((j for j, c in enumerate(self.channels) if c is chan), None)
+        if i is None:
+            fresh.retired = True  # chan was already replaced: fresh serves this one query, then closes
+        else:
+            self.channels[i] = fresh
+        return fresh
 
     def close(self) -> None:
         for chan in self.channels:
@@ -258,7 +270,17 @@ class UpstreamPool:
         chan.waiting[qid] = (question, fut)
         timer = loop.call_later(budget, _expire, fut)
         try:
-            chan.sock.send(wire.make_query(qid, rd, cd, question, do))
+            try:
+                chan.sock.send(wire.make_query(qid, rd, cd, question, do))
+            except OSError:
+                # An earlier datagram's ICMP error (upstream was down) surfaces on this send, which did
+                # not go out, and uvloop has stopped polling the socket: one more try on a fresh channel.
+                chan.done(qid)
+                chan = up.channels.renew(chan, loop)
+                qid = chan.free_id()
+                chan.exact = self.use_0x20
+                chan.waiting[qid] = (question, fut)
+                chan.sock.send(wire.make_query(qid, rd, cd, question, do))
             self.stats.sent_udp += 1
             return await fut
         except asyncio.TimeoutError:
