@@ -118,8 +118,13 @@ def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
     flame: dict = {}
     flame_thread = None
     if flame_dir is not None:
-        flame_thread = threading.Thread(target=lambda: flame.update(
-            lab.flame_graph(target.pid, opts.duration, flame_dir, f"flame_{scenario}")), daemon=True)
+        def record() -> None:
+            try:
+                flame.update(lab.flame_graph(target.pid, opts.duration, flame_dir, f"flame_{scenario}"))
+            except Exception as exc:  # noqa: BLE001 - a failed profile must not end the bench
+                flame["unavailable"] = f"py-spy failed: {type(exc).__name__}: {exc}"
+
+        flame_thread = threading.Thread(target=record, daemon=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     srv0, own0, sys0, t0 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
     if probes is not None:
