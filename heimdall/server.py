@@ -410,17 +410,16 @@ class DnsServer:
         """
         q = miss.q
         question = data[12:q.qend].lower()
-        response = await self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do)
-        if response is None:
-            return None
         cfg = self.config
-        now = int(time.monotonic())
-        try:
-            entry, ttl = build_entry(response, data, q, miss.limit, now, cfg.min_ttl, cfg.max_ttl, cfg.negative_ttl)
-        except WireError as exc:
-            self.stats.internal_errors += 1
-            log(f"unusable upstream response: {exc}")
+
+        def build(response: bytes) -> tuple[Entry, int]:  # a broken body fails over to the next upstream
+            return build_entry(response, data, q, miss.limit, int(time.monotonic()), cfg.min_ttl, cfg.max_ttl,
+                               cfg.negative_ttl)
+
+        built = await self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)
+        if built is None:
             return None
+        entry, ttl = built
         if ttl > 0:
             self.cache.put(miss.key, entry)
         return entry

@@ -20,9 +20,11 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from heimdall import wire
 from heimdall.config import HostPort
+from heimdall.wire import WireError
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
@@ -225,8 +227,14 @@ class UpstreamPool:
         down = sorted((u for u in self.servers if not u.healthy(now)), key=lambda u: u.down_until)
         return up + down
 
-    async def query(self, question: bytes, rd: bool, cd: bool, do: bool) -> bytes | None:
-        """An upstream's validated reply for question, or None when none answered in time."""
+    async def query(self, question: bytes, rd: bool, cd: bool, do: bool,
+                    build: Callable[[bytes], Any] | None = None) -> Any:
+        """An upstream's validated reply for question, or None when none answered in time.
+
+        With `build`, the result is build(reply); a reply that build rejects with
+        WireError (ID and question matched, body broken) counts as that upstream's
+        error: it is marked down and the next upstream is asked.
+        """
         deadline = time.monotonic() + self.timeout
         fallback: bytes | None = None
         cands = self.candidates(time.monotonic())
@@ -246,8 +254,20 @@ class UpstreamPool:
                 self.stats.servfail += 1
                 fallback = fallback or reply
                 continue
+            if build is not None:
+                try:
+                    reply = build(reply)
+                except WireError:
+                    self.stats.errors += 1
+                    up.mark_down(time.monotonic())
+                    continue
             self.stats.ok += 1
             return reply
+        if fallback is not None and build is not None:
+            try:
+                return build(fallback)
+            except WireError:
+                return None
         return fallback
 
     async def _ask(self, up: Upstream, question: bytes, rd: bool, cd: bool, do: bool, budget: float) -> bytes:
