@@ -22,6 +22,24 @@ _OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}  # ... and a few TTL layou
 
 _INTS: dict[int, int] = {}  # one int object per distinct second/expiry instead of one per entry
 
+# Metric labels: an entry carries a small int `lid` naming its (qtype, rcode, blocked);
+# the fast path counts hits in a per-worker list indexed by it (one list add per hit).
+MAX_LABELS = 1024
+LABELS: dict[tuple[int, int, bool], int] = {(0, 0, False): 0}  # 0: unlabelled / overflow
+LABEL_KEYS: list[tuple[int, int, bool]] = [(0, 0, False)]
+
+
+def label_id(qtype: int, rcode: int, blocked: bool = False) -> int:
+    """The label index for (qtype, rcode, blocked); 0 once MAX_LABELS are in use."""
+    key = (qtype, rcode, blocked)
+    lid = LABELS.get(key)
+    if lid is None:
+        if len(LABEL_KEYS) >= MAX_LABELS:
+            return 0
+        lid = LABELS[key] = len(LABEL_KEYS)
+        LABEL_KEYS.append(key)
+    return lid
+
 
 def shared_int(value: int) -> int:
     """The same int object for equal values (ints above 256 are otherwise 32 bytes each)."""
@@ -36,9 +54,10 @@ def shared_int(value: int) -> int:
 class Entry:
     """One cached reply variant. Slots keep it ~100 bytes."""
 
-    __slots__ = ("head", "tail", "qend", "aged", "expires", "offsets", "mark")
+    __slots__ = ("head", "tail", "qend", "aged", "expires", "offsets", "mark", "lid")
 
-    def __init__(self, head: bytes, tail: bytes, qend: int, now: int, ttl: int, offsets: tuple[int, ...]):
+    def __init__(self, head: bytes, tail: bytes, qend: int, now: int, ttl: int, offsets: tuple[int, ...],
+                 lid: int = 0):
         self.head = _HEADS.setdefault(head, head) if len(_HEADS) < 10_000 else head
         self.tail = tail
         self.qend = qend
@@ -46,6 +65,7 @@ class Entry:
         self.expires = shared_int(now + ttl)
         self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
         self.mark = now
+        self.lid = lid
 
     def reply(self, msg: bytes) -> bytes:
         """The reply for a client message: its ID and question, our flags and records."""
@@ -201,6 +221,6 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     extra = 1 if q.edns else 0
     if qend + len(records) + len(opt) > limit:
         head = bytes((b2 | wire.TC, b3)) + wire._COUNTS.pack(1, 0, 0, extra)
-        return Entry(head, opt, qend, now, max(ttl, 0), ()), ttl
+        return Entry(head, opt, qend, now, max(ttl, 0), (), label_id(q.qtype, scan.rcode)), ttl
     head = bytes((b2, b3)) + wire._COUNTS.pack(1, scan.ancount, 0 if positive else scan.nscount, extra)
-    return Entry(head, records + opt, qend, now, max(ttl, 0), offsets), ttl
+    return Entry(head, records + opt, qend, now, max(ttl, 0), offsets, label_id(q.qtype, scan.rcode)), ttl

@@ -75,6 +75,25 @@ def parse_optional_bind(text: str) -> HostPort | None:
     return parse_hostport(text) if text.strip() else None
 
 
+def parse_http_bind(text: str) -> HostPort | None:
+    if text.strip().lower() in ("", "disabled", "off", "none"):
+        return None
+    return parse_hostport(text)
+
+
+def parse_paths(text: str) -> tuple[str, ...]:
+    return tuple(t for t in (p.strip() for p in text.split(",")) if t)
+
+
+def parse_ip_list(text: str) -> str:
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            ipaddress.ip_address(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address") from None
+    return text.strip()
+
+
 def parse_upstreams(text: str) -> tuple[HostPort, ...]:
     items = [t for t in (p.strip() for p in text.split(",")) if t]
     return tuple(parse_hostport(t, default_port=53) for t in items)
@@ -151,8 +170,25 @@ class Config:
     serve_stale: int = setting(0, int_in(0, 7 * DAY),
                                "seconds past expiry an answer may be served when upstreams fail (0 = off)")
     worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
-    http_bind_addr: HostPort | None = setting(None, parse_optional_bind,
-                                              "HTTP metrics/API address host:port (empty = off)")
+    http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8080), parse_http_bind,
+                                              "HTTP /metrics /health /stats address host:port, or disabled")
+    # issue 3: blocking, rate limiting, query log (docs/blocking.md)
+    blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
+    allowlist: tuple[str, ...] = setting((), parse_paths, "comma list of allowlist files (win over blocks)")
+    blocking_mode: str = setting("zero_ip", choice("zero_ip", "nxdomain", "refused", "custom_ip"),
+                                 "answer for blocked names: zero_ip, nxdomain, refused, custom_ip")
+    blocking_custom_ip: str = setting("", parse_ip_list, "custom_ip mode: an IPv4 and/or IPv6 address")
+    blocking_ttl: int = setting(300, int_in(0, 7 * DAY), "TTL of blocked answers")
+    blocklist_reload_interval: float = setting(0.0, float_in(0, DAY),
+                                               "seconds between list mtime checks (0 = only on SIGHUP)")
+    enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
+    queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (per worker)")
+    burst_size_per_ip: float = setting(200.0, float_in(1, 1e9), "bucket size per client (per worker)")
+    global_queries_per_second: float = setting(0.0, float_in(0, 1e9),
+                                               "limit over all clients, split across workers (0 = off)")
+    rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
+    rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
+    query_log: str = setting("", str.strip, "JSON-lines query log file (empty = off)")
     tcp_idle_timeout: float = setting(10.0, float_in(0.1, 3600), "seconds an idle TCP connection is kept")
     tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
@@ -174,6 +210,8 @@ class Config:
     def validate(self) -> "Config":
         if self.min_ttl > self.max_ttl:
             raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
+        if self.blocking_mode == "custom_ip" and not self.blocking_custom_ip:
+            raise ConfigError("HEIMDALL_BLOCKING_MODE=custom_ip needs HEIMDALL_BLOCKING_CUSTOM_IP")
         return self
 
 

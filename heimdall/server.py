@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from heimdall import anyquery, udpbatch, wire
-from heimdall.cache import Cache, Entry, build_entry
+from heimdall.cache import MAX_LABELS, Cache, Entry, build_entry
 from heimdall.config import Config, HostPort
 from heimdall.upstream import UpstreamPool
 from heimdall.wire import Query, WireError
@@ -70,6 +70,8 @@ class Stats:
     by_qtype: dict[int, int] = field(default_factory=dict)  # slow path only
     by_rcode: dict[int, int] = field(default_factory=dict)  # miss replies
     miss_latency_ms: list[int] = field(default_factory=lambda: [0] * 16)  # log2 buckets of ms
+    rate_limited: int = 0
+    hit_labels: list[int] = field(default_factory=lambda: [0] * MAX_LABELS)  # fast-path hits by Entry.lid
 
     @property
     def cache_hits(self) -> int:
@@ -133,6 +135,13 @@ class DnsServer:
         self.admit: Callable[[bytes], bool] | None = None  # hook 1: rate limit on packed client IP
         self.policy: Callable[[bytes, Query], bytes | None] | None = None  # hook 2: blocking
         self.fast_ok = True
+        self.refuse_limited = False  # admit said no: REFUSED (True) or drop (False)
+        # hook 4: observe(query, reply, client, tcp, t0, miss) after each slow-path/miss reply
+        # (metrics, query log); t0 is time.perf_counter() when the query was picked up
+        self.observe: Callable[[bytes, bytes, object, bool, float, bool], None] | None = None
+        # hook 5: time_hits(n, seconds_each) per batch of fast-path hits (duration histogram)
+        self.time_hits: Callable[[int, float], None] | None = None
+        self.stop_hooks: list[Callable[[], object]] = []  # run at the end of stop()
         self._batch: udpbatch.BatchSocket | None = None
         self._batch_auto = config.udp_batch == "auto"
         self._limit = 1  # datagrams to read in the next wakeup (adapted by _adapt)
@@ -183,6 +192,13 @@ class DnsServer:
         log(f"stopped: {st.queries} queries ({st.cache_hits} cache hits, {st.misses} misses, "
             f"{st.servfail} SERVFAIL), {st.udp_datagrams} datagrams in {st.udp_wakeups} wakeups, "
             f"{len(self.cache)} cached")
+        for hook in self.stop_hooks:
+            try:
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001
+                log(f"stop hook failed: {exc!r}")
 
     # --- UDP ---
 
@@ -191,9 +207,11 @@ class DnsServer:
         recvfrom = self.udp.recvfrom
         sendto = self.udp.sendto
         get = self.cache.map.get
-        now = int(time.monotonic())
+        t0 = time.monotonic()
+        now = int(t0)
         admit = self.admit
         fast = self.fast_ok
+        labels = self.stats.hit_labels
         hits = 0
         limit = self._limit
         got = 0
@@ -209,7 +227,7 @@ class DnsServer:
                 continue
             got += 1
             if admit is not None and not admit(socket.inet_pton(self.udp.family, addr[0])):
-                self.stats.dropped += 1
+                self._limited(data, addr)
                 continue
             if fast:
                 e = get(data[2:].lower())
@@ -218,6 +236,7 @@ class DnsServer:
                         sendto(data[:2] + e.head + data[12:e.qend] + e.tail, addr)
                     except OSError:
                         pass
+                    labels[e.lid] += 1
                     hits += 1
                     continue
             try:
@@ -230,6 +249,8 @@ class DnsServer:
         stats.hits_fast += hits
         stats.udp_wakeups += 1
         stats.udp_datagrams += got
+        if hits and self.time_hits is not None:
+            self.time_hits(hits, (time.monotonic() - t0) / got)
         self._adapt(limit, got, drained)
 
     def _udp_readable_batched(self) -> None:
@@ -248,7 +269,7 @@ class DnsServer:
         admit = self.admit
         fast = self.fast_ok
         stats = self.stats
-        now = int(time.monotonic())
+        labels = stats.hit_labels
         for _ in range(4):  # a full batch means more may wait: read again, boundedly
             try:
                 n = b.recv()
@@ -256,17 +277,20 @@ class DnsServer:
                 break
             if n == 0:
                 break
+            t0 = time.monotonic()
+            now = int(t0)
             hits = 0
             for i in range(n):
                 off = i * bufsize
                 data = rview[off:off + lens[i * step + lenoff]].tobytes()
                 if admit is not None and not admit(b.client_ip(i)):
-                    stats.dropped += 1
+                    self._limited(data, b.address(i))
                     continue
                 if fast:
                     e = get(data[2:].lower())
                     if e is not None and (e.aged == now or e.refresh(now)):
                         queue(i, data[:2] + e.head + data[12:e.qend] + e.tail)
+                        labels[e.lid] += 1
                         hits += 1
                         continue
                 try:
@@ -277,6 +301,8 @@ class DnsServer:
                         log(f"internal error on a UDP query: {exc!r}")
             b.flush()
             stats.hits_fast += hits
+            if hits and self.time_hits is not None:
+                self.time_hits(hits, (time.monotonic() - t0) / n)
             stats.udp_wakeups += 1
             stats.udp_datagrams += n
             if n < b.batch:
@@ -299,18 +325,32 @@ class DnsServer:
 
     def _udp_slow(self, data: bytes, addr: tuple, now: int) -> None:
         self.stats.queries_udp += 1
+        t0 = time.perf_counter()
         result = self.handle(data, now, tcp=False)
         if result is None:
             return
         if isinstance(result, bytes):
             self._sendto(result, addr)
+            if self.observe is not None:
+                self.observe(data, result, addr, False, t0, False)
             return
         if self.pending >= self.config.max_inflight:
             self.stats.overload += 1
             self._sendto(self._servfail(data, result.q), addr)
             return
         self.pending += 1
-        asyncio.ensure_future(self._udp_miss(result, data, addr))
+        asyncio.ensure_future(self._udp_miss(result, data, addr, t0))
+
+    def _limited(self, data: bytes, addr: tuple) -> None:
+        """A datagram the admit hook (rate limit) turned down: REFUSED or dropped."""
+        self.stats.rate_limited += 1
+        if not self.refuse_limited or len(data) < 12 or data[2] & wire.QR:
+            return
+        try:
+            qend = wire.question_end(data) if data[4:6] == b"\x00\x01" else None
+        except WireError:
+            qend = None
+        self._sendto(wire.error_reply(data, wire.REFUSED, qend), addr)
 
     def _sendto(self, reply: bytes, addr: tuple) -> None:
         try:
@@ -318,9 +358,12 @@ class DnsServer:
         except OSError:
             pass
 
-    async def _udp_miss(self, miss: Miss, data: bytes, addr: tuple) -> None:
+    async def _udp_miss(self, miss: Miss, data: bytes, addr: tuple, t0: float = 0.0) -> None:
         try:
-            self._sendto(await self.resolve(miss, data), addr)
+            reply = await self.resolve(miss, data)
+            self._sendto(reply, addr)
+            if self.observe is not None:
+                self.observe(data, reply, addr, False, t0, True)
         finally:
             self.pending -= 1
 
@@ -439,6 +482,7 @@ class TcpConnection(asyncio.Protocol):
         self.eof = False
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self.peer: object = None
 
     @property
     def busy(self) -> bool:
@@ -453,6 +497,7 @@ class TcpConnection(asyncio.Protocol):
             return
         srv._tcp_conns.add(self)
         srv.stats.tcp_connections += 1
+        self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self._arm()
 
@@ -503,6 +548,7 @@ class TcpConnection(asyncio.Protocol):
             msg = bytes(buf[2:2 + size])
             del buf[:2 + size]
             srv.stats.queries_tcp += 1
+            t0 = time.perf_counter()
             try:
                 result = srv.handle(msg, now, tcp=True)
             except Exception as exc:  # noqa: BLE001
@@ -513,10 +559,12 @@ class TcpConnection(asyncio.Protocol):
                 continue
             if isinstance(result, bytes):
                 self._send(result)
+                if srv.observe is not None:
+                    srv.observe(msg, result, self.peer, True, t0, False)
             else:
                 self.outstanding += 1
                 srv.pending += 1
-                asyncio.ensure_future(self._miss(result, msg))
+                asyncio.ensure_future(self._miss(result, msg, t0))
         if self.outstanding >= self.MAX_PIPELINE:
             self.transport.pause_reading()
 
@@ -524,9 +572,12 @@ class TcpConnection(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.write(len(reply).to_bytes(2, "big") + reply)
 
-    async def _miss(self, miss: Miss, msg: bytes) -> None:
+    async def _miss(self, miss: Miss, msg: bytes, t0: float = 0.0) -> None:
         try:
-            self._send(await self.server.resolve(miss, msg))
+            reply = await self.server.resolve(miss, msg)
+            self._send(reply)
+            if self.server.observe is not None:
+                self.server.observe(msg, reply, self.peer, True, t0, True)
         finally:
             self.outstanding -= 1
             self.server.pending -= 1
@@ -537,7 +588,7 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-Setup = Callable[["DnsServer"], None]
+Setup = Callable[["DnsServer"], object]  # may return a coroutine (awaited before serving)
 
 
 async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
@@ -552,7 +603,9 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
 
     server = DnsServer(config, udp, tcp)
     if setup is not None:
-        setup(server)
+        pending = setup(server)
+        if asyncio.iscoroutine(pending):  # async setup: e.g. bind the HTTP API before "ready"
+            await pending
     saver = None
     if config.cache_file:  # issue 8: restore before serving, snapshot on a timer and at shutdown
         from heimdall.snapshot import Snapshotter

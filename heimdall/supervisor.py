@@ -21,6 +21,7 @@ from heimdall.config import Config, HostPort
 from heimdall.server import Setup, bind_error_message, bind_sockets, log, run_worker
 
 EXIT_BIND = 3
+EXIT_STARTUP = 4  # a worker could not start a feature (e.g. the HTTP API); it printed why
 READY_TIMEOUT = 15.0
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -42,7 +43,13 @@ def serve_single(config: Config, setup: Setup | None = None) -> int:
         udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
     except OSError as exc:
         raise StartupError(bind_error_message(config.bind_addr, exc)) from None
-    return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())), setup=setup)
+    from heimdall.features import FeatureError
+
+    try:
+        return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())),
+                          setup=setup)
+    except FeatureError as exc:
+        raise StartupError(str(exc)) from None
 
 
 @dataclass
@@ -80,7 +87,9 @@ class Supervisor:
             code = 1
             try:
                 os.close(self.ready_r)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the worker's loop handles it
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                os.environ["HEIMDALL_WORKER_INDEX"] = str(slot.index)  # worker 0 serves the HTTP API
                 config = self.config
                 if config.cache_file:  # each worker snapshots its own cache (heimdall/snapshot.py)
                     config = replace(config, cache_file=f"{config.cache_file}.{slot.index}")
@@ -108,6 +117,8 @@ class Supervisor:
                     code = os.waitstatus_to_exitcode(status)
                     if code == EXIT_BIND:
                         raise StartupError(f"cannot bind {self.config.bind_addr} (see the worker's message above)")
+                    if code == EXIT_STARTUP:
+                        raise StartupError("a worker could not start (see its message above)")
                     raise StartupError(f"worker exited during startup with status {code}")
 
     def _watch(self) -> int:
@@ -175,7 +186,13 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
     def ready(_server: object) -> None:
         os.write(ready_fd, b"r")
 
-    return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
+    from heimdall.features import FeatureError
+
+    try:
+        return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
+    except FeatureError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_STARTUP
 
 
 def start_demo_upstream(config: Config):
@@ -193,7 +210,12 @@ def prepare_shared(config: Config) -> Setup | None:
     Returns the per-worker setup that installs it into each DnsServer. Blocking,
     rate limiting and metrics (issue 3) are wired in here.
     """
-    return None
+    from heimdall.features import FeatureError, prepare
+
+    try:
+        return prepare(config)  # issue 3: blocklists, rate limiting, metrics/HTTP, query log
+    except FeatureError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def serve(config: Config) -> int:
@@ -204,6 +226,8 @@ def serve(config: Config) -> int:
             if not config.demo:
                 log("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
             demo, config = start_demo_upstream(config)
+        if config.worker_threads == 1:  # SIGHUP (reload) while lists load must not kill the server
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         setup = prepare_shared(config)
         if config.worker_threads == 1:
             return serve_single(config, setup)

@@ -214,6 +214,8 @@ class UpstreamPool:
     timeout: float
     stats: UpstreamStats = field(default_factory=UpstreamStats)
     use_0x20: bool = False  # HEIMDALL_USE_0X20: random name case upstream, echoed exactly or rejected
+    # observe(upstream, result, seconds) per exchange: result ok/servfail/timeout/error (metrics)
+    observe: Callable[[Upstream, str, float], None] | None = None
 
     @classmethod
     def from_config(cls, addrs: tuple[HostPort, ...], timeout: float) -> "UpstreamPool":
@@ -239,17 +241,24 @@ class UpstreamPool:
         fallback: bytes | None = None
         cands = self.candidates(time.monotonic())
         for i, up in enumerate(cands):
-            remaining = deadline - time.monotonic()
+            t0 = time.monotonic()
+            remaining = deadline - t0
             if remaining <= 0.005:
                 break
             budget = remaining / (len(cands) - i)
             try:
                 reply = await self._ask(up, question, rd, cd, do, budget)
-            except (asyncio.TimeoutError, OSError, UpstreamError):
+            except (asyncio.TimeoutError, OSError, UpstreamError) as exc:
                 up.mark_down(time.monotonic())
+                if self.observe is not None:
+                    self.observe(up, "timeout" if isinstance(exc, asyncio.TimeoutError) else "error",
+                                 time.monotonic() - t0)
                 continue
             up.mark_up()
             rcode = reply[3] & wire.RCODE_MASK
+            if self.observe is not None:
+                self.observe(up, "servfail" if rcode in (wire.SERVFAIL, wire.REFUSED) else "ok",
+                             time.monotonic() - t0)
             if rcode in (wire.SERVFAIL, wire.REFUSED):
                 self.stats.servfail += 1
                 fallback = fallback or reply

@@ -40,6 +40,7 @@ class HeimdallProcess:
         os.close(fd)
         self.log_path = Path(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+        env["HEIMDALL_HTTP_BIND_ADDR"] = "disabled"  # tests run many servers; HTTP tests pass a free port
         env.update(self.env)
         host = f"[{self.address}]" if ":" in self.address else self.address
         cmd = [sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"{host}:{self.port}"]

@@ -1,0 +1,109 @@
+"""Rate limiting end to end: a real server, real datagrams from real loopback source addresses."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import dns.message
+import dns.rcode
+import psutil
+
+from heimdall_server import HeimdallProcess
+
+
+def ask(sock: socket.socket, port: int, name: str, timeout: float = 1.0) -> int | None:
+    """One query on an open socket; the rcode, or None when no reply came."""
+    q = dns.message.make_query(name, "A")
+    sock.settimeout(timeout)
+    sock.sendto(q.to_wire(), ("127.0.0.1", port))
+    try:
+        while True:
+            data = sock.recv(4096)
+            r = dns.message.from_wire(data)
+            if r.id == q.id:
+                return r.rcode()
+    except socket.timeout:
+        return None
+
+
+def client(source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((source, 0))
+    return s
+
+
+LIMITED = {"HEIMDALL_ENABLE_RATE_LIMITING": "true", "HEIMDALL_QUERIES_PER_SECOND_PER_IP": "2",
+           "HEIMDALL_BURST_SIZE_PER_IP": "10"}
+
+
+def test_burst_is_refused_then_served_after_refill(upstream):
+    with HeimdallProcess([upstream.addr], env=LIMITED) as srv, client() as c, client("127.0.0.2") as other:
+        codes = [ask(c, srv.port, "burst.bench.test") for _ in range(30)]
+        assert codes[:10] == [dns.rcode.NOERROR] * 10, codes
+        assert codes[10:].count(dns.rcode.REFUSED) >= 19, codes  # at most one token refilled meanwhile
+        assert ask(other, srv.port, "burst.bench.test") == dns.rcode.NOERROR  # its own bucket
+        time.sleep(1.05)  # 2 q/s: two tokens back, refilled continuously (no timer tick)
+        after = [ask(c, srv.port, "burst.bench.test") for _ in range(5)]
+        assert after.count(dns.rcode.NOERROR) in (2, 3) and after[:2] == [dns.rcode.NOERROR] * 2, after
+        assert after[-1] == dns.rcode.REFUSED, after
+        time.sleep(0.55)  # one token
+        assert ask(c, srv.port, "burst.bench.test") == dns.rcode.NOERROR
+        assert ask(c, srv.port, "burst.bench.test") == dns.rcode.REFUSED
+
+
+def test_drop_action_sends_nothing(upstream):
+    env = dict(LIMITED, HEIMDALL_RATE_LIMIT_ACTION="drop", HEIMDALL_BURST_SIZE_PER_IP="3",
+               HEIMDALL_QUERIES_PER_SECOND_PER_IP="0.1")
+    with HeimdallProcess([upstream.addr], env=env) as srv, client() as c:
+        codes = [ask(c, srv.port, "drop.bench.test", timeout=0.3) for _ in range(6)]
+        assert codes[:3] == [dns.rcode.NOERROR] * 3 and codes[3:] == [None] * 3, codes
+
+
+def test_aggregation_by_slash_24(upstream):
+    env = dict(LIMITED, HEIMDALL_RATE_LIMIT_AGGREGATE="true", HEIMDALL_BURST_SIZE_PER_IP="4")
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        with client("127.0.0.1") as a, client("127.0.0.2") as b, client("127.0.1.1") as c:
+            assert [ask(a, srv.port, "agg.bench.test") for _ in range(2)] == [0, 0]
+            assert [ask(b, srv.port, "agg.bench.test") for _ in range(3)] == [0, 0, dns.rcode.REFUSED]
+            assert ask(c, srv.port, "agg.bench.test") == dns.rcode.NOERROR  # another /24
+
+
+def test_global_limit(upstream):
+    env = {"HEIMDALL_ENABLE_RATE_LIMITING": "true", "HEIMDALL_GLOBAL_QUERIES_PER_SECOND": "5"}
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        codes = []
+        for i in range(15):
+            with client(f"127.0.2.{i + 1}") as c:
+                codes.append(ask(c, srv.port, "global.bench.test"))
+        assert codes.count(dns.rcode.NOERROR) in (5, 6) and codes[:5] == [0] * 5, codes
+
+
+def test_ten_thousand_sources_keep_memory_bounded(upstream):
+    env = dict(LIMITED, HEIMDALL_QUERIES_PER_SECOND_PER_IP="1000", HEIMDALL_BURST_SIZE_PER_IP="1000")
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        proc = psutil.Process(srv.pid)
+        with client() as c:
+            assert ask(c, srv.port, "many.bench.test") == 0
+        before = proc.memory_info().rss
+        q = dns.message.make_query("many.bench.test", "A").to_wire()
+        answered = 0
+        for batch in range(40):  # 40 x 250 = 10,000 distinct 127.x.y.z sources
+            socks = []
+            for i in range(250):
+                n = batch * 250 + i
+                s = client(f"127.10.{n // 250}.{n % 250 + 1}")
+                s.sendto(q, ("127.0.0.1", srv.port))
+                socks.append(s)
+            for s in socks:
+                s.settimeout(2)
+                try:
+                    s.recv(512)
+                    answered += 1
+                except socket.timeout:
+                    pass
+                s.close()
+        grown = proc.memory_info().rss - before
+        assert answered >= 9_900, answered
+        assert grown < 30 * 2**20, f"RSS grew by {grown / 2**20:.1f} MB for 10,000 clients"
+        assert srv.proc.poll() is None
