@@ -28,6 +28,10 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_json(p, {"a": 2, "b": [1, 2]})
     assert json.loads(p.read_text()) == {"a": 2, "b": [1, 2]}
     assert os.listdir(p.parent) == ["b.json"]
+    assert p.stat().st_mode & 0o777 == 0o644
+    os.chmod(p, 0o600)
+    atomic_write_json(p, {"a": 3})
+    assert p.stat().st_mode & 0o777 == 0o600       # an existing file keeps its permissions
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):

@@ -21,6 +21,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _mode_for(target))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -42,6 +43,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """JSON via json.dumps (never a Python repr), sorted keys, trailing newline."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _mode_for(target: Path) -> int:
+    """Keep an existing file's permissions; new files get 0644 (mkstemp's 0600 would hide results)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        return 0o644
 
 
 def _fsync_dir(directory: Path) -> None:
