@@ -361,7 +361,7 @@ EMPTY = Blocklist()
 
 
 class BlocklistManager:
-    """Holds the current Blocklist; reloads keep the old one when a file is unreadable.
+    """Holds the current Blocklist; reloads keep the old one when a file is unreadable or empty.
 
     The server reads ``manager.current`` per query (one attribute load) or
     copies it into its own attribute after each successful reload.
@@ -381,6 +381,15 @@ class BlocklistManager:
     def reload(self) -> bool:
         """True if new lists are in use; False (old lists kept, reason logged) otherwise."""
         try:
+            if self.current.entries:
+                for path in self.block_files:
+                    try:
+                        empty = os.path.getsize(path) == 0
+                    except OSError:
+                        continue  # load_blocklists says why
+                    if empty:  # a list updater's `> file` before it writes: not a request to unblock all
+                        raise BlocklistError(f"list file {path} is empty (truncated?); "
+                                             "to clear it on purpose, leave a comment line in it")
             new = load_blocklists(self.block_files, self.allow_files)
         except BlocklistError as e:
             self.last_error = str(e)

@@ -17,7 +17,7 @@ skip() { printf '[setup] SKIPPED: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(
   # eBPF lab (ENVIRONMENT.md step 1)
-  bpfcc-tools python3-bpfcc linux-headers-amd64
+  bpfcc-tools python3-bpfcc linux-headers-amd64 bpftool
   # real DNS peers and clients for tests and benchmarks
   dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server
   # building the probes' C target programs, the venv, Vagrantfile syntax check
