@@ -155,7 +155,7 @@ def print_check(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out, err = Console(width=max(Console().width, 100)), Console(stderr=True, soft_wrap=True)
+    out, err = Console(width=max(Console().width, 124)), Console(stderr=True, soft_wrap=True)
     if result.fingerprint_warnings:
         err.print("[bold yellow]WARNING: this machine differs from the baseline's: "
                   + "; ".join(result.fingerprint_warnings) + " -- figures may not be comparable[/]", highlight=False)

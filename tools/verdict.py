@@ -245,6 +245,10 @@ def overall(rows: Sequence[MetricVerdict]) -> tuple[int, str]:
     unsure = [r for r in rows if r.verdict == INCONCLUSIVE and r.gate]
     if unsure:
         names = ", ".join(f"{r.scenario}/{r.metric}" for r in unsure[:4])
-        return EXIT_INCONCLUSIVE, f"inconclusive: too noisy to tell for {names}"
+        busy = sum(1 for r in unsure if "machine" in r.reason)
+        why = ("the machine was busy" if busy == len(unsure) else
+               "too noisy to tell" if busy == 0 else "a busy machine and noise")
+        more = f" and {len(unsure) - 4} more" if len(unsure) > 4 else ""
+        return EXIT_INCONCLUSIVE, f"inconclusive ({why}) for {names}{more}"
     gating = sum(1 for r in rows if r.gate)
     return EXIT_OK, f"pass: {gating} gating metrics within thresholds ({len(rows) - gating} more shown for information)"
