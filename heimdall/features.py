@@ -142,6 +142,8 @@ class Features:
         cfg, srv = self.config, self.server
         if self.manager is not None:
             srv.policy = self.policy
+            if self.lists.changed():  # a worker forked again after a reload: the pre-fork lists are old
+                self.request_reload(force=False)
         if cfg.enable_rate_limiting:
             n = cfg.worker_threads
             self.limiter = RateLimiter(RateLimitConfig(
