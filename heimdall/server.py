@@ -10,7 +10,8 @@ entries) goes through `handle`.
 
 Hook points for the features wired in later, in query order:
   1. `admit(ip: bytes) -> bool`: rate limit on the client's packed IP address
-     (4 or 16 bytes), before anything; False drops the datagram.
+     (4 or 16 bytes), before anything (UDP datagrams and TCP messages); False
+     drops the query, or answers REFUSED when `refuse_limited` is set.
   2. `policy(data, q) -> bytes|None`: blocklist before the cache, given the
      client message and its parsed Query (lower-cased wire qname:
      `data[12:q.qend - 4].lower()`); returns the reply to send instead (e.g.
@@ -19,7 +20,12 @@ Hook points for the features wired in later, in query order:
      the cache on a blocklist reload, or set `fast_ok = False`.
   3. `_fetch`: the miss path, where a second-tier (Redis) cache slots in
      before and after the upstream query.
+  4. `observe(query, reply, client, tcp, t0, miss)`: after every reply sent by
+     the slow path or the miss path (metrics, query log); fast-path hits are
+     counted per label in `stats.hit_labels[entry.lid]` and timed per batch
+     through `time_hits(n, seconds_each)`.
 Counters are plain ints on `self.stats` (per worker); nothing else on the path.
+heimdall/features.py installs all of these for issue 3.
 """
 
 from __future__ import annotations
@@ -343,14 +349,20 @@ class DnsServer:
 
     def _limited(self, data: bytes, addr: tuple) -> None:
         """A datagram the admit hook (rate limit) turned down: REFUSED or dropped."""
+        reply = self.limited_reply(data)
+        if reply is not None:
+            self._sendto(reply, addr)
+
+    def limited_reply(self, data: bytes) -> bytes | None:
+        """Count a rate-limited query; the REFUSED to send, or None to drop it."""
         self.stats.rate_limited += 1
         if not self.refuse_limited or len(data) < 12 or data[2] & wire.QR:
-            return
+            return None
         try:
             qend = wire.question_end(data) if data[4:6] == b"\x00\x01" else None
         except WireError:
             qend = None
-        self._sendto(wire.error_reply(data, wire.REFUSED, qend), addr)
+        return wire.error_reply(data, wire.REFUSED, qend)
 
     def _sendto(self, reply: bytes, addr: tuple) -> None:
         try:
@@ -483,6 +495,7 @@ class TcpConnection(asyncio.Protocol):
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self.peer: object = None
+        self.peer_ip = b""
 
     @property
     def busy(self) -> bool:
@@ -498,6 +511,10 @@ class TcpConnection(asyncio.Protocol):
         srv._tcp_conns.add(self)
         srv.stats.tcp_connections += 1
         self.peer = transport.get_extra_info("peername")
+        try:  # packed, for the admit (rate limit) hook
+            self.peer_ip = socket.inet_pton(socket.AF_INET6 if ":" in self.peer[0] else socket.AF_INET, self.peer[0])
+        except (OSError, TypeError, IndexError):
+            self.peer_ip = b""
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self._arm()
 
@@ -548,6 +565,11 @@ class TcpConnection(asyncio.Protocol):
             msg = bytes(buf[2:2 + size])
             del buf[:2 + size]
             srv.stats.queries_tcp += 1
+            if srv.admit is not None and not srv.admit(self.peer_ip):
+                refusal = srv.limited_reply(msg)
+                if refusal is not None:
+                    self._send(refusal)
+                continue
             t0 = time.perf_counter()
             try:
                 result = srv.handle(msg, now, tcp=True)

@@ -107,3 +107,12 @@ def test_ten_thousand_sources_keep_memory_bounded(upstream):
         assert answered >= 9_900, answered
         assert grown < 30 * 2**20, f"RSS grew by {grown / 2**20:.1f} MB for 10,000 clients"
         assert srv.proc.poll() is None
+
+
+def test_tcp_queries_share_the_clients_bucket(upstream):
+    env = dict(LIMITED, HEIMDALL_BURST_SIZE_PER_IP="4", HEIMDALL_QUERIES_PER_SECOND_PER_IP="0.01")
+    with HeimdallProcess([upstream.addr], env=env) as srv, client() as c:
+        assert ask(c, srv.port, "tcp.bench.test") == dns.rcode.NOERROR  # one token over UDP
+        codes = [srv.query("tcp.bench.test", tcp=True).rcode() for _ in range(5)]
+        assert codes == [0, 0, 0, dns.rcode.REFUSED, dns.rcode.REFUSED], codes
+        assert ask(c, srv.port, "tcp.bench.test") == dns.rcode.REFUSED
