@@ -24,23 +24,31 @@ from heimdall import wire
 from heimdall.wire import ResponseScan, WireError
 
 TYPE_CNAME, TYPE_DNAME = 5, 39
-_QNAME_PTR = b"\xc0\x0c"
 MAX_JUMPS = 64
 
 
 def read_name(msg: bytes, off: int) -> bytes:
     """The lower-cased, uncompressed wire form of the name at off (pointers followed, loops refused)."""
-    out = bytearray()
+    return _name(msg, off)[0]
+
+
+def _name(msg: bytes, off: int) -> tuple[bytes, int]:
+    """(lower-cased uncompressed name at off, offset just past it where it starts)."""
+    parts = []
+    total = 0
     jumps = 0
+    end = -1
     n = len(msg)
     while True:
         if off >= n:
             raise WireError("name runs past the end of the message")
         length = msg[off]
         if length == 0:
-            out.append(0)
-            return bytes(out).lower()
-        if length & 0xC0 == 0xC0:
+            if end < 0:
+                end = off + 1
+            parts.append(b"\x00")
+            return b"".join(parts).lower(), end
+        if length >= 0xC0:
             if off + 2 > n:
                 raise WireError("truncated compression pointer")
             jumps += 1
@@ -49,15 +57,18 @@ def read_name(msg: bytes, off: int) -> bytes:
             target = ((length & 0x3F) << 8) | msg[off + 1]
             if target >= off:
                 raise WireError("compression pointer does not point backwards")
+            if end < 0:
+                end = off + 2
             off = target
             continue
-        if length & 0xC0:
+        if length > 63:
             raise WireError("unknown label type")
         if off + 1 + length > n:
             raise WireError("label runs past the end of the message")
-        out += msg[off:off + 1 + length]
-        if len(out) > 254:
+        total += length + 1
+        if total > 254:
             raise WireError("name longer than 255 bytes")
+        parts.append(msg[off:off + 1 + length])
         off += 1 + length
 
 
@@ -80,11 +91,17 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
 def _records(msg: bytes, off: int, count: int) -> tuple[list[tuple[bytes, int, int, int]], int]:
     """[(owner, type, rdata offset, rdata length)] for count records from off; the end offset."""
     out = []
+    n = len(msg)
+    unpack = wire._RR_FIXED.unpack_from
     for _ in range(count):
-        owner = read_name(msg, off)
-        end, fixed, rtype = wire.rr_end(msg, off)
-        out.append((owner, rtype, fixed + 10, end - fixed - 10))
-        off = end
+        owner, fixed = _name(msg, off)
+        if fixed + 10 > n:
+            raise WireError("resource record header truncated")
+        rtype, _cls, _ttl, rdlen = unpack(msg, fixed)
+        off = fixed + 10 + rdlen
+        if off > n:
+            raise WireError("resource record data truncated")
+        out.append((owner, rtype, fixed + 10, rdlen))
     return out, off
 
 
@@ -133,20 +150,59 @@ def _covers_dname(msg: bytes, rdoff: int) -> bool:
 def clean(msg: bytes, scan: ResponseScan) -> bool:
     """True when every record the cache would keep is about the question (the common, cheap case)."""
     if scan.rcode == wire.NOERROR and scan.ancount > 0:
+        # Fast path: each owner is a pointer to the question name or to the rdata of a CNAME already
+        # on the chain (how compressors write a chain), so no name needs decompressing.
+        chain = {wire.HEADER_LEN}
         off = scan.qend
         simple = True
-        for _ in range(scan.ancount):  # fast path: owners are pointers to the question, no CNAMEs
-            if msg[off:off + 2] != _QNAME_PTR:
+        for ttl_off in scan.ttl_offsets[:scan.ancount]:  # the scan already walked these records
+            b0 = msg[off]
+            if b0 < 0xC0 or ((b0 & 0x3F) << 8 | msg[off + 1]) not in chain:
                 simple = False
                 break
-            off, fixed, rtype = wire.rr_end(msg, off)
-            if rtype == TYPE_CNAME or rtype == TYPE_DNAME:
+            fixed = ttl_off - 4
+            rtype = msg[fixed] << 8 | msg[fixed + 1]
+            off = fixed + 10 + (msg[fixed + 8] << 8 | msg[fixed + 9])
+            if rtype == TYPE_CNAME:
+                chain.add(fixed + 10)
+            elif rtype == TYPE_DNAME:
                 simple = False
                 break
         if simple:
             return True
+    elif scan.ancount == 0 and _negative_is_simple(msg, scan):
+        return True
     keep_an, keep_ns = _wanted(msg, scan)
     return all(keep_an) and all(keep_ns)
+
+
+def _negative_is_simple(msg: bytes, scan: ResponseScan) -> bool:
+    """Fast check of a negative answer: every authority owner is a pointer to a label boundary of the
+    question name (so an ancestor of it), the first SOA's owner is the zone, and nothing lies above it."""
+    bounds = set()
+    off = wire.HEADER_LEN
+    while msg[off]:
+        bounds.add(off)
+        off += msg[off] + 1
+    bounds.add(off)
+    zone = -1
+    owners = []
+    off = scan.qend
+    for _ in range(scan.nscount):
+        b0 = msg[off]
+        if b0 < 0xC0:
+            return False
+        target = ((b0 & 0x3F) << 8) | msg[off + 1]
+        if target not in bounds:
+            return False
+        off, _fixed, rtype = wire.rr_end(msg, off)
+        if rtype == wire.TYPE_SOA:
+            if zone < 0:
+                zone = target
+            elif target != zone:
+                return False
+        owners.append(target)
+    return zone >= 0 and all(t <= zone for t in owners)
 
 
 def strip(msg: bytes, scan: ResponseScan) -> bytes:
