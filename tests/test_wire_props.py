@@ -10,6 +10,7 @@ IDs, questions and TTLs round-trip.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import dns.exception
@@ -28,7 +29,8 @@ from heimdall.cache import Cache, Entry, build_entry, clamp_ttls
 from heimdall.upstream import mix_case
 from heimdall.wire import WireError
 
-PROPS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# HEIMDALL_PROP_EXAMPLES=20000 for a long run; CI runs the default
+PROPS = settings(max_examples=int(os.environ.get("HEIMDALL_PROP_EXAMPLES", "400")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
 LABEL = st.text(alphabet=LETTERS, min_size=1, max_size=63)
