@@ -235,7 +235,7 @@ def test_slow_upstream_servfail_within_timeout_and_late_replies_ignored():
         assert all(r.rcode == SERVFAIL for r in recs), summary(recs)
         lat = sorted(r.latency for r in recs)
         assert lat[len(lat) // 2] < timeout + 0.1
-        assert lat[-1] < timeout + 0.35, lat[-5:]
+        assert lat[-1] < timeout + 0.45, lat[-5:]  # still well before the late answers (0.9 s)
         assert up.late_sent >= len(recs) - 6  # the late answers really were sent
         assert load.extra_replies == 0  # no second reply to a client from a late upstream answer
         # The late answers were not cached: with the upstream now silent, the same names still SERVFAIL.
