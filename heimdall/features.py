@@ -142,6 +142,9 @@ class Features:
         cfg, srv = self.config, self.server
         if self.manager is not None:
             srv.policy = self.policy
+            if self.lists.changed():  # a worker (re)started after the files changed: not the pre-fork lists
+                log.info("list files changed since they were loaded before fork: reloading before serving")
+                await self._reload(force=False)
             if self.lists.changed():  # a worker forked again after a reload: the pre-fork lists are old
                 self.request_reload(force=False)
         if cfg.enable_rate_limiting:

@@ -223,3 +223,26 @@ def test_bad_blocking_config_is_one_line(upstream, env, status, words):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("error: ") and words in lines[-1], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_worker_restarted_after_a_reload_loads_the_current_lists(upstream, tmp_path):
+    import psutil
+
+    with start(upstream, tmp_path, HEIMDALL_WORKER_THREADS="2") as srv:
+        write_lists(tmp_path, block="fresh2.bench.test\n")
+        srv.signal(signal.SIGHUP)
+        wait_log(srv, "blocklists reloaded", count=2)
+        victim = min(c.pid for c in psutil.Process(srv.pid).children())
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            kids = {c.pid for c in psutil.Process(srv.pid).children()}
+            if len(kids) == 2 and victim not in kids and srv.log.count("listening") >= 1:
+                break
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+        wait_log(srv, "reloading before serving")
+        time.sleep(0.5)
+        for _ in range(40):  # both workers, the new one included
+            assert addresses(srv.query("fresh2.bench.test")) == ["0.0.0.0"], srv.log
+            assert addresses(srv.query("ads.bench.test")) == ["192.0.2.1"]

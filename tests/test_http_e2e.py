@@ -159,9 +159,12 @@ def test_two_workers_are_summed(upstream):
         assert get(hp, "/health")[0] == 200
 
 
-def serve_once(upstream, env: dict[str, str]) -> subprocess.CompletedProcess:
+def serve_once(upstream, env: dict[str, str], avoid: int = 0) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    full.update(env, HEIMDALL_BIND_ADDR=f"127.0.0.1:{free_port()}", HEIMDALL_UPSTREAM_SERVERS=upstream.addr)
+    port = free_port()
+    while port == avoid:  # free_port probes UDP; the taken HTTP port is TCP
+        port = free_port()
+    full.update(env, HEIMDALL_BIND_ADDR=f"127.0.0.1:{port}", HEIMDALL_UPSTREAM_SERVERS=upstream.addr)
     return subprocess.run([sys.executable, "-m", "heimdall", "serve"], env=full, cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
 
@@ -172,7 +175,8 @@ def test_http_address_in_use_is_a_one_line_error(upstream, workers):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = serve_once(upstream, {"HEIMDALL_HTTP_BIND_ADDR": f"127.0.0.1:{port}", "HEIMDALL_WORKER_THREADS": workers})
+        r = serve_once(upstream, {"HEIMDALL_HTTP_BIND_ADDR": f"127.0.0.1:{port}", "HEIMDALL_WORKER_THREADS": workers},
+                       avoid=port)
     assert r.returncode == 3, r.stderr
     assert f"cannot bind HTTP API 127.0.0.1:{port}" in r.stderr and "address already in use" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
