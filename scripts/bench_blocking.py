@@ -71,12 +71,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def dnsperf(port: int, qfile: str, seconds: int, pid: int) -> tuple[float, float]:
+def dnsperf(port: int, qfile: str, seconds: int, pid: int, rate: int = 0) -> tuple[float, float]:
     """(queries/s, server CPU microseconds per completed query: user+sys over the run)."""
     proc = psutil.Process(pid)
     before = proc.cpu_times()
     out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile, "-c", "20", "-T", "1",
-                          "-l", str(seconds)], capture_output=True, text=True).stdout
+                          "-l", str(seconds)] + (["-Q", str(rate)] if rate else []),
+                         capture_output=True, text=True).stdout
     after = proc.cpu_times()
     m = re.search(r"Queries per second:\s+([\d.]+)", out)
     done = re.search(r"Queries completed:\s+(\d+)", out)
@@ -105,6 +106,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--domains", type=int, default=1_000_000)
+    p.add_argument("--rate", type=int, default=0,
+                   help="offered q/s (dnsperf -Q): CPU per query below saturation, steadier on a busy machine")
+    p.add_argument("--skip-startup", action="store_true")
     p.add_argument("--baseline-root", help="a checkout without the issue 3 wiring (e.g. `git archive 449f854`): "
                    "adds a cache-hit variant served from it, to price the always-on per-label hit count")
     a = p.parse_args()
@@ -121,9 +125,12 @@ def main() -> None:
     lists = {"HEIMDALL_BLOCKLISTS": listfile}
     with LocalUpstream() as up:
         # 1. startup
-        proc, port, ready, rss = start(up.addr, lists)
-        print(f"startup with {a.domains:,} domains: ready in {ready:.2f} s, RSS {rss / 2**20:.0f} MB", flush=True)
-        stop(proc)
+        if not a.skip_startup:
+            proc, port, ready, rss = start(up.addr, lists)
+            cpu0 = psutil.Process(proc.pid).cpu_times()
+            print(f"startup with {a.domains:,} domains: ready in {ready:.2f} s "
+                  f"({cpu0.user + cpu0.system:.2f} s CPU), RSS {rss / 2**20:.0f} MB", flush=True)
+            stop(proc)
         # 2. + 3. alternating throughput
         variants = {
             "blocking (1M list, half blocked)": (lists, mixed),
@@ -140,7 +147,7 @@ def main() -> None:
                 proc, port, _, _ = start(up.addr, env, root)
                 try:
                     prime(port, qfile)
-                    qps, us = dnsperf(port, qfile, a.seconds, proc.pid)
+                    qps, us = dnsperf(port, qfile, a.seconds, proc.pid, a.rate)
                 finally:
                     stop(proc)
                 results[label].append(qps)
