@@ -503,3 +503,31 @@ def test_worker_restarted_after_a_reload_serves_the_reloaded_lists(upstream, tmp
         for _ in range(40):
             assert h.query("reloaded.bench.test").answer[0][0].address == "0.0.0.0", h.log
         alive_and_clean(h)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_while_the_lists_load_at_startup_does_not_kill_the_server(upstream, tmp_path, workers):
+    lst = tmp_path / "big.txt"
+    lst.write_text("".join(f"ad{i}.example{i % 97}.com\n" for i in range(300_000)) + "slow.bench.test\n")
+    env = {"HEIMDALL_BLOCKLISTS": str(lst), "HEIMDALL_WORKER_THREADS": str(workers)}
+    h = HeimdallProcess([upstream.addr], env=env)
+    sent = []
+
+    def hup_while_loading() -> None:
+        assert wait_for(lambda: h.proc is not None, 10, step=0.005)
+        time.sleep(0.3)  # inside the list load (it takes seconds here)
+        if "listening on" not in h.log:
+            sent.append(h.log)
+        h.proc.send_signal(signal.SIGHUP)
+
+    t = threading.Thread(target=hup_while_loading)
+    t.start()
+    try:
+        h.start(timeout=60)
+        t.join(5)
+        assert sent, "the SIGHUP came too late to test anything"
+        assert h.query("slow.bench.test").answer[0][0].address == "0.0.0.0"
+        alive_and_clean(h)
+    finally:
+        t.join(5)
+        h.stop()
