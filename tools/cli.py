@@ -27,6 +27,7 @@ from heimdall_tools import load_cmd as _load_cmd, upstream_cmd as _up_cmd; _load
 from heimdall_tools import net_cli as _net_cli; _net_cli.register(app)  # netprof, cpuprof
 from heimdall_tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
 from heimdall_tools import lab_cli as _lab_cli; _lab_cli.register(app)  # bench, baseline create, check
+from heimdall_tools import compare_cli as _compare_cli; _compare_cli.register(app)  # compare
 
 
 def main() -> None:

@@ -1,0 +1,115 @@
+"""`heimdall-tools compare`: real peers briefly, consistent JSON/PNG/markdown, ratios from the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from heimdall_tools import sidebyside as sbs
+from heimdall_tools.sidebyside import CompareOptions, Contestant
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _fake(name: str, kind: str, qps: list[float], p99: list[float]) -> Contestant:
+    c = Contestant(name, kind, "127.0.0.1:1", 1, 1)
+    c.rounds = [{"qps_dnsperf": q, "p99_us_builtin": p, "cpu_pct_per_10k": 10.0, "rss_mb": 40.0}
+                for q, p in zip(qps, p99)]
+    return c
+
+
+def test_ratios_are_medians_of_the_rounds():
+    h = _fake("heimdall", "heimdall", [60_000, 40_000, 50_000], [80, 90, 70])
+    u = _fake("unbound", "unbound", [100_000, 50_000, 80_000], [50, 60, 100])
+    stats, ratios = sbs.summarize([h, u])
+    assert stats["heimdall"]["qps_dnsperf"]["median"] == 50_000
+    assert stats["unbound"]["qps_dnsperf"] == {"median": 80_000, "min": 50_000, "max": 100_000, "n": 3,
+                                               "values": [100_000, 50_000, 80_000]}
+    r = ratios["unbound"]["qps_dnsperf"]
+    assert r["ratio_of_medians"] == round(50_000 / 80_000, 3)
+    per_round = [0.6, 0.8, 0.625]
+    assert r["per_round"]["median"] == round(statistics.median(per_round), 3)
+    assert r["per_round"]["min"] == 0.6 and r["per_round"]["max"] == 0.8
+    assert ratios["unbound"]["qps_builtin"] is None  # not measured: no ratio invented
+
+
+def test_goals_judge_the_measured_values(tmp_path):
+    h = _fake("heimdall", "heimdall", [60_000] * 3, [80] * 3)
+    u = _fake("unbound", "unbound", [100_000] * 3, [50] * 3)
+    h.extra["concurrency"] = [{"clients": 1000, "sent": 100, "received": 100, "timeouts": 0, "lost": 0,
+                               "qps": 1.0, "p99_us": 1.0}]
+    h.extra["fill"] = {"names": 1_000_000, "answered": 1_000_000, "rss_before_mb": 40.0, "rss_after_mb": 340.0,
+                       "bytes_per_entry": 300.0}
+    report = sbs.build_report(CompareOptions(rounds=3), [h, u], [{"peer": "dnsmasq", "why": "not installed"}], 0)
+    g = {row["goal"]: row for row in report["goals"]}
+    assert g["cached throughput > 50,000 q/s"]["pass"] is True
+    assert g["cached throughput >= 0.75x unbound"]["pass"] is False          # 0.6x
+    assert g["cached throughput >= 0.9x dnsmasq"]["pass"] is None            # not measured
+    assert g["cache-hit p99 at 10,000 q/s offered < 100 us"]["pass"] is True
+    assert g["cache-hit p99 <= 1.3x Unbound's (built-in)"]["pass"] is False  # 1.6x
+    assert g["1,000 concurrent clients without loss"]["pass"] is True
+    assert g["1M cached entries < 400 MB resident"]["pass"] is True
+    assert g["CPU at 10,000 q/s < 20% of a core"]["pass"] is True
+    md = sbs.render_markdown(report)
+    assert "skipped dnsmasq: not installed" in md and "| FAIL |" in md
+    sbs.write_report(report, tmp_path)
+    assert (tmp_path / "compare.png").read_bytes().startswith(PNG_MAGIC)
+    assert json.loads((tmp_path / "compare.json").read_text())["schema"] == sbs.SCHEMA
+
+
+@pytest.mark.skipif(not (shutil.which("dnsperf") and (shutil.which("nsd") or os.path.exists("/usr/sbin/nsd"))),
+                    reason="dnsperf and nsd are needed (scripts/setup.sh)")
+def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch):
+    """Unbound for real, dnsmasq 'not installed', the bare uvloop floor, and a running Heimdall given by
+    address and pid; every started server is gone afterwards."""
+    from heimdall_tools.peers import HeimdallServer
+    from heimdall_tools.upstream import LocalUpstream
+
+    real_installed = sbs._installed
+    monkeypatch.setattr(sbs, "_installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
+    with LocalUpstream() as up, HeimdallServer(up.addr) as ext:
+        opts = CompareOptions(peers=["unbound", "dnsmasq"], rounds=2, duration=0.6, warm_set=200,
+                              servers=[f"ext={ext.addr}"], pids=[ext.pid], concurrency=[50], bare=True,
+                              results_dir=tmp_path)
+        report = sbs.run_compare(opts, say=lambda m: None)
+    out = tmp_path / next(p.name for p in tmp_path.iterdir())
+    assert out.name.startswith("compare-")
+    assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
+    data = json.loads((out / "compare.json").read_text())
+    names = [c["name"] for c in data["contestants"]]
+    have_unbound = real_installed("unbound")
+    assert names == ["heimdall"] + (["unbound"] if have_unbound else []) + ["bare-uvloop", "ext"]
+    assert {"peer": "dnsmasq", "why": "dnsmasq is not installed (scripts/setup.sh installs it)"} in data["skipped"]
+    for c in data["contestants"]:
+        assert [r["round"] for r in c["rounds"]] == [1, 2]
+        assert c["primed"]["answered"] == 200
+        for r in c["rounds"]:
+            assert r["qps_dnsperf"] > 0 and r["qps_builtin"] > 0
+            assert r["p50_us_builtin"] <= r["p99_us_builtin"] and r["p50_us_dnsperf"] <= r["p99_us_dnsperf"]
+            assert r["cpu_pct_per_10k"] > 0 and r["rss_mb"] > 1
+        assert c["concurrency"][0]["clients"] == 50 and c["concurrency"][0]["received"] > 0
+    for name in names[1:]:  # every ratio is the quotient of the medians the JSON reports
+        for m, r in data["ratios_to_heimdall"][name].items():
+            a, b = data["stats"]["heimdall"][m]["median"], data["stats"][name][m]["median"]
+            assert r["ratio_of_medians"] == pytest.approx(a / b, abs=1e-3)
+            assert data["stats"][name][m]["median"] == pytest.approx(
+                statistics.median(rr[m] for rr in next(c for c in data["contestants"] if c["name"] == name)["rounds"]),
+                abs=1e-3)
+    assert report["results_dir"] == str(out)
+    import psutil
+    for c in data["contestants"]:
+        if c["name"] != "ext":
+            assert not psutil.pid_exists(c["pid"]) or psutil.Process(c["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert (out / "compare.md").read_text() == sbs.render_markdown(data)
+
+
+def test_cli_is_registered():
+    out = subprocess.run([sys.executable, "-m", "heimdall_tools.cli", "compare", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--peers" in out.stdout and "--server" in out.stdout

@@ -1,0 +1,49 @@
+"""PNG charts (matplotlib, Agg backend: no display needed), written atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from heimdall_tools.atomic import atomic_write_bytes
+
+
+def compare_chart(report: dict, path: Path) -> Path:
+    """One panel per metric: each contestant's median as a bar, min-max over rounds as the error bar."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["name"] for c in report["contestants"]]
+    metrics = [m for m in report["metrics"] if any(report["stats"][n][m] for n in names)]
+    cols = 4
+    rows = max(1, -(-len(metrics) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False)
+    colors = {"heimdall": "#1f77b4", "unbound": "#ff7f0e", "dnsmasq": "#2ca02c"}
+    for ax, m in zip(axes.flat, metrics):
+        meta = report["metrics"][m]
+        med, lo, hi = [], [], []
+        for n in names:
+            s = report["stats"][n][m]
+            med.append(s["median"] if s else 0.0)
+            lo.append(s["median"] - s["min"] if s else 0.0)
+            hi.append(s["max"] - s["median"] if s else 0.0)
+        bars = ax.bar(names, med, yerr=[lo, hi], capsize=4,
+                      color=[colors.get(n, "#7f7f7f") for n in names])
+        for b, n in zip(bars, names):
+            r = report["ratios_to_heimdall"].get(n, {}).get(m)
+            if r:
+                ax.annotate(f"H/{r['ratio_of_medians']:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax.set_title(f"{meta['label']}\n({meta['unit']}, {'higher' if meta['higher_is_better'] else 'lower'} "
+                     "is better)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"Heimdall side by side: medians over {report['options']['rounds']} rounds, "
+                 f"bars = min-max ({report['started']})", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

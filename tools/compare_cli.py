@@ -1,0 +1,53 @@
+"""`heimdall-tools compare`: Heimdall side by side with Unbound, dnsmasq or servers given by address."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def compare(
+    peers: str = typer.Option("unbound,dnsmasq", "--peers", help="comma list of unbound,dnsmasq (or 'none')"),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved rounds (order rotates each round)"),
+    duration: float = typer.Option(5.0, "--duration", min=0.5, help="seconds per workload per round"),
+    workers: int = typer.Option(1, "--workers", min=1, help="server threads/processes each (dnsmasq: always 1)"),
+    cache_entries: int = typer.Option(100_000, "--cache-entries", min=1000, help="cache size given to every server"),
+    server: Optional[List[str]] = typer.Option(None, "--server", help="also measure a running server, [NAME=]HOST:PORT (repeatable)"),
+    pid: Optional[List[int]] = typer.Option(None, "--pid", help="the --server's pid, same order (CPU and memory)"),
+    concurrency: str = typer.Option("", "--concurrency", help="comma list of closed-loop client counts, e.g. 1000,10000"),
+    fill: int = typer.Option(0, "--fill", min=0, help="then cache this many unique names: RSS per entry"),
+    scaling: bool = typer.Option(False, "--scaling", help="add Heimdall with twice the workers as a contestant"),
+    bare: bool = typer.Option(False, "--bare", help="add a bare uvloop echo responder (the Python floor)"),
+    heimdall_env: Optional[List[str]] = typer.Option(None, "--heimdall-env", help="KEY=VALUE for Heimdall (repeatable), e.g. HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8081 to measure with metrics on"),
+    engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
+    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
+) -> None:
+    """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
+    from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+    from heimdall_tools.sidebyside import CompareOptions, render_markdown, run_compare
+
+    eng = tuple(e.strip() for e in engines.split(",") if e.strip())
+    if not eng or set(eng) - {"dnsperf", "builtin"}:
+        raise ToolError(f"bad --engines {engines!r}: dnsperf, builtin or both", EXIT_ENVIRONMENT)
+    env = {}
+    for kv in heimdall_env or []:
+        k, sep, v = kv.partition("=")
+        if not sep or not k.startswith("HEIMDALL_"):
+            raise ToolError(f"bad --heimdall-env {kv!r}: expected HEIMDALL_NAME=VALUE", EXIT_ENVIRONMENT)
+        env[k] = v
+    opts = CompareOptions(
+        peers=[p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"],
+        rounds=rounds, duration=duration, workers=workers, cache_entries=cache_entries,
+        servers=list(server or []), pids=list(pid or []),
+        concurrency=[int(x) for x in concurrency.split(",") if x.strip()],
+        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, engines=eng, results_dir=results_dir)
+    report = run_compare(opts, say=lambda m: print(m, file=sys.stderr, flush=True))
+    print(render_markdown(report))
+    print(f"results: {report['results_dir']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
