@@ -55,21 +55,51 @@ def worker_file(path: str, index: int, workers: int) -> str:
     return path if workers <= 1 else f"{path}.{index}"
 
 
-def dump(cache: Cache, now_mono: int, now_wall: float) -> bytes:
-    """The snapshot bytes of every unexpired entry (monotonic times mapped to wall clock)."""
-    shift = int(now_wall) - now_mono
+_OFFSET_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _records(items: list, now_mono: int, shift: int) -> tuple[list[bytes], int]:
+    """The serialised (key, entry) pairs that are still valid at now_mono, and how many."""
     parts: list[bytes] = []
-    count = 0
-    for key, e in list(cache.map.items()):
+    u16, u32, exp = _U16.pack, _U32.pack, _EXP.pack
+    for key, e in items:
         if e.expires <= now_mono or len(e.head) != HEAD_LEN or len(key) > 0xFFFF:
             continue
-        parts.append(b"".join((
-            _U16.pack(len(key)), key, e.head, _U16.pack(e.qend), _U32.pack(len(e.tail)), e.tail,
-            _U16.pack(len(e.offsets)), struct.pack(f"!{len(e.offsets)}H", *e.offsets),
-            _EXP.pack(e.expires + shift, e.aged + shift))))
-        count += 1
+        n = len(e.offsets)
+        st = _OFFSET_STRUCTS.get(n)
+        if st is None:
+            st = _OFFSET_STRUCTS[n] = struct.Struct(f"!H{n}H")
+        parts.append(b"".join((u16(len(key)), key, e.head, u16(e.qend), u32(len(e.tail)), e.tail,
+                               st.pack(n, *e.offsets), exp(e.expires + shift, e.aged + shift))))
+    return parts, len(parts)
+
+
+def _finish(parts: list[bytes], count: int) -> bytes:
     body = _U32.pack(count) + b"".join(parts)
     return MAGIC + body + _U32.pack(zlib.crc32(body))
+
+
+def dump(cache: Cache, now_mono: int, now_wall: float) -> bytes:
+    """The snapshot bytes of every unexpired entry (monotonic times mapped to wall clock)."""
+    parts, count = _records(list(cache.map.items()), now_mono, int(now_wall) - now_mono)
+    return _finish(parts, count)
+
+
+async def dump_async(cache: Cache, chunk: int = 500) -> bytes:
+    """dump() in chunks, yielding to the event loop between them (a 100k-entry cache would otherwise
+    stall the worker for most of a second)."""
+    now_mono, now_wall = int(time.monotonic()), time.time()
+    shift = int(now_wall) - now_mono
+    keys = list(cache.map)  # no per-entry tuples: 100k new objects at once would trigger a long GC pass
+    m = cache.map
+    parts: list[bytes] = []
+    count = 0
+    for i in range(0, len(keys), chunk):  # entries put or evicted meanwhile are in the next snapshot
+        got, n = _records([(k, m[k]) for k in keys[i:i + chunk] if k in m], now_mono, shift)
+        parts += got
+        count += n
+        await asyncio.sleep(0)
+    return _finish(parts, count)
 
 
 def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes, Entry]], int]:
@@ -195,7 +225,7 @@ class Snapshotter:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval)
-            data = dump(self.cache, int(time.monotonic()), time.time())  # on the loop: the cache is not locked
+            data = await dump_async(self.cache)  # on the loop (the cache is not locked), in chunks
             try:
                 await loop.run_in_executor(None, write_atomic, self.path, data)  # disk I/O off the loop
                 self._failed = False
