@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import dns.message
 import dns.rcode
@@ -539,19 +540,24 @@ def test_sighup_while_the_lists_load_at_startup_does_not_kill_the_server(upstrea
     h = HeimdallProcess([upstream.addr], env=env)
     sent = []
 
+    def reading_list() -> bool:
+        try:
+            return any(os.readlink(fd) == str(lst) for fd in Path(f"/proc/{h.proc.pid}/fd").iterdir())
+        except OSError:
+            return False
+
     def hup_while_loading() -> None:
         assert wait_for(lambda: h.proc is not None, 10, step=0.005)
-        time.sleep(0.3)  # inside the list load (it takes seconds here)
-        if "listening on" not in h.log:
+        if wait_for(reading_list, 30, step=0.002):  # the list file is open while it is parsed
             sent.append(h.log)
-        h.proc.send_signal(signal.SIGHUP)
+            h.proc.send_signal(signal.SIGHUP)
 
     t = threading.Thread(target=hup_while_loading)
     t.start()
     try:
         h.start(timeout=60)
         t.join(5)
-        assert sent, "the SIGHUP came too late to test anything"
+        assert sent and "listening on" not in sent[0], "the SIGHUP came too late to test anything"
         assert h.query("slow.bench.test").answer[0][0].address == "0.0.0.0"
         alive_and_clean(h)
     finally:
