@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -150,9 +151,12 @@ def test_each_worker_snapshots_its_own_cache(upstream, tmp_path):
     counts = [len(snapshot.load((tmp_path / f).read_bytes(), 0, time.time())[0]) for f in files]
     assert sum(counts) >= 40 and all(c > 0 for c in counts), counts
     with DeadUpstream() as dead, HeimdallProcess([dead.addr], env=env, args=["--upstream-timeout", "0.3"]) as srv:
-        assert srv.log.count("restored") == 2, srv.log
+        restored = sorted(int(n) for n in re.findall(r"restored (\d+) entries", srv.log))
+        assert restored == sorted(counts), srv.log
+        # a name is cached only in the worker that fetched it, and the kernel picks the worker by source
+        # port: about half are answered from the cache (fewer than 5 of 40 has odds ~1e-7)
         answered = sum(srv.query(f"n{i}.bench.test").rcode() == dns.rcode.NOERROR for i in range(40))
-        assert answered >= 20  # a name is cached only in the worker that fetched it; the kernel picks the worker
+        assert answered >= 5
 
 
 NAMES = [("www.example.test", "A", 300), ("multi.example.test", "A", 300), ("nope.example.test", "A", 60),
