@@ -212,11 +212,15 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
 
 
 def relative_spread(values: Sequence[float]) -> float:
-    """(max - min) / |median| of a sample; 0 for a constant or empty one."""
+    """Range over |median|, without the lowest and highest value once there are 4 or more
+    (one disturbed window must not make a stable metric look load-dependent); 0 when constant."""
     if len(values) < 2:
         return 0.0
+    ordered = sorted(values)
+    if len(ordered) >= 4:
+        ordered = ordered[1:-1]
     med = statistics.median(values)
-    return (max(values) - min(values)) / abs(med) if med else 0.0
+    return (ordered[-1] - ordered[0]) / abs(med) if med else 0.0
 
 
 def effective_kind(base: Series, th: Thresholds) -> str:
