@@ -122,9 +122,23 @@ def warm_pick(client: int, seq: int) -> tuple[str, str]:
     return f"p{(client * 31 + seq) % 300}.bench.test", "cached"
 
 
-@pytest.mark.parametrize("probe,extra", [("lockprof", []), ("memprof", ["--no-overhead"]), ("netprof", [])])
+def wait_attaching(pid: int, proc: subprocess.Popen, timeout: float = 90.0) -> tuple[set[int], set[int], int]:
+    """Wait for the first attachment (a perf event fd): the probe is half attached."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"probe exited with {proc.returncode} before attaching")
+        now = held_ids(pid)
+        if now[2]:
+            return now
+        time.sleep(0.002)
+    raise AssertionError(f"probe did not start attaching within {timeout:.0f}s")
+
+
+@pytest.mark.parametrize("probe,extra,when", [("lockprof", [], "attached"), ("memprof", ["--no-overhead"], "attached"),
+                                              ("netprof", [], "attached"), ("netprof", [], "attaching")])
 def test_sigkilled_probe_leaves_nothing_attached_and_the_server_never_errs(upstream, bpftool_present, tmp_path,
-                                                                           probe, extra):
+                                                                           probe, extra, when):
     with HeimdallProcess([upstream.addr]) as h:
         before_tracefs = tracefs_state()
         before_progs = set(loaded("prog"))
@@ -134,11 +148,15 @@ def test_sigkilled_probe_leaves_nothing_attached_and_the_server_never_errs(upstr
             p = subprocess.Popen(CLI + [probe, "--pid", str(h.pid), "--duration", "120", *extra],
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                progs, maps, perf = wait_attached(p.pid, p)
-                during = loaded("prog")
-                assert progs <= set(during)  # the positive control: the kernel lists what the probe holds
+                if when == "attaching":  # kill it half attached: only the orphan check sees the rest
+                    progs, maps, perf = wait_attaching(p.pid, p)
+                else:
+                    progs, maps, perf = wait_attached(p.pid, p)
+                    during = loaded("prog")
+                    assert progs <= set(during)  # the positive control: the kernel lists what the probe holds
                 served_before_kill = len(load.records)
-                time.sleep(1.0)  # probed under load
+                if when == "attached":
+                    time.sleep(1.0)  # probed under load
                 t_kill = time.monotonic()
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait(10)
@@ -157,7 +175,7 @@ def test_sigkilled_probe_leaves_nothing_attached_and_the_server_never_errs(upstr
             gone_after = time.monotonic() - t_kill
             time.sleep(1.0)  # and the server keeps serving after the detach
         recs = load.records
-        print(f"\n[probe-safety] {probe}: held {len(progs)} progs, {len(maps)} maps, {perf} perf events; "
+        print(f"\n[probe-safety] {probe} killed {when}: held {len(progs)} progs, {len(maps)} maps, {perf} perf events; "
               f"all gone {gone_after:.1f}s after SIGKILL; load {summary(recs)}")
         assert not left_progs, f"programs still loaded after SIGKILL: {sorted(left_progs)}"
         assert not left_maps, f"maps still loaded after SIGKILL: {sorted(left_maps)}"
