@@ -11,7 +11,7 @@ noisy to tell). Wall-clock metrics measured while other processes used more
 than half a core, or much more than at baseline time, are "inconclusive" too,
 never a regression: the cost and count metrics (CPU time and events per
 query) still gate then. On a busy machine a CPU-per-query regression must also
-exceed twice the threshold (kernel wake-up paths cost more under contention);
+exceed 1.5x the threshold (kernel wake-up paths cost more under contention);
 between one and two thresholds it is inconclusive. A cost or count whose
 baseline repeats themselves spread wider than twice its threshold (a server that batches syscalls makes
 syscalls/query depend on queue depth) is judged like a wall-clock figure.
@@ -32,7 +32,7 @@ DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic
 RATE_ABS_FLOOR = 0.01               # error rates: one percentage point
 BUSY_MARGIN_CORES = 0.35           # foreign CPU above baseline's that voids wall-clock verdicts
 QUIET_LIMIT_CORES = 0.5            # foreign CPU during the check above which wall-clock verdicts are void
-BUSY_COST_FACTOR = 2.0             # on a busy machine CPU per query must worsen by this x the threshold
+BUSY_COST_FACTOR = 1.5             # on a busy machine CPU per query must worsen by this x the threshold
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
