@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -113,6 +114,13 @@ def main() -> None:
                    "adds a cache-hit variant served from it, to price the always-on per-label hit count")
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="heimdall-bench3-")
+    try:
+        measure(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(a: argparse.Namespace, work: str) -> None:
     listfile = os.path.join(work, "block.txt")
     write_blocklist(listfile, a.domains)
     hits = os.path.join(work, "hits.txt")
