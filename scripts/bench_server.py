@@ -72,7 +72,8 @@ def start_heimdall(upstream: LocalUpstream, workdir: Path, capacity: int) -> tup
     for attempt in range(3):
         port = free_port()
         env = dict(os.environ, HEIMDALL_BIND_ADDR=f"127.0.0.1:{port}", HEIMDALL_UPSTREAM_SERVERS=upstream.addr,
-                   HEIMDALL_CACHE_CAPACITY=str(capacity), HEIMDALL_WORKER_THREADS="1")
+                   HEIMDALL_CACHE_CAPACITY=str(capacity), HEIMDALL_WORKER_THREADS="1",
+                   HEIMDALL_HTTP_BIND_ADDR="disabled")
         log = workdir / f"heimdall-{port}.log"
         proc = subprocess.Popen([sys.executable, "-m", "heimdall", "serve"], env=env, cwd=ROOT,
                                 stderr=open(log, "wb"), start_new_session=True)
