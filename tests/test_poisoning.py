@@ -158,8 +158,8 @@ def addresses(msg: dns.message.Message) -> set[str]:
             for rr in rrs if rrs.rdtype == dns.rdatatype.A}
 
 
-def serve(up: Upstream, env: dict | None = None) -> HeimdallProcess:
-    return HeimdallProcess([up.addr], args=["--upstream-timeout", "8"], env=env or {})
+def serve(up: Upstream, env: dict | None = None, timeout: str = "8") -> HeimdallProcess:
+    return HeimdallProcess([up.addr], args=["--upstream-timeout", timeout], env=env or {})
 
 
 def assert_unpoisoned(srv: HeimdallProcess, up: Upstream, first: dns.message.Message, target: str) -> None:
@@ -230,8 +230,8 @@ def test_0x20_rejects_a_forgery_with_the_right_port_and_id_but_not_our_case():
 
 
 def test_0x20_upstream_that_lowercases_is_rejected_one_that_preserves_case_is_accepted(upstream):
-    with Upstream(lower=True) as low, serve(low, {"HEIMDALL_USE_0X20": "1"}) as srv:
-        r = srv.query("www.example.test", timeout=12)
+    with Upstream(lower=True) as low, serve(low, {"HEIMDALL_USE_0X20": "1"}, timeout="1") as srv:
+        r = srv.query("www.example.test", timeout=5)
         assert r.rcode() == dns.rcode.SERVFAIL and low.asked("www.example.test.") >= 1
     with Upstream() as keep, serve(keep, {"HEIMDALL_USE_0X20": "1"}) as srv:
         names = [f"casecheck{i}.example.test." for i in range(8)]
