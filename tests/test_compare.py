@@ -66,8 +66,8 @@ def test_goals_judge_the_measured_values(tmp_path):
 @pytest.mark.skipif(not (shutil.which("dnsperf") and (shutil.which("nsd") or os.path.exists("/usr/sbin/nsd"))),
                     reason="dnsperf and nsd are needed (scripts/setup.sh)")
 def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch):
-    """Unbound for real, dnsmasq 'not installed', the bare uvloop floor, and a running Heimdall given by
-    address and pid; every started server is gone afterwards."""
+    """Unbound for real, dnsmasq 'not installed', a Heimdall variant, the bare uvloop floor, and a running
+    Heimdall given by address and pid; every started server is gone afterwards."""
     from heimdall_tools.peers import HeimdallServer
     from heimdall_tools.upstream import LocalUpstream
 
@@ -76,6 +76,7 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
     with LocalUpstream() as up, HeimdallServer(up.addr) as ext:
         opts = CompareOptions(peers=["unbound", "dnsmasq"], rounds=2, duration=0.6, warm_set=200,
                               servers=[f"ext={ext.addr}"], pids=[ext.pid], concurrency=[50], bare=True,
+                              variants={"h-off": {"HEIMDALL_UDP_BATCH": "off"}},
                               results_dir=tmp_path)
         report = sbs.run_compare(opts, say=lambda m: None)
     out = tmp_path / next(p.name for p in tmp_path.iterdir())
@@ -84,7 +85,7 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
     data = json.loads((out / "compare.json").read_text())
     names = [c["name"] for c in data["contestants"]]
     have_unbound = real_installed("unbound")
-    assert names == ["heimdall"] + (["unbound"] if have_unbound else []) + ["bare-uvloop", "ext"]
+    assert names == ["heimdall"] + (["unbound"] if have_unbound else []) + ["h-off", "bare-uvloop", "ext"]
     assert {"peer": "dnsmasq", "why": "dnsmasq is not installed (scripts/setup.sh installs it)"} in data["skipped"]
     for c in data["contestants"]:
         assert [r["round"] for r in c["rounds"]] == [1, 2]

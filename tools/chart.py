@@ -37,7 +37,10 @@ def compare_chart(report: dict, path: Path) -> Path:
                             ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_title(f"{meta['label']}\n({meta['unit']}, {'higher' if meta['higher_is_better'] else 'lower'} "
                      "is better)", fontsize=8)
+        if meta["unit"] == "us" and min(med) > 0:
+            ax.set_yscale("log")  # one slow round must not flatten the others
         ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", labelrotation=30)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(f"Heimdall side by side: medians over {report['options']['rounds']} rounds, "

@@ -22,6 +22,7 @@ def compare(
     scaling: bool = typer.Option(False, "--scaling", help="add Heimdall with twice the workers as a contestant"),
     bare: bool = typer.Option(False, "--bare", help="add a bare uvloop echo responder (the Python floor)"),
     heimdall_env: Optional[List[str]] = typer.Option(None, "--heimdall-env", help="KEY=VALUE for Heimdall (repeatable), e.g. HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8081 to measure with metrics on"),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]: an extra Heimdall with these settings (repeatable), e.g. batch-off:HEIMDALL_UDP_BATCH=off"),
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
 ) -> None:
@@ -38,12 +39,20 @@ def compare(
         if not sep or not k.startswith("HEIMDALL_"):
             raise ToolError(f"bad --heimdall-env {kv!r}: expected HEIMDALL_NAME=VALUE", EXIT_ENVIRONMENT)
         env[k] = v
+    variants: dict[str, dict[str, str]] = {}
+    for spec in variant or []:
+        vname, sep, pairs = spec.partition(":")
+        kv = dict(p.partition("=")[::2] for p in pairs.split(",") if p)
+        if not sep or not vname or vname == "heimdall" or not kv or any(
+                not k.startswith("HEIMDALL_") or not v for k, v in kv.items()):
+            raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]", EXIT_ENVIRONMENT)
+        variants[vname] = kv
     opts = CompareOptions(
         peers=[p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"],
         rounds=rounds, duration=duration, workers=workers, cache_entries=cache_entries,
         servers=list(server or []), pids=list(pid or []),
         concurrency=[int(x) for x in concurrency.split(",") if x.strip()],
-        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, engines=eng, results_dir=results_dir)
+        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng, results_dir=results_dir)
     report = run_compare(opts, say=lambda m: print(m, file=sys.stderr, flush=True))
     print(render_markdown(report))
     print(f"results: {report['results_dir']}")

@@ -18,7 +18,9 @@ Figures are medians over rounds with min-max spread; ratios are Heimdall's
 median over the peer's (and the per-round ratios' spread). Optional phases:
 ``--concurrency 1000,10000`` (closed-loop clients, loss = unanswered queries),
 ``--fill N`` (N unique names cached in Heimdall: RSS and bytes per entry), ``--scaling``
-(Heimdall with twice the workers as an extra contestant), ``--bare`` (a
+(Heimdall with twice the workers as an extra contestant), ``--variant
+NAME:HEIMDALL_X=Y[,...]`` (Heimdall with other settings, for A/B of a knob
+inside one interleaved run), ``--bare`` (a
 uvloop responder that only echoes the question with a canned answer: the
 floor any Python + uvloop server stands on). The report
 (compare.json, compare.png, compare.md) goes to
@@ -92,6 +94,7 @@ class CompareOptions:
     fill: int = 0
     scaling: bool = False
     bare: bool = False                                   # add the Python + uvloop floor as a contestant
+    variants: dict = field(default_factory=dict)         # name -> HEIMDALL_* env: extra Heimdall contestants
     engines: tuple[str, ...] = ("dnsperf", "builtin")
     results_dir: Path = Path("performance_results")
     heimdall_env: dict = field(default_factory=dict)
@@ -388,6 +391,13 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say=print) ->
                 except ToolError as exc:
                     skipped.append({"peer": kind, "why": str(exc)})
                     say(f"note: {kind} skipped: {exc}")
+            for vname, venv in opts.variants.items():
+                saved = opts.heimdall_env
+                opts.heimdall_env = {**saved, **venv}
+                try:
+                    contestants.append(_start("heimdall", vname, up.addr, opts, opts.workers))
+                finally:
+                    opts.heimdall_env = saved
             if opts.bare:
                 b = BareResponder().start()
                 contestants.append(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))
@@ -440,7 +450,7 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
         "options": {"peers": opts.peers, "rounds": opts.rounds, "duration_s": opts.duration,
                     "workers": opts.workers, "cache_entries": opts.cache_entries, "warm_set": opts.warm_set,
                     "offered_qps": OFFERED_QPS, "concurrency": opts.concurrency, "fill": opts.fill,
-                    "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env, "engines": list(opts.engines), "servers": opts.servers},
+                    "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env, "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers},
         "metrics": {m: {"label": lab, "unit": u, "higher_is_better": hb} for m, (lab, u, hb) in METRICS.items()},
         "contestants": [{"name": c.name, "kind": c.kind, "addr": c.addr, "pid": c.pid, "threads": c.threads,
                          "rounds": c.rounds, **c.extra} for c in contestants],
