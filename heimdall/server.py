@@ -633,7 +633,7 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
         from heimdall.snapshot import Snapshotter
 
         saver = Snapshotter(server.cache, config.cache_file, config.cache_snapshot_interval, log)
-        saver.restore()
+        saver.restore(server.policy)  # names blocked now are not restored
     await server.start()
     if saver is not None:
         saver.start()

@@ -37,7 +37,8 @@ import time
 import zlib
 from typing import Callable
 
-from heimdall.cache import Cache, Entry
+from heimdall import wire
+from heimdall.cache import LABEL_KEYS, Cache, Entry, label_id
 
 MAGIC = b"HEIMDALL-CACHE\x01\n"
 _U16 = struct.Struct("!H")
@@ -62,8 +63,12 @@ def _records(items: list, now_mono: int, shift: int) -> tuple[list[bytes], int]:
     """The serialised (key, entry) pairs that are still valid at now_mono, and how many."""
     parts: list[bytes] = []
     u16, u32, exp = _U16.pack, _U32.pack, _EXP.pack
+    labels = LABEL_KEYS
     for key, e in items:
         if e.expires <= now_mono or len(e.head) != HEAD_LEN or len(key) > 0xFFFF:
+            continue
+        lid = getattr(e, "lid", 0)
+        if lid < len(labels) and labels[lid][2]:  # a block answer: rebuilt from the lists in force
             continue
         n = len(e.offsets)
         st = _OFFSET_STRUCTS.get(n)
@@ -176,8 +181,19 @@ def write_atomic(path: str, data: bytes) -> None:
         pass
 
 
-def restore(cache: Cache, path: str, log: Callable[[str], None]) -> int:
-    """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning."""
+def query_for_key(key: bytes) -> bytes:
+    """A client query whose cache key is key (ID 0): the UDP key *is* the query from byte 2 on."""
+    return b"\x00\x00" + (key[1:] if key[:1] in (b"T", b"X") else key)
+
+
+
+
+def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callable | None = None) -> int:
+    """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning.
+
+    Entries for names the blocking `policy` now blocks are dropped (the policy answers, and caches,
+    those itself); block answers were never written (see _records).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -191,10 +207,22 @@ def restore(cache: Cache, path: str, log: Callable[[str], None]) -> int:
     except SnapshotError as exc:
         log(f"warning: cache snapshot {path} ignored, starting empty: {exc}")
         return 0
+    restored = blocked = 0
     for key, entry in entries:
+        data = query_for_key(key)
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError:
+            continue  # not a key we wrote
+        if policy is not None and policy(data, q) is not None:
+            blocked += 1
+            continue
+        entry.lid = label_id(q.qtype, entry.head[1] & wire.RCODE_MASK)  # metrics label, as build_entry sets
         cache.put(key, entry)
-    log(f"cache snapshot {path}: restored {len(entries)} entries ({expired} expired, dropped)")
-    return len(entries)
+        restored += 1
+    extra = f", {blocked} now blocked" if blocked else ""
+    log(f"cache snapshot {path}: restored {restored} entries ({expired} expired, dropped{extra})")
+    return restored
 
 
 def save(cache: Cache, path: str) -> int:
@@ -215,8 +243,8 @@ class Snapshotter:
         self._task: asyncio.Task | None = None
         self._failed = False
 
-    def restore(self) -> int:
-        return restore(self.cache, self.path, self.log)
+    def restore(self, policy: Callable | None = None) -> int:
+        return restore(self.cache, self.path, self.log, policy)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())

@@ -242,3 +242,22 @@ def test_damaged_snapshots_raise_only_snapshot_error(nsd_entries, cut, flips, fi
         e.refresh(8)
         e.reply(w)
         e.stale_reply(w)
+
+
+def test_restore_respects_the_blocklist_in_force(upstream, tmp_path):
+    """A name blocked since the snapshot is not restored; a block answer is never snapshotted, so a name
+    unblocked since then gets its real answer, not the old block."""
+    path, lists = tmp_path / "cache.snap", tmp_path / "block.txt"
+    env = {"HEIMDALL_CACHE_FILE": str(path), "HEIMDALL_BLOCKLISTS": str(lists), "HEIMDALL_HTTP_BIND_ADDR": ""}
+    lists.write_text("multi.example.test\n")
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        assert srv.query("multi.example.test").answer[0][0].to_text() == "0.0.0.0"  # blocked (zero_ip)
+        assert srv.query("www.example.test").answer[0][0].to_text() == "192.0.2.10"
+        assert srv.query("long.example.test").answer[0][0].to_text() == "192.0.2.12"
+        assert srv.stop() == 0
+    lists.write_text("www.example.test\n")
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        assert "restored 1 entries" in srv.log and "1 now blocked" in srv.log, srv.log
+        assert srv.query("www.example.test").answer[0][0].to_text() == "0.0.0.0"
+        assert sorted(rr.to_text() for rr in srv.query("multi.example.test").answer[0]) == [
+            "192.0.2.31", "192.0.2.32", "192.0.2.33"]
