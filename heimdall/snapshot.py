@@ -51,11 +51,6 @@ class SnapshotError(ValueError):
     """The snapshot cannot be used (truncated, corrupt, wrong version)."""
 
 
-def worker_file(path: str, index: int, workers: int) -> str:
-    """The snapshot file of worker `index` of `workers`."""
-    return path if workers <= 1 else f"{path}.{index}"
-
-
 _OFFSET_STRUCTS: dict[int, struct.Struct] = {}
 
 
@@ -186,8 +181,6 @@ def query_for_key(key: bytes) -> bytes:
     return b"\x00\x00" + (key[1:] if key[:1] in (b"T", b"X") else key)
 
 
-
-
 def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callable | None = None) -> int:
     """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning.
 
@@ -214,9 +207,14 @@ def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callabl
             q = wire.parse_query(data)
         except wire.WireError:
             continue  # not a key we wrote
-        if policy is not None and policy(data, q) is not None:
-            blocked += 1
-            continue
+        if policy is not None:
+            try:
+                answered = policy(data, q) is not None
+            except Exception:  # noqa: BLE001 - a failing policy must not stop the worker from starting
+                answered = True
+            if answered:
+                blocked += 1
+                continue
         entry.lid = label_id(q.qtype, entry.head[1] & wire.RCODE_MASK)  # metrics label, as build_entry sets
         cache.put(key, entry)
         restored += 1

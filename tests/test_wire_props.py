@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from heimdall import anyquery, bailiwick, wire
-from heimdall.cache import Cache, Entry, build_entry, clamp_ttls
+from heimdall.cache import Cache, build_entry, clamp_ttls
 from heimdall.upstream import mix_case
 from heimdall.wire import WireError
 
