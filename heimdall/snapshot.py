@@ -30,13 +30,12 @@ i the name FILE.i; a restarted worker i restores FILE.i).
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
-import tempfile
 import time
 import zlib
 from typing import Callable
 
+from heimdall.atomic import atomic_write_bytes
 from heimdall import wire
 from heimdall.cache import LABEL_KEYS, Cache, Entry, label_id
 
@@ -150,32 +149,6 @@ def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes,
     return out, expired
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write data to path so that readers see the old file or the new one, whole (temp, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def query_for_key(key: bytes) -> bytes:
     """A client query whose cache key is key (ID 0): the UDP key *is* the query from byte 2 on."""
     return b"\x00\x00" + (key[1:] if key[:1] in (b"T", b"X") else key)
@@ -226,7 +199,7 @@ def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callabl
 def save(cache: Cache, path: str) -> int:
     """Snapshot cache to path atomically; the size written."""
     data = dump(cache, int(time.monotonic()), time.time())
-    write_atomic(path, data)
+    atomic_write_bytes(path, data)
     return len(data)
 
 
@@ -253,7 +226,7 @@ class Snapshotter:
             await asyncio.sleep(self.interval)
             data = await dump_async(self.cache)  # on the loop (the cache is not locked), in chunks
             try:
-                await loop.run_in_executor(None, write_atomic, self.path, data)  # disk I/O off the loop
+                await loop.run_in_executor(None, atomic_write_bytes, self.path, data)  # disk I/O off the loop
                 self._failed = False
             except OSError as exc:
                 if not self._failed:  # once per failure streak, not every interval

@@ -20,11 +20,11 @@ import re
 import signal
 import sys
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from heimdall.atomic import atomic_write_text
 from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 PROBES_DIR = Path(__file__).resolve().parent
@@ -53,11 +53,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """json.dumps to a temp file beside `path`, then os.replace: never a half file."""
     target = Path(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, target)
+        atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
     except OSError as exc:
         raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from heimdall_tools.atomic import atomic_write_json, atomic_write_text
+from heimdall.atomic import atomic_write_json, atomic_write_text
 from heimdall_tools.baseline import (SCHEMA, build_document, fingerprint, fingerprint_differences,
                                      incomparable_reason, read_baseline, write_baseline)
 from heimdall_tools.bench import LabOptions, Target, measure_window

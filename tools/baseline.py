@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from heimdall_tools.atomic import atomic_write_json
+from heimdall.atomic import atomic_write_json
 from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
 from heimdall_tools.metrics import BY_KEY, window_metrics
 

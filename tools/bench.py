@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import psutil
 
 from heimdall_tools import lab_adapter as lab
-from heimdall_tools.atomic import atomic_write_json
+from heimdall.atomic import atomic_write_json
 from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 from heimdall_tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from heimdall_tools.atomic import atomic_write_bytes
+from heimdall.atomic import atomic_write_bytes
 
 
 def compare_chart(report: dict, path: Path) -> Path:

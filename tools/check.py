@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from heimdall_tools import bench
-from heimdall_tools.atomic import atomic_write_json, atomic_write_text
+from heimdall.atomic import atomic_write_json, atomic_write_text
 from heimdall_tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
                                      read_baseline, write_baseline)
 from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from heimdall_tools.atomic import atomic_write_text
+from heimdall.atomic import atomic_write_text
 from heimdall_tools.metrics import error_rate
 
 # the performance guide's indicators

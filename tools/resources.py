@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from heimdall_tools.atomic import atomic_write_text
+from heimdall.atomic import atomic_write_text
 
 COLUMNS = ("time_s", "scenario", "cpu_percent", "rss_bytes", "vms_bytes", "threads", "processes",
            "ctx_voluntary_per_s", "ctx_involuntary_per_s")

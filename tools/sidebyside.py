@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from heimdall_tools import latency
-from heimdall_tools.atomic import atomic_write_text
+from heimdall.atomic import atomic_write_text
 from heimdall_tools.dnsperf import dnsperf_binary, parse_summary, parse_verbose
 from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
 from heimdall_tools.resources import process_tree, tree_cpu_seconds
