@@ -83,7 +83,7 @@ def render_svg(stacks: dict[tuple[str, ...], int], title: str) -> str:
     total = root.count or 1
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
            f'font-family="Verdana" font-size="12">',
-           f'<rect width="100%" height="100%" fill="#f8f8f8"/>',
+           '<rect width="100%" height="100%" fill="#f8f8f8"/>',
            f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="15">{html.escape(title)}</text>']
 
     def draw(node: Node, x: float, level: int) -> None:

@@ -9,7 +9,6 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import pytest
 
 from heimdall import wire
 from heimdall.cache import Cache, Entry, build_entry

@@ -8,7 +8,7 @@ import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heimdall import wire
