@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written baseline or result.
+"""Atomic file writes: a crash never leaves a half-written snapshot, baseline or result.
 
 Write to a temporary file in the target's own directory (same filesystem, so
 the rename is atomic), fsync it, `os.replace` it over the target, then fsync
