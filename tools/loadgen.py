@@ -486,6 +486,7 @@ class _Run:
     bad_lines: list = field(default_factory=list)
     primed: dict | None = None
     host_cpu_percent: float | None = None  # whole machine, warm-up to drain, 100 = every core busy
+    interrupted: bool = False  # Ctrl-C/SIGTERM reached the parent (the workers may have finished already)
 
 
 def prepare(cfg: LoadConfig) -> _Run:
@@ -598,6 +599,7 @@ def _collect(run: _Run, procs: list, prog: Any, stop: Any, results: Any, show: b
                         raise ToolError("a load generator process died without a result", EXIT_ENVIRONMENT)
             except KeyboardInterrupt:
                 stop.value = 1
+                run.interrupted = True
                 bar.note("interrupted: finishing the window with what was measured so far")
     return parts
 
@@ -609,7 +611,7 @@ def build_result(run: _Run, parts: list[dict], engine: str, extra: dict | None =
     rc = [sum(p["rcodes"][i] for p in parts) for i in range(len(parts[0]["rcodes"]))] if parts else []
     counts = latency.merge_counts([p["latency_counts"] for p in parts])
     window = max((p["window_s"] for p in parts), default=0.0)
-    interrupted = any(p.get("interrupted") for p in parts)
+    interrupted = run.interrupted or any(p.get("interrupted") for p in parts)
     duration = window if (interrupted or engine != "builtin") else cfg.duration
     sent, received = tot["sent"], tot["received"]
     rcodes: dict[str, int] = {}
