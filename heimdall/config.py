@@ -99,6 +99,13 @@ def parse_upstreams(text: str) -> tuple[HostPort, ...]:
     return tuple(parse_hostport(t, default_port=53) for t in items)
 
 
+def parse_redis_url(text: str) -> str:
+    text = text.strip()
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    return text
+
+
 def parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -195,6 +202,11 @@ class Config:
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
     udp_batch: str = setting("auto", choice("auto", "on", "off"),
                              "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
+    redis_url: str = setting("", parse_redis_url,
+                             "shared second cache tier, e.g. redis://127.0.0.1:6379/0 (empty = off)")
+    redis_key_prefix: str = setting("heimdall:", str, "prefix of every Redis key (one namespace per fleet)")
+    redis_timeout: float = setting(0.05, float_in(0.001, 10),
+                                   "seconds per Redis command before Redis counts as down")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
     cache_file: str = setting("", str.strip,
                               "cache snapshot file, restored at start (empty = off; N workers: FILE.<index>)")

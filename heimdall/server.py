@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from heimdall import anyquery, udpbatch, wire
+from heimdall import anyquery, sharedvalue, udpbatch, wire
 from heimdall.cache import MAX_LABELS, Cache, Entry, build_entry
 from heimdall.config import Config, HostPort
 from heimdall.upstream import UpstreamPool
@@ -141,6 +141,7 @@ class DnsServer:
         self.admit: Callable[[bytes], bool] | None = None  # hook 1: rate limit on packed client IP
         self.policy: Callable[[bytes, Query], bytes | None] | None = None  # hook 2: blocking
         self.fast_ok = True
+        self.shared = open_shared_cache(config)  # Redis second tier (issue 9), None when off
         self.refuse_limited = False  # admit said no: REFUSED (True) or drop (False)
         # hook 4: observe(query, reply, client, tcp, t0, miss) after each slow-path/miss reply
         # (metrics, query log); t0 is time.perf_counter() when the query was picked up
@@ -194,6 +195,8 @@ class DnsServer:
         for conn in list(self._tcp_conns):
             conn.transport.close()
         self.udp.close()
+        if self.shared is not None:
+            await self.shared.close()
         st = self.stats
         log(f"stopped: {st.queries} queries ({st.cache_hits} cache hits, {st.misses} misses, "
             f"{st.servfail} SERVFAIL), {st.udp_datagrams} datagrams in {st.udp_wakeups} wakeups, "
@@ -458,18 +461,28 @@ class DnsServer:
         return reply
 
     async def _fetch(self, miss: Miss, data: bytes) -> Entry | None:
-        """Ask upstream and cache the answer; None when nobody answered.
+        """Ask the shared tier (if any), then upstream; cache the answer. None: nobody answered.
 
-        A second-tier cache (Redis, issue 9) goes here: look up before the
-        upstream query, store after building the entry.
+        Runs once per key (inside the coalesced miss path): one Redis lookup
+        per key; local hits never get here.
         """
         q = miss.q
         question = data[12:q.qend].lower()
         cfg = self.config
+        shared, skey = self.shared, b""
+        if shared is not None:
+            rd, cd = bool(data[2] & wire.RD), bool(data[3] & wire.CD)
+            skey = question + bytes((rd | cd << 1 | q.do << 2,))  # what changes the upstream answer
+            entry = await self._from_shared(miss, data, skey, question)
+            if entry is not None:
+                return entry
 
         def build(response: bytes) -> tuple[Entry, int]:  # a broken body fails over to the next upstream
-            return build_entry(response, data, q, miss.limit, int(time.monotonic()), cfg.min_ttl, cfg.max_ttl,
-                               cfg.negative_ttl)
+            entry, ttl = build_entry(response, data, q, miss.limit, int(time.monotonic()), cfg.min_ttl,
+                                     cfg.max_ttl, cfg.negative_ttl)
+            if shared is not None and ttl > 0:
+                shared.put_nowait(skey, response, ttl)  # background write; Redis expiry = ttl
+            return entry, ttl
 
         built = await self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)
         if built is None:
@@ -478,6 +491,32 @@ class DnsServer:
         if ttl > 0:
             self.cache.put(miss.key, entry)
         return entry
+
+    async def _from_shared(self, miss: Miss, data: bytes, skey: bytes, question: bytes) -> Entry | None:
+        """The entry built from the shared tier's answer (TTLs aged, none past what is left), or None."""
+        hit = await self.shared.lookup(skey, question)
+        if hit is None:
+            return None
+        cfg, left = self.config, hit.remaining
+        try:
+            entry, ttl = build_entry(sharedvalue.age_ttls(hit.wire, hit.age), data, miss.q, miss.limit,
+                                     int(time.monotonic()), min(cfg.min_ttl, left), min(cfg.max_ttl, left),
+                                     min(cfg.negative_ttl, left))
+        except (WireError, sharedvalue.GarbageValue):
+            self.shared.counters.garbage += 1
+            return None
+        if ttl > 0:
+            self.cache.put(miss.key, entry)
+        return entry
+
+
+def open_shared_cache(config: Config):
+    """A SharedCache when HEIMDALL_REDIS_URL is set (redis is imported only then), else None."""
+    if not config.redis_url:
+        return None
+    from heimdall.sharedcache import SharedCache
+
+    return SharedCache(config.redis_url, config.redis_key_prefix, config.redis_timeout)
 
 
 class TcpConnection(asyncio.Protocol):
