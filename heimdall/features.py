@@ -338,6 +338,12 @@ class Features:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted
         if self.qlog is not None:
             m.counters["query_log_dropped"] = self.qlog.dropped
+        if srv.shared is not None:
+            r = srv.shared.stats()
+            for name in ("hits", "misses", "errors", "garbage"):
+                m.counters[f"redis_{name}"] = r[name]
+            m.redis_hist = metrics.Hist(tuple(r["latency_bounds"]), list(r["latency_counts"]), r["latency_sum"])
+            m.redis_state = r["state"]
 
     def live_snapshot(self) -> metrics.Snapshot:
         self.refresh(self.mstats)
@@ -345,4 +351,6 @@ class Features:
 
     def health(self) -> Health:
         ups = self.server.pool.servers
-        return Health(not self.server._stopping, sum(1 for u in ups if u.fails == 0), len(ups))
+        shared = self.server.shared
+        return Health(not self.server._stopping, sum(1 for u in ups if u.fails == 0), len(ups),
+                      shared.state if shared is not None else "disabled")

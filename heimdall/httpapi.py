@@ -36,6 +36,7 @@ class Health:
     serving: bool
     upstreams_healthy: int
     upstreams_total: int
+    redis: str = "disabled"  # reported, never a reason for 503: the shared tier is optional
 
     @property
     def ok(self) -> bool:
@@ -55,7 +56,8 @@ def parse_bind_addr(value: str | None) -> tuple[str, int] | None:
 
 
 def health_from_snapshot(s: Snapshot, serving: bool = True) -> Health:
-    return Health(serving, sum(1 for ok in s.upstream_healthy.values() if ok), len(s.upstream_healthy))
+    return Health(serving, sum(1 for ok in s.upstream_healthy.values() if ok), len(s.upstream_healthy),
+                  s.redis_state)
 
 
 def stats_document(s: Snapshot) -> dict:

@@ -108,6 +108,8 @@ class Snapshot:
     upstream_duration: dict[str, Hist] = field(default_factory=dict)
     upstream_healthy: dict[str, bool] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # extra heimdall_<name>_total (e.g. redis)
+    redis_duration: Hist | None = None  # shared Redis tier round trips (None when it is off)
+    redis_state: str = "disabled"       # "up", "down" or "disabled"
     workers: int = 1
     pid: int = 0
     time: float = 0.0
@@ -123,6 +125,8 @@ class Snapshot:
             "upstream_requests": [[u, r, n] for (u, r), n in self.upstream_requests.items()],
             "upstream_duration": {k: h.to_json() for k, h in self.upstream_duration.items()},
             "upstream_healthy": self.upstream_healthy, "counters": self.counters,
+            "redis_duration": self.redis_duration.to_json() if self.redis_duration else None,
+            "redis_state": self.redis_state,
             "workers": self.workers, "pid": self.pid, "time": self.time,
         })
 
@@ -140,6 +144,8 @@ class Snapshot:
             upstream_duration={k: Hist.from_json(h) for k, h in d["upstream_duration"].items()},
             upstream_healthy={k: bool(v) for k, v in d["upstream_healthy"].items()},
             counters=dict(d.get("counters", {})), workers=d.get("workers", 1),
+            redis_duration=Hist.from_json(d["redis_duration"]) if d.get("redis_duration") else None,
+            redis_state=d.get("redis_state", "disabled"),
             pid=d.get("pid", 0), time=d.get("time", 0.0),
         )
 
@@ -155,6 +161,12 @@ def _add_hists(into: dict[str, Hist], other: dict[str, Hist]) -> None:
             into[k].add(h)
         else:
             into[k] = h.copy()
+
+
+def _worse_state(a: str, b: str) -> str:
+    """Across workers Redis is "down" if any worker finds it down, "up" if any uses it."""
+    order = ("disabled", "up", "down")
+    return max(a, b, key=lambda x: order.index(x) if x in order else 0)
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
@@ -177,6 +189,12 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
         for u, ok in s.upstream_healthy.items():
             out.upstream_healthy[u] = out.upstream_healthy.get(u, False) or ok
         _add_counts(out.counters, s.counters)
+        if s.redis_duration is not None:
+            if out.redis_duration is None:
+                out.redis_duration = s.redis_duration.copy()
+            else:
+                out.redis_duration.add(s.redis_duration)
+        out.redis_state = _worse_state(out.redis_state, s.redis_state)
         out.workers += s.workers
     return out
 
@@ -192,7 +210,7 @@ class Stats:
     __slots__ = ("queries", "cache_hits", "cache_misses", "cache_evictions", "cache_entries",
                  "blocked", "rate_limited", "blocklist_entries", "upstream_requests",
                  "upstream_hist", "upstream_healthy", "counters",
-                 "hit_counts", "hit_sum", "miss_counts", "miss_sum")
+                 "hit_counts", "hit_sum", "miss_counts", "miss_sum", "redis_hist", "redis_state")
 
     def __init__(self) -> None:
         self.queries: defaultdict[tuple[str, int, int], int] = defaultdict(int)
@@ -205,6 +223,8 @@ class Stats:
         self.upstream_hist: dict[str, Hist] = {}
         self.upstream_healthy: dict[str, bool] = {}
         self.counters: defaultdict[str, int] = defaultdict(int)
+        self.redis_hist: Hist | None = None
+        self.redis_state = "disabled"
 
     def record(self, key: tuple[str, int, int], seconds: float, cache_hit: bool) -> None:
         """Hot path: one answered query; `key` is (protocol, qtype, rcode), ideally a
@@ -256,6 +276,7 @@ class Stats:
             upstream_requests=dict(self.upstream_requests),
             upstream_duration={k: h.copy() for k, h in self.upstream_hist.items()},
             upstream_healthy=dict(self.upstream_healthy), counters=dict(self.counters),
+            redis_duration=self.redis_hist.copy() if self.redis_hist else None, redis_state=self.redis_state,
             workers=1, pid=os.getpid(), time=time.time(),
         )
 
@@ -405,5 +426,9 @@ class HeimdallCollector(Collector):
                                 value=s.blocklist_entries)
         yield GaugeMetricFamily("heimdall_workers", "Worker processes whose figures are included",
                                 value=s.workers)
+        if s.redis_duration is not None:
+            rd = HistogramMetricFamily("heimdall_redis_latency_seconds", "Shared Redis tier round-trip time")
+            rd.add_metric([], s.redis_duration.cumulative(), s.redis_duration.total)
+            yield rd
         for name, n in sorted(s.counters.items()):
             yield CounterMetricFamily(f"heimdall_{name}", f"{name} (extra counter)", value=n)

@@ -65,7 +65,8 @@ def test_endpoints_on_uvloop_with_aiohttp_client():
                 async with http.get(base + "/health") as r:
                     assert r.status == 200
                     assert await r.json() == {"status": "ok", "serving": True,
-                                              "upstreams_healthy": 1, "upstreams_total": 1}
+                                              "upstreams_healthy": 1, "upstreams_total": 1,
+                                              "redis": "disabled"}
                 async with http.get(base + "/stats") as r:
                     doc = await r.json()
                 assert doc["cache"] == {"hits": 1, "misses": 1, "hit_ratio": 0.5, "evictions": 0, "entries": 1}

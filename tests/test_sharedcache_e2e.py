@@ -201,3 +201,55 @@ def test_local_hits_never_touch_redis(pair, redis_server):
             assert a.ask(name).answer                     # local cache hits
     after = r.info("stats")["total_commands_processed"]
     assert after - before == 1                            # the first INFO itself, nothing else
+
+
+def test_redis_metrics_and_health(redis_server):
+    """heimdall_redis_* on /metrics move with real lookups; /health reports Redis but never fails on it."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from heimdall_tools.upstream import free_port
+
+    http = free_port()
+    upstream = LocalUpstream().start()
+    proc = HeimdallProcess([upstream.addr], env={"HEIMDALL_REDIS_URL": redis_server.url,
+                                                 "HEIMDALL_REDIS_TIMEOUT": "0.2",
+                                                 "HEIMDALL_HTTP_BIND_ADDR": f"127.0.0.1:{http}"})
+    try:
+        proc.start()
+
+        def scrape() -> dict[str, float]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+            return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+        def health() -> tuple[int, dict]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=5) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        for i in range(5):                                # five misses: five Redis lookups, all misses
+            assert proc.query(f"m{i}.bench.test.", "A").answer
+        deadline = time.monotonic() + 5                   # figures refresh about once a second
+        while (m := scrape()).get("heimdall_redis_misses_total", 0) < 5:
+            assert time.monotonic() < deadline, m
+            time.sleep(0.2)
+        assert m["heimdall_redis_hits_total"] == 0
+        assert m["heimdall_redis_latency_seconds_count"] >= 5
+        status, body = health()
+        assert (status, body["redis"]) == (200, "up"), body
+
+        redis_server.stop()
+        assert proc.query("after-kill.bench.test.", "A", timeout=3).answer   # upstream still answers
+        deadline = time.monotonic() + 5
+        while (m := scrape()).get("heimdall_redis_errors_total", 0) < 1:
+            assert time.monotonic() < deadline, m
+            time.sleep(0.2)
+        status, body = health()
+        assert (status, body["redis"]) == (200, "down"), body   # optional tier: reported, not fatal
+    finally:
+        proc.stop()
+        upstream.stop()
