@@ -33,10 +33,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-import dns.rcode
-import dns.rdatatype
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+from heimdall.wire import qtype_text, rcode_text
 
 log = logging.getLogger(__name__)
 
@@ -362,18 +366,6 @@ async def publish_forever(stats: Stats, store: SnapshotStore, interval: float = 
         await asyncio.sleep(interval)
 
 
-def _qtype_text(qtype: int) -> str:
-    try:
-        return dns.rdatatype.to_text(qtype)
-    except ValueError:
-        return f"TYPE{qtype}"
-
-
-def _rcode_text(rcode: int) -> str:
-    try:
-        return dns.rcode.to_text(rcode)
-    except ValueError:
-        return f"RCODE{rcode}"
 
 
 class HeimdallCollector(Collector):
@@ -390,7 +382,7 @@ class HeimdallCollector(Collector):
         q = CounterMetricFamily("heimdall_queries", "DNS queries answered",
                                 labels=["protocol", "qtype", "rcode"])
         for (proto, qtype, rcode), n in sorted(s.queries.items()):
-            q.add_metric([proto, _qtype_text(qtype), _rcode_text(rcode)], n)
+            q.add_metric([proto, qtype_text(qtype), rcode_text(rcode)], n)
         yield q
         d = HistogramMetricFamily("heimdall_query_duration_seconds",
                                   "Time from receiving a query to sending its answer", labels=["cache"])

@@ -31,8 +31,7 @@ import os
 import threading
 import time
 
-import dns.rcode
-import dns.rdatatype
+from heimdall.wire import qtype_text, rcode_text
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +46,6 @@ def wire_to_text(qname: bytes) -> str:
     return ".".join(labels) + "."
 
 
-def _type_text(qtype: int) -> str:
-    try:
-        return dns.rdatatype.to_text(qtype)
-    except ValueError:
-        return f"TYPE{qtype}"
-
-
-def _rcode_text(rcode: int) -> str:
-    try:
-        return dns.rcode.to_text(rcode)
-    except ValueError:
-        return f"RCODE{rcode}"
 
 
 def format_entry(e: tuple) -> str:
@@ -66,7 +53,7 @@ def format_entry(e: tuple) -> str:
     return json.dumps({
         "ts": round(ts, 6), "client": client, "protocol": protocol,
         "name": wire_to_text(qname) if isinstance(qname, (bytes, bytearray)) else qname,
-        "type": _type_text(qtype), "rcode": _rcode_text(rcode),
+        "type": qtype_text(qtype), "rcode": rcode_text(rcode),
         "ms": round(seconds * 1000, 3), "cached": cached, "blocked": blocked,
     }, separators=(", ", ": "))
 

@@ -291,3 +291,23 @@ def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) 
     if exact:  # 0x20 (HEIMDALL_USE_0X20): the mixed case we sent must come back as sent
         return echoed == question
     return echoed.lower() == question.lower()
+
+
+def qtype_text(qtype: int) -> str:
+    """A type's mnemonic for logs and metric labels; TYPEnnn (RFC 3597) when unknown."""
+    import dns.rdatatype
+
+    try:
+        return dns.rdatatype.to_text(qtype)
+    except ValueError:
+        return f"TYPE{qtype}"
+
+
+def rcode_text(rcode: int) -> str:
+    """An rcode's name for logs and metric labels; RCODEnnn when unknown."""
+    import dns.rcode
+
+    try:
+        return dns.rcode.to_text(rcode)
+    except ValueError:
+        return f"RCODE{rcode}"
