@@ -4,7 +4,6 @@ limiting before any upstream work."""
 from __future__ import annotations
 
 import socket
-import threading
 from dataclasses import fields
 
 import dns.flags
@@ -18,41 +17,21 @@ import pytest
 
 from heimdall.config import Config
 from heimdall_server import HeimdallProcess
+from udp_responder import UdpResponder
 
 
-class CountingUpstream:
+class CountingUpstream(UdpResponder):
     """Answers every query with one A record and remembers (name, qtype) of each."""
 
-    def __enter__(self) -> "CountingUpstream":
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
+    def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
 
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, src = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            q = dns.message.from_wire(data)
-            self.asked.append((str(q.question[0].name).lower(), q.question[0].rdtype))
-            r = dns.message.make_response(q)
-            r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "192.0.2.5"))
-            self.sock.sendto(r.to_wire(), src)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
+    def handle(self, data: bytes, src: tuple) -> None:
+        q = dns.message.from_wire(data)
+        self.asked.append((str(q.question[0].name).lower(), q.question[0].rdtype))
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "192.0.2.5"))
+        self.sock.sendto(r.to_wire(), src)
 
 
 @pytest.mark.parametrize("edns", [False, True])

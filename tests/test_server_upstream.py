@@ -14,11 +14,12 @@ import dns.rrset
 import pytest
 
 from heimdall_server import HeimdallProcess
+from udp_responder import UdpResponder
 from heimdall_tools.upstream import LocalUpstream
 
 
 @dataclass
-class FakeUpstream:
+class FakeUpstream(UdpResponder):
     """A UDP 'upstream' we control: swallows, spoofs, or answers late, and counts queries."""
 
     mode: str  # "swallow" | "spoof" | "delay"
@@ -27,25 +28,6 @@ class FakeUpstream:
     queries: list[bytes] = field(default_factory=list)
     seen: set = field(default_factory=set)
     ports: list[int] = field(default_factory=list)
-
-    def __enter__(self) -> "FakeUpstream":
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
     def _reply(self, query: bytes, ip: str, qid: int | None = None, name: str | None = None) -> bytes:
         q = dns.message.from_wire(query)
@@ -58,35 +40,30 @@ class FakeUpstream:
             r.id = qid
         return r.to_wire()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, src = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            self.queries.append(data)
-            self.ports.append(src[1])
-            if self.mode == "swallow":
-                continue
-            if self.mode == "spoof":
-                qid = int.from_bytes(data[:2], "big")
-                self.sock.sendto(self._reply(data, "6.6.6.1", qid=qid ^ 0x5A5A), src)  # wrong ID
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:  # right ID, wrong port
-                    other.sendto(self._reply(data, "6.6.6.2"), src)
-                self.sock.sendto(self._reply(data, "6.6.6.3", name="evil.example.test"), src)  # wrong question
-                time.sleep(0.1)
+    def handle(self, data: bytes, src: tuple) -> None:
+        self.queries.append(data)
+        self.ports.append(src[1])
+        if self.mode == "swallow":
+            return
+        if self.mode == "spoof":
+            qid = int.from_bytes(data[:2], "big")
+            self.sock.sendto(self._reply(data, "6.6.6.1", qid=qid ^ 0x5A5A), src)  # wrong ID
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:  # right ID, wrong port
+                other.sendto(self._reply(data, "6.6.6.2"), src)
+            self.sock.sendto(self._reply(data, "6.6.6.3", name="evil.example.test"), src)  # wrong question
+            time.sleep(0.1)
+            self.sock.sendto(self._reply(data, self.answer), src)
+        elif self.mode == "delay":
+            threading.Timer(self.delay, self._late, (data, src)).start()
+        elif self.mode == "servfail-once":
+            name = dns.message.from_wire(data).question[0].name
+            if name not in self.seen:
+                self.seen.add(name)
+                r = dns.message.make_response(dns.message.from_wire(data))
+                r.set_rcode(dns.rcode.SERVFAIL)
+                self.sock.sendto(r.to_wire(), src)
+            else:
                 self.sock.sendto(self._reply(data, self.answer), src)
-            elif self.mode == "delay":
-                threading.Timer(self.delay, self._late, (data, src)).start()
-            elif self.mode == "servfail-once":
-                name = dns.message.from_wire(data).question[0].name
-                if name not in self.seen:
-                    self.seen.add(name)
-                    r = dns.message.make_response(dns.message.from_wire(data))
-                    r.set_rcode(dns.rcode.SERVFAIL)
-                    self.sock.sendto(r.to_wire(), src)
-                else:
-                    self.sock.sendto(self._reply(data, self.answer), src)
 
     def _late(self, data: bytes, src: tuple) -> None:
         if not self.stop.is_set():

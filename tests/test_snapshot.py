@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import threading
 import time
 
 import dns.rcode
@@ -17,40 +15,20 @@ from hypothesis import strategies as st
 from heimdall import snapshot
 from heimdall.cache import Cache
 from heimdall_server import HeimdallProcess
+from udp_responder import UdpResponder
 
 
-class DeadUpstream:
+class DeadUpstream(UdpResponder):
     """A UDP socket that counts queries and never answers (the upstream is 'down')."""
 
-    def __enter__(self) -> "DeadUpstream":
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
+    def __init__(self) -> None:
         self.names: list[bytes] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
 
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, _ = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            self.names.append(data[12:-15].lower())
+    def handle(self, data: bytes, src: tuple) -> None:
+        self.names.append(data[12:-15].lower())
 
     def asked(self, label: str) -> bool:
         return any(label.encode() in n for n in self.names)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 def ttl_of(msg) -> int:
