@@ -202,6 +202,9 @@ class Config:
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
     udp_batch: str = setting("auto", choice("auto", "on", "off"),
                              "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
+    hot_path: str = setting("auto", choice("auto", "c", "python"),
+                            "UDP cache hits: c (built-in C reader), python, or auto (c when built and "
+                            "no rate limit is on)")
     redis_url: str = setting("", parse_redis_url,
                              "shared second cache tier, e.g. redis://127.0.0.1:6379/0 (empty = off)")
     redis_key_prefix: str = setting("heimdall:", str, "prefix of every Redis key (one namespace per fleet)")

@@ -1,8 +1,11 @@
 """One worker's DNS service: UDP and TCP on one address, the cache and the miss path.
 
-UDP hot path: the loop calls `_udp_readable_batched` (recvmmsg/sendmmsg
-batches, when datagrams queue up) or `_udp_readable` (recvfrom/sendto, an
-adaptive number per wakeup) when the socket is readable. For each datagram
+UDP hot path: the loop calls, when the socket is readable, the C reader
+(heimdall/_hotpath.c: recvmmsg, hits built and sent with sendmmsg, the rest
+handed to `_udp_slow_guarded`) or, when it is not built, rate limiting is on or
+HEIMDALL_HOT_PATH=python, `_udp_readable_batched` (recvmmsg/sendmmsg batches,
+when datagrams queue up) or `_udp_readable` (recvfrom/sendto, an adaptive
+number per wakeup). Both do the same per datagram: the key is
 the key is `data[2:].lower()` (see wire.cache_key), one dict lookup, and if
 the entry is fresh (re-aged at most once a second), the reply is ID + head +
 client question + tail. Everything else (parsing, errors, misses, stale
@@ -44,6 +47,11 @@ from heimdall.cache import MAX_LABELS, Cache, Entry, build_entry
 from heimdall.config import Config, HostPort
 from heimdall.upstream import UpstreamPool
 from heimdall.wire import Query, WireError
+
+try:  # the C hot path (heimdall/_hotpath.c), built by `pip install`; optional
+    from heimdall import _hotpath
+except ImportError:  # pragma: no cover - no compiler at install time
+    _hotpath = None
 
 BATCH = 256  # datagrams drained per wakeup before yielding to the loop
 BATCH_MMSG = 64  # slots per recvmmsg/sendmmsg
@@ -93,6 +101,11 @@ class Miss:
     key: bytes
     q: Query
     limit: int
+
+
+def hot_path_built() -> bool:
+    """True when the C hot path (heimdall/_hotpath.c) was compiled at install time."""
+    return _hotpath is not None
 
 
 def log(msg: str) -> None:
@@ -173,11 +186,7 @@ class DnsServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        reader = self._udp_readable
-        if self.config.udp_batch != "off" and udpbatch.available():
-            self._batch = udpbatch.BatchSocket(self.udp, BATCH_MMSG)
-            reader = self._udp_readable_batched
-        self._loop.add_reader(self.udp.fileno(), reader)
+        self._loop.add_reader(self.udp.fileno(), self.udp_reader())
         self._tcp_server = await self._loop.create_server(lambda: TcpConnection(self), sock=self.tcp)
 
     async def stop(self, grace: float) -> None:
@@ -210,6 +219,24 @@ class DnsServer:
                 log(f"stop hook failed: {exc!r}")
 
     # --- UDP ---
+
+    def udp_reader(self) -> Callable[[], None]:
+        """The loop's readable callback: the C hot path where it can serve, else Python's.
+
+        The C reader answers fresh hits itself and hands everything else to
+        `_udp_slow_guarded`; it has no rate-limit hook, so `admit` (and a query
+        log, which turns the fast path off) keeps the Python readers.
+        """
+        mode = self.config.hot_path
+        if mode != "python" and self.admit is None and self.fast_ok and _hotpath is not None:
+            return _hotpath.HotPath(self.udp.fileno(), self.cache.map, self.stats.hit_labels, self.stats,
+                                    self._udp_slow_guarded, self.time_hits)
+        if mode == "c":
+            log("HEIMDALL_HOT_PATH=c: rate limiting or the query log is on, so UDP uses the Python hot path")
+        if self.config.udp_batch != "off" and udpbatch.available():
+            self._batch = udpbatch.BatchSocket(self.udp, BATCH_MMSG)
+            return self._udp_readable_batched
+        return self._udp_readable
 
     def _udp_readable(self) -> None:
         """Hot path: drain datagrams, answer fresh cache hits inline, the rest via _udp_slow."""
@@ -248,12 +275,7 @@ class DnsServer:
                     labels[e.lid] += 1
                     hits += 1
                     continue
-            try:
-                self._udp_slow(data, addr, now)
-            except Exception as exc:  # noqa: BLE001 - a packet must never kill the worker
-                self.stats.internal_errors += 1
-                if self.stats.internal_errors <= 10:
-                    log(f"internal error on a UDP query: {exc!r}")
+            self._udp_slow_guarded(data, addr, now)
         stats = self.stats
         stats.hits_fast += hits
         stats.udp_wakeups += 1
@@ -302,12 +324,7 @@ class DnsServer:
                         labels[e.lid] += 1
                         hits += 1
                         continue
-                try:
-                    self._udp_slow(data, b.address(i), now)
-                except Exception as exc:  # noqa: BLE001 - a packet must never kill the worker
-                    stats.internal_errors += 1
-                    if stats.internal_errors <= 10:
-                        log(f"internal error on a UDP query: {exc!r}")
+                self._udp_slow_guarded(data, b.address(i), now)
             b.flush()
             stats.hits_fast += hits
             if hits and self.time_hits is not None:
@@ -331,6 +348,14 @@ class DnsServer:
             self._probe = (self._probe + 1) & 7
             if self._probe == 0:
                 self._limit = 2
+
+    def _udp_slow_guarded(self, data: bytes, addr: tuple, now: int) -> None:
+        try:
+            self._udp_slow(data, addr, now)
+        except Exception as exc:  # noqa: BLE001 - a packet must never kill the worker
+            self.stats.internal_errors += 1
+            if self.stats.internal_errors <= 10:
+                log(f"internal error on a UDP query: {exc!r}")
 
     def _udp_slow(self, data: bytes, addr: tuple, now: int) -> None:
         self.stats.queries_udp += 1

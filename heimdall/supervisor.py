@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from heimdall.config import Config, HostPort
-from heimdall.server import Setup, bind_error_message, bind_sockets, log, run_worker
+from heimdall.server import Setup, bind_error_message, bind_sockets, hot_path_built, log, run_worker
 
 EXIT_BIND = 3
 EXIT_STARTUP = 4  # a worker could not start a feature (e.g. the HTTP API); it printed why
@@ -220,6 +220,9 @@ def prepare_shared(config: Config) -> Setup | None:
 
 def serve(config: Config) -> int:
     """`heimdall serve`: demo upstream if needed, shared state, then one process or a supervisor."""
+    if config.hot_path == "c" and not hot_path_built():
+        raise StartupError("HEIMDALL_HOT_PATH=c but the C hot path is not built "
+                           "(reinstall with a C compiler: pip install -e .), or use auto/python")
     demo = None
     try:
         if config.demo or not config.upstream_servers:

@@ -1,0 +1,407 @@
+/*
+ * heimdall._hotpath: the UDP cache-hit path in C.
+ *
+ * Why: at low and medium rates every datagram costs a wakeup, and the Python
+ * of the hit path (frames, address strings and tuples, argument parsing of
+ * sendto, the bytes concatenations) was a third of the worker's CPU per query
+ * (see docs/performance.md). This object is the loop's reader callback itself:
+ * one recvmmsg takes every waiting datagram, each is looked up in the cache
+ * dict with the same key the Python path uses (data[2:].lower()), a fresh hit
+ * is built into a send slot (client ID + entry.head + client question +
+ * entry.tail) and one sendmmsg answers them all, replying to the address the
+ * query came from. Anything else (misses, stale entries, malformed or
+ * oversized datagrams) goes to the Python slow path callback unchanged, so
+ * the semantics stay in one place: heimdall/server.py.
+ *
+ * Nothing here owns cache state: entries are the Python cache.Entry objects,
+ * re-aged by calling entry.refresh(now) exactly as the Python path does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define BATCH 64        /* slots per recvmmsg/sendmmsg */
+#define BUFSIZE 4096    /* bytes per slot: what the Python path reads per datagram */
+#define ROUNDS 4        /* full batches read per wakeup before yielding to the loop */
+
+typedef struct {
+    struct mmsghdr rmsg[BATCH];
+    struct iovec riov[BATCH];
+    struct sockaddr_storage rname[BATCH];
+    struct mmsghdr smsg[BATCH];
+    struct iovec siov[BATCH];
+    unsigned char rbuf[BATCH][BUFSIZE];
+    unsigned char sbuf[BATCH][BUFSIZE];
+} Slots;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    Slots *s;
+    PyObject *cache;      /* dict: key bytes -> cache.Entry */
+    PyObject *labels;     /* list of ints: hits per Entry.lid (Stats.hit_labels) */
+    PyObject *stats;      /* Stats: hits_fast, udp_wakeups, udp_datagrams are added to */
+    PyObject *slow;       /* slow(data: bytes, addr: tuple, now: int) for everything but fresh hits */
+    PyObject *time_hits;  /* time_hits(n, seconds_each) per batch with hits, or None */
+    unsigned long long send_errors;
+} HotPath;
+
+static PyObject *s_head, *s_tail, *s_qend, *s_aged, *s_lid, *s_refresh;
+static PyObject *s_hits_fast, *s_udp_wakeups, *s_udp_datagrams;
+
+static double monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* the clock time.monotonic() reads */
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int add_to_attr(PyObject *obj, PyObject *name, long n)
+{
+    PyObject *old = PyObject_GetAttr(obj, name);
+    if (old == NULL)
+        return -1;
+    long v = PyLong_AsLong(old);
+    Py_DECREF(old);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *new = PyLong_FromLong(v + n);
+    if (new == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, new);
+    Py_DECREF(new);
+    return rc;
+}
+
+/* The sender as the socket module writes addresses: (host, port) or (host, port, flowinfo, scope_id). */
+static PyObject *address(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo), a->sin6_scope_id);
+    }
+    return Py_BuildValue("(si)", "", 0);
+}
+
+/* Borrowed-free helpers: a new reference or NULL (error set, or a non-hit with none). */
+static PyObject *fresh_entry(HotPath *self, const unsigned char *data, Py_ssize_t len, PyObject *now_obj, long now)
+{
+    PyObject *key = PyBytes_FromStringAndSize(NULL, len - 2);
+    if (key == NULL)
+        return NULL;
+    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
+    for (Py_ssize_t j = 2; j < len; j++) {  /* bytes.lower(): ASCII A-Z only */
+        unsigned char c = data[j];
+        k[j - 2] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+    }
+    PyObject *e = PyDict_GetItemWithError(self->cache, key);
+    Py_DECREF(key);
+    if (e == NULL)
+        return NULL;
+    Py_INCREF(e);
+    PyObject *aged = PyObject_GetAttr(e, s_aged);
+    if (aged == NULL)
+        goto fail;
+    long a = PyLong_AsLong(aged);
+    Py_DECREF(aged);
+    if (a == -1 && PyErr_Occurred())
+        goto fail;
+    if (a != now) {
+        PyObject *ok = PyObject_CallMethodOneArg(e, s_refresh, now_obj);
+        if (ok == NULL)
+            goto fail;
+        int fresh = PyObject_IsTrue(ok);
+        Py_DECREF(ok);
+        if (fresh <= 0)
+            goto fail;
+    }
+    return e;
+fail:
+    Py_DECREF(e);
+    return NULL;
+}
+
+/* Build the reply for a fresh entry into send slot k; 1 if built, 0 if it does not fit, -1 on error. */
+static int build_reply(HotPath *self, PyObject *e, const unsigned char *data, Py_ssize_t len, int k, long *lid)
+{
+    PyObject *head = PyObject_GetAttr(e, s_head);
+    PyObject *tail = PyObject_GetAttr(e, s_tail);
+    PyObject *qend_obj = PyObject_GetAttr(e, s_qend);
+    PyObject *lid_obj = PyObject_GetAttr(e, s_lid);
+    int rc = -1;
+    if (head == NULL || tail == NULL || qend_obj == NULL || lid_obj == NULL)
+        goto done;
+    if (!PyBytes_Check(head) || !PyBytes_Check(tail)) {
+        rc = 0;
+        goto done;
+    }
+    Py_ssize_t qend = PyLong_AsSsize_t(qend_obj);
+    *lid = PyLong_AsLong(lid_obj);
+    if (PyErr_Occurred())
+        goto done;
+    Py_ssize_t hlen = PyBytes_GET_SIZE(head), tlen = PyBytes_GET_SIZE(tail);
+    Py_ssize_t total = 2 + hlen + (qend - 12) + tlen;
+    if (qend < 12 || qend > len || total > BUFSIZE) {
+        rc = 0;
+        goto done;
+    }
+    unsigned char *out = self->s->sbuf[k];
+    memcpy(out, data, 2);
+    memcpy(out + 2, PyBytes_AS_STRING(head), hlen);
+    memcpy(out + 2 + hlen, data + 12, qend - 12);
+    memcpy(out + 2 + hlen + (qend - 12), PyBytes_AS_STRING(tail), tlen);
+    self->s->siov[k].iov_len = (size_t)total;
+    rc = 1;
+done:
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    Py_XDECREF(qend_obj);
+    Py_XDECREF(lid_obj);
+    return rc;
+}
+
+static void count_label(HotPath *self, long lid)
+{
+    if (lid < 0 || lid >= PyList_GET_SIZE(self->labels))
+        lid = 0;
+    PyObject *old = PyList_GET_ITEM(self->labels, lid);
+    long v = PyLong_AsLong(old);
+    PyObject *new = PyLong_FromLong(v + 1);
+    if (new == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyList_SetItem(self->labels, lid, new);  /* steals new, releases old */
+}
+
+static void flush(HotPath *self, int total)
+{
+    int done = 0;
+    while (done < total) {
+        int sent = sendmmsg(self->fd, self->s->smsg + done, total - done, 0);
+        if (sent <= 0) {
+            if (sent < 0 && errno == EINTR)
+                continue;
+            self->send_errors++;  /* e.g. an unreachable client: drop that reply, go on */
+            done++;
+            continue;
+        }
+        done += sent;
+    }
+}
+
+static int to_slow(HotPath *self, const unsigned char *data, Py_ssize_t len, int i, PyObject *now_obj)
+{
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, len);
+    PyObject *addr = bytes ? address(&self->s->rname[i]) : NULL;
+    PyObject *r = NULL;
+    if (addr != NULL)
+        r = PyObject_CallFunctionObjArgs(self->slow, bytes, addr, now_obj, NULL);
+    Py_XDECREF(bytes);
+    Py_XDECREF(addr);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* One batch: answer fresh hits, hand the rest to Python. Returns datagrams read, -1 on error. */
+static int serve_batch(HotPath *self)
+{
+    Slots *s = self->s;
+    for (int i = 0; i < BATCH; i++)
+        s->rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+    int n = recvmmsg(self->fd, s->rmsg, BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0)
+        return 0;  /* EAGAIN, EINTR or a socket error: the loop calls again when readable */
+    double t0 = monotonic();
+    long now = (long)t0;
+    PyObject *now_obj = PyLong_FromLong(now);
+    if (now_obj == NULL)
+        return -1;
+    int nsend = 0, hits = 0;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *data = s->rbuf[i];
+        Py_ssize_t len = s->rmsg[i].msg_len;
+        if (len > 12) {
+            PyObject *e = fresh_entry(self, data, len, now_obj, now);
+            if (e != NULL) {
+                long lid = 0;
+                int built = build_reply(self, e, data, len, nsend, &lid);
+                Py_DECREF(e);
+                if (built > 0) {
+                    s->smsg[nsend].msg_hdr.msg_name = &s->rname[i];
+                    s->smsg[nsend].msg_hdr.msg_namelen = s->rmsg[i].msg_hdr.msg_namelen;
+                    nsend++;
+                    hits++;
+                    count_label(self, lid);
+                    continue;
+                }
+            }
+            if (PyErr_Occurred())
+                PyErr_WriteUnraisable((PyObject *)self);  /* a broken entry: serve it the slow way */
+        }
+        if (to_slow(self, data, len, i, now_obj) < 0)
+            PyErr_WriteUnraisable(self->slow);
+    }
+    Py_DECREF(now_obj);
+    flush(self, nsend);
+    if (add_to_attr(self->stats, s_hits_fast, hits) < 0 || add_to_attr(self->stats, s_udp_wakeups, 1) < 0 ||
+        add_to_attr(self->stats, s_udp_datagrams, n) < 0)
+        PyErr_WriteUnraisable(self->stats);
+    if (hits && self->time_hits != Py_None) {
+        PyObject *r = PyObject_CallFunction(self->time_hits, "id", hits, (monotonic() - t0) / n);
+        if (r == NULL)
+            PyErr_WriteUnraisable(self->time_hits);
+        Py_XDECREF(r);
+    }
+    return n;
+}
+
+static PyObject *HotPath_call(HotPath *self, PyObject *args, PyObject *kwargs)
+{
+    for (int round = 0; round < ROUNDS; round++) {
+        int n = serve_batch(self);
+        if (n < 0)
+            return NULL;
+        if (n < BATCH)
+            break;
+    }
+    Py_RETURN_NONE;
+}
+
+static int HotPath_init(HotPath *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kw[] = {"fd", "cache", "labels", "stats", "slow", "time_hits", NULL};
+    int fd;
+    PyObject *cache, *labels, *stats, *slow, *time_hits = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO!O!OO|O", kw, &fd, &PyDict_Type, &cache, &PyList_Type,
+                                     &labels, &stats, &slow, &time_hits))
+        return -1;
+    if (!PyCallable_Check(slow) || (time_hits != Py_None && !PyCallable_Check(time_hits))) {
+        PyErr_SetString(PyExc_TypeError, "slow and time_hits must be callable");
+        return -1;
+    }
+    if (PyList_GET_SIZE(labels) == 0) {
+        PyErr_SetString(PyExc_ValueError, "labels must not be empty");
+        return -1;
+    }
+    if (self->s == NULL) {
+        self->s = PyMem_Calloc(1, sizeof(Slots));
+        if (self->s == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Slots *s = self->s;
+    for (int i = 0; i < BATCH; i++) {
+        s->riov[i].iov_base = s->rbuf[i];
+        s->riov[i].iov_len = BUFSIZE;
+        s->rmsg[i].msg_hdr.msg_name = &s->rname[i];
+        s->rmsg[i].msg_hdr.msg_iov = &s->riov[i];
+        s->rmsg[i].msg_hdr.msg_iovlen = 1;
+        s->siov[i].iov_base = s->sbuf[i];
+        s->smsg[i].msg_hdr.msg_iov = &s->siov[i];
+        s->smsg[i].msg_hdr.msg_iovlen = 1;
+    }
+    self->fd = fd;
+    Py_XSETREF(self->cache, Py_NewRef(cache));
+    Py_XSETREF(self->labels, Py_NewRef(labels));
+    Py_XSETREF(self->stats, Py_NewRef(stats));
+    Py_XSETREF(self->slow, Py_NewRef(slow));
+    Py_XSETREF(self->time_hits, Py_NewRef(time_hits));
+    return 0;
+}
+
+static int HotPath_traverse(HotPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cache);
+    Py_VISIT(self->labels);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->time_hits);
+    return 0;
+}
+
+static int HotPath_clear(HotPath *self)
+{
+    Py_CLEAR(self->cache);
+    Py_CLEAR(self->labels);
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->time_hits);
+    return 0;
+}
+
+static void HotPath_dealloc(HotPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    HotPath_clear(self);
+    PyMem_Free(self->s);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *HotPath_send_errors(HotPath *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->send_errors);
+}
+
+static PyGetSetDef HotPath_getset[] = {
+    {"send_errors", (getter)HotPath_send_errors, NULL, "replies the kernel refused (dropped)", NULL},
+    {NULL},
+};
+
+static PyTypeObject HotPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "heimdall._hotpath.HotPath",
+    .tp_doc = PyDoc_STR("HotPath(fd, cache, labels, stats, slow, time_hits=None): call it when fd is readable"),
+    .tp_basicsize = sizeof(HotPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)HotPath_init,
+    .tp_dealloc = (destructor)HotPath_dealloc,
+    .tp_traverse = (traverseproc)HotPath_traverse,
+    .tp_clear = (inquiry)HotPath_clear,
+    .tp_call = (ternaryfunc)HotPath_call,
+    .tp_getset = HotPath_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "heimdall._hotpath", "The UDP cache-hit path in C (see _hotpath.c).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__hotpath(void)
+{
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&s_head, "head"}, {&s_tail, "tail"}, {&s_qend, "qend"}, {&s_aged, "aged"}, {&s_lid, "lid"},
+        {&s_refresh, "refresh"}, {&s_hits_fast, "hits_fast"}, {&s_udp_wakeups, "udp_wakeups"},
+        {&s_udp_datagrams, "udp_datagrams"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    if (PyType_Ready(&HotPathType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotPathType) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 || PyModule_AddIntConstant(m, "BUFSIZE", BUFSIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

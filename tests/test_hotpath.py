@@ -1,0 +1,247 @@
+"""The C hot path (heimdall/_hotpath.c) against the Python model of a cache hit, on real sockets.
+
+The model is what the Python readers do per datagram: key = data[2:].lower();
+a fresh entry (re-aged through Entry.refresh) answers entry.reply(data) to the
+sender, anything else goes to the slow path unchanged. Every test drives the
+real reader that `DnsServer.udp_reader()` installs, with queries sent from a
+real client socket and replies read back from it.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import dns.message
+import dns.rrset
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from heimdall import server as server_mod
+from heimdall import wire
+from heimdall.cache import build_entry
+from heimdall.config import load_config
+from heimdall.server import DnsServer
+
+pytestmark = pytest.mark.skipif(not server_mod.hot_path_built(), reason="C hot path not built (no compiler)")
+
+NAMES = [f"n{i}.hot.test" for i in range(8)]
+
+
+def make_query(name: str, qtype: str = "A", edns: bool = False, qid: int | None = None) -> bytes:
+    q = dns.message.make_query(name, qtype, use_edns=0 if edns else False)
+    q.id = random.randrange(65536) if qid is None else qid
+    return q.to_wire()
+
+
+class Rig:
+    """A DnsServer (not started) on a loopback socket with a filled cache, its UDP reader and a client."""
+
+    def __init__(self, mode: str = "c", family: int = socket.AF_INET, time_hits=None):
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        self.config = load_config(["--upstream-servers", "127.0.0.1:9", "--hot-path", mode], {})
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        udp.setblocking(False)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        self.srv = DnsServer(self.config, udp, tcp)
+        self.slow: list[tuple[bytes, tuple]] = []
+        self.srv._udp_slow = lambda data, addr, now: self.slow.append((data, addr))
+        self.srv.time_hits = time_hits
+        self.now = int(time.monotonic())
+        for name in NAMES:
+            for qtype, edns in (("A", False), ("AAAA", True)):
+                self.put(make_query(name, qtype, edns), ttl=300)
+        self.read = self.srv.udp_reader()
+        self.client = socket.socket(family, socket.SOCK_DGRAM)
+        self.client.bind((host, 0))
+        self.client.settimeout(2)
+        self.dest = udp.getsockname()
+
+    def put(self, query: bytes, ttl: int, now: int | None = None) -> None:
+        q = dns.message.from_wire(query)
+        r = dns.message.make_response(q)
+        rdtype = q.question[0].rdtype
+        r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", rdtype,
+                                            "192.0.2.1" if rdtype == 1 else "2001:db8::1"))
+        pq = wire.parse_query(query)
+        entry, _ = build_entry(r.to_wire(), query, pq, 1232, self.now if now is None else now, 0, 86400, 3600)
+        self.srv.cache.put(wire.cache_key(query, pq, False), entry)
+
+    def expected(self, data: bytes) -> bytes | None:
+        """The model: the reply a fresh hit gets, or None for the slow path."""
+        e = self.srv.cache.map.get(data[2:].lower()) if len(data) > 12 else None
+        if e is not None and (e.aged == int(time.monotonic()) or e.refresh(int(time.monotonic()))):
+            return e.reply(data)
+        return None
+
+    def exchange(self, datagrams: list[bytes]) -> list[bytes]:
+        for d in datagrams:
+            self.client.sendto(d, self.dest)
+        self.read()
+        replies = []
+        self.client.setblocking(False)
+        try:
+            while True:
+                replies.append(self.client.recv(65535))
+        except BlockingIOError:
+            pass
+        finally:
+            self.client.settimeout(2)
+        return replies
+
+    def close(self) -> None:
+        for s in (self.srv.udp, self.srv.tcp, self.client):
+            s.close()
+
+
+@pytest.fixture()
+def rig():
+    r = Rig()
+    yield r
+    r.close()
+
+
+def test_the_server_installs_the_c_reader_by_default_and_python_when_asked():
+    c, py = Rig("c"), Rig("python")
+    try:
+        assert type(c.read).__name__ == "HotPath"
+        assert getattr(py.read, "__func__", None) in (DnsServer._udp_readable, DnsServer._udp_readable_batched)
+    finally:
+        c.close()
+        py.close()
+
+
+def test_rate_limiting_keeps_the_python_reader():
+    r = Rig("c")
+    try:
+        r.srv.admit = lambda ip: True
+        assert type(r.srv.udp_reader()).__name__ != "HotPath"
+    finally:
+        r.close()
+
+
+def test_a_hit_is_byte_identical_to_the_python_reply_with_the_clients_id_and_case(rig):
+    q = make_query("N3.HoT.tESt", "A", qid=0xBEEF)
+    replies = rig.exchange([q])
+    assert replies == [rig.expected(q)]
+    msg = dns.message.from_wire(replies[0])
+    assert msg.id == 0xBEEF and str(msg.question[0].name) == "N3.HoT.tESt."
+    assert msg.answer[0][0].address == "192.0.2.1"
+    assert rig.slow == []
+
+
+def test_edns_variant_and_counters(rig):
+    queries = [make_query(n, "AAAA", edns=True) for n in NAMES]
+    replies = rig.exchange(queries)
+    assert replies == [rig.expected(q) for q in queries]
+    assert dns.message.from_wire(replies[0]).edns == 0
+    st_ = rig.srv.stats
+    assert (st_.hits_fast, st_.udp_datagrams, st_.udp_wakeups) == (8, 8, 1)
+    lid = rig.srv.cache.map[queries[0][2:].lower()].lid
+    assert st_.hit_labels[lid] == 8
+
+
+def test_misses_and_garbage_go_to_the_slow_path_unchanged(rig):
+    miss = make_query("other.hot.test")
+    short = b"\x12\x34\x01"
+    empty = b""
+    response_bit = bytearray(make_query(NAMES[0]))
+    response_bit[2] |= 0x80  # QR set: not the cached key, slow path decides (drop)
+    big = make_query(NAMES[1]) + b"\x00" * 5000  # truncated to the 4096-byte slot, like recvfrom(4096)
+    replies = rig.exchange([miss, short, empty, bytes(response_bit), big])
+    assert replies == []
+    assert [d for d, _ in rig.slow] == [miss, short, empty, bytes(response_bit), big[:4096]]
+    host, port = rig.slow[0][1]
+    assert (host, port) == rig.client.getsockname()
+    assert rig.srv.stats.hits_fast == 0 and rig.srv.stats.udp_datagrams == 5
+
+
+def test_ttls_are_re_aged_through_entry_refresh(rig):
+    q = make_query("aged.hot.test")
+    rig.put(q, ttl=300, now=rig.now - 40)
+    reply = dns.message.from_wire(rig.exchange([q])[0])
+    assert 258 <= reply.answer[0].ttl <= 260
+
+
+def test_an_expired_entry_goes_to_the_slow_path(rig):
+    q = make_query("expired.hot.test")
+    rig.put(q, ttl=5, now=rig.now - 60)
+    assert rig.exchange([q]) == []
+    assert [d for d, _ in rig.slow] == [q]
+
+
+def test_more_than_one_batch_is_answered_in_one_wakeup(rig):
+    queries = [make_query(NAMES[i % 8]) for i in range(200)]
+    replies = rig.exchange(queries)
+    assert replies == [rig.expected(q) for q in queries]
+    assert rig.srv.stats.udp_wakeups == 4  # 64 + 64 + 64 + 8
+
+
+def test_time_hits_gets_each_batch():
+    calls = []
+    r = Rig(time_hits=lambda n, each: calls.append((n, each)))
+    try:
+        r.exchange([make_query(NAMES[0]), make_query("miss.hot.test"), make_query(NAMES[1])])
+        assert len(calls) == 1 and calls[0][0] == 2 and 0 <= calls[0][1] < 1
+    finally:
+        r.close()
+
+
+def test_a_failing_slow_path_does_not_stop_the_reader(rig, capsys):
+    def boom(data, addr, now):
+        raise RuntimeError("boom")
+
+    rig.srv._udp_slow = boom
+    q = make_query(NAMES[2])
+    replies = rig.exchange([make_query("miss.hot.test"), q])
+    assert replies == [rig.expected(q)]
+    assert rig.srv.stats.internal_errors == 1  # counted by _udp_slow_guarded, never raised into the loop
+
+
+def test_ipv6_clients_get_their_reply_and_a_full_address_on_the_slow_path():
+    try:
+        r = Rig(family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    try:
+        q = make_query(NAMES[4])
+        miss = make_query("v6miss.hot.test")
+        assert r.exchange([q, miss]) == [r.expected(q)]
+        addr = r.slow[0][1]
+        assert len(addr) == 4 and addr[:2] == r.client.getsockname()[:2]
+    finally:
+        r.close()
+
+
+# A datagram: a cached query (random ID, random case) maybe with a byte changed, or noise.
+cached_query = st.builds(
+    lambda name, qtype, qid, flips: bytes(
+        c ^ 0x20 if (i >= 12 and chr(c).isalpha() and (flips >> (i % 30)) & 1) else c
+        for i, c in enumerate(make_query(name, qtype, qtype == "AAAA", qid))),
+    st.sampled_from(NAMES), st.sampled_from(["A", "AAAA"]), st.integers(0, 65535), st.integers(0, 2**30))
+mutated = st.builds(lambda d, i, b: d[:i % max(len(d), 1)] + bytes([b]) + d[i % max(len(d), 1) + 1:],
+                    cached_query, st.integers(0, 200), st.integers(0, 255))
+noise = st.binary(min_size=0, max_size=600)
+datagram = st.one_of(cached_query, mutated, noise)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(datagram, min_size=1, max_size=100))
+def test_property_c_reader_agrees_with_the_python_model(rig, datagrams):
+    rig.slow.clear()
+    replies = rig.exchange(datagrams)
+    expected = [rig.expected(d) for d in datagrams]
+    assert replies == [e for e in expected if e is not None]
+    assert [d for d, _ in rig.slow] == [d for d, e in zip(datagrams, expected) if e is None]
+
+
+def test_hot_path_c_without_the_extension_is_a_startup_error(monkeypatch):
+    from heimdall import supervisor
+
+    monkeypatch.setattr(server_mod, "_hotpath", None)
+    config = load_config(["--hot-path", "c", "--upstream-servers", "127.0.0.1:9"], {})
+    with pytest.raises(supervisor.StartupError, match="HEIMDALL_HOT_PATH=c"):
+        supervisor.serve(config)
