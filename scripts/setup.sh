@@ -97,6 +97,13 @@ make_venv() {
     cat "$log" >&2; rm -f "$log"; echo "[setup] pip install failed" >&2; exit 1
   fi
   rm -f "$log"
+  # setup.py builds heimdall/_hotpath.c as an optional extension (pip without a compiler still
+  # installs); here build-essential is installed, so a missing module is a real build failure.
+  if ! "$VENV/bin/python" -c 'import heimdall._hotpath' 2>/dev/null; then
+    echo "[setup] the C hot path (heimdall/_hotpath.c) did not build; see: $VENV/bin/python -m pip install -v -e $ROOT" >&2
+    exit 1
+  fi
+  say "C hot path built (heimdall/_hotpath.c)"
 }
 
 # BCC is not on PyPI: expose Debian's pure-Python module to the venv.
