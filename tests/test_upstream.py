@@ -1,8 +1,15 @@
 """The local NSD upstream answers what its zones promise."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import dns.message
 import dns.query
 import dns.rcode
+import pytest
 
 
 def ask(up, name, rdtype="A", tcp=False):
@@ -28,3 +35,42 @@ def test_big_txt_needs_tcp(upstream):
     assert udp.flags & dns.flags.TC
     tcp = ask(upstream, "big.example.test", "TXT", tcp=True)
     assert len(tcp.answer[0]) == 40
+
+
+CHILD = """
+import sys, time
+from heimdall_tools.upstream import LocalUpstream
+up = LocalUpstream(tied=sys.argv[1] == "1").start()
+print(up.pid, up.port, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_nsd_dies_with_a_sigkilled_parent_only_when_tied(tied):
+    """A SIGKILLed test or `heimdall serve --demo` must not leave its NSD behind;
+    `heimdall-tools upstream start` (tied=False) must."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, "1" if tied else "0"], stdout=subprocess.PIPE, text=True)
+    nsd_pid, port = map(int, parent.stdout.readline().split())
+    try:
+        assert _alive(nsd_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(nsd_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive(nsd_pid) is (not tied)
+        if not tied:  # still serving after its starter is gone
+            q = dns.message.make_query("ns1.example.test", "A")
+            assert dns.query.udp(q, "127.0.0.1", port=port, timeout=2).answer
+    finally:
+        if _alive(nsd_pid):
+            os.kill(nsd_pid, signal.SIGTERM)

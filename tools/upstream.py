@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
 
@@ -96,13 +97,40 @@ def wait_for_dns(address: str, port: int, qname: str = "ns1.example.test.", time
     raise ToolError(f"DNS server on {address}:{port} did not answer within {timeout:.0f}s")
 
 
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when this process dies, even by SIGKILL.
+
+    Without it an NSD started by a test or by `heimdall serve --demo` that was
+    SIGKILLed outlives it (NSD runs in its own session, so no terminal signal
+    reaches it either). Linux PR_SET_PDEATHSIG; a no-op elsewhere.
+    """
+    parent = os.getpid()
+
+    def arm() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 @dataclass
 class LocalUpstream:
-    """NSD serving the generated zones on address:port, in its own work dir."""
+    """NSD serving the generated zones on address:port, in its own work dir.
+
+    `tied`: NSD stops when the process that started it dies (False for
+    `heimdall-tools upstream start`, whose NSD outlives the command).
+    """
 
     port: int = 0
     address: str = "127.0.0.1"
     workdir: Path | None = None
+    tied: bool = True
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -148,7 +176,8 @@ class LocalUpstream:
         conf = self.write_config()
         self.proc = subprocess.Popen([nsd, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / "nsd.stderr", "wb"),
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent() if self.tied else None)
         try:
             wait_for_dns(self.address, self.port, timeout=timeout, proc=self.proc)
         except ToolError as exc:

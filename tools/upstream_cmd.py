@@ -58,7 +58,7 @@ def start(
         err.print(f"upstream already running at {state['addr']} (pid {state['pid']})")
         print(state["addr"])
         return
-    up = LocalUpstream(port=port, address=address, workdir=workdir)
+    up = LocalUpstream(port=port, address=address, workdir=workdir, tied=False)
     up.start()
     st = {"pid": up.pid, "addr": up.addr, "conf": str(workdir / "nsd.conf"), "started": time.time()}
     tmp = workdir / (STATE + ".tmp")
