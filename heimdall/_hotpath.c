@@ -9,7 +9,9 @@
  * dict with the same key the Python path uses (data[2:].lower()), a fresh hit
  * is built into a send slot (client ID + entry.head + client question +
  * entry.tail) and one sendmmsg answers them all, replying to the address the
- * query came from. Anything else (misses, stale entries, malformed or
+ * query came from. With rate limiting on, each datagram first goes through
+ * the Python admit hook (and, when turned down, to the Python limited()).
+ * Anything else (misses, stale entries, malformed or
  * oversized datagrams) goes to the Python slow path callback unchanged, so
  * the semantics stay in one place: heimdall/server.py.
  *
@@ -49,6 +51,8 @@ typedef struct {
     PyObject *stats;      /* Stats: hits_fast, udp_wakeups, udp_datagrams are added to */
     PyObject *slow;       /* slow(data: bytes, addr: tuple, now: int) for everything but fresh hits */
     PyObject *time_hits;  /* time_hits(n, seconds_each) per batch with hits, or None */
+    PyObject *admit;      /* admit(packed client IP) -> bool (rate limit), or None */
+    PyObject *limited;    /* limited(data, addr) for datagrams admit turned down */
     unsigned long long send_errors;
 } HotPath;
 
@@ -203,19 +207,41 @@ static void flush(HotPath *self, int total)
     }
 }
 
-static int to_slow(HotPath *self, const unsigned char *data, Py_ssize_t len, int i, PyObject *now_obj)
+/* The rate-limit hook on the sender's packed IP (4 or 16 bytes): 1 admitted, 0 turned down.
+ * A failing hook admits (logged as unraisable), as a limiter bug must not take the service down. */
+static int admitted(HotPath *self, int i)
+{
+    const struct sockaddr_storage *ss = &self->s->rname[i];
+    PyObject *ip;
+    if (ss->ss_family == AF_INET6)
+        ip = PyBytes_FromStringAndSize((const char *)&((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    else
+        ip = PyBytes_FromStringAndSize((const char *)&((const struct sockaddr_in *)ss)->sin_addr, 4);
+    PyObject *r = ip ? PyObject_CallOneArg(self->admit, ip) : NULL;
+    Py_XDECREF(ip);
+    int ok = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (ok < 0) {
+        PyErr_WriteUnraisable(self->admit);
+        return 1;
+    }
+    return ok;
+}
+
+static void call_with_datagram(HotPath *self, PyObject *fn, const unsigned char *data, Py_ssize_t len, int i,
+                               PyObject *now_obj)
 {
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, len);
     PyObject *addr = bytes ? address(&self->s->rname[i]) : NULL;
     PyObject *r = NULL;
     if (addr != NULL)
-        r = PyObject_CallFunctionObjArgs(self->slow, bytes, addr, now_obj, NULL);
+        r = now_obj ? PyObject_CallFunctionObjArgs(fn, bytes, addr, now_obj, NULL)
+                    : PyObject_CallFunctionObjArgs(fn, bytes, addr, NULL);
     Py_XDECREF(bytes);
     Py_XDECREF(addr);
     if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+        PyErr_WriteUnraisable(fn);
+    Py_XDECREF(r);
 }
 
 /* One batch: answer fresh hits, hand the rest to Python. Returns datagrams read, -1 on error. */
@@ -236,6 +262,10 @@ static int serve_batch(HotPath *self)
     for (int i = 0; i < n; i++) {
         const unsigned char *data = s->rbuf[i];
         Py_ssize_t len = s->rmsg[i].msg_len;
+        if (self->admit != Py_None && !admitted(self, i)) {
+            call_with_datagram(self, self->limited, data, len, i, NULL);
+            continue;
+        }
         if (len > 12) {
             PyObject *e = fresh_entry(self, data, len, now_obj, now);
             if (e != NULL) {
@@ -254,8 +284,7 @@ static int serve_batch(HotPath *self)
             if (PyErr_Occurred())
                 PyErr_WriteUnraisable((PyObject *)self);  /* a broken entry: serve it the slow way */
         }
-        if (to_slow(self, data, len, i, now_obj) < 0)
-            PyErr_WriteUnraisable(self->slow);
+        call_with_datagram(self, self->slow, data, len, i, now_obj);
     }
     Py_DECREF(now_obj);
     flush(self, nsend);
@@ -285,14 +314,19 @@ static PyObject *HotPath_call(HotPath *self, PyObject *args, PyObject *kwargs)
 
 static int HotPath_init(HotPath *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kw[] = {"fd", "cache", "labels", "stats", "slow", "time_hits", NULL};
+    static char *kw[] = {"fd", "cache", "labels", "stats", "slow", "time_hits", "admit", "limited", NULL};
     int fd;
-    PyObject *cache, *labels, *stats, *slow, *time_hits = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO!O!OO|O", kw, &fd, &PyDict_Type, &cache, &PyList_Type,
-                                     &labels, &stats, &slow, &time_hits))
+    PyObject *cache, *labels, *stats, *slow, *time_hits = Py_None, *admit = Py_None, *limited = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO!O!OO|OOO", kw, &fd, &PyDict_Type, &cache, &PyList_Type,
+                                     &labels, &stats, &slow, &time_hits, &admit, &limited))
         return -1;
-    if (!PyCallable_Check(slow) || (time_hits != Py_None && !PyCallable_Check(time_hits))) {
-        PyErr_SetString(PyExc_TypeError, "slow and time_hits must be callable");
+    if (!PyCallable_Check(slow) || (time_hits != Py_None && !PyCallable_Check(time_hits)) ||
+        (admit != Py_None && !PyCallable_Check(limited))) {
+        PyErr_SetString(PyExc_TypeError, "slow, time_hits and (with admit) limited must be callable");
+        return -1;
+    }
+    if (admit != Py_None && !PyCallable_Check(admit)) {
+        PyErr_SetString(PyExc_TypeError, "admit must be callable or None");
         return -1;
     }
     if (PyList_GET_SIZE(labels) == 0) {
@@ -323,6 +357,8 @@ static int HotPath_init(HotPath *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->stats, Py_NewRef(stats));
     Py_XSETREF(self->slow, Py_NewRef(slow));
     Py_XSETREF(self->time_hits, Py_NewRef(time_hits));
+    Py_XSETREF(self->admit, Py_NewRef(admit));
+    Py_XSETREF(self->limited, Py_NewRef(limited));
     return 0;
 }
 
@@ -333,6 +369,8 @@ static int HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->stats);
     Py_VISIT(self->slow);
     Py_VISIT(self->time_hits);
+    Py_VISIT(self->admit);
+    Py_VISIT(self->limited);
     return 0;
 }
 
@@ -343,6 +381,8 @@ static int HotPath_clear(HotPath *self)
     Py_CLEAR(self->stats);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->time_hits);
+    Py_CLEAR(self->admit);
+    Py_CLEAR(self->limited);
     return 0;
 }
 
@@ -367,7 +407,7 @@ static PyGetSetDef HotPath_getset[] = {
 static PyTypeObject HotPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "heimdall._hotpath.HotPath",
-    .tp_doc = PyDoc_STR("HotPath(fd, cache, labels, stats, slow, time_hits=None): call it when fd is readable"),
+    .tp_doc = PyDoc_STR("HotPath(fd, cache, labels, stats, slow, time_hits=None, admit=None, limited=None): call it when fd is readable"),
     .tp_basicsize = sizeof(HotPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -204,7 +204,7 @@ class Config:
                              "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
     hot_path: str = setting("auto", choice("auto", "c", "python"),
                             "UDP cache hits: c (built-in C reader), python, or auto (c when built and "
-                            "no rate limit is on)")
+                            "the query log is off)")
     redis_url: str = setting("", parse_redis_url,
                              "shared second cache tier, e.g. redis://127.0.0.1:6379/0 (empty = off)")
     redis_key_prefix: str = setting("heimdall:", str, "prefix of every Redis key (one namespace per fleet)")

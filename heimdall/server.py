@@ -2,7 +2,7 @@
 
 UDP hot path: the loop calls, when the socket is readable, the C reader
 (heimdall/_hotpath.c: recvmmsg, hits built and sent with sendmmsg, the rest
-handed to `_udp_slow_guarded`) or, when it is not built, rate limiting is on or
+handed to `_udp_slow_guarded`) or, when it is not built, the query log is on or
 HEIMDALL_HOT_PATH=python, `_udp_readable_batched` (recvmmsg/sendmmsg batches,
 when datagrams queue up) or `_udp_readable` (recvfrom/sendto, an adaptive
 number per wakeup). Both do the same per datagram: the key is
@@ -223,16 +223,17 @@ class DnsServer:
     def udp_reader(self) -> Callable[[], None]:
         """The loop's readable callback: the C hot path where it can serve, else Python's.
 
-        The C reader answers fresh hits itself and hands everything else to
-        `_udp_slow_guarded`; it has no rate-limit hook, so `admit` (and a query
-        log, which turns the fast path off) keeps the Python readers.
+        The C reader calls `admit`/`_limited` per datagram when rate limiting is
+        on, answers fresh hits itself and hands everything else to
+        `_udp_slow_guarded`. With the query log on (`fast_ok` False) every query
+        must reach Python anyway, so the Python readers serve.
         """
         mode = self.config.hot_path
-        if mode != "python" and self.admit is None and self.fast_ok and _hotpath is not None:
+        if mode != "python" and self.fast_ok and _hotpath is not None:
             return _hotpath.HotPath(self.udp.fileno(), self.cache.map, self.stats.hit_labels, self.stats,
-                                    self._udp_slow_guarded, self.time_hits)
-        if mode == "c":
-            log("HEIMDALL_HOT_PATH=c: rate limiting or the query log is on, so UDP uses the Python hot path")
+                                    self._udp_slow_guarded, self.time_hits, self.admit, self._limited)
+        if mode == "c" and _hotpath is not None:
+            log("HEIMDALL_HOT_PATH=c: the query log is on, so UDP uses the Python reader")
         if self.config.udp_batch != "off" and udpbatch.available():
             self._batch = udpbatch.BatchSocket(self.udp, BATCH_MMSG)
             return self._udp_readable_batched

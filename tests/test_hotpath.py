@@ -114,11 +114,49 @@ def test_the_server_installs_the_c_reader_by_default_and_python_when_asked():
         py.close()
 
 
-def test_rate_limiting_keeps_the_python_reader():
+def test_the_query_log_keeps_the_python_reader():
     r = Rig("c")
     try:
-        r.srv.admit = lambda ip: True
+        r.srv.fast_ok = False  # what features.py sets when the query log is on
         assert type(r.srv.udp_reader()).__name__ != "HotPath"
+    finally:
+        r.close()
+
+
+def test_rate_limited_datagrams_go_to_limited_and_the_rest_are_served():
+    seen: list[bytes] = []
+    verdicts = iter([True, False, True, False, False, True])
+    limited: list[tuple[bytes, tuple]] = []
+
+    def admit(ip: bytes) -> bool:
+        seen.append(ip)
+        return next(verdicts)
+
+    r = Rig("c")
+    try:
+        r.srv.admit = admit
+        r.srv._limited = lambda data, addr: limited.append((data, addr))
+        r.read = r.srv.udp_reader()
+        assert type(r.read).__name__ == "HotPath"
+        queries = [make_query(NAMES[i]) for i in range(5)] + [make_query("miss.hot.test")]
+        replies = r.exchange(queries)
+        assert seen == [socket.inet_aton("127.0.0.1")] * 6
+        assert replies == [r.expected(queries[0]), r.expected(queries[2])]
+        assert [d for d, _ in limited] == [queries[1], queries[3], queries[4]]
+        assert limited[0][1] == r.client.getsockname()
+        assert [d for d, _ in r.slow] == [queries[5]]
+    finally:
+        r.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the hook's error is logged
+def test_a_failing_admit_hook_admits():
+    r = Rig("c")
+    try:
+        r.srv.admit = lambda ip: 1 / 0
+        r.read = r.srv.udp_reader()
+        q = make_query(NAMES[0])
+        assert r.exchange([q]) == [r.expected(q)]
     finally:
         r.close()
 
