@@ -10,6 +10,7 @@ real client socket and replies read back from it.
 from __future__ import annotations
 
 import random
+import select
 import socket
 import time
 
@@ -43,6 +44,7 @@ class Rig:
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         self.config = load_config(["--upstream-servers", "127.0.0.1:9", "--hot-path", mode], {})
         udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # as bind_sockets does
         udp.bind((host, 0))
         udp.setblocking(False)
         tcp = socket.socket(family, socket.SOCK_STREAM)
@@ -57,6 +59,7 @@ class Rig:
         self.read = self.srv.udp_reader()
         self.client = socket.socket(family, socket.SOCK_DGRAM)
         self.client.bind((host, 0))
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # room for a burst of replies
         self.client.settimeout(2)
         self.dest = udp.getsockname()
 
@@ -80,7 +83,10 @@ class Rig:
     def exchange(self, datagrams: list[bytes]) -> list[bytes]:
         for d in datagrams:
             self.client.sendto(d, self.dest)
-        self.read()
+        for _ in range(1000):  # as the (level-triggered) loop does: call while the socket is readable
+            self.read()
+            if not select.select([self.srv.udp], [], [], 0)[0]:
+                break
         replies = []
         self.client.setblocking(False)
         try:
@@ -213,9 +219,23 @@ def test_an_expired_entry_goes_to_the_slow_path(rig):
 
 def test_more_than_one_batch_is_answered_in_one_wakeup(rig):
     queries = [make_query(NAMES[i % 8]) for i in range(200)]
-    replies = rig.exchange(queries)
+    for q in queries:
+        rig.client.sendto(q, rig.dest)
+    rig.read()  # one callback: up to 4 full batches
+    replies = [rig.client.recv(4096) for _ in queries]
     assert replies == [rig.expected(q) for q in queries]
-    assert rig.srv.stats.udp_wakeups == 4  # 64 + 64 + 64 + 8
+    assert rig.srv.stats.udp_wakeups == 4  # batches: 64 + 64 + 64 + 8
+
+
+def test_batch_size_adapts_down_at_low_rates_and_back_up_for_a_burst(rig):
+    for _ in range(20):  # one datagram per callback: the ask shrinks to 1
+        assert len(rig.exchange([make_query(NAMES[0])])) == 1
+    before = rig.srv.stats.udp_wakeups
+    burst = [make_query(NAMES[i % 8]) for i in range(300)]
+    replies = rig.exchange(burst)
+    assert replies == [rig.expected(q) for q in burst]
+    batches = rig.srv.stats.udp_wakeups - before
+    assert batches < 30, batches  # callbacks straight after each other double the ask (1, 2, 4, ... 64)
 
 
 def test_time_hits_gets_each_batch():
