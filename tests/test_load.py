@@ -165,7 +165,7 @@ def test_open_loop_agrees_with_dnsperf(unbound, tmp_path):
     sc = build_scenario("cache-hit")
     qfile = tmp_path / "q.txt"
     qfile.write_text("".join("%s %s\n" % decode_question(q) for q in sc.prime))
-    for attempt in range(3):  # a burst of other work on this shared 2-core VM can swamp one set
+    for attempt in range(5):  # a burst of other work on this shared 2-core VM can swamp a set or two
         ours, theirs = [], []
         with realtime(unbound.pid):
             for _ in range(6):
