@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Sequence
 
@@ -26,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in args[1:]):
         build_parser().print_help()
         sys.exit(0)
+    # A reload request (SIGHUP) that lands while the server imports and loads its lists
+    # must not kill it: ignored until the worker installs its reload handler. What is
+    # left of the window is the interpreter's own start, before any of our code runs.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(args[1:])
     except ConfigError as exc:

@@ -563,3 +563,64 @@ def test_sighup_while_the_lists_load_at_startup_does_not_kill_the_server(upstrea
     finally:
         t.join(5)
         h.stop()
+
+
+def ignores_sighup(pid: int) -> bool:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    except OSError:
+        pass
+    return False
+
+
+def test_sighup_storm_through_startup_does_not_kill_the_server(upstream):
+    """From the first line of `heimdall serve` (SIGHUP ignored) through imports, the demo-free
+    start and the first reload handler: SIGHUPs every 2 ms, and it comes up and answers."""
+    h = HeimdallProcess([upstream.addr])
+    sent = [0]
+    stop = threading.Event()
+
+    def storm() -> None:
+        assert wait_for(lambda: h.proc is not None, 10, step=0.001)
+        if not wait_for(lambda: ignores_sighup(h.proc.pid), 10, step=0.001):
+            return
+        while not stop.is_set() and h.proc.poll() is None:
+            h.proc.send_signal(signal.SIGHUP)
+            sent[0] += 1
+            time.sleep(0.002)
+
+    t = threading.Thread(target=storm)
+    t.start()
+    try:
+        h.start(timeout=60)
+        time.sleep(0.2)  # and a few more once it serves
+        stop.set()
+        t.join(5)
+        assert sent[0] >= 20, f"only {sent[0]} SIGHUPs were sent: the storm missed the start"
+        assert h.query("www.example.test").answer
+        alive_and_clean(h)
+    finally:
+        stop.set()
+        t.join(5)
+        h.stop()
+
+
+def test_serve_ignores_sighup_before_its_heavy_imports():
+    """The window where a SIGHUP kills `heimdall serve` is only the interpreter's own start:
+    SIGHUP is ignored before the server modules (uvloop, asyncio, lists) are even imported."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import signal, sys\n"
+        "import heimdall.cli as cli\n"
+        "def run_serve(config):\n"
+        "    print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,\n"
+        "          any(m in sys.modules for m in ('uvloop', 'asyncio', 'heimdall.server')))\n"
+        "    return 0\n"
+        "cli.run_serve = run_serve\n"
+        "cli.main(['serve', '--upstream-servers', '127.0.0.1:9'])\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
