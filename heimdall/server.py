@@ -6,7 +6,7 @@ handed to `_udp_slow_guarded`) or, when it is not built, the query log is on or
 HEIMDALL_HOT_PATH=python, `_udp_readable_batched` (recvmmsg/sendmmsg batches,
 when datagrams queue up) or `_udp_readable` (recvfrom/sendto, an adaptive
 number per wakeup). Both do the same per datagram: the key is
-the key is `data[2:].lower()` (see wire.cache_key), one dict lookup, and if
+`data[2:].lower()` (see wire.cache_key), one dict lookup, and if
 the entry is fresh (re-aged at most once a second), the reply is ID + head +
 client question + tail. Everything else (parsing, errors, misses, stale
 entries) goes through `handle`.

@@ -229,10 +229,9 @@ def serve(config: Config) -> int:
             if not config.demo:
                 log("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
             demo, config = start_demo_upstream(config)
-        # SIGHUP (reload) while lists load must not kill the server. The supervisor still
-        # receives it later: it blocks SIGHUP and waits for it, and Linux never discards a
-        # blocked signal as ignored.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # SIGHUP has been ignored since cli.main (before the imports), so a reload while the
+        # lists load cannot kill the server. The supervisor still receives it later: it blocks
+        # SIGHUP and waits for it, and Linux never discards a blocked signal as ignored.
         setup = prepare_shared(config)
         if config.worker_threads == 1:
             return serve_single(config, setup)
