@@ -27,6 +27,7 @@ import dns.rrset
 import pytest
 
 from heimdall_server import HeimdallProcess
+from udp_responder import UdpResponder
 
 REAL, VICTIM_REAL = "192.0.2.77", "192.0.2.200"
 VICTIM = "www.victim.test."
@@ -71,7 +72,7 @@ def reply(query: bytes, answers=(), authority=(), additional=(), rcode=0, qid: i
 
 
 @dataclass
-class Upstream:
+class Upstream(UdpResponder):
     """The upstream socket. `attack(seen, sock)` runs for target queries before the real answer."""
 
     attack: Callable[[Seen, socket.socket], None] | None = None
@@ -81,44 +82,31 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
 
     def __enter__(self) -> "Upstream":
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        super().__enter__()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = [threading.Thread(target=self._run, daemon=True)]
-        self.threads[0].start()
+        self.targets: list[threading.Thread] = []
         return self
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        for t in self.threads:
+        for t in self.targets:
             t.join(30)
-        self.sock.close()
+        super().__exit__(*exc)
 
     def asked(self, name: str) -> int:
         return sum(s.name == name.lower() for s in self.seen)
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, src = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            q = dns.message.from_wire(data)
-            seen = Seen(q.id, src[1], data, str(q.question[0].name).lower(), q.question[0].rdtype)
-            self.seen.append(seen)
-            if "target" in seen.name:
-                t = threading.Thread(target=self._target, args=(seen, src), daemon=True)
-                self.threads.append(t)
-                t.start()
-            else:
-                ip = VICTIM_REAL if "victim" in seen.name else REAL
-                self.sock.sendto(reply(data, [(seen.name, 300, "IN", "A", ip)], lower=self.lower), src)
+    def handle(self, data: bytes, src: tuple) -> None:
+        q = dns.message.from_wire(data)
+        seen = Seen(q.id, src[1], data, str(q.question[0].name).lower(), q.question[0].rdtype)
+        self.seen.append(seen)
+        if "target" in seen.name:
+            t = threading.Thread(target=self._target, args=(seen, src), daemon=True)
+            self.targets.append(t)
+            t.start()
+        else:
+            ip = VICTIM_REAL if "victim" in seen.name else REAL
+            self.sock.sendto(reply(data, [(seen.name, 300, "IN", "A", ip)], lower=self.lower), src)
 
     def _target(self, seen: Seen, src) -> None:
         started = time.monotonic()
