@@ -28,6 +28,7 @@ import pytest
 
 from closed_loop import ClosedLoop, Rec, summary
 from heimdall_server import HeimdallProcess
+from procs import gone_or_zombie
 
 FAKE_IP = "192.0.2.55"
 NSD_IP = "192.0.2.1"  # bench.test. wildcard on the session NSD
@@ -316,14 +317,6 @@ def wait_for(cond, timeout: float = 10.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return False
-
-
-def gone_or_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 def test_sigkill_worker_under_load_loses_only_its_in_flight_queries(upstream):

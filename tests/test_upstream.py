@@ -11,6 +11,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from procs import gone_or_zombie
+
 
 def ask(up, name, rdtype="A", tcp=False):
     q = dns.message.make_query(name, rdtype)
@@ -46,14 +48,6 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("tied", [True, False])
 def test_nsd_dies_with_a_sigkilled_parent_only_when_tied(tied):
     """A SIGKILLed test or `heimdall serve --demo` must not leave its NSD behind;
@@ -61,16 +55,16 @@ def test_nsd_dies_with_a_sigkilled_parent_only_when_tied(tied):
     parent = subprocess.Popen([sys.executable, "-c", CHILD, "1" if tied else "0"], stdout=subprocess.PIPE, text=True)
     nsd_pid, port = map(int, parent.stdout.readline().split())
     try:
-        assert _alive(nsd_pid)
+        assert not gone_or_zombie(nsd_pid)
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10
-        while _alive(nsd_pid) and time.monotonic() < deadline:
+        while not gone_or_zombie(nsd_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _alive(nsd_pid) is (not tied)
+        assert gone_or_zombie(nsd_pid) is tied
         if not tied:  # still serving after its starter is gone
             q = dns.message.make_query("ns1.example.test", "A")
             assert dns.query.udp(q, "127.0.0.1", port=port, timeout=2).answer
     finally:
-        if _alive(nsd_pid):
+        if not gone_or_zombie(nsd_pid):
             os.kill(nsd_pid, signal.SIGTERM)
