@@ -366,8 +366,6 @@ async def publish_forever(stats: Stats, store: SnapshotStore, interval: float = 
         await asyncio.sleep(interval)
 
 
-
-
 class HeimdallCollector(Collector):
     """Turns the summed snapshot into Prometheus metric families at scrape time."""
 

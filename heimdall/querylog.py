@@ -46,8 +46,6 @@ def wire_to_text(qname: bytes) -> str:
     return ".".join(labels) + "."
 
 
-
-
 def format_entry(e: tuple) -> str:
     ts, client, protocol, qname, qtype, rcode, seconds, cached, blocked = e
     return json.dumps({
