@@ -12,7 +12,7 @@ than half a core, or much more than at baseline time, are "inconclusive" too,
 never a regression: the cost and count metrics (CPU time and events per
 query) still gate then. On a busy machine a CPU-per-query regression must also
 exceed 1.5x the threshold (kernel wake-up paths cost more under contention);
-between one and two thresholds it is inconclusive. A cost or count whose
+between one and 1.5 thresholds it is inconclusive. A cost or count whose
 baseline repeats themselves spread wider than twice its threshold (a server that batches syscalls makes
 syscalls/query depend on queue depth) is judged like a wall-clock figure.
 """
