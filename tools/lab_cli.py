@@ -163,7 +163,7 @@ def print_check(result) -> None:
     for col in ("scenario", "metric", "unit", "baseline", "current", "change", "verdict"):
         table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left",
                          no_wrap=col != "unit")
-    colour = {"regression": "bold red", "inconclusive": "yellow", "improved": "green", "ok": ""}
+    colour = {"regression": "bold red", "worse": "magenta", "inconclusive": "yellow", "improved": "green", "ok": ""}
     for r in result.rows:
         change = "n/a" if r.change_pct is None else f"{r.change_pct:+.1f}%"
         verdict = f"[{colour[r.verdict]}]{r.verdict}[/]" if colour[r.verdict] else r.verdict
@@ -171,7 +171,7 @@ def print_check(result) -> None:
                       _num(r.current), change, verdict)
     out.print(table)
     for r in result.rows:
-        if r.verdict in ("regression", "inconclusive") and r.gate:
+        if r.verdict in ("regression", "worse") or (r.verdict == "inconclusive" and r.gate):
             out.print(f"  {r.scenario}/{r.metric}: {r.verdict}: {r.reason}", highlight=False, soft_wrap=True)
     out.print(f"{result.reason} (exit {result.exit_code})", highlight=False, soft_wrap=True)
     if result.results_dir:

@@ -36,6 +36,7 @@ BUSY_COST_FACTOR = 1.5             # on a busy machine CPU per query must worsen
 EXACT_LIMIT = 200_000               # rank splits enumerated exactly; beyond, normal approximation
 
 OK, IMPROVED, REGRESSION, INCONCLUSIVE = "ok", "improved", "regression", "inconclusive"
+WORSE = "worse"   # what a regression is called on a row shown for information: it does not gate
 LOAD_DEPENDENT_SUFFIX = " (varies with load)"
 
 
@@ -202,9 +203,10 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
                    f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
             return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         bar = BUSY_COST_FACTOR * threshold if kind == "cost" and machine_busy else threshold
-        return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION,
+        return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION if gate else WORSE,
                              reason=f"worse by {_fmt_pct(worse_pct)} > {bar:g}% (p={p_worse:.3f})"
-                             + (" although the machine was busy" if bar != threshold else ""))
+                             + (" although the machine was busy" if bar != threshold else "")
+                             + ("" if gate else "; shown for information, does not gate"))
     if -worse_pct > threshold and -worse_abs > floor and p_better < th.alpha:
         return MetricVerdict(**row, p_value=p_better, verdict=IMPROVED,
                              reason=f"better by {_fmt_pct(-worse_pct)} (p={p_better:.3f})")
@@ -241,7 +243,7 @@ def _small_n_note(n: int, m: int, alpha: float) -> str:
 
 def overall(rows: Sequence[MetricVerdict]) -> tuple[int, str]:
     """Exit status and one-line reason for a whole check (gating rows only)."""
-    regressions = [r for r in rows if r.verdict == REGRESSION and r.gate]
+    regressions = [r for r in rows if r.verdict == REGRESSION]
     if regressions:
         names = ", ".join(f"{r.scenario}/{r.metric}" for r in regressions[:4])
         more = f" and {len(regressions) - 4} more" if len(regressions) > 4 else ""
