@@ -12,7 +12,9 @@
  *    with EAGAIN proves the queue empty, so leftover timestamps (datagrams
  *    queued before we attached) are discarded there: the FIFO re-aligns.
  *    A reader on another CPU may take a datagram before its sk_data_ready
- *    fires; that read is settled by the push that follows (see EARLY_NS).
+ *    fires; that read is settled by the push that follows (see EARLY_NS),
+ *    or, if the push has taken its sequence but not yet written its slot,
+ *    at once (see IN_FLIGHT_PUSHES).
  *  - udp:udp_fail_queue_rcv_skb: a datagram dropped at the socket (receive
  *    buffer full), attributed by destination port; sock:sock_rcvqueue_full has
  *    no socket or port and is reported as a global count only.
@@ -38,6 +40,11 @@
  * If the push follows within EARLY_NS, it is that datagram (queue time ~0);
  * an older early read was a datagram queued before we attached. */
 #define EARLY_NS 2000000ULL
+/* A push takes its sequence (tail++) before it writes the slot, and a vCPU can
+ * be preempted in between: a read of one of the last few sequences whose slot
+ * still holds an older lap (or nothing) races that push, it is not an overflow.
+ * At most one push per CPU can be in that window. */
+#define IN_FLIGHT_PUSHES 4
 
 /* syscall kinds: index into net_sys and the latency/batch histograms */
 #define K_RECVFROM 0
@@ -148,6 +155,21 @@ static __always_inline void batch_add(int kind, u64 v)
     net_batch.atomic_increment(hist_key(kind, v));
 }
 
+/* A datagram read (window open) whose queue time is known: by the target, or
+ * by another process on a watched socket. */
+static __always_inline void settle_read(struct port_stat *ps, int target, u64 lat)
+{
+    if (!target) {
+        count(C_OTHER_READER, 1);
+        return;
+    }
+    hist_add(H_QUEUE, lat);
+    track_max(0, lat);
+    count(C_MATCHED, 1);
+    if (ps)
+        __sync_fetch_and_add(&ps->read, 1);
+}
+
 static __always_inline u16 sk_local_port(const void *skaddr)
 {
     const struct sock *sk = skaddr;
@@ -191,13 +213,7 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
                 __sync_fetch_and_add(&ps->queued, 1);
                 count(C_QUEUED, 1);
                 count(C_EARLY, 1);
-                if (f->early_target) {
-                    hist_add(H_QUEUE, 0);
-                    count(C_MATCHED, 1);
-                    __sync_fetch_and_add(&ps->read, 1);
-                } else {
-                    count(C_OTHER_READER, 1);
-                }
+                settle_read(ps, f->early_target, 0);
             }
             return 0;
         }
@@ -265,25 +281,21 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     u64 seq = __sync_fetch_and_add(&f->head, 1);
     struct slot_key key = {.sk = sk, .idx = seq & RING_MASK};
     struct slot_val *val = net_ring.lookup(&key);
-    if (!val || val->seq != seq) {
+    u16 port = f->port;
+    struct port_stat *ps = net_ports.lookup(&port);
+    if (val && val->seq == seq) {
         if (on)
-            count(C_OVERFLOW, 1);
+            settle_read(ps, target, now - val->ts);
         return 0;
     }
     if (!on)
         return 0;
-    if (!target) {
-        count(C_OTHER_READER, 1);
-        return 0;
+    if ((!val || val->seq < seq) && f->tail - seq <= IN_FLIGHT_PUSHES) {
+        count(C_EARLY, 1);               /* its push is still writing the slot */
+        settle_read(ps, target, 0);
+    } else {
+        count(C_OVERFLOW, 1);
     }
-    u64 lat = now - val->ts;
-    hist_add(H_QUEUE, lat);
-    track_max(0, lat);
-    count(C_MATCHED, 1);
-    u16 port = f->port;
-    struct port_stat *ps = net_ports.lookup(&port);
-    if (ps)
-        __sync_fetch_and_add(&ps->read, 1);
     return 0;
 }
 
