@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import statistics
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -116,17 +114,6 @@ def test_thousand_clients_lose_under_one_percent(unbound):
     assert r["timeouts"] < 0.01 * r["sent"], r
 
 
-def _dnsperf_rate_and_mean(server, qfile: Path, seconds: float, sockets: int) -> tuple[float, float]:
-    host, port = server.addr.split(":")
-    cmd = ["dnsperf", "-s", host, "-p", port, "-d", str(qfile), "-l", str(seconds), "-Q", "3000", "-c", str(sockets)]
-    if os.geteuid() == 0:
-        cmd = ["chrt", "-f", "10", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    qps = float(re.search(r"Queries per second:\s+([0-9.]+)", out).group(1))
-    avg = float(re.search(r"Average Latency \(s\):\s+([0-9.]+)", out).group(1))
-    return qps, avg * 1e6
-
-
 @contextlib.contextmanager
 def realtime(*pids: int):
     """SCHED_FIFO for the server, this process and (by inheritance) the load processes.
@@ -152,35 +139,45 @@ def realtime(*pids: int):
 
 
 @requires_dnsperf
-def test_open_loop_agrees_with_dnsperf(unbound, tmp_path):
-    """At 3000 q/s both tools see the same rate and the same mean latency.
+def test_open_loop_agrees_with_dnsperf(unbound):
+    """At 3000 q/s both tools see the same rate and the same median latency.
 
-    Both use 20 sockets over the same warm names, run alternately six times
-    for 1 s each, and the medians are compared. At this rate a cache hit on
-    Unbound takes ~70-90 us, most of it waking idle CPUs in this VM; our
+    Both use 20 sockets over the same warm names (dnsperf through our dnsperf
+    engine, which reads its per-query latencies), run alternately six times for
+    1 s each, and the medians of the runs are compared. At this rate a cache
+    hit on Unbound takes ~70-90 us, most of it waking idle CPUs in this VM; our
     Python process wakes ~5-15 us slower than dnsperf's C thread (measured with
-    kernel receive timestamps: see LoadConfig.kernel_timestamps), so the mean
-    latency is held to 10 % or 15 us, whichever is larger.
+    kernel receive timestamps: see LoadConfig.kernel_timestamps), so p50 is held
+    to 10 % or 15 us, whichever is larger. The median, not the mean: a stall of
+    either process (once seen in CI: our mean 0.5-1.3 ms for a whole set,
+    dnsperf's 0.1 ms) moves a mean by its whole length, and says nothing about
+    whether the tool times a reply right.
     """
-    sc = build_scenario("cache-hit")
-    qfile = tmp_path / "q.txt"
-    qfile.write_text("".join("%s %s\n" % decode_question(q) for q in sc.prime))
+    def one(engine: str) -> dict:
+        r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, qps=3000, clients=20,
+                                duration=1, warmup=0.2, engine=engine))
+        check_consistent(r)
+        return r
+
+    def summary(runs: list[dict]) -> dict:
+        return {"qps": statistics.median(r["qps"] for r in runs),
+                "p50": statistics.median(r["latency_us"]["p50"] for r in runs),
+                "avg": [round(r["latency_us"]["avg"]) for r in runs],
+                "p99": [round(r["latency_us"]["p99"]) for r in runs],
+                "runqueue_wait": [r.get("runqueue_wait_per_process") for r in runs]}
+
     for attempt in range(5):  # a burst of other work on this shared 2-core VM can swamp a set or two
         ours, theirs = [], []
         with realtime(unbound.pid):
             for _ in range(6):
-                r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, qps=3000, clients=20,
-                                        duration=1, warmup=0.2))
-                check_consistent(r)
-                ours.append((r["qps"], r["latency_us"]["avg"]))
-                theirs.append(_dnsperf_rate_and_mean(unbound, qfile, 1, sockets=20))
-        our_rate, their_rate = statistics.median(q for q, _ in ours), statistics.median(q for q, _ in theirs)
-        our_lat, their_lat = statistics.median(a for _, a in ours), statistics.median(a for _, a in theirs)
-        if abs(our_lat - their_lat) <= max(0.10 * their_lat, 15.0):
+                ours.append(one("builtin"))
+                theirs.append(one("dnsperf"))
+        our, their = summary(ours), summary(theirs)
+        if abs(our["p50"] - their["p50"]) <= max(0.10 * their["p50"], 15.0):
             break
-    assert our_rate == pytest.approx(3000, rel=0.03)
-    assert our_rate == pytest.approx(their_rate, rel=0.10), (ours, theirs)
-    assert abs(our_lat - their_lat) <= max(0.10 * their_lat, 15.0), (attempt, ours, theirs)
+    assert our["qps"] == pytest.approx(3000, rel=0.03)
+    assert our["qps"] == pytest.approx(their["qps"], rel=0.10), (our, their)
+    assert abs(our["p50"] - their["p50"]) <= max(0.10 * their["p50"], 15.0), (attempt, our, their)
 
 
 @requires_dnsperf
