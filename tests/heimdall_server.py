@@ -6,7 +6,10 @@ The process is always stopped (SIGTERM, then SIGKILL) even when a test fails.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +27,18 @@ from heimdall_tools.upstream import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
+def _log_dir() -> Path:
+    """One directory for every server log of this test run, removed when it ends.
+
+    Tests read a log after stop(), so a log cannot go with its server; without
+    this, servers stopped by fixtures (not `with`) left hundreds of logs in /tmp.
+    """
+    path = Path(tempfile.mkdtemp(prefix="heimdall-test-logs-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 @dataclass
 class HeimdallProcess:
     upstreams: list[str]
@@ -36,7 +51,7 @@ class HeimdallProcess:
 
     def start(self, timeout: float = 20.0) -> "HeimdallProcess":
         self.port = self.port or free_port()  # probed on 127.0.0.1; fine for ::1 too
-        fd, name = tempfile.mkstemp(prefix="heimdall-test-", suffix=".log")
+        fd, name = tempfile.mkstemp(prefix="heimdall-", suffix=".log", dir=_log_dir())
         os.close(fd)
         self.log_path = Path(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
