@@ -272,13 +272,16 @@ static void call_with_datagram(HotPath *self, PyObject *fn, const unsigned char 
 /* Size the next recvmmsg like the Python reader's batch: asking for more datagrams than
  * are queued makes the kernel try (and fail) once more per call, which at low rates,
  * one datagram per wakeup, is a measurable part of a hit. The poller is level-triggered,
- * so datagrams left queued are read on the next callback. A full read doubles the ask
- * when the ask was already above one, when this callback follows the last within 50 us
- * (a burst: the loop called straight back), or every 8th single datagram (a probe). */
+ * so datagrams left queued are read on the next callback. A partial read of several
+ * asks twice as many next time: under load the queue depth varies from call to call, and
+ * an ask of exactly the last count would leave the rest for another callback, while the
+ * failed try is cheap spread over several datagrams. A full read doubles the ask when the
+ * ask was already above one, when this callback follows the last within 50 us (a burst:
+ * the loop called straight back), or every 8th single datagram (a probe). */
 static void adapt(HotPath *self, int n, double now)
 {
     if (n < self->limit)
-        self->limit = n;
+        self->limit = n == 1 ? 1 : (2 * n > BATCH ? BATCH : 2 * n);
     else if (self->limit > 1 || now - self->last < 50e-6 || (++self->probe & 7) == 0)
         self->limit = self->limit * 2 > BATCH ? BATCH : self->limit * 2;
     self->last = now;
