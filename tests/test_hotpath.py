@@ -238,6 +238,18 @@ def test_batch_size_adapts_down_at_low_rates_and_back_up_for_a_burst(rig):
     assert batches < 30, batches  # callbacks straight after each other double the ask (1, 2, 4, ... 64)
 
 
+def test_a_partial_read_leaves_headroom_for_a_deeper_queue(rig):
+    """After reading n < asked, the next ask is 2n: a queue a little deeper than last
+    time is read in one call, not left for another trip through the loop."""
+    first = [make_query(NAMES[i % 8]) for i in range(5)]
+    assert rig.exchange(first) == [rig.expected(q) for q in first]
+    assert rig.srv.stats.udp_wakeups == 1  # 5 of 64 asked: the next ask is 10
+    deeper = [make_query(NAMES[i % 8]) for i in range(20)]
+    assert rig.exchange(deeper) == [rig.expected(q) for q in deeper]
+    # 10 (a full read: ask 20), then the other 10; an ask of exactly 5 took 5 + 10 + 5
+    assert rig.srv.stats.udp_wakeups == 3
+
+
 def test_time_hits_gets_each_batch():
     calls = []
     r = Rig(time_hits=lambda n, each: calls.append((n, each)))
