@@ -8,6 +8,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,27 @@ def test_cli_is_registered():
     out = subprocess.run([sys.executable, "-m", "heimdall_tools.cli", "compare", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--peers" in out.stdout and "--server" in out.stdout
+
+
+def test_a_variant_can_run_another_checkout(tmp_path):
+    """PYTHONPATH=DIR in a --variant runs the Heimdall found there: an A/B of two builds."""
+    other = tmp_path / "other"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "heimdall", other / "heimdall",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    marker = tmp_path / "ran-from-other"
+    main = other / "heimdall" / "__main__.py"
+    main.write_text(f"open({str(marker)!r}, 'w').close()\n" + main.read_text())
+    cli = [sys.executable, "-m", "heimdall_tools.cli", "compare", "--peers", "none", "--rounds", "1",
+           "--duration", "0.5", "--engines", "dnsperf", "--results-dir", str(tmp_path / "res")]
+    bad = subprocess.run([*cli, "--variant", f"x:PYTHONPATH={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 3 and "not a Heimdall checkout" in bad.stderr and "Traceback" not in bad.stderr
+    assert not marker.exists()
+    if shutil.which("dnsperf") is None:
+        pytest.skip("dnsperf not installed")
+    ok = subprocess.run([*cli, "--variant", f"other:PYTHONPATH={other}"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert marker.exists()
+    results = Path(ok.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    report = json.loads((results / "compare.json").read_text())
+    assert [c["name"] for c in report["contestants"]] == ["heimdall", "other"]
+    assert "not built there" not in ok.stderr  # the copy has the compiled hot path too

@@ -22,7 +22,7 @@ def compare(
     scaling: bool = typer.Option(False, "--scaling", help="add Heimdall with twice the workers as a contestant"),
     bare: bool = typer.Option(False, "--bare", help="add a bare uvloop echo responder (the Python floor)"),
     heimdall_env: Optional[List[str]] = typer.Option(None, "--heimdall-env", help="KEY=VALUE for Heimdall (repeatable), e.g. HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8081 to measure with metrics on"),
-    variant: Optional[List[str]] = typer.Option(None, "--variant", help="NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]: an extra Heimdall with these settings (repeatable), e.g. batch-off:HEIMDALL_UDP_BATCH=off"),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]: an extra Heimdall with these settings (repeatable), e.g. batch-off:HEIMDALL_UDP_BATCH=off; PYTHONPATH=DIR runs the Heimdall of another checkout (A/B of two builds), e.g. prev:PYTHONPATH=/tmp/prev"),
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
 ) -> None:
@@ -44,8 +44,15 @@ def compare(
         vname, sep, pairs = spec.partition(":")
         kv = dict(p.partition("=")[::2] for p in pairs.split(",") if p)
         if not sep or not vname or vname == "heimdall" or not kv or any(
-                not k.startswith("HEIMDALL_") or not v for k, v in kv.items()):
-            raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]", EXIT_ENVIRONMENT)
+                not (k.startswith("HEIMDALL_") or k == "PYTHONPATH") or not v for k, v in kv.items()):
+            raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W] "
+                            "(or PYTHONPATH=DIR)", EXIT_ENVIRONMENT)
+        if "PYTHONPATH" in kv and not (Path(kv["PYTHONPATH"]) / "heimdall" / "__main__.py").is_file():
+            raise ToolError(f"bad --variant {spec!r}: {kv['PYTHONPATH']} is not a Heimdall checkout "
+                            "(no heimdall/__main__.py there)", EXIT_ENVIRONMENT)
+        if "PYTHONPATH" in kv and not list((Path(kv["PYTHONPATH"]) / "heimdall").glob("_hotpath*.so")):
+            print(f"note: variant {vname}: the C hot path is not built there (python setup.py build_ext --inplace "
+                  "in that checkout): it serves from the Python path", file=sys.stderr)
         variants[vname] = kv
     opts = CompareOptions(
         peers=[p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"],

@@ -94,7 +94,7 @@ class CompareOptions:
     fill: int = 0
     scaling: bool = False
     bare: bool = False                                   # add the Python + uvloop floor as a contestant
-    variants: dict = field(default_factory=dict)         # name -> HEIMDALL_* env: extra Heimdall contestants
+    variants: dict = field(default_factory=dict)         # name -> HEIMDALL_* (or PYTHONPATH) env: extra Heimdall contestants
     engines: tuple[str, ...] = ("dnsperf", "builtin")
     results_dir: Path = Path("performance_results")
     heimdall_env: dict = field(default_factory=dict)
