@@ -157,7 +157,7 @@ static __always_inline void batch_add(int kind, u64 v)
 
 /* A datagram read (window open) whose queue time is known: by the target, or
  * by another process on a watched socket. */
-static __always_inline void settle_read(struct port_stat *ps, int target, u64 lat)
+static __always_inline void settle_read(u16 port, int target, u64 lat)
 {
     if (!target) {
         count(C_OTHER_READER, 1);
@@ -166,6 +166,7 @@ static __always_inline void settle_read(struct port_stat *ps, int target, u64 la
     hist_add(H_QUEUE, lat);
     track_max(0, lat);
     count(C_MATCHED, 1);
+    struct port_stat *ps = net_ports.lookup(&port);
     if (ps)
         __sync_fetch_and_add(&ps->read, 1);
 }
@@ -213,7 +214,7 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
                 __sync_fetch_and_add(&ps->queued, 1);
                 count(C_QUEUED, 1);
                 count(C_EARLY, 1);
-                settle_read(ps, f->early_target, 0);
+                settle_read(port, f->early_target, 0);
             }
             return 0;
         }
@@ -281,18 +282,16 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     u64 seq = __sync_fetch_and_add(&f->head, 1);
     struct slot_key key = {.sk = sk, .idx = seq & RING_MASK};
     struct slot_val *val = net_ring.lookup(&key);
-    u16 port = f->port;
-    struct port_stat *ps = net_ports.lookup(&port);
     if (val && val->seq == seq) {
         if (on)
-            settle_read(ps, target, now - val->ts);
+            settle_read(f->port, target, now - val->ts);
         return 0;
     }
     if (!on)
         return 0;
     if ((!val || val->seq < seq) && f->tail - seq <= IN_FLIGHT_PUSHES) {
         count(C_EARLY, 1);               /* its push is still writing the slot */
-        settle_read(ps, target, 0);
+        settle_read(f->port, target, 0);
     } else {
         count(C_OVERFLOW, 1);
     }
