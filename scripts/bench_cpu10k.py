@@ -22,17 +22,17 @@ from pathlib import Path
 import psutil
 
 from heimdall_tools.dnsperf import dnsperf_binary, parse_summary
-from heimdall_tools.sidebyside import BareResponder, CompareOptions, Contestant, _start, warm, warm_file
+from heimdall_tools.sidebyside import (BareResponder, CompareOptions, Contestant, _start, parse_variant, warm,
+                                      warm_file)
+from heimdall_tools.errors import ToolError
 from heimdall_tools.upstream import LocalUpstream
 
 
 def contestants(args: argparse.Namespace, upstream: str) -> list[Contestant]:
     out = [_start("heimdall", "heimdall", upstream, CompareOptions(), 1)]
     for spec in args.variant:
-        name, _, kv = spec.partition(":")
-        opts = CompareOptions()
-        opts.heimdall_env = dict(item.split("=", 1) for item in kv.split(","))
-        out.append(_start("heimdall", name, upstream, opts, 1))
+        name, env = parse_variant(spec)
+        out.append(_start("heimdall", name, upstream, CompareOptions(), 1, env))
     for peer in filter(None, args.peers.split(",")):
         out.append(_start(peer, peer, upstream, CompareOptions(), 1))
     if args.bare:
@@ -92,4 +92,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ToolError as exc:  # a bad --variant: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None

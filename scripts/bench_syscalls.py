@@ -23,17 +23,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from heimdall_tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, warm, warm_file
+from heimdall_tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, parse_variant, warm, warm_file
+from heimdall_tools.errors import ToolError
 from heimdall_tools.upstream import LocalUpstream
 
 
 def contestants(variants: list[str], upstream: str) -> list[Contestant]:
     out = [_start("heimdall", "heimdall", upstream, CompareOptions(), 1)]
     for spec in variants:
-        name, _, kv = spec.partition(":")
-        opts = CompareOptions()
-        opts.heimdall_env = dict(item.split("=", 1) for item in kv.split(","))
-        out.append(_start("heimdall", name, upstream, opts, 1))
+        name, env = parse_variant(spec)
+        out.append(_start("heimdall", name, upstream, CompareOptions(), 1, env))
     return out
 
 
@@ -94,4 +93,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ToolError as exc:  # a bad --variant: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None

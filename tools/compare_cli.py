@@ -28,7 +28,7 @@ def compare(
 ) -> None:
     """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
     from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-    from heimdall_tools.sidebyside import CompareOptions, render_markdown, run_compare
+    from heimdall_tools.sidebyside import CompareOptions, parse_variant, render_markdown, run_compare
 
     eng = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not eng or set(eng) - {"dnsperf", "builtin"}:
@@ -41,15 +41,7 @@ def compare(
         env[k] = v
     variants: dict[str, dict[str, str]] = {}
     for spec in variant or []:
-        vname, sep, pairs = spec.partition(":")
-        kv = dict(p.partition("=")[::2] for p in pairs.split(",") if p)
-        if not sep or not vname or vname == "heimdall" or not kv or any(
-                not (k.startswith("HEIMDALL_") or k == "PYTHONPATH") or not v for k, v in kv.items()):
-            raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W] "
-                            "(or PYTHONPATH=DIR)", EXIT_ENVIRONMENT)
-        if "PYTHONPATH" in kv and not (Path(kv["PYTHONPATH"]) / "heimdall" / "__main__.py").is_file():
-            raise ToolError(f"bad --variant {spec!r}: {kv['PYTHONPATH']} is not a Heimdall checkout "
-                            "(no heimdall/__main__.py there)", EXIT_ENVIRONMENT)
+        vname, kv = parse_variant(spec)
         if "PYTHONPATH" in kv and not list((Path(kv["PYTHONPATH"]) / "heimdall").glob("_hotpath*.so")):
             print(f"note: variant {vname}: the C hot path is not built there (python setup.py build_ext --inplace "
                   "in that checkout): it serves from the Python path", file=sys.stderr)

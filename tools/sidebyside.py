@@ -260,10 +260,26 @@ def measure_fill(c: Contestant, count: int, work: Path) -> dict:
 
 # ---------------------------------------------------------------- the run
 
-def _start(kind: str, name: str, upstream: str, opts: CompareOptions, workers: int) -> Contestant:
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]` (or `NAME:PYTHONPATH=DIR`, another checkout) -> (NAME, env)."""
+    vname, sep, pairs = spec.partition(":")
+    kv = dict(p.partition("=")[::2] for p in pairs.split(",") if p)
+    if not sep or not vname or vname == "heimdall" or not kv or any(
+            not (k.startswith("HEIMDALL_") or k == "PYTHONPATH") or not v for k, v in kv.items()):
+        raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W] "
+                        "(or PYTHONPATH=DIR)", EXIT_ENVIRONMENT)
+    if "PYTHONPATH" in kv and not (Path(kv["PYTHONPATH"]) / "heimdall" / "__main__.py").is_file():
+        raise ToolError(f"bad --variant {spec!r}: {kv['PYTHONPATH']} is not a Heimdall checkout "
+                        "(no heimdall/__main__.py there)", EXIT_ENVIRONMENT)
+    return vname, kv
+
+
+def _start(kind: str, name: str, upstream: str, opts: CompareOptions, workers: int,
+           env: dict[str, str] | None = None) -> Contestant:
+    """Start one contestant; `env` (a variant's) goes over opts.heimdall_env for Heimdall."""
     from heimdall_tools import peers
     if kind == "heimdall":
-        env = {"HEIMDALL_CACHE_CAPACITY": str(opts.cache_entries), **opts.heimdall_env}
+        env = {"HEIMDALL_CACHE_CAPACITY": str(opts.cache_entries), **opts.heimdall_env, **(env or {})}
         srv = peers.HeimdallServer(upstream, env=env, workers=workers).start()
     elif kind == "unbound":
         srv = peers.UnboundServer(upstream, threads=workers, cache_entries=opts.cache_entries).start()
@@ -392,12 +408,7 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say=print) ->
                     skipped.append({"peer": kind, "why": str(exc)})
                     say(f"note: {kind} skipped: {exc}")
             for vname, venv in opts.variants.items():
-                saved = opts.heimdall_env
-                opts.heimdall_env = {**saved, **venv}
-                try:
-                    contestants.append(_start("heimdall", vname, up.addr, opts, opts.workers))
-                finally:
-                    opts.heimdall_env = saved
+                contestants.append(_start("heimdall", vname, up.addr, opts, opts.workers, venv))
             if opts.bare:
                 b = BareResponder().start()
                 contestants.append(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))
