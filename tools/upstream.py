@@ -102,7 +102,9 @@ def die_with_parent() -> Callable[[], None]:
 
     Without it an NSD started by a test or by `heimdall serve --demo` that was
     SIGKILLed outlives it (NSD runs in its own session, so no terminal signal
-    reaches it either). Linux PR_SET_PDEATHSIG; a no-op elsewhere.
+    reaches it either). Linux PR_SET_PDEATHSIG; a no-op elsewhere. Linux fires it
+    when the *thread* that started the child ends, so start tied children from a
+    thread that lives as long as they should (every caller here uses the main thread).
     """
     parent = os.getpid()
 
