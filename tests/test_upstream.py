@@ -1,6 +1,7 @@
 """The local NSD upstream answers what its zones promise."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ CHILD = """
 import sys, time
 from heimdall_tools.upstream import LocalUpstream
 up = LocalUpstream(tied=sys.argv[1] == "1").start()
-print(up.pid, up.port, flush=True)
+print(up.pid, up.port, up.workdir, flush=True)
 time.sleep(600)
 """
 
@@ -53,7 +54,8 @@ def test_nsd_dies_with_a_sigkilled_parent_only_when_tied(tied):
     """A SIGKILLed test or `heimdall serve --demo` must not leave its NSD behind;
     `heimdall-tools upstream start` (tied=False) must."""
     parent = subprocess.Popen([sys.executable, "-c", CHILD, "1" if tied else "0"], stdout=subprocess.PIPE, text=True)
-    nsd_pid, port = map(int, parent.stdout.readline().split())
+    pid_text, port_text, workdir = parent.stdout.readline().split()
+    nsd_pid, port = int(pid_text), int(port_text)
     try:
         assert not gone_or_zombie(nsd_pid)
         parent.kill()
@@ -68,3 +70,4 @@ def test_nsd_dies_with_a_sigkilled_parent_only_when_tied(tied):
     finally:
         if not gone_or_zombie(nsd_pid):
             os.kill(nsd_pid, signal.SIGTERM)
+        shutil.rmtree(workdir, ignore_errors=True)  # its owner was SIGKILLed: nobody else removes it
