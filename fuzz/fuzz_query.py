@@ -5,7 +5,7 @@
 
 One input, first byte % 3 picks the target:
 
-- 0: the bytes are a client query. `DnsServer.handle` runs on it (UDP and
+- 0: the bytes are a client query. `Pipeline.answer` runs on it (UDP and
   TCP) with a cache primed from real answers (built by `build_entry` from
   replies for www/multi/alias/nope/big, as NSD sends them), plus the UDP hot
   path's lookup `data[2:].lower()` and reply composition. It must never
@@ -40,18 +40,19 @@ def _imports():
     import dns.message
     import dns.rrset
 
-    from heimdall import snapshot, wire
+    from heimdall import cachekey, snapshot, wire
     from heimdall.cache import Cache, build_entry
     from heimdall.config import Config, HostPort
-    from heimdall.server import DnsServer, Miss
-    return dns, snapshot, wire, Cache, build_entry, Config, HostPort, DnsServer, Miss
+    from heimdall.outcome import Answer, Miss
+    from heimdall.server import DnsServer
+    return dns, snapshot, wire, cachekey, Cache, build_entry, Config, HostPort, DnsServer, Answer, Miss
 
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports(include=["heimdall"]):
-        dns, snapshot, wire, Cache, build_entry, Config, HostPort, DnsServer, Miss = _imports()
+        dns, snapshot, wire, cachekey, Cache, build_entry, Config, HostPort, DnsServer, Answer, Miss = _imports()
 else:
-    dns, snapshot, wire, Cache, build_entry, Config, HostPort, DnsServer, Miss = _imports()
+    dns, snapshot, wire, cachekey, Cache, build_entry, Config, HostPort, DnsServer, Answer, Miss = _imports()
 
 import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
@@ -101,7 +102,7 @@ def make_server():
         for tcp in (False, True):
             limit = 65535 if tcp else wire.size_class(q)
             entry, ttl = build_entry(reply, client, q, limit, NOW, 0, 86400, 3600)
-            server.cache.put(wire.cache_key(client, q, tcp), entry)
+            server.cache.put(cachekey.cache_key(client, q, tcp), entry)
     return server
 
 
@@ -124,8 +125,9 @@ def client_limit(q) -> int:
 def fuzz_client_query(data: bytes) -> None:
     srv = SERVER
     for tcp in (False, True):
-        result = srv.handle(data, NOW + (len(data) & 3), tcp)  # never raises
-        if isinstance(result, bytes):
+        result = srv.pipeline.answer(data, NOW + (len(data) & 3), tcp)  # never raises
+        if isinstance(result, Answer):
+            result = result.reply
             check(len(result) >= 12 and result[:2] == data[:2], "reply without the client's ID")
             check(result[2] & wire.QR != 0, "reply without QR")
             if not tcp:
@@ -136,7 +138,7 @@ def fuzz_client_query(data: bytes) -> None:
                 limit = client_limit(q) if q is not None else 512
                 check(len(result) <= limit, f"UDP reply of {len(result)} bytes > client's {limit}")
         elif result is not None:
-            check(isinstance(result, Miss), f"handle returned {type(result)}")
+            check(isinstance(result, Miss), f"answer returned {type(result)}")
             check(result.limit in (512, wire.OUR_UDP_SIZE, 65535), "odd limit")
             if not tcp:
                 check(result.limit <= client_limit(result.q), "miss limit above the client's size")

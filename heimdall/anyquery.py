@@ -1,4 +1,4 @@
-"""qtype ANY without amplification (RFC 8482), HEIMDALL_ANY_MODE.
+"""Stage 3 (policy): qtype ANY without amplification (RFC 8482), HEIMDALL_ANY_MODE.
 
 ANY is the classic reflection-amplification query: a 40-byte question that
 makes a server send kilobytes at a spoofed victim. Modes:
@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 
 from heimdall import wire
+from heimdall.counters import Counters
+from heimdall.outcome import Answer, How
 from heimdall.wire import Query
 
 TYPE_ANY = 255
@@ -35,3 +37,19 @@ def reply(data: bytes, q: Query, mode: str) -> bytes:
     opt = wire.opt_record(wire.OUR_UDP_SIZE, q.do) if q.edns else b""
     return (data[:2] + bytes((b2, b3)) + struct.pack("!HHHH", 1, 1, 0, 1 if q.edns else 0)
             + data[wire.HEADER_LEN:q.qend] + rr + opt)
+
+
+class AnyQuery:
+    """The policy stage for ANY in "minimal" or "refused" mode ("forward" installs none)."""
+
+    def __init__(self, mode: str, counters: Counters):
+        self.mode = mode
+        self.counters = counters
+
+    def check(self, data: bytes, q: Query) -> Answer | None:
+        if q.qtype != TYPE_ANY:
+            return None
+        if self.mode == "refused":
+            self.counters.refused += 1
+            return Answer(reply(data, q, self.mode), How.ERROR)
+        return Answer(reply(data, q, self.mode), How.LOCAL)

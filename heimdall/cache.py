@@ -158,6 +158,12 @@ class Cache:
         self._order.clear()
 
 
+def local_entry(reply: bytes, q: wire.Query, now: int, ttl: int, blocked: bool) -> Entry:
+    """The entry for a reply a policy stage made (e.g. blocked), so the hot path serves it next time."""
+    lid = label_id(q.qtype, reply[3] & wire.RCODE_MASK, blocked)
+    return Entry(reply[2:12], reply[q.qend:], q.qend, now, ttl, (), lid)
+
+
 def clamp_ttls(body: bytearray, scan: ResponseScan, min_ttl: int, max_ttl: int, negative_cap: int) -> int:
     """Rewrite every scanned TTL in body into [min_ttl, max_ttl]; negative answers use the SOA (RFC 2308).
 
@@ -200,7 +206,7 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     entry and its cache lifetime (-1: serve once, do not cache).
     """
     scan = wire.scan_response(response, full=False)
-    if not bailiwick.clean(response, scan):  # issue 8: only records about the question are kept
+    if not bailiwick.clean(response, scan):  # only records about the question are kept
         response = bailiwick.strip(response, scan)
         scan = wire.scan_response(response, full=False)
     if scan.rcode > 15:

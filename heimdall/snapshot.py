@@ -36,7 +36,7 @@ import zlib
 from typing import Callable
 
 from heimdall.atomic import atomic_write_bytes
-from heimdall import wire
+from heimdall import cachekey, wire
 from heimdall.cache import LABEL_KEYS, Cache, Entry, label_id
 
 MAGIC = b"HEIMDALL-CACHE\x01\n"
@@ -149,16 +149,11 @@ def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes,
     return out, expired
 
 
-def query_for_key(key: bytes) -> bytes:
-    """A client query whose cache key is key (ID 0): the UDP key *is* the query from byte 2 on."""
-    return b"\x00\x00" + (key[1:] if key[:1] in (b"T", b"X") else key)
-
-
-def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callable | None = None) -> int:
+def restore(cache: Cache, path: str, log: Callable[[str], None], local: Callable | None = None) -> int:
     """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning.
 
-    Entries for names the blocking `policy` now blocks are dropped (the policy answers, and caches,
-    those itself); block answers were never written (see _records).
+    Entries for names a policy stage now answers (blocked) are dropped: the pipeline's `local`
+    answers, and caches, those itself; block answers were never written (see _records).
     """
     try:
         with open(path, "rb") as f:
@@ -175,15 +170,15 @@ def restore(cache: Cache, path: str, log: Callable[[str], None], policy: Callabl
         return 0
     restored = blocked = 0
     for key, entry in entries:
-        data = query_for_key(key)
+        data = cachekey.query_for_key(key)
         try:
             q = wire.parse_query(data)
         except wire.WireError:
             continue  # not a key we wrote
-        if policy is not None:
+        if local is not None:
             try:
-                answered = policy(data, q) is not None
-            except Exception:  # noqa: BLE001 - a failing policy must not stop the worker from starting
+                answered = local(data, q) is not None
+            except Exception:  # noqa: BLE001 - a failing policy stage must not stop the worker from starting
                 answered = True
             if answered:
                 blocked += 1
@@ -214,8 +209,8 @@ class Snapshotter:
         self._task: asyncio.Task | None = None
         self._failed = False
 
-    def restore(self, policy: Callable | None = None) -> int:
-        return restore(self.cache, self.path, self.log, policy)
+    def restore(self, local: Callable | None = None) -> int:
+        return restore(self.cache, self.path, self.log, local)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())

@@ -18,7 +18,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from heimdall.config import Config, HostPort
-from heimdall.server import Setup, bind_error_message, bind_sockets, hot_path_built, log, run_worker
+from heimdall.logs import log
+from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
+from heimdall.udp import hot_path_built
 
 EXIT_BIND = 3
 EXIT_STARTUP = 4  # a worker could not start a feature (e.g. the HTTP API); it printed why
@@ -43,7 +45,7 @@ def serve_single(config: Config, setup: Setup | None = None) -> int:
         udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
     except OSError as exc:
         raise StartupError(bind_error_message(config.bind_addr, exc)) from None
-    from heimdall.features import FeatureError
+    from heimdall.assembly import FeatureError
 
     try:
         return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())),
@@ -186,7 +188,7 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
     def ready(_server: object) -> None:
         os.write(ready_fd, b"r")
 
-    from heimdall.features import FeatureError
+    from heimdall.assembly import FeatureError
 
     try:
         return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
@@ -207,13 +209,13 @@ def start_demo_upstream(config: Config):
 def prepare_shared(config: Config) -> Setup | None:
     """Load state every worker shares, once, before fork (copy-on-write pages).
 
-    Returns the per-worker setup that installs it into each DnsServer. Blocking,
-    rate limiting and metrics (issue 3) are wired in here.
+    Returns the per-worker setup that installs the optional stages and observers
+    into each worker's pipeline (heimdall/assembly.py).
     """
-    from heimdall.features import FeatureError, prepare
+    from heimdall.assembly import FeatureError, prepare
 
     try:
-        return prepare(config)  # issue 3: blocklists, rate limiting, metrics/HTTP, query log
+        return prepare(config)
     except FeatureError as exc:
         raise StartupError(str(exc)) from None
 

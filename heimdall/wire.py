@@ -2,7 +2,7 @@
 
 dnspython is correct but slow (tens of microseconds per message); a cache hit
 must cost a few, so these helpers work on raw bytes: header sanity, question
-parsing, the cache key, TTL offset discovery, TTL aging and error replies.
+parsing, TTL offset discovery, TTL aging and error replies.
 Everything here raises `WireError` (never anything else) on malformed input.
 """
 
@@ -36,10 +36,8 @@ _U32 = struct.Struct("!I")
 _COUNTS = struct.Struct("!HHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
-# Byte values that bytes.lower() changes or produces; see cache_key().
-_LETTER_BYTES = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
-_PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
-_EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
 class WireError(ValueError):
@@ -150,33 +148,6 @@ def opt_record(size: int, do: bool, ext_rcode: int = 0) -> bytes:
     return b"\x00\x00\x29" + _U16.pack(size) + bytes((ext_rcode, 0, 0x80 if do else 0, 0)) + b"\x00\x00"
 
 
-def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
-    """The cache key: flags that change the answer + lower-cased question + EDNS class.
-
-    For UDP the key is laid out so that a canonical query's bytes from offset 2,
-    lower-cased, *are* the key: the hot path computes `data[2:].lower()` and
-    does one dict lookup. That is only unambiguous when no byte outside the
-    name is one that lower() changes or produces (e.g. qtype 65 = 'A'); such
-    keys get an 'X' prefix, which the hot path can never produce, so they are
-    only found through this function.
-    """
-    flags = bytes((msg[2] & RD, msg[3] & (AD | CD)))
-    name = msg[HEADER_LEN:q.qend - 4].lower()
-    typeclass = msg[q.qend - 4:q.qend]
-    if q.edns:
-        tail = typeclass + opt_record(size_class(q), q.do)
-        key_parts = (flags, _EDNS_COUNTS, name, tail)
-    else:
-        tail = typeclass
-        key_parts = (flags, _PLAIN_COUNTS, name, tail)
-    key = b"".join(key_parts)
-    if tcp:
-        return b"T" + key
-    if any(b in _LETTER_BYTES for b in flags + tail):
-        return b"X" + key
-    return key
-
-
 def error_reply(msg: bytes, rcode: int, qend: int | None = None, edns: bool = False) -> bytes:
     """A bare reply with the client's ID, opcode and RD, the question if known."""
     b2 = QR | (msg[2] & (OPCODE_MASK | RD))
@@ -277,8 +248,8 @@ def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bo
     """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
     head = _U16.pack(qid) + bytes((RD if rd else 0, CD if cd else 0))
     if edns:
-        return head + _EDNS_COUNTS + question + opt_record(OUR_UDP_SIZE, do)
-    return head + _PLAIN_COUNTS + question
+        return head + EDNS_COUNTS + question + opt_record(OUR_UDP_SIZE, do)
+    return head + PLAIN_COUNTS + question
 
 
 def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
@@ -291,6 +262,17 @@ def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) 
     if exact:  # 0x20 (HEIMDALL_USE_0X20): the mixed case we sent must come back as sent
         return echoed == question
     return echoed.lower() == question.lower()
+
+
+def reply_question(reply: bytes) -> tuple[int, int]:
+    """(end of the question, qtype) of a reply we built; (-1, 0) when it carries no question."""
+    if len(reply) < HEADER_LEN or reply[4:6] != b"\x00\x01":
+        return -1, 0
+    try:
+        qend = question_end(reply)
+    except WireError:
+        return -1, 0
+    return qend, (reply[qend - 4] << 8) | reply[qend - 3]
 
 
 def qtype_text(qtype: int) -> str:

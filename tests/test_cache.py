@@ -10,7 +10,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from heimdall import wire
+from heimdall import cachekey, wire
 from heimdall.cache import Cache, Entry, build_entry
 
 
@@ -149,7 +149,7 @@ def test_memory_per_entry_under_400_bytes(upstream):
         for w, resp in zip(wires, responses):
             q = wire.parse_query(w)
             e, ttl = build_entry(resp, w, q, 512, 1000, 0, 86400, 3600)
-            c.put(wire.cache_key(w, q, tcp=False), e)
+            c.put(cachekey.cache_key(w, q, tcp=False), e)
         per_entry = (tracemalloc.get_traced_memory()[0] - before) / n
     finally:
         tracemalloc.stop()

@@ -1,9 +1,9 @@
 """The C hot path (heimdall/_hotpath.c) against the Python model of a cache hit, on real sockets.
 
-The model is what the Python readers do per datagram: key = data[2:].lower();
+The model is what the Python twin (heimdall/hotpath.py) does per datagram: key = data[2:].lower();
 a fresh entry (re-aged through Entry.refresh) answers entry.reply(data) to the
 sender, anything else goes to the slow path unchanged. Every test drives the
-real reader that `DnsServer.udp_reader()` installs, with queries sent from a
+real reader that `UdpListener.reader()` installs, with queries sent from a
 real client socket and replies read back from it.
 """
 
@@ -17,16 +17,16 @@ import time
 import dns.message
 import dns.rrset
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from heimdall import server as server_mod
-from heimdall import wire
+from heimdall import cachekey, udp, wire
 from heimdall.cache import build_entry
 from heimdall.config import load_config
+from heimdall.hotpath import PyHotPath
 from heimdall.server import DnsServer
 
-pytestmark = pytest.mark.skipif(not server_mod.hot_path_built(), reason="C hot path not built (no compiler)")
+pytestmark = pytest.mark.skipif(not udp.hot_path_built(), reason="C hot path not built (no compiler)")
 
 NAMES = [f"n{i}.hot.test" for i in range(8)]
 
@@ -50,18 +50,19 @@ class Rig:
         tcp = socket.socket(family, socket.SOCK_STREAM)
         self.srv = DnsServer(self.config, udp, tcp)
         self.slow: list[tuple[bytes, tuple]] = []
-        self.srv._udp_slow = lambda data, addr, now: self.slow.append((data, addr))
-        self.srv.time_hits = time_hits
+        self.srv.udp_listener.slow = lambda data, addr, now: self.slow.append((data, addr))
+        self.srv.pipeline.time_hits = time_hits
         self.now = int(time.monotonic())
         for name in NAMES:
             for qtype, edns in (("A", False), ("AAAA", True)):
                 self.put(make_query(name, qtype, edns), ttl=300)
-        self.read = self.srv.udp_reader()
+        self.read = self.srv.udp_listener.reader()
         self.client = socket.socket(family, socket.SOCK_DGRAM)
         self.client.bind((host, 0))
         self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # room for a burst of replies
         self.client.settimeout(2)
         self.dest = udp.getsockname()
+        self.second = int(time.monotonic())
 
     def put(self, query: bytes, ttl: int, now: int | None = None) -> None:
         q = dns.message.from_wire(query)
@@ -71,16 +72,24 @@ class Rig:
                                             "192.0.2.1" if rdtype == 1 else "2001:db8::1"))
         pq = wire.parse_query(query)
         entry, _ = build_entry(r.to_wire(), query, pq, 1232, self.now if now is None else now, 0, 86400, 3600)
-        self.srv.cache.put(wire.cache_key(query, pq, False), entry)
+        self.srv.cache.put(cachekey.cache_key(query, pq, False), entry)
 
     def expected(self, data: bytes) -> bytes | None:
-        """The model: the reply a fresh hit gets, or None for the slow path."""
+        """The model: the reply a fresh hit gets, or None for the slow path.
+
+        Replies carry TTLs aged to the second they were sent in: when the clock
+        has ticked since the exchange began, the model cannot tell which second
+        each reply saw, so the example is discarded rather than judged.
+        """
+        if int(time.monotonic()) != self.second:
+            reject()
         e = self.srv.cache.map.get(data[2:].lower()) if len(data) > 12 else None
         if e is not None and (e.aged == int(time.monotonic()) or e.refresh(int(time.monotonic()))):
             return e.reply(data)
         return None
 
     def exchange(self, datagrams: list[bytes]) -> list[bytes]:
+        self.second = int(time.monotonic())
         for d in datagrams:
             self.client.sendto(d, self.dest)
         for _ in range(1000):  # as the (level-triggered) loop does: call while the socket is readable
@@ -114,7 +123,7 @@ def test_the_server_installs_the_c_reader_by_default_and_python_when_asked():
     c, py = Rig("c"), Rig("python")
     try:
         assert type(c.read).__name__ == "HotPath"
-        assert getattr(py.read, "__func__", None) in (DnsServer._udp_readable, DnsServer._udp_readable_batched)
+        assert isinstance(py.read, PyHotPath)
     finally:
         c.close()
         py.close()
@@ -123,8 +132,8 @@ def test_the_server_installs_the_c_reader_by_default_and_python_when_asked():
 def test_the_query_log_keeps_the_python_reader():
     r = Rig("c")
     try:
-        r.srv.fast_ok = False  # what features.py sets when the query log is on
-        assert type(r.srv.udp_reader()).__name__ != "HotPath"
+        r.srv.pipeline.fast_path = False  # what assembly.py sets when the query log is on
+        assert type(r.srv.udp_listener.reader()).__name__ != "HotPath"
     finally:
         r.close()
 
@@ -140,9 +149,9 @@ def test_rate_limited_datagrams_go_to_limited_and_the_rest_are_served():
 
     r = Rig("c")
     try:
-        r.srv.admit = admit
-        r.srv._limited = lambda data, addr: limited.append((data, addr))
-        r.read = r.srv.udp_reader()
+        r.srv.pipeline.admit = admit
+        r.srv.udp_listener.limited = lambda data, addr: limited.append((data, addr))
+        r.read = r.srv.udp_listener.reader()
         assert type(r.read).__name__ == "HotPath"
         queries = [make_query(NAMES[i]) for i in range(5)] + [make_query("miss.hot.test")]
         replies = r.exchange(queries)
@@ -159,8 +168,8 @@ def test_rate_limited_datagrams_go_to_limited_and_the_rest_are_served():
 def test_a_failing_admit_hook_admits():
     r = Rig("c")
     try:
-        r.srv.admit = lambda ip: 1 / 0
-        r.read = r.srv.udp_reader()
+        r.srv.pipeline.admit = lambda ip: 1 / 0
+        r.read = r.srv.udp_listener.reader()
         q = make_query(NAMES[0])
         assert r.exchange([q]) == [r.expected(q)]
     finally:
@@ -264,11 +273,11 @@ def test_a_failing_slow_path_does_not_stop_the_reader(rig, capsys):
     def boom(data, addr, now):
         raise RuntimeError("boom")
 
-    rig.srv._udp_slow = boom
+    rig.srv.udp_listener.slow = boom
     q = make_query(NAMES[2])
     replies = rig.exchange([make_query("miss.hot.test"), q])
     assert replies == [rig.expected(q)]
-    assert rig.srv.stats.internal_errors == 1  # counted by _udp_slow_guarded, never raised into the loop
+    assert rig.srv.stats.internal_errors == 1  # counted by UdpListener.slow_guarded, never raised into the loop
 
 
 def test_ipv6_clients_get_their_reply_and_a_full_address_on_the_slow_path():
@@ -311,7 +320,7 @@ def test_property_c_reader_agrees_with_the_python_model(rig, datagrams):
 def test_hot_path_c_without_the_extension_is_a_startup_error(monkeypatch):
     from heimdall import supervisor
 
-    monkeypatch.setattr(server_mod, "_hotpath", None)
+    monkeypatch.setattr(udp, "_hotpath", None)
     config = load_config(["--hot-path", "c", "--upstream-servers", "127.0.0.1:9"], {})
     with pytest.raises(supervisor.StartupError, match="HEIMDALL_HOT_PATH=c"):
         supervisor.serve(config)

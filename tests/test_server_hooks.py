@@ -1,7 +1,8 @@
-"""The hook points issue 3 wires into: admit (rate limit), policy (blocking), reload hooks, stats.
+"""The pipeline's optional stages, installed by a setup the way heimdall/assembly.py does it.
 
-A real worker runs in a subprocess via `run_worker(..., setup=...)`, the way
-`supervisor.prepare_shared()` will install them; clients are real sockets.
+Stage 1 (admit: rate limit), stage 3 (a policy: blocking) and a reload hook,
+in a real worker run in a subprocess via `run_worker(..., setup=...)`;
+clients are real sockets.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ WORKER = textwrap.dedent('''
     import sys
     from heimdall import wire
     from heimdall.config import load_config
-    from heimdall.server import bind_sockets, run_worker, log
+    from heimdall.logs import log
+    from heimdall.outcome import Answer, How
+    from heimdall.server import bind_sockets, run_worker
 
     config = load_config(sys.argv[1:], {})
     blocked = {b"\\x07blocked\\x07example\\x04test\\x00"}
@@ -36,10 +39,11 @@ WORKER = textwrap.dedent('''
         def admit(ip):
             return ip != bytes([127, 0, 0, 2])
 
-        def policy(data, q):
-            if data[12:q.qend - 4].lower() in blocked:
-                return wire.error_reply(data, wire.NXDOMAIN, q.qend, q.edns)
-            return None
+        class Policy:
+            def check(self, data, q):
+                if data[12:q.qend - 4].lower() in blocked:
+                    return Answer(wire.error_reply(data, wire.NXDOMAIN, q.qend, q.edns), How.BLOCKED)
+                return None
 
         def reload():
             blocked.add(b"\\x03www\\x07example\\x04test\\x00")
@@ -47,8 +51,8 @@ WORKER = textwrap.dedent('''
             generation[0] += 1
             log(f"reloaded {generation[0]}")
 
-        server.admit = admit
-        server.policy = policy
+        server.pipeline.admit = admit
+        server.pipeline.blocking = Policy()
         server.reload_hooks.append(reload)
 
     udp, tcp = bind_sockets(config.bind_addr, reuseport=False)

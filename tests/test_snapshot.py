@@ -146,14 +146,14 @@ def nsd_entries(upstream):
     """(client query, key, entry builder) for real NSD answers, built in-process."""
     from test_cache import client_query, fetch
 
-    from heimdall import wire
+    from heimdall import cachekey, wire
     from heimdall.cache import build_entry
 
     wires = [client_query(n, t, use_edns=0) for n, t, _ in NAMES]
     out = []
     for w, resp in zip(wires, fetch(upstream, wires)):
         q = wire.parse_query(w)
-        out.append((w, wire.cache_key(w, q, False), lambda now, r=resp, w=w, q=q: build_entry(
+        out.append((w, cachekey.cache_key(w, q, False), lambda now, r=resp, w=w, q=q: build_entry(
             r, w, q, 1232, now, 0, 86400, 3600)[0]))
     return out
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heimdall import wire
+from heimdall import cachekey, wire
 
 LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1, max_size=20)
 NAMES = st.lists(LABEL, min_size=1, max_size=4).map(lambda ls: ".".join(ls) + ".")
@@ -68,12 +68,12 @@ def mixcase(w: bytes, flips: list[bool]) -> bytes:
 @FAST
 @given(QUERY, QUERY, st.lists(st.booleans(), min_size=1, max_size=8))
 def test_cache_key_equal_exactly_when_the_answer_must_be(a, b, flips):
-    ka = wire.cache_key(a, wire.parse_query(a), tcp=False)
-    kb = wire.cache_key(b, wire.parse_query(b), tcp=False)
+    ka = cachekey.cache_key(a, wire.parse_query(a), tcp=False)
+    kb = cachekey.cache_key(b, wire.parse_query(b), tcp=False)
     assert (ka == kb) == (variant(a) == variant(b))
     a2 = mixcase(a, flips)
-    assert wire.cache_key(a2, wire.parse_query(a2), tcp=False) == ka
-    assert wire.cache_key(a, wire.parse_query(a), tcp=True) != ka
+    assert cachekey.cache_key(a2, wire.parse_query(a2), tcp=False) == ka
+    assert cachekey.cache_key(a, wire.parse_query(a), tcp=True) != ka
 
 
 SAME_NAME_PAIR = NAMES.flatmap(lambda n: st.tuples(*[st.builds(
@@ -86,7 +86,7 @@ SAME_NAME_PAIR = NAMES.flatmap(lambda n: st.tuples(*[st.builds(
 def test_hot_path_key_never_hits_a_different_question(pair):
     """The hot path looks up a[2:].lower(); it may only find entries stored for the same variant."""
     a, b = pair
-    kb = wire.cache_key(b, wire.parse_query(b), tcp=False)
+    kb = cachekey.cache_key(b, wire.parse_query(b), tcp=False)
     if a[2:].lower() == kb:
         assert variant(a) == variant(b)
 
@@ -94,8 +94,8 @@ def test_hot_path_key_never_hits_a_different_question(pair):
 @pytest.mark.parametrize("upper,lower", [(0x41, 0x61), (0x5A, 0x7A), (0x4141, 0x6161), (0x0141, 0x0161)])
 def test_letter_valued_qtypes_do_not_collide(upper, lower):
     a, b = make("www.example.test.", upper), make("www.example.test.", lower)
-    ka = wire.cache_key(a, wire.parse_query(a), tcp=False)
-    kb = wire.cache_key(b, wire.parse_query(b), tcp=False)
+    ka = cachekey.cache_key(a, wire.parse_query(a), tcp=False)
+    kb = cachekey.cache_key(b, wire.parse_query(b), tcp=False)
     assert ka != kb
     assert a[2:].lower() != kb and b[2:].lower() != ka
 
@@ -104,12 +104,12 @@ def test_letter_valued_qtypes_do_not_collide(upper, lower):
 @given(NAMES, st.sampled_from([1, 28, 15, 16]), st.booleans())
 def test_hot_path_key_is_the_cache_key_for_plain_queries(name, qtype, edns):
     w = make(name, qtype, 0 if edns else None, 1232)
-    assert w[2:].lower() == wire.cache_key(w, wire.parse_query(w), tcp=False)
+    assert w[2:].lower() == cachekey.cache_key(w, wire.parse_query(w), tcp=False)
 
 
 def test_letter_valued_qtype_gets_a_key_the_hot_path_cannot_produce():
     w = make("www.example.test.", 65)
-    k = wire.cache_key(w, wire.parse_query(w), tcp=False)
+    k = cachekey.cache_key(w, wire.parse_query(w), tcp=False)
     assert k.startswith(b"X") and w[2:].lower() != k
 
 

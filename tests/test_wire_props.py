@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from heimdall import anyquery, bailiwick, wire
+from heimdall import anyquery, bailiwick, cachekey, wire
 from heimdall.cache import Cache, build_entry, clamp_ttls
 from heimdall.upstream import mix_case
 from heimdall.wire import WireError
@@ -90,7 +90,7 @@ def every_function(msg: bytes) -> None:
         q = None
     if q is not None:
         for tcp in (False, True):
-            wire.cache_key(msg, q, tcp)
+            cachekey.cache_key(msg, q, tcp)
         wire.error_reply(msg, wire.REFUSED, q.qend, q.edns)
         if q.qtype == 255:
             dns.message.from_wire(anyquery.reply(msg, q, "minimal"))
@@ -367,7 +367,7 @@ def test_cache_hit_reply_agrees_with_hot_path_composition(name, rdtype, qid, ela
     cq = wire.parse_query(cw)
     e, ttl = build_entry(r.to_wire(), cw, cq, 512, 1000, 0, 86400, 3600)
     cache = Cache(10)
-    cache.put(wire.cache_key(cw, cq, False), e)
+    cache.put(cachekey.cache_key(cw, cq, False), e)
     got = cache.get_fresh(cw[2:].lower(), 1000 + elapsed)
     if elapsed >= 3000:
         assert got is None

@@ -1,0 +1,181 @@
+"""Which optional stages and observers a worker runs, built from the configuration.
+
+`prepare(config)` runs once before fork: it loads the blocklists (so their
+frozensets' pages are shared copy-on-write; `gc.freeze()` keeps the collector
+from touching them) and checks the blocking settings. The `Setup` it returns
+runs in every worker and installs into that worker's pipeline:
+
+* stage 1, rate limit: RateLimiter.allow on the packed client address;
+  a limited query is answered REFUSED or dropped;
+* stage 3, blocking (heimdall/blocking.py), with its reload on SIGHUP and
+  its mtime poll;
+* observers: the query log (while it is on, the hot path answers nothing
+  itself, so that every query is logged) and metrics (heimdall/counting.py);
+* the HTTP API: with one worker it runs on the worker's loop and reads live
+  figures; with N workers every worker publishes a snapshot file each second
+  and worker 0 serves the API from the sum of the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import TYPE_CHECKING, Callable
+
+from heimdall import metrics
+from heimdall.blocking import Blocking
+from heimdall.blocklist import BlocklistError, BlocklistManager
+from heimdall.blockresponse import BlockResponder, BlockResponseError
+from heimdall.config import Config
+from heimdall.counting import Counting
+from heimdall.httpapi import HttpApi, health_from_snapshot
+from heimdall.logs import setup_logging
+from heimdall.metrics import SnapshotStore
+from heimdall.querylog import QueryLog
+from heimdall.ratelimit import RateLimitConfig, RateLimiter
+
+if TYPE_CHECKING:
+    from heimdall.server import DnsServer
+
+log = logging.getLogger("heimdall.assembly")
+
+WORKER_INDEX_ENV = "HEIMDALL_WORKER_INDEX"  # set by the supervisor in each forked worker
+PUBLISH_INTERVAL = 1.0
+
+
+class FeatureError(Exception):
+    """An optional stage could not start (unreadable list, HTTP address taken); str() is one line."""
+
+
+def wanted(config: Config) -> bool:
+    return bool(config.blocklists or config.allowlist or config.enable_rate_limiting
+                or config.http_bind_addr is not None or config.query_log)
+
+
+def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
+    """Before fork: load lists, check settings; returns the per-worker setup (or None)."""
+    if not wanted(config):
+        return None
+    setup_logging()
+    try:
+        BlockResponder(config.blocking_mode, config.blocking_ttl, config.blocking_custom_ip)
+    except BlockResponseError as exc:
+        raise FeatureError(str(exc)) from None
+    manager = None
+    if config.blocklists or config.allowlist:
+        manager = BlocklistManager(config.blocklists, config.allowlist)
+        started = time.monotonic()
+        try:
+            manager.load()
+        except BlocklistError as exc:
+            raise FeatureError(str(exc)) from None
+        log.info("blocklists ready in %.1fs", time.monotonic() - started)
+    store_dir = None
+    if config.worker_threads > 1 and config.http_bind_addr is not None:
+        store_dir = tempfile.mkdtemp(prefix="heimdall-stats-")
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(store_dir, ignore_errors=True))
+    gc.collect()
+    gc.freeze()  # the lists (and everything loaded so far) stay shared after fork
+
+    def setup(server: "DnsServer"):
+        return Assembly(config, server, manager, store_dir).install()
+
+    return setup
+
+
+def rate_limiter(config: Config) -> RateLimiter:
+    """Per-IP buckets as configured; the global rate is split across the workers."""
+    return RateLimiter(RateLimitConfig(
+        per_ip_qps=config.queries_per_second_per_ip, per_ip_burst=config.burst_size_per_ip,
+        global_qps=config.global_queries_per_second / config.worker_threads,
+        aggregate=config.rate_limit_aggregate), now=time.monotonic())
+
+
+class Assembly:
+    """One worker's optional stages and observers, and the tasks and API that go with them."""
+
+    def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
+                 store_dir: str | None) -> None:
+        self.config = config
+        self.server = server
+        self.manager = manager
+        self.index = int(os.environ.get(WORKER_INDEX_ENV, "0") or 0)
+        self.store = SnapshotStore(store_dir) if store_dir else None
+        self.blocking: Blocking | None = None
+        self.qlog: QueryLog | None = None
+        self.counting: Counting | None = None
+        self.api: HttpApi | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def install(self) -> None:
+        cfg, srv, pipeline = self.config, self.server, self.server.pipeline
+        limiter = None
+        if cfg.enable_rate_limiting:
+            limiter = rate_limiter(cfg)
+            allow, clock = limiter.allow, time.monotonic
+            pipeline.admit = lambda ip: allow(ip, clock())
+            pipeline.refuse_limited = cfg.rate_limit_action == "refused"
+        if self.manager is not None:
+            self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
+            await self.blocking.start()
+        if cfg.query_log:
+            self.qlog = QueryLog(cfg.query_log).start()
+            pipeline.observers.append(self.qlog)
+            pipeline.fast_path = False  # every query must reach the query log
+        if cfg.http_bind_addr is not None:
+            self.counting = Counting(srv)
+            self.counting.blocking, self.counting.limiter, self.counting.qlog = self.blocking, limiter, self.qlog
+            pipeline.observers.append(self.counting)
+            pipeline.time_hits = self.counting.mstats.observe_hits
+            srv.pool.observe = self.counting.upstream_observe
+        srv.reload_hooks.append(self.on_sighup)
+        srv.stop_hooks.append(self.stop)
+        self._start_tasks()
+        if self.counting is not None and self.index == 0:
+            await self._start_http()
+
+    def _start_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.blocking is not None and self.config.blocklist_reload_interval > 0:
+            self._tasks.append(loop.create_task(self.blocking.poll(self.config.blocklist_reload_interval)))
+        if self.store is not None and self.counting is not None:
+            self._tasks.append(loop.create_task(
+                metrics.publish_forever(self.counting.mstats, self.store, PUBLISH_INTERVAL, self.counting.refresh)))
+
+    async def _start_http(self) -> None:
+        addr = self.config.http_bind_addr
+        assert addr is not None and self.counting is not None
+        if self.store is not None:
+            store = self.store
+            self.api = HttpApi(store.merged, lambda: health_from_snapshot(store.merged()), addr.host, addr.port)
+        else:
+            self.api = HttpApi(self.counting.live_snapshot, self.counting.health, addr.host, addr.port)
+        try:
+            await self.api.start()
+        except OSError as exc:
+            self.api = None
+            reason = "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
+            raise FeatureError(f"cannot bind HTTP API {addr} (HEIMDALL_HTTP_BIND_ADDR): {reason}") from None
+
+    def on_sighup(self) -> None:
+        if self.qlog is not None:
+            self.qlog.reopen()
+        if self.blocking is not None:
+            self.blocking.request_reload()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.api is not None:
+            await self.api.stop()
+        if self.store is not None:
+            self.store.remove(os.getpid())
+        if self.qlog is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.qlog.close, 5.0)

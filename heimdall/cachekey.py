@@ -1,0 +1,64 @@
+"""The cache key: its layout, and everything that reads a name or a query back out of it.
+
+For UDP the key is laid out so that a canonical query's bytes from offset 2,
+lower-cased, *are* the key: both hot paths (heimdall/_hotpath.c and
+heimdall/hotpath.py) compute `data[2:].lower()` and do one dict lookup.
+
+    [T|X] flags(2: RD, AD|CD)  counts(8: 1 question, 0/1 additional)  qname  qtype qclass  [OPT]
+
+That is only unambiguous when no byte outside the name is one that lower()
+changes or produces (e.g. qtype 65 = 'A'); such keys get an 'X' prefix, which
+the hot path can never produce (byte 2 of a query is 0 or 1 here), so they are
+only found through `cache_key`. TCP keys get 'T': a TCP answer may be larger
+than any UDP variant. The shared (Redis) tier keys on what changes the
+upstream's answer only, since every worker builds its own variants from it.
+"""
+
+from __future__ import annotations
+
+from heimdall import wire
+from heimdall.wire import HEADER_LEN, Query
+
+PREFIXES = (b"T", b"X")
+_LETTER_BYTES = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))  # what lower() changes or makes
+
+
+def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
+    """Flags that change the answer + lower-cased question + EDNS size class."""
+    flags = bytes((msg[2] & wire.RD, msg[3] & (wire.AD | wire.CD)))
+    name = msg[HEADER_LEN:q.qend - 4].lower()
+    typeclass = msg[q.qend - 4:q.qend]
+    if q.edns:
+        tail = typeclass + wire.opt_record(wire.size_class(q), q.do)
+        key = flags + wire.EDNS_COUNTS + name + tail
+    else:
+        tail = typeclass
+        key = flags + wire.PLAIN_COUNTS + name + tail
+    if tcp:
+        return b"T" + key
+    if any(b in _LETTER_BYTES for b in flags + tail):
+        return b"X" + key
+    return key
+
+
+def query_for_key(key: bytes) -> bytes:
+    """A client query (ID 0) whose cache key is `key`: the UDP key is the query from byte 2 on."""
+    return b"\x00\x00" + (key[1:] if key[:1] in PREFIXES else key)
+
+
+def qname(key: bytes) -> bytes:
+    """The lower-cased wire qname in a key; b"" for a key that is not one of ours."""
+    start = HEADER_LEN - 1 if key[:1] in PREFIXES else HEADER_LEN - 2
+    i = start
+    try:
+        while key[i]:
+            i += key[i] + 1
+    except IndexError:
+        return b""
+    return key[start:i + 1]
+
+
+def shared_key(msg: bytes, q: Query) -> bytes:
+    """The shared tier's key: the lower-cased question and the bits that change the upstream's answer."""
+    rd, cd = bool(msg[2] & wire.RD), bool(msg[3] & wire.CD)
+    return msg[HEADER_LEN:q.qend].lower() + bytes((rd | cd << 1 | q.do << 2,))

@@ -1,0 +1,98 @@
+"""The metrics observer: what /metrics, /stats and /health report for one worker.
+
+The pipeline tells it every reply it sends (`observe`: a labelled count and a
+duration); the hot path only adds to a per-label list (`hit_labels[entry.lid]`)
+and times each batch (`time_hits`). `refresh()` turns the worker's plain-int
+counters into one `metrics.Stats` about once a second, or when the HTTP API
+asks with one worker.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from heimdall import metrics, wire
+from heimdall.cache import LABEL_KEYS
+from heimdall.httpapi import Health
+from heimdall.metrics import QUERY_BUCKETS
+from heimdall.outcome import How
+
+if TYPE_CHECKING:
+    from heimdall.blocking import Blocking
+    from heimdall.querylog import QueryLog
+    from heimdall.ratelimit import RateLimiter
+    from heimdall.server import DnsServer
+
+
+class Counting:
+    def __init__(self, server: "DnsServer"):
+        self.server = server
+        self.mstats = metrics.Stats()
+        self.slow: defaultdict[tuple[str, int, int], int] = defaultdict(int)  # pipeline replies by label
+        self.blocking: Blocking | None = None
+        self.limiter: RateLimiter | None = None
+        self.qlog: QueryLog | None = None
+
+    def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None:
+        """A labelled count and a duration: misses in the miss histogram, the rest in the hit one."""
+        rcode = reply[3] & wire.RCODE_MASK if len(reply) > 3 else 0
+        qtype = wire.reply_question(reply)[1]
+        self.slow[("tcp" if tcp else "udp", qtype, rcode)] += 1
+        m = self.mstats
+        i = bisect_left(QUERY_BUCKETS, seconds)
+        if how.miss:
+            m.miss_counts[i] += 1
+            m.miss_sum += seconds
+        else:
+            m.hit_counts[i] += 1
+            m.hit_sum += seconds
+
+    def upstream_observe(self, up, result: str, seconds: float) -> None:
+        self.mstats.record_upstream(str(up.addr), result, seconds)
+
+    def refresh(self, m: metrics.Stats) -> None:
+        """Copy the worker's plain-int counters into the metrics Stats."""
+        srv = self.server
+        st = srv.stats
+        queries: defaultdict[tuple[str, int, int], int] = defaultdict(int, self.slow)
+        blocked_fast = 0
+        for lid, n in enumerate(st.hit_labels):
+            if n:
+                qtype, rcode, blocked = LABEL_KEYS[lid]
+                queries[("udp", qtype, rcode)] += n
+                if blocked:
+                    blocked_fast += n
+        m.queries = queries
+        m.cache_hits = st.cache_hits - blocked_fast
+        m.cache_misses = st.misses
+        m.cache_evictions = srv.cache.evictions
+        m.cache_entries = len(srv.cache)
+        m.rate_limited = st.rate_limited
+        for up in srv.pool.servers:
+            m.upstream_healthy[str(up.addr)] = up.fails == 0
+        b = self.blocking
+        m.blocked = (b.blocked if b is not None else 0) + blocked_fast
+        m.blocklist_entries = b.lists.entries if b is not None else 0
+        m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
+        if self.limiter is not None:
+            m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted
+        if self.qlog is not None:
+            m.counters["query_log_dropped"] = self.qlog.dropped
+        if srv.shared is not None:
+            r = srv.shared.redis.stats()
+            for name in ("hits", "misses", "errors", "garbage"):
+                m.counters[f"redis_{name}"] = r[name]
+            m.redis_hist = metrics.Hist(tuple(r["latency_bounds"]), list(r["latency_counts"]), r["latency_sum"])
+            m.redis_state = r["state"]
+
+    def live_snapshot(self) -> metrics.Snapshot:
+        self.refresh(self.mstats)
+        return self.mstats.snapshot()
+
+    def health(self) -> Health:
+        srv = self.server
+        ups = srv.pool.servers
+        return Health(not srv.stopping, sum(1 for u in ups if u.fails == 0), len(ups),
+                      srv.shared.redis.state if srv.shared is not None else "disabled")

@@ -1,0 +1,213 @@
+"""The pipeline: the stages a query passes, in order, written once for every transport.
+
+    listener: udp.py (hot path: _hotpath.c, or hotpath.py) | tcp.py
+      1. admit         rate limit on the client address        ratelimit.py
+      2. screen        malformed, opcode, AXFR, EDNS version   screen.py
+      3. policy        blocking, then qtype ANY (RFC 8482)     blocking.py, anyquery.py
+      4. cache         a fresh answer                          cache.py (its key: cachekey.py)
+         --- a miss: coalesced per key, at most max_inflight at once ---
+      5. shared tier   Redis, shared by a fleet                sharedtier.py
+      6. upstream      forward, validate, build the entry      forward.py (sockets: upstream.py)
+         nobody answered: a stale answer (RFC 8767) or SERVFAIL
+    observers: counting.py (metrics), querylog.py, each told the reply and How it was made
+
+The UDP hot path is the shortcut for plain cache hits: it runs stage 1 and a
+cache lookup itself (in C, or in its Python twin) and hands every other
+datagram to `dispatch`, exactly as TCP does. Optional stages are None until
+heimdall/assembly.py installs them from the configuration. The cache is
+written in one place, `store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Protocol
+
+from heimdall import cachekey, wire
+from heimdall.anyquery import AnyQuery
+from heimdall.cache import Cache, Entry, local_entry
+from heimdall.config import Config
+from heimdall.counters import Counters
+from heimdall.forward import Forward
+from heimdall.logs import log
+from heimdall.outcome import Answer, Fetched, How, Miss
+from heimdall.screen import question_end_or_none, screen
+from heimdall.sharedtier import SharedTier
+from heimdall.wire import Query
+
+TCP_LIMIT = 65535
+Send = Callable[[bytes], None]
+
+
+class Policy(Protocol):
+    """Stage 3: an answer decided by local rules (blocked, synthesised), or None to go on."""
+
+    def check(self, data: bytes, q: Query) -> Answer | None: ...
+
+
+class Observer(Protocol):
+    """Told every reply the pipeline sends, with how it was made (fast-path hits: see `time_hits`)."""
+
+    def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None: ...
+
+
+class Pipeline:
+    """One worker's stages, in query order; `dispatch` is the entry for every transport."""
+
+    def __init__(self, config: Config, cache: Cache, counters: Counters, upstream: Forward,
+                 shared: SharedTier | None = None):
+        self.config = config
+        self.counters = counters
+        self.admit: Callable[[bytes], bool] | None = None  # 1: rate limit on the packed client IP
+        self.refuse_limited = False  # 1 said no: REFUSED (True) or drop (False)
+        self.blocking: Policy | None = None  # 3
+        self.any_query: Policy | None = AnyQuery(config.any_mode, counters) if config.any_mode != "forward" else None
+        self.cache = cache  # 4
+        self.shared = shared  # 5
+        self.upstream = upstream  # 6
+        self.observers: list[Observer] = []
+        self.time_hits: Callable[[int, float], None] | None = None  # per batch of hot-path hits: (n, seconds each)
+        self.fast_path = True  # False: every query must reach the observers (the query log is on)
+        self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
+        self.pending = 0  # client queries waiting for the miss path
+
+    # --- the entry for every transport ---
+
+    def dispatch(self, data: bytes, now: int, tcp: bool, client: object, send: Send,
+                 done: Callable[[], None] | None = None) -> bool:
+        """Answer `data` through `send`; True when a miss was started (then `done` is called after it)."""
+        t0 = time.perf_counter()
+        result = self.answer(data, now, tcp)
+        if result is None:
+            return False
+        if isinstance(result, Answer):
+            send(result.reply)
+            self.observe(data, result, client, tcp, t0)
+            return False
+        if self.pending >= self.config.max_inflight:
+            self.counters.overload += 1
+            send(self.servfail(data, result.q))
+            return False
+        self.pending += 1
+        asyncio.ensure_future(self._finish(result, data, client, tcp, t0, send, done))
+        return True
+
+    def limited(self, data: bytes) -> bytes | None:
+        """Stage 1 turned a query down: count it; the REFUSED to send, or None to drop it."""
+        self.counters.rate_limited += 1
+        if not self.refuse_limited or len(data) < 12 or data[2] & wire.QR:
+            return None
+        return wire.error_reply(data, wire.REFUSED, question_end_or_none(data))
+
+    # --- stages 2-4: answered now, or a miss ---
+
+    def answer(self, data: bytes, now: int, tcp: bool) -> Answer | Miss | None:
+        """Screen, policy, cache: an Answer to send now, a Miss to resolve, or None to drop."""
+        q = screen(data, self.counters)
+        if not isinstance(q, Query):
+            return q
+        local = self.local(data, q)
+        if local is not None:
+            if local.ttl > 0:
+                self.store(cachekey.cache_key(data, q, False), local_entry(local.reply, q, now, local.ttl, local.how == How.BLOCKED),
+                           local.ttl)
+            return local
+        key = cachekey.cache_key(data, q, tcp)
+        e = self.cache.get_fresh(key, now)
+        if e is not None:
+            self.counters.hits += 1
+            return Answer(e.reply(data), How.CACHED)
+        self.counters.misses += 1
+        return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q))
+
+    def local(self, data: bytes, q: Query) -> Answer | None:
+        """Stage 3: the first policy that answers (blocking before ANY)."""
+        for policy in (self.blocking, self.any_query):
+            if policy is not None:
+                local = policy.check(data, q)
+                if local is not None:
+                    return local
+        return None
+
+    def store(self, key: bytes, entry: Entry, ttl: int) -> None:
+        """The one place the query path writes the cache: answers that may live (ttl > 0)."""
+        if ttl > 0:
+            self.cache.put(key, entry)
+
+    # --- stages 5-6: the miss path ---
+
+    async def resolve(self, miss: Miss, data: bytes) -> Answer:
+        """Coalesce on the key, fetch through the tiers, and build this client's reply."""
+        started = time.monotonic()
+        fut = self.inflight.get(miss.key)
+        if fut is None:
+            entry = await self._lead(miss, data)
+        else:
+            self.counters.coalesced += 1
+            entry = await asyncio.shield(fut)
+        ms = int((time.monotonic() - started) * 1000)
+        self.counters.miss_latency_ms[min(15, ms.bit_length())] += 1
+        if entry is None:
+            stale = self.cache.get_stale(miss.key, int(time.monotonic()))
+            if stale is not None:
+                self.counters.stale_served += 1
+                return Answer(stale.stale_reply(data), How.STALE)
+            return Answer(self.servfail(data, miss.q), How.FAILED)
+        reply = entry.reply(data)
+        rcode = reply[3] & wire.RCODE_MASK
+        self.counters.by_rcode[rcode] = self.counters.by_rcode.get(rcode, 0) + 1
+        return Answer(reply, How.RESOLVED)
+
+    async def _lead(self, miss: Miss, data: bytes) -> Entry | None:
+        """The first query for a key fetches; the others wait on its future."""
+        fut = asyncio.get_running_loop().create_future()
+        self.inflight[miss.key] = fut
+        entry: Entry | None = None
+        try:
+            got = await self.fetch(miss, data)
+            if got is not None:
+                self.store(miss.key, got.entry, got.ttl)
+                entry = got.entry
+        except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
+            self.counters.internal_errors += 1
+            log(f"internal error on the miss path: {exc!r}")
+        finally:
+            del self.inflight[miss.key]
+            fut.set_result(entry)
+        return entry
+
+    async def fetch(self, miss: Miss, data: bytes) -> Fetched | None:
+        """Stage 5, then stage 6; what the upstream answered, the shared tier learns."""
+        if self.shared is not None:
+            got = await self.shared.fetch(miss, data)
+            if got is not None:
+                return got
+        got = await self.upstream.fetch(miss, data)
+        if got is not None and self.shared is not None:
+            self.shared.learn(miss, data, got)
+        return got
+
+    async def _finish(self, miss: Miss, data: bytes, client: object, tcp: bool, t0: float, send: Send,
+                      done: Callable[[], None] | None) -> None:
+        try:
+            answer = await self.resolve(miss, data)
+            send(answer.reply)
+            self.observe(data, answer, client, tcp, t0)
+        finally:
+            self.pending -= 1
+            if done is not None:
+                done()
+
+    # --- replies and observers ---
+
+    def servfail(self, data: bytes, q: Query) -> bytes:
+        self.counters.servfail += 1
+        return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns)
+
+    def observe(self, data: bytes, answer: Answer, client: object, tcp: bool, t0: float) -> None:
+        if self.observers:
+            seconds = time.perf_counter() - t0
+            for observer in self.observers:
+                observer.observe(data, answer.reply, client, tcp, seconds, answer.how)
+

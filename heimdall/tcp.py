@@ -1,0 +1,150 @@
+"""The TCP listener (RFC 7766): length-prefixed queries, several per connection, answered as they complete.
+
+Each message goes through the rate limit and then the pipeline, like a UDP
+datagram; a connection stops reading while 32 of its queries are unanswered
+or while its client does not read its answers, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from heimdall.config import Config
+from heimdall.logs import log
+from heimdall.pipeline import Pipeline
+
+
+class TcpListener:
+    """The open connections of one worker, and the limits they share."""
+
+    def __init__(self, pipeline: Pipeline, config: Config):
+        self.pipeline = pipeline
+        self.config = config
+        self.counters = pipeline.counters
+        self.conns: set[TcpConnection] = set()
+
+    def protocol(self) -> "TcpConnection":
+        return TcpConnection(self)
+
+    def busy(self) -> bool:
+        return any(c.outstanding for c in self.conns)
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            conn.transport.close()
+
+
+class TcpConnection(asyncio.Protocol):
+    MAX_PIPELINE = 32
+
+    def __init__(self, listener: TcpListener):
+        self.listener = listener
+        self.pipeline = listener.pipeline
+        self.buf = bytearray()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.outstanding = 0
+        self.last_active = time.monotonic()
+        self.eof = False
+        self.write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer: object = None
+        self.peer_ip = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        lst = self.listener
+        if len(lst.conns) >= lst.config.tcp_max_connections:
+            lst.counters.tcp_rejected += 1
+            transport.close()
+            return
+        lst.conns.add(self)
+        lst.counters.tcp_connections += 1
+        self.peer = transport.get_extra_info("peername")
+        self.peer_ip = packed_ip(self.peer)
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.last_active + self.listener.config.tcp_idle_timeout - time.monotonic()
+        self._timer = loop.call_later(max(0.05, delay), self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.outstanding == 0 and time.monotonic() - self.last_active >= self.listener.config.tcp_idle_timeout:
+            self.transport.close()
+        else:
+            self._arm()
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its queries (bounded memory)."""
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.outstanding < self.MAX_PIPELINE:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.conns.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return self.outstanding > 0  # keep open to send pending answers, else close now
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        buf = self.buf
+        buf += data
+        now = int(self.last_active)
+        while len(buf) >= 2:
+            size = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + size:
+                break
+            msg = bytes(buf[2:2 + size])
+            del buf[:2 + size]
+            self._query(msg, now)
+        if self.outstanding >= self.MAX_PIPELINE:
+            self.transport.pause_reading()
+
+    def _query(self, msg: bytes, now: int) -> None:
+        p = self.pipeline
+        p.counters.queries_tcp += 1
+        if p.admit is not None and not p.admit(self.peer_ip):
+            refusal = p.limited(msg)
+            if refusal is not None:
+                self.send(refusal)
+            return
+        try:
+            if p.dispatch(msg, now, True, self.peer, self.send, self._miss_done):
+                self.outstanding += 1
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the connection's worker
+            p.counters.internal_errors += 1
+            log(f"internal error on a TCP query: {exc!r}")
+
+    def send(self, reply: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(len(reply).to_bytes(2, "big") + reply)
+
+    def _miss_done(self) -> None:
+        self.outstanding -= 1
+        self.last_active = time.monotonic()
+        if self.outstanding < self.MAX_PIPELINE and not self.write_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.eof and self.outstanding == 0:
+            self.transport.close()
+
+
+def packed_ip(peer: object) -> bytes:
+    """The peer's address packed (4 or 16 bytes), as the rate limit takes it; b"" when unknown."""
+    try:
+        host = peer[0]  # type: ignore[index]
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, TypeError, IndexError):
+        return b""
