@@ -80,7 +80,7 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
     if config.worker_threads > 1 and config.http_bind_addr is not None:
         store_dir = tempfile.mkdtemp(prefix="heimdall-stats-")
         owner = os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(store_dir, ignore_errors=True))
+        atexit.register(remove_if_owner, store_dir, owner)
     gc.collect()
     gc.freeze()  # the lists (and everything loaded so far) stay shared after fork
 
@@ -88,6 +88,12 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         return Assembly(config, server, manager, store_dir).install()
 
     return setup
+
+
+def remove_if_owner(directory: str, owner: int) -> None:
+    """At exit of the process that made it (not of a forked worker): remove the stats directory."""
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def rate_limiter(config: Config) -> RateLimiter:

@@ -2,8 +2,9 @@
 
 A field is declared once with `setting(default, parser, help)`; the env var
 name (HEIMDALL_ + upper-case field name), the flag (--field-name) and the
-error messages are derived from it, so adding an option is one line here.
-Flags win over the environment. Invalid values raise ConfigError, which the
+error messages are derived from it, so adding an option is one line here
+(and its name in SECTIONS, the part of the server it configures). Flags win
+over the environment. Invalid values raise ConfigError, which the
 CLI prints as one line and exits 2.
 """
 
@@ -148,10 +149,9 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def setting(default: Any, parser: Callable[[str], Any], help: str, aliases: Sequence[str] = (),
-            flag_only: bool = False) -> Any:
+def setting(default: Any, parser: Callable[[str], Any], help: str, aliases: Sequence[str] = ()) -> Any:
     """Declare a config field: its default, its string parser, its help, extra env names."""
-    meta = {"parser": parser, "help": help, "aliases": tuple(aliases), "flag_only": flag_only}
+    meta = {"parser": parser, "help": help, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -164,22 +164,25 @@ DAY = 86400
 class Config:
     """Everything `heimdall serve` can be told. One line per option."""
 
+    # listeners
     bind_addr: HostPort = setting(HostPort("127.0.0.1", 1053), parse_bind,
                                   "address for UDP and TCP, host:port")
-    upstream_servers: tuple[HostPort, ...] = setting((), parse_upstreams,
-                                                     "comma list of upstream host:port (port 53 if omitted)")
-    upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
-    cache_capacity: int = setting(100_000, int_in(0, 50_000_000), "cached answers per worker",
-                                  aliases=("HEIMDALL_MAX_CACHE_SIZE",))
-    min_ttl: int = setting(0, int_in(0, 7 * DAY), "lowest TTL an answer is cached and served with")
-    max_ttl: int = setting(DAY, int_in(0, 7 * DAY), "highest TTL an answer is cached and served with")
-    negative_ttl: int = setting(3600, int_in(0, 7 * DAY), "cap on NXDOMAIN/NODATA caching (SOA minimum otherwise)")
-    serve_stale: int = setting(0, int_in(0, 7 * DAY),
-                               "seconds past expiry an answer may be served when upstreams fail (0 = off)")
-    worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
-    http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8080), parse_http_bind,
-                                              "HTTP /metrics /health /stats address host:port, or disabled")
-    # issue 3: blocking, rate limiting, query log (docs/blocking.md)
+    udp_batch: str = setting("auto", choice("auto", "on", "off"),
+                             "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
+    hot_path: str = setting("auto", choice("auto", "c", "python"),
+                            "UDP cache hits: c (built-in C reader), python, or auto (c when built and "
+                            "the query log is off)")
+    tcp_idle_timeout: float = setting(10.0, float_in(0.1, 3600), "seconds an idle TCP connection is kept")
+    tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
+    # ratelimit
+    enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
+    queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (per worker)")
+    burst_size_per_ip: float = setting(200.0, float_in(1, 1e9), "bucket size per client (per worker)")
+    global_queries_per_second: float = setting(0.0, float_in(0, 1e9),
+                                               "limit over all clients, split across workers (0 = off)")
+    rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
+    rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
+    # policy
     blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
     allowlist: tuple[str, ...] = setting((), parse_paths, "comma list of allowlist files (win over blocks)")
     blocking_mode: str = setting("zero_ip", choice("zero_ip", "nxdomain", "refused", "custom_ip"),
@@ -188,35 +191,39 @@ class Config:
     blocking_ttl: int = setting(300, int_in(0, 7 * DAY), "TTL of blocked answers")
     blocklist_reload_interval: float = setting(0.0, float_in(0, DAY),
                                                "seconds between list mtime checks (0 = only on SIGHUP)")
-    enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
-    queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (per worker)")
-    burst_size_per_ip: float = setting(200.0, float_in(1, 1e9), "bucket size per client (per worker)")
-    global_queries_per_second: float = setting(0.0, float_in(0, 1e9),
-                                               "limit over all clients, split across workers (0 = off)")
-    rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
-    rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
-    query_log: str = setting("", str.strip, "JSON-lines query log file (empty = off)")
-    tcp_idle_timeout: float = setting(10.0, float_in(0.1, 3600), "seconds an idle TCP connection is kept")
-    tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
-    max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
-    shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
-    udp_batch: str = setting("auto", choice("auto", "on", "off"),
-                             "recvmmsg/sendmmsg batches: auto (when datagrams queue up), on (always), off")
-    hot_path: str = setting("auto", choice("auto", "c", "python"),
-                            "UDP cache hits: c (built-in C reader), python, or auto (c when built and "
-                            "the query log is off)")
+    any_mode: str = setting("minimal", choice("minimal", "refused", "forward"),
+                            "qtype ANY: minimal (RFC 8482 HINFO), refused, or forward")
+    # cache
+    cache_capacity: int = setting(100_000, int_in(0, 50_000_000), "cached answers per worker",
+                                  aliases=("HEIMDALL_MAX_CACHE_SIZE",))
+    min_ttl: int = setting(0, int_in(0, 7 * DAY), "lowest TTL an answer is cached and served with")
+    max_ttl: int = setting(DAY, int_in(0, 7 * DAY), "highest TTL an answer is cached and served with")
+    negative_ttl: int = setting(3600, int_in(0, 7 * DAY), "cap on NXDOMAIN/NODATA caching (SOA minimum otherwise)")
+    serve_stale: int = setting(0, int_in(0, 7 * DAY),
+                               "seconds past expiry an answer may be served when upstreams fail (0 = off)")
+    cache_file: str = setting("", str.strip,
+                              "cache snapshot file, restored at start (empty = off; N workers: FILE.<index>)")
+    cache_snapshot_interval: float = setting(300.0, float_in(1, 86400), "seconds between cache snapshots")
+    # shared
     redis_url: str = setting("", parse_redis_url,
                              "shared second cache tier, e.g. redis://127.0.0.1:6379/0 (empty = off)")
     redis_key_prefix: str = setting("heimdall:", str, "prefix of every Redis key (one namespace per fleet)")
     redis_timeout: float = setting(0.05, float_in(0.001, 10),
                                    "seconds per Redis command before Redis counts as down")
-    demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
-    cache_file: str = setting("", str.strip,
-                              "cache snapshot file, restored at start (empty = off; N workers: FILE.<index>)")
-    cache_snapshot_interval: float = setting(300.0, float_in(1, 86400), "seconds between cache snapshots")
-    any_mode: str = setting("minimal", choice("minimal", "refused", "forward"),
-                            "qtype ANY: minimal (RFC 8482 HINFO), refused, or forward")
+    # upstream
+    upstream_servers: tuple[HostPort, ...] = setting((), parse_upstreams,
+                                                     "comma list of upstream host:port (port 53 if omitted)")
+    upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
+    max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
+    demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
+    # observers
+    http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8080), parse_http_bind,
+                                              "HTTP /metrics /health /stats address host:port, or disabled")
+    query_log: str = setting("", str.strip, "JSON-lines query log file (empty = off)")
+    # process
+    worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
+    shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -230,6 +237,27 @@ class Config:
         return self
 
 
+# Each setting belongs to one section, named after the part of the server it configures
+# (the stages of heimdall/pipeline.py, then the process); `heimdall serve --help` groups by them.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections"),
+    "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
+                  "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
+    "policy": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
+               "blocklist_reload_interval", "any_mode"),
+    "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "cache_file",
+              "cache_snapshot_interval"),
+    "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
+    "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
+    "observers": ("http_bind_addr", "query_log"),
+    "process": ("worker_threads", "shutdown_grace"),
+}
+
+
+def section_of(name: str) -> str:
+    return next(sec for sec, names in SECTIONS.items() if name in names)
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -238,15 +266,16 @@ def build_parser(prog: str = "heimdall serve") -> argparse.ArgumentParser:
     """An argparse parser with one string option per Config field (values parsed later)."""
     parser = OneLineParser(prog=prog, description="Serve DNS: caching, forwarding, on uvloop.",
                            epilog="Every flag is also an environment variable: --bind-addr = HEIMDALL_BIND_ADDR.")
+    groups = {sec: parser.add_argument_group(sec) for sec in SECTIONS}
     for f in fields(Config):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "metavar": "VALUE",
                                   "help": f"{f.metadata['help']} [{Config.env_name(f.name)}, default: {shown}]"}
         if f.metadata["parser"] is parse_bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         names = [flag_name(f.name)] + [flag_name(a[len(ENV_PREFIX):].lower()) for a in f.metadata["aliases"]]
-        parser.add_argument(*names, **kwargs)
+        groups[section_of(f.name)].add_argument(*names, **kwargs)
     return parser
 
 

@@ -312,7 +312,7 @@ class SnapshotStore:
 
     def read(self) -> list[Snapshot]:
         """Snapshots of live workers; unreadable files are logged and skipped."""
-        out = []
+        out: list[Snapshot] = []
         try:
             names = os.listdir(self.directory)
         except OSError as e:

@@ -52,7 +52,7 @@ def format_entry(e: tuple) -> str:
     ts, client, protocol, qname, qtype, rcode, seconds, cached, blocked = e
     return json.dumps({
         "ts": round(ts, 6), "client": client, "protocol": protocol,
-        "name": wire_to_text(qname) if isinstance(qname, (bytes, bytearray)) else qname,
+        "name": wire_to_text(bytes(qname)) if isinstance(qname, (bytes, bytearray)) else qname,
         "type": qtype_text(qtype), "rcode": rcode_text(rcode),
         "ms": round(seconds * 1000, 3), "cached": cached, "blocked": blocked,
     }, separators=(", ", ": "))

@@ -197,6 +197,7 @@ class SharedCache:
 
     async def _command(self, *args: Any) -> tuple[bool, Any]:
         """(ok, reply) of one command bounded by `timeout`; never raises on Redis trouble."""
+        assert self._client is not None  # callers check first
         was_up = self._up
         start = time.perf_counter()
         try:
@@ -305,6 +306,7 @@ class SharedCache:
 
     async def _listen(self, callback: Callable[[], None]) -> None:
         delay = self.base_backoff
+        assert self._client is not None  # subscribe_invalidate checks first
         while True:
             pubsub = self._client.pubsub()
             try:

@@ -17,7 +17,7 @@ from heimdall.logs import log
 from heimdall.pipeline import Pipeline
 
 try:  # the C hot path (heimdall/_hotpath.c), built by `pip install`; optional
-    from heimdall import _hotpath
+    from heimdall import _hotpath  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - no compiler at install time
     _hotpath = None  # type: ignore[assignment]
 

@@ -280,7 +280,7 @@ def qtype_text(qtype: int) -> str:
     import dns.rdatatype
 
     try:
-        return dns.rdatatype.to_text(qtype)
+        return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
     except ValueError:
         return f"TYPE{qtype}"
 
@@ -290,6 +290,6 @@ def rcode_text(rcode: int) -> str:
     import dns.rcode
 
     try:
-        return dns.rcode.to_text(rcode)
+        return dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
     except ValueError:
         return f"RCODE{rcode}"

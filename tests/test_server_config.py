@@ -102,3 +102,12 @@ def test_env_configures_the_running_server(upstream):
     with HeimdallProcess([], env={"HEIMDALL_UPSTREAM_SERVERS": upstream.addr, "HEIMDALL_MIN_TTL": "500"}) as h:
         assert f"upstreams {upstream.addr}" in h.log
         assert h.query("www.example.test").answer[0].ttl == 500
+
+
+def test_every_setting_belongs_to_exactly_one_section():
+    from dataclasses import fields
+
+    from heimdall.config import SECTIONS, Config
+
+    names = [n for section in SECTIONS.values() for n in section]
+    assert sorted(names) == sorted(f.name for f in fields(Config))
