@@ -24,7 +24,8 @@ from typing import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from heimdall.metrics import HeimdallCollector, Snapshot
+from heimdall.metrics import Snapshot
+from heimdall.prometheus import HeimdallCollector
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from heimdall.metrics import (QUERY_BUCKETS, HeimdallCollector, Hist, Snapshot, SnapshotStore, Stats,
+from heimdall.prometheus import HeimdallCollector
+from heimdall.metrics import (QUERY_BUCKETS, Hist, Snapshot, SnapshotStore, Stats,
                               merge, publish_forever)
 
 REQUIRED = {
