@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The fast checks, run first by .ci/run: ruff (lint and import order) and mypy (types)
+# over heimdall/, probes/ and tools/. Seconds, not minutes: a broken change fails here.
+# Uses the project venv when it exists, else a light one with the linters and the
+# project's dependencies (no apt, no build), so it can run before scripts/setup.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${HEIMDALL_VENV:-$ROOT/.venv}"
+if [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/mypy" ]; then
+  VENV="$ROOT/.venv-lint"
+  if [ ! -x "$VENV/bin/mypy" ]; then
+    echo "[lint] creating $VENV"
+    python3 -m venv "$VENV"
+    deps=$(python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["lint"]))')
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q $deps
+  fi
+fi
+echo "[lint] ruff check heimdall probes tools"
+"$VENV/bin/ruff" check heimdall probes tools
+echo "[lint] mypy"
+"$VENV/bin/mypy"
+echo "[lint] ok"
