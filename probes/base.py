@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.atomic import atomic_write_text
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 PROBES_DIR = Path(__file__).resolve().parent
 # indices of heimdall_lost in common.bpf.h
@@ -126,7 +126,7 @@ class Probe:
 
     def attach(self) -> None:
         """Preflight, load the BPF program filtered to the pid, attach; clear errors."""
-        from heimdall_probes.doctor import ensure_ready
+        from probes.doctor import ensure_ready
 
         if not pid_alive(self.pid):
             raise ToolError(f"pid {self.pid} does not exist", EXIT_TARGET)

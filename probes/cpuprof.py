@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heimdall_probes.base import Probe, pid_alive, read_comm, write_json_atomic
-from heimdall_probes.flamegraph import parse_folded, render_svg, to_folded, top_frames
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from probes.base import Probe, pid_alive, read_comm, write_json_atomic
+from probes.flamegraph import parse_folded, render_svg, to_folded, top_frames
+from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 SCHEMA = "heimdall.cpuprof/1"
 NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without frame pointers, so "

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from heimdall_probes.base import Probe, per_query
-from heimdall_probes.doctor import tracepoint_exists
-from heimdall_probes.histogram import Histogram
-from heimdall_probes.stacks import stack_note, symbolize
+from probes.base import Probe, per_query
+from probes.doctor import tracepoint_exists
+from probes.histogram import Histogram
+from probes.stacks import stack_note, symbolize
 
 OP_NAMES = {0: "WAIT", 1: "WAKE", 3: "REQUEUE", 4: "CMP_REQUEUE", 5: "WAKE_OP", 6: "LOCK_PI",
             7: "UNLOCK_PI", 9: "WAIT_BITSET", 10: "WAKE_BITSET", 11: "WAIT_REQUEUE_PI",

@@ -17,11 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from heimdall_probes.base import Probe, per_query
-from heimdall_probes.doctor import PROBE_UPROBES, resolve_uprobe
-from heimdall_probes.histogram import Histogram
-from heimdall_probes.stacks import exe_name, stack_note, symbolize
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from probes.base import Probe, per_query
+from probes.doctor import PROBE_UPROBES, resolve_uprobe
+from probes.histogram import Histogram
+from probes.stacks import exe_name, stack_note, symbolize
+from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 LIBC_FNS = ("malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc")
 PY_FNS = ("PyObject_Malloc", "PyObject_Calloc", "PyObject_Realloc", "PyObject_Free")
@@ -139,7 +139,7 @@ class MemProbe(Probe):
 
     def attach(self) -> None:
         if self.want_overhead and self.calibration is None:
-            from heimdall_probes.doctor import ensure_ready
+            from probes.doctor import ensure_ready
             ensure_ready(self.name, self.pid)
             self.calibration = Calibrator(self.sample).measure()
         super().attach()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from heimdall_probes.base import Probe, per_query, pid_alive
-from heimdall_probes.doctor import tracepoint_exists
-from heimdall_probes.histogram import HIST_BUCKETS, Histogram
-from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from probes.base import Probe, per_query, pid_alive
+from probes.doctor import tracepoint_exists
+from probes.histogram import HIST_BUCKETS, Histogram
+from tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 SCHEMA = "heimdall.netprof/1"
 KINDS = ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg",

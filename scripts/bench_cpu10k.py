@@ -21,11 +21,11 @@ from pathlib import Path
 
 import psutil
 
-from heimdall_tools.dnsperf import dnsperf_binary, parse_summary
-from heimdall_tools.sidebyside import (BareResponder, CompareOptions, Contestant, _start, parse_variant, warm,
+from tools.dnsperf import dnsperf_binary, parse_summary
+from tools.sidebyside import (BareResponder, CompareOptions, Contestant, _start, parse_variant, warm,
                                       warm_file)
-from heimdall_tools.errors import ToolError
-from heimdall_tools.upstream import LocalUpstream
+from tools.errors import ToolError
+from tools.upstream import LocalUpstream
 
 
 def contestants(args: argparse.Namespace, upstream: str) -> list[Contestant]:

@@ -23,9 +23,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from heimdall_tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, parse_variant, warm, warm_file
-from heimdall_tools.errors import ToolError
-from heimdall_tools.upstream import LocalUpstream
+from tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, parse_variant, warm, warm_file
+from tools.errors import ToolError
+from tools.upstream import LocalUpstream
 
 
 def contestants(variants: list[str], upstream: str) -> list[Contestant]:

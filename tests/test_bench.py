@@ -15,7 +15,7 @@ from conftest import bcc_unavailable_reason
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+TOOL = [sys.executable, "-m", "tools.cli"]
 COST_US = 30.0
 
 

@@ -21,7 +21,7 @@ from conftest import bcc_unavailable_reason
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+TOOL = [sys.executable, "-m", "tools.cli"]
 RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "2"))
 COST_US = 50.0
 SLOWER_US = COST_US + 20.0

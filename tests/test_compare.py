@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_tools import sidebyside as sbs
-from heimdall_tools.sidebyside import CompareOptions, Contestant
+from tools import sidebyside as sbs
+from tools.sidebyside import CompareOptions, Contestant
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,8 +69,8 @@ def test_goals_judge_the_measured_values(tmp_path):
 def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch):
     """Unbound for real, dnsmasq 'not installed', a Heimdall variant, the bare uvloop floor, and a running
     Heimdall given by address and pid; every started server is gone afterwards."""
-    from heimdall_tools.peers import HeimdallServer
-    from heimdall_tools.upstream import LocalUpstream
+    from tools.peers import HeimdallServer
+    from tools.upstream import LocalUpstream
 
     real_installed = sbs._installed
     monkeypatch.setattr(sbs, "_installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
@@ -112,7 +112,7 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
 
 
 def test_cli_is_registered():
-    out = subprocess.run([sys.executable, "-m", "heimdall_tools.cli", "compare", "--help"],
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "compare", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--peers" in out.stdout and "--server" in out.stdout
 
@@ -125,7 +125,7 @@ def test_a_variant_can_run_another_checkout(tmp_path):
     marker = tmp_path / "ran-from-other"
     main = other / "heimdall" / "__main__.py"
     main.write_text(f"open({str(marker)!r}, 'w').close()\n" + main.read_text())
-    cli = [sys.executable, "-m", "heimdall_tools.cli", "compare", "--peers", "none", "--rounds", "1",
+    cli = [sys.executable, "-m", "tools.cli", "compare", "--peers", "none", "--rounds", "1",
            "--duration", "0.5", "--engines", "dnsperf", "--results-dir", str(tmp_path / "res")]
     bad = subprocess.run([*cli, "--variant", f"x:PYTHONPATH={tmp_path}"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 3 and "not a Heimdall checkout" in bad.stderr and "Traceback" not in bad.stderr

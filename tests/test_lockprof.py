@@ -23,7 +23,7 @@ def mutex_wait(tmp_path_factory):
 
 
 def profile(argv: list[str], **opts) -> tuple[dict, dict]:
-    from heimdall_probes.lockprof import LockProbe
+    from probes.lockprof import LockProbe
 
     target = Target(argv)
     try:

@@ -24,7 +24,7 @@ def malloc_n(tmp_path_factory):
 
 
 def profile(argv: list[str], opts_queries: int | None = None, **opts) -> tuple[dict, dict]:
-    from heimdall_probes.memprof import MemProbe
+    from probes.memprof import MemProbe
 
     target = Target(argv)
     try:
@@ -38,7 +38,7 @@ def profile(argv: list[str], opts_queries: int | None = None, **opts) -> tuple[d
 
 
 def test_counts_exactly_n_mallocs_and_their_bytes(malloc_n):
-    from heimdall_probes.histogram import Histogram
+    from probes.histogram import Histogram
 
     report, result = profile([str(malloc_n), str(N), str(BASE)], opts_queries=N // 10, sample=SAMPLE,
                              overhead=False)
@@ -80,7 +80,7 @@ def _bench_round(proc: subprocess.Popen) -> float:
 
 def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
     """The calibrated per-call cost agrees with timing a C malloc+free loop with and without the probe."""
-    from heimdall_probes.memprof import MemProbe
+    from probes.memprof import MemProbe
 
     proc = subprocess.Popen([str(malloc_n), "bench", "20000"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)

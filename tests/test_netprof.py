@@ -26,7 +26,7 @@ from conftest import requires_bcc
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "probes" / "targets"
-CLI = [sys.executable, "-m", "heimdall_tools.cli"]
+CLI = [sys.executable, "-m", "tools.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @requires_bcc
 def test_queue_latency_matches_backlog(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProbe
 
     burst, delay_ms = 40, 10
     proc, port = start([bins["udp_slow_drain"], str(burst), str(delay_ms)])
@@ -97,7 +97,7 @@ def test_queue_latency_matches_backlog(bins):
 
 @requires_bcc
 def test_drops_equal_datagrams_never_received(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProbe
 
     sent = 200
     proc, port = start([bins["udp_tiny_rcvbuf"]])
@@ -128,7 +128,7 @@ def test_drops_equal_datagrams_never_received(bins):
 
 @requires_bcc
 def test_batching_and_server_time(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProbe
 
     rounds, per_round, delay_ms = 12, 4, 20
     total = rounds * per_round

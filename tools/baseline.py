@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.atomic import atomic_write_json
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.metrics import BY_KEY, window_metrics
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.metrics import BY_KEY, window_metrics
 
 SCHEMA = "heimdall.baseline/1"
 PACKAGES = ("heimdall-dns", "dnspython", "uvloop", "psutil")

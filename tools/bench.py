@@ -20,10 +20,10 @@ from typing import Callable, Iterator
 
 import psutil
 
-from heimdall_tools import lab_adapter as lab
+from tools import lab_adapter as lab
 from heimdall.atomic import atomic_write_json
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
-from heimdall_tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
+from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
 
 WINDOW_SCHEMA = "heimdall.window/1"
 
@@ -222,7 +222,7 @@ def new_results_dir(base: Path, suffix: str = "") -> Path:
 
 def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
     """The whole bench: windows, per-scenario JSON, resource_usage.csv, flame graphs, report."""
-    from heimdall_tools.report import write_report
+    from tools.report import write_report
 
     validate_numbers(opts)
     with open_target(opts) as target:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from heimdall_tools import bench
+from tools import bench
 from heimdall.atomic import atomic_write_json, atomic_write_text
-from heimdall_tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
+from tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
                                      read_baseline, write_baseline)
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.metrics import BY_KEY
-from heimdall_tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.metrics import BY_KEY
+from tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,7 @@ def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given
 
 def _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th) -> Path | None:
     """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
-    from heimdall_tools.report import check_markdown, write_report
+    from tools.report import check_markdown, write_report
 
     out = bench.new_results_dir(opts.results_dir, "-check")
     atomic_write_json(out / "run.json", cur)

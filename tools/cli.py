@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from heimdall_tools.errors import ToolError
+from tools.errors import ToolError
 
 app = typer.Typer(
     name="heimdall-tools",
@@ -23,11 +23,11 @@ app = typer.Typer(
 
 # --- command registrations (each module owns its command functions) ---
 # [registrations]
-from heimdall_tools import load_cmd as _load_cmd, upstream_cmd as _up_cmd; _load_cmd.register(app); _up_cmd.register(app)  # load, upstream
-from heimdall_tools import net_cli as _net_cli; _net_cli.register(app)  # netprof, cpuprof
-from heimdall_tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
-from heimdall_tools import lab_cli as _lab_cli; _lab_cli.register(app)  # bench, baseline create, check
-from heimdall_tools import compare_cli as _compare_cli; _compare_cli.register(app)  # compare
+from tools import load_cmd as _load_cmd, upstream_cmd as _up_cmd; _load_cmd.register(app); _up_cmd.register(app)  # load, upstream
+from tools import net_cli as _net_cli; _net_cli.register(app)  # netprof, cpuprof
+from tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
+from tools import lab_cli as _lab_cli; _lab_cli.register(app)  # bench, baseline create, check
+from tools import compare_cli as _compare_cli; _compare_cli.register(app)  # compare
 
 
 def main() -> None:

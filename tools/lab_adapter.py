@@ -1,7 +1,7 @@
 """The one place bench/check touch the rest of the lab: load, servers, probes, py-spy.
 
-Everything here wraps another module's interface (heimdall_tools.loadgen,
-heimdall_tools.peers, heimdall_probes.*), so when one of those changes, this
+Everything here wraps another module's interface (tools.loadgen,
+tools.peers, probes.*), so when one of those changes, this
 file is the only one to adapt. It also turns the probes' own result layouts
 into one normalised summary (`summarize_probes`) that metrics and the report
 read.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 SCENARIOS = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
 HIGH_CONCURRENCY_MIN_CLIENTS = 200
@@ -26,9 +26,9 @@ ZONE = "bench.test"
 
 # probe name -> (module, class); the probe set recorded in baselines uses these names
 PROBES: dict[str, tuple[str, str]] = {
-    "futex": ("heimdall_probes.lockprof", "LockProbe"),
-    "malloc": ("heimdall_probes.memprof", "MemProbe"),
-    "udp": ("heimdall_probes.netprof", "NetProbe"),
+    "futex": ("probes.lockprof", "LockProbe"),
+    "malloc": ("probes.memprof", "MemProbe"),
+    "udp": ("probes.netprof", "NetProbe"),
 }
 
 
@@ -46,7 +46,7 @@ def run_load(scenario: str, server: str, duration: float, clients: int, timeout_
              engine: str = "builtin", warmup: float = 0.0, prime: bool = True) -> dict:
     """One load window via the load generator; returns its heimdall.load/1 dict."""
     try:
-        loadgen = importlib.import_module("heimdall_tools.loadgen")
+        loadgen = importlib.import_module("tools.loadgen")
     except ImportError as exc:
         raise ToolError(f"load generator unavailable: {exc}", EXIT_ENVIRONMENT) from None
     cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
@@ -89,7 +89,7 @@ def split_server(server: str) -> tuple[str, int]:
 
 
 def check_pid(pid: int) -> None:
-    from heimdall_tools.resources import process_tree
+    from tools.resources import process_tree
 
     if pid <= 0 or not process_tree(pid):
         raise ToolError(f"pid {pid} does not exist", EXIT_TARGET)
@@ -99,7 +99,7 @@ def check_pid(pid: int) -> None:
 
 def write_blocklist(path: Path, count: int = BLOCKLIST_SIZE) -> Path:
     """The large list the blocking scenario needs, one domain a line."""
-    scenarios = importlib.import_module("heimdall_tools.scenarios")
+    scenarios = importlib.import_module("tools.scenarios")
     path.write_text("\n".join(scenarios.blocklist_domains(count, zone=ZONE)) + "\n")
     return path
 
@@ -113,10 +113,10 @@ class OwnServer:
     server: Any = None
 
     def start(self) -> "OwnServer":
-        from heimdall_tools.upstream import LocalUpstream
+        from tools.upstream import LocalUpstream
 
         try:
-            peers = importlib.import_module("heimdall_tools.peers")
+            peers = importlib.import_module("tools.peers")
         except ImportError as exc:
             raise ToolError(f"cannot start Heimdall (server launcher unavailable: {exc}); "
                             "give --server HOST:PORT --pid PID", EXIT_ENVIRONMENT) from None
@@ -289,7 +289,7 @@ def _lock_label(top: dict) -> dict:
 def flame_graph(pid: int, duration: float, out_dir: Path, name: str) -> dict:
     """Sample pid's Python stacks with py-spy for `duration` s: SVG, folded stacks, top frames."""
     try:
-        cpuprof = importlib.import_module("heimdall_probes.cpuprof")
+        cpuprof = importlib.import_module("probes.cpuprof")
     except ImportError as exc:
         return {"unavailable": f"cpuprof: {exc}"}
     try:

@@ -29,7 +29,7 @@ def _say(msg: str) -> None:
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """Ctrl-C or SIGTERM unwinds normally (probes detach, started servers stop), then one line, exit 3."""
-    from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+    from tools.errors import EXIT_ENVIRONMENT, ToolError
 
     def on_term(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -62,7 +62,7 @@ def bench(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's timestamped directory"),
 ) -> None:
     """Run the five load scenarios with the chosen probes; write JSON, resource_usage.csv and performance_report.md."""
-    from heimdall_tools.bench import LabOptions, parse_scenarios, run_bench
+    from tools.bench import LabOptions, parse_scenarios, run_bench
 
     probes = [name for name, on in (("futex", lock_profile), ("malloc", memory_profile), ("udp", net_profile))
               if on or all_profiles]
@@ -75,8 +75,8 @@ def bench(
 
 
 def _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes, engine, timeout_ms, results_dir):
-    from heimdall_tools.bench import LabOptions, parse_scenarios
-    from heimdall_tools.lab_adapter import parse_probe_names
+    from tools.bench import LabOptions, parse_scenarios
+    from tools.lab_adapter import parse_probe_names
 
     opts = LabOptions(duration=5.0, warmup=1.0, repeats=5, server=server, pid=pid,
                       results_dir=results_dir, probes=parse_probe_names(probes or "none"))
@@ -107,7 +107,7 @@ def baseline_create(
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="per-query timeout (default 2000)"),
 ) -> None:
     """Measure repeated windows and write a versioned JSON baseline (atomically)."""
-    from heimdall_tools.check import create_baseline, default_baseline_path
+    from tools.check import create_baseline, default_baseline_path
 
     opts, _ = _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes or "all",
                            engine, timeout_ms, Path("performance_results"))
@@ -132,9 +132,9 @@ def check(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
 ) -> None:
     """Compare repeated windows with a baseline: exit 0 pass, 1 regression, 2 inconclusive, 3 environment/input error."""
-    from heimdall_tools.check import default_baseline_path, run_check
-    from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-    from heimdall_tools.verdict import Thresholds
+    from tools.check import default_baseline_path, run_check
+    from tools.errors import EXIT_ENVIRONMENT, ToolError
+    from tools.verdict import Thresholds
 
     if not max_regression > 0 or not count_threshold > 0:
         raise ToolError("--max-regression and --count-threshold must be > 0", EXIT_ENVIRONMENT)

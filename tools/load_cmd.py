@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heimdall_tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
-from heimdall_tools.latency import render_distribution
+from tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
+from tools.latency import render_distribution
 
 
 class TestType(str, Enum):
@@ -109,8 +109,8 @@ def load(
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
 ) -> None:
     """Drive a DNS server with a scenario; print the figures, optionally save them as JSON."""
-    from heimdall_tools.loadgen import LoadConfig, run_load
-    from heimdall_tools.scenarios import write_blocklist as write_list
+    from tools.loadgen import LoadConfig, run_load
+    from tools.scenarios import write_blocklist as write_list
 
     console = Console()
     if write_blocklist is not None:

@@ -45,9 +45,9 @@ from typing import Any
 
 import psutil
 
-from heimdall_tools import latency
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.scenarios import (DEFAULT_CLIENTS, DEFAULT_CLIENTS_OTHER, HEADER_TAIL, KIND_BLOCKED,
+from tools import latency
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.scenarios import (DEFAULT_CLIENTS, DEFAULT_CLIENTS_OTHER, HEADER_TAIL, KIND_BLOCKED,
                                       KIND_NAMES, RCODE_NAMES, SUCCESS_RCODES, TEST_TYPES, Scenario,
                                       build_scenario, read_queries_file)
 
@@ -515,7 +515,7 @@ def run_load(cfg: LoadConfig, progress: bool = False) -> dict:
     """Run one load test and return its JSON-ready result (see module doc for the window rules)."""
     run = prepare(cfg)
     if cfg.engine == "dnsperf":
-        from heimdall_tools.dnsperf import run_dnsperf
+        from tools.dnsperf import run_dnsperf
         return run_dnsperf(run, progress)
     if cfg.engine != "builtin":
         raise ToolError(f"unknown engine {cfg.engine!r}: builtin or dnsperf")
@@ -579,7 +579,7 @@ def _wait_ready(procs: list, ready: Any) -> None:
 
 def _collect(run: _Run, procs: list, prog: Any, stop: Any, results: Any, show: bool) -> list[dict]:
     """Wait for every process's result, showing progress; Ctrl-C ends the window early."""
-    from heimdall_tools.progress import LoadProgress
+    from tools.progress import LoadProgress
     cfg = run.cfg
     limit = time.monotonic() + cfg.warmup + cfg.duration + cfg.timeout_ms / 1000 + 30
     parts: list[dict] = []

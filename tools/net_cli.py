@@ -24,8 +24,8 @@ def netprof(
     command: Optional[List[str]] = typer.Argument(None, help=CMD_HELP),
 ) -> None:
     """UDP receive-queue latency per datagram, socket drops, recv/send/epoll batching and in-server time."""
-    from heimdall_probes.base import resolve_target, run_probe_command
-    from heimdall_probes.netprof import NetProbe
+    from probes.base import resolve_target, run_probe_command
+    from probes.netprof import NetProbe
 
     run_probe_command(NetProbe, resolve_target(pid, command), duration, warmup, json_path,
                       queries=queries, port=port)
@@ -43,9 +43,9 @@ def cpuprof(
     command: Optional[List[str]] = typer.Argument(None, help=CMD_HELP),
 ) -> None:
     """Flame graph of a Python server (py-spy), hottest frames (self and total %), native/kernel with --native."""
-    from heimdall_probes.base import resolve_target
-    from heimdall_probes.cpuprof import run_cpuprof
-    from heimdall_tools.errors import EXIT_INCONCLUSIVE, ToolError
+    from probes.base import resolve_target
+    from probes.cpuprof import run_cpuprof
+    from tools.errors import EXIT_INCONCLUSIVE, ToolError
 
     if top < 1:
         raise ToolError(f"--top must be >= 1 (got {top})", EXIT_INCONCLUSIVE)

@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.upstream import free_port, wait_for_dns
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.upstream import free_port, wait_for_dns
 
 free = free_port  # the port picker the launchers use; exported for callers
 

@@ -16,7 +16,7 @@ CMD_HELP = "or: -- COMMAND... to launch a program and profile it"
 
 def doctor(json_path: Optional[str] = typer.Option(None, "--json", help="also write the checks as JSON")) -> None:
     """Check that every probe can attach here; print each check with its fix (exit 3 if not)."""
-    from heimdall_probes.doctor import doctor_command
+    from probes.doctor import doctor_command
 
     raise typer.Exit(doctor_command(json_path))
 
@@ -31,11 +31,11 @@ def lockprof(
     command: Optional[List[str]] = typer.Argument(None, help=CMD_HELP),
 ) -> None:
     """Futex waits (every wait op, outcome, per thread and address, stacks, wakers) and kernel lock contention."""
-    from heimdall_probes.base import resolve_target, run_probe_command
-    from heimdall_probes.lockprof import LockProbe
+    from probes.base import resolve_target, run_probe_command
+    from probes.lockprof import LockProbe
 
     if top < 1:
-        from heimdall_tools.errors import EXIT_INCONCLUSIVE, ToolError
+        from tools.errors import EXIT_INCONCLUSIVE, ToolError
         raise ToolError(f"--top must be >= 1 (got {top})", EXIT_INCONCLUSIVE)
     run_probe_command(LockProbe, resolve_target(pid, command), duration, warmup, json_path,
                       queries=queries, top=top)
@@ -54,9 +54,9 @@ def memprof(
     command: Optional[List[str]] = typer.Argument(None, help=CMD_HELP),
 ) -> None:
     """libc malloc/calloc/realloc/free calls, bytes, sizes, sampled stacks and the probe's own cost."""
-    from heimdall_probes.base import resolve_target, run_probe_command
-    from heimdall_probes.memprof import MemProbe
-    from heimdall_tools.errors import EXIT_INCONCLUSIVE, ToolError
+    from probes.base import resolve_target, run_probe_command
+    from probes.memprof import MemProbe
+    from tools.errors import EXIT_INCONCLUSIVE, ToolError
 
     if sample < 1 or top < 1:
         raise ToolError("--sample and --top must be >= 1", EXIT_INCONCLUSIVE)

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 TEST_TYPES = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
 DEFAULT_CLIENTS = {"high-concurrency": 256}

@@ -42,11 +42,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from heimdall_tools import latency
+from tools import latency
 from heimdall.atomic import atomic_write_text
-from heimdall_tools.dnsperf import dnsperf_binary, parse_summary, parse_verbose
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.resources import process_tree, tree_cpu_seconds
+from tools.dnsperf import dnsperf_binary, parse_summary, parse_verbose
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.resources import process_tree, tree_cpu_seconds
 
 SCHEMA = "heimdall.compare/1"
 KNOWN_PEERS = ("unbound", "dnsmasq")
@@ -135,7 +135,7 @@ def summarize(contestants: list[Contestant]) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- workloads
 
 def warm_file(path: Path, count: int) -> Path:
-    from heimdall_tools.scenarios import warm_names
+    from tools.scenarios import warm_names
     path.write_text("".join(f"{n} {'AAAA' if i % 4 == 3 else 'A'}\n"
                             for i, n in enumerate(warm_names(count))))
     return path
@@ -170,8 +170,8 @@ def _tail(path: Path, limit: int = 8192) -> str:
 
 def warm(c: Contestant, names: Path, work: Path) -> dict:
     """Ask every warm-set name until answered, then one short dnsperf pass: the cache is hot."""
-    from heimdall_tools.loadgen import prime
-    from heimdall_tools.scenarios import question, warm_names
+    from tools.loadgen import prime
+    from tools.scenarios import question, warm_names
     qs = [question(n, "AAAA" if i % 4 == 3 else "A") for i, n in enumerate(warm_names(sum(1 for _ in open(names))))]
     fam = socket.AF_INET6 if ":" in c.sockaddr[0] else socket.AF_INET
     primed = prime(fam, c.sockaddr, qs, 2.0)
@@ -180,7 +180,7 @@ def warm(c: Contestant, names: Path, work: Path) -> dict:
 
 
 def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path) -> dict:
-    from heimdall_tools.loadgen import LoadConfig, run_load
+    from tools.loadgen import LoadConfig, run_load
     r: dict[str, Any] = {"notes": []}
     d = opts.duration
     if "dnsperf" in opts.engines:
@@ -233,7 +233,7 @@ def tree_rss(pid: int) -> int:
 
 def measure_concurrency(c: Contestant, clients: int, opts: CompareOptions) -> dict:
     """N closed-loop clients (one socket each) on the cache-hit set: loss = queries never answered."""
-    from heimdall_tools.loadgen import LoadConfig, run_load
+    from tools.loadgen import LoadConfig, run_load
     res = run_load(LoadConfig(test_type="cache-hit", server=c.addr, duration=min(opts.duration, 5.0),
                               clients=clients, warmup=0.5, warm_set=opts.warm_set, prime=False,
                               timeout_ms=2000))
@@ -277,7 +277,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 def _start(kind: str, name: str, upstream: str, opts: CompareOptions, workers: int,
            env: dict[str, str] | None = None) -> Contestant:
     """Start one contestant; `env` (a variant's) goes over opts.heimdall_env for Heimdall."""
-    from heimdall_tools import peers
+    from tools import peers
     if kind == "heimdall":
         env = {"HEIMDALL_CACHE_CAPACITY": str(opts.cache_entries), **opts.heimdall_env, **(env or {})}
         srv = peers.HeimdallServer(upstream, env=env, workers=workers).start()
@@ -321,7 +321,7 @@ class BareResponder:
 
     def start(self) -> "BareResponder":
         import sys
-        from heimdall_tools.upstream import free_port, wait_for_dns
+        from tools.upstream import free_port, wait_for_dns
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, str(self.port)],
                                      start_new_session=True, stderr=subprocess.DEVNULL)
@@ -378,7 +378,7 @@ def new_results_dir(base: Path) -> Path:
 
 def run_compare(opts: CompareOptions, out_dir: Path | None = None, say=print) -> dict:
     """Start, warm, measure interleaved, summarize; write compare.json/.md/.png. Returns the report."""
-    from heimdall_tools.upstream import LocalUpstream
+    from tools.upstream import LocalUpstream
     dnsperf_binary()  # fail early, with the fix named, when dnsperf is missing
     out_dir = out_dir or new_results_dir(opts.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -573,5 +573,5 @@ def render_markdown(report: dict) -> str:
 def write_report(report: dict, out_dir: Path) -> None:
     atomic_write_text(out_dir / "compare.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "compare.md", render_markdown(report))
-    from heimdall_tools.chart import compare_chart
+    from tools.chart import compare_chart
     compare_chart(report, out_dir / "compare.png")

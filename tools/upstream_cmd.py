@@ -19,8 +19,8 @@ import psutil
 import typer
 from rich.console import Console
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.upstream import LocalUpstream, wait_for_dns
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.upstream import LocalUpstream, wait_for_dns
 
 DEFAULT_DIR = Path("/tmp/heimdall-upstream")
 STATE = "state.json"
