@@ -7,7 +7,7 @@ warm up, open the window for --duration, then detach on Ctrl-C, SIGTERM,
 timeout or the target exiting (results then carry `"partial": true`; the
 command still exits 0 because the numbers it has are real).
 
-Usage from other tools (bench): `with LockProbe(pid) as p: p.open_window();
+Usage from other tools (bench): `with LockProf(pid) as p: p.open_window();
 ...load...; result = p.collect(queries=n)`.
 """
 
@@ -90,7 +90,7 @@ class Probe:
     """Base for BCC probes attached to one process (by tgid)."""
 
     name = "probe"
-    bpf_file = ""                     # file in probes/, e.g. "futex.bpf.c"
+    bpf_file = ""                     # file in probes/, e.g. "lockprof.bpf.c"
     schema = "heimdall.probe/1"
     window_tables: tuple[str, ...] = ()   # maps cleared when the window opens
 

@@ -2,7 +2,7 @@
 
 Python frames come from py-spy (one `--format raw` run; the SVG is drawn by
 probes/flamegraph.py from the same folded stacks, written beside it as
-FILE.folded). With --native, BCC samples on-CPU stacks too (probes/cpu.bpf.c)
+FILE.folded). With --native, BCC samples on-CPU stacks too (probes/cpuprof.bpf.c)
 to show kernel frames (syscalls, the network stack) and native code; the
 pyenv CPython here is built without frame pointers, so its user stacks stop
 after a frame or two, and the output says so.
@@ -32,11 +32,11 @@ NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without fr
 PYSPY_FIX = "install it into the venv: .venv/bin/pip install py-spy (a heimdall-dns dependency)"
 
 
-class NativeCpuProbe(Probe):
-    """On-CPU stack sampling of one tgid with a software clock perf event."""
+class CpuProf(Probe):
+    """cpuprof --native: on-CPU stack sampling of one tgid with a software clock perf event."""
 
     name = "cpuprof"
-    bpf_file = "cpu.bpf.c"
+    bpf_file = "cpuprof.bpf.c"
     schema = SCHEMA
     window_tables = ("cpu_counts",)
 
@@ -144,7 +144,7 @@ def _run_pyspy(pyspy: str, pid: int, duration: float, rate: int, idle: bool,
     return text, reason, last
 
 
-def _native_result(probe: NativeCpuProbe, svg: Path, top: int) -> dict:
+def _native_result(probe: CpuProf, svg: Path, top: int) -> dict:
     res = probe.collect()
     stacks = res.pop("stacks")
     samples = sum(stacks.values())
@@ -196,7 +196,7 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
                         EXIT_TARGET)
     comm = read_comm(pid)
     svg_path = Path(svg).resolve()
-    probe = NativeCpuProbe(pid, rate=rate) if native else None
+    probe = CpuProf(pid, rate=rate) if native else None
     try:
         if probe is not None:
             probe.attach()

@@ -1,6 +1,6 @@
 """lockprof: futex waits per thread and address, their wakers, and kernel lock contention.
 
-Attaches probes/futex.bpf.c (syscalls:sys_enter/exit_futex, futex_waitv and
+Attaches probes/lockprof.bpf.c (syscalls:sys_enter/exit_futex, futex_waitv and
 futex2 futex_wait/wake where present, lock:contention_begin/end) to one tgid.
 """
 
@@ -37,11 +37,11 @@ def klock_flags(flags: int) -> str:
     return "|".join(n for bit, n in KLOCK_FLAGS.items() if flags & bit) or "0"
 
 
-class LockProbe(Probe):
+class LockProf(Probe):
     """Futex wait/wake and kernel lock contention of one process."""
 
     name = "lockprof"
-    bpf_file = "futex.bpf.c"
+    bpf_file = "lockprof.bpf.c"
     schema = "heimdall.lockprof/1"
 
     def __init__(self, pid: int, top: int = 10, **opts) -> None:

@@ -1,6 +1,6 @@
 """netprof: UDP receive-queue latency, socket drops, recv/send/epoll batching, in-server time.
 
-probes/net.bpf.c does the measuring (see its header for the method); this
+probes/netprof.bpf.c does the measuring (see its header for the method); this
 module picks the ports to watch, attaches, reads the maps into JSON and prints
 tables. The watched ports are --port, or every unconnected UDP socket the
 target has bound (found with psutil when the window opens).
@@ -64,11 +64,11 @@ def _hist_slots(table, nslots: int) -> list[Histogram]:
     return hists
 
 
-class NetProbe(Probe):
-    """UDP socket probe for one server process (see probes/net.bpf.c)."""
+class NetProf(Probe):
+    """UDP socket probe for one server process (see probes/netprof.bpf.c)."""
 
     name = "netprof"
-    bpf_file = "net.bpf.c"
+    bpf_file = "netprof.bpf.c"
     schema = SCHEMA
     window_tables = ("net_hist", "net_batch", "net_sys", "net_count", "net_max")
 

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
@@ -24,12 +24,14 @@ DEFAULT_CLIENTS = 20
 BLOCKLIST_SIZE = 100_000
 ZONE = "bench.test"
 
-# probe name -> (module, class); the probe set recorded in baselines uses these names
+# probe set name -> (module, class): one stem per probe (command, module, BPF file, probe set)
 PROBES: dict[str, tuple[str, str]] = {
-    "futex": ("probes.lockprof", "LockProbe"),
-    "malloc": ("probes.memprof", "MemProbe"),
-    "udp": ("probes.netprof", "NetProbe"),
+    "lockprof": ("probes.lockprof", "LockProf"),
+    "memprof": ("probes.memprof", "MemProf"),
+    "netprof": ("probes.netprof", "NetProf"),
 }
+# the probe set names older baselines (and --probes lists) use
+PROBE_ALIASES: dict[str, str] = {"futex": "lockprof", "malloc": "memprof", "udp": "netprof"}
 
 
 # --- load ---------------------------------------------------------------------------
@@ -155,18 +157,23 @@ class OwnServer:
 # --- probes ---------------------------------------------------------------------------
 
 def parse_probe_names(text: str) -> list[str]:
-    """'all', 'none' or a comma list of futex,malloc,udp."""
+    """'all', 'none' or a comma list of lockprof,memprof,netprof (older names accepted)."""
     text = (text or "").strip().lower()
     if text in ("", "none"):
         return []
     if text == "all":
         return sorted(PROBES)
-    names = sorted({n.strip() for n in text.split(",") if n.strip()})
+    names = canonical_probe_names(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         raise ToolError(f"unknown probe {', '.join(unknown)} (known: {', '.join(PROBES)}, all, none)",
                         EXIT_ENVIRONMENT)
     return names
+
+
+def canonical_probe_names(names: Iterable[str]) -> list[str]:
+    """Sorted, deduplicated probe set names with the older names mapped to the current stems."""
+    return sorted({PROBE_ALIASES.get(n, n) for n in names})
 
 
 @dataclass
@@ -186,7 +193,7 @@ class ProbeSet:
             except (ImportError, AttributeError) as exc:
                 self.close()
                 raise ToolError(f"probes unavailable: {name} ({module}.{cls}: {exc})", EXIT_ENVIRONMENT) from None
-            probe = klass(self.pid, port=self.port) if name == "udp" else klass(self.pid)
+            probe = klass(self.pid, port=self.port) if name == "netprof" else klass(self.pid)
             try:
                 probe.attach()
             except ToolError as exc:
@@ -220,60 +227,66 @@ def _num(d: Any, *path: str) -> float | None:
     return float(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else None
 
 
-def _first(d: dict, *paths: tuple[str, ...]) -> float | None:
-    for path in paths:
-        v = _num(d, *path)
-        if v is not None:
-            return v
-    return None
-
-
 def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dict:
     """Normalise the probes' results: per-query metrics plus facts the report names."""
     out: dict[str, Any] = {"per_query_metrics": {}, "facts": {}}
-    pq, facts = out["per_query_metrics"], out["facts"]
     q = max(queries, 1)
-    if "futex" in raw:
-        r = raw["futex"]
-        waits = _first(r, ("futex", "waits"), ("waits",))
-        wait_us = _first(r, ("futex", "wait_us_total"), ("wait_us_total",))
-        if waits is not None:
-            pq["futex_waits_per_query"] = waits / q
-        if wait_us is not None:
-            pq["futex_wait_us_per_query"] = wait_us / q
-            facts["futex_wait_share"] = wait_us / 1e6 / window_s if window_s > 0 else None
-        facts["futex_waits"] = waits
-        facts["futex_wait_us_total"] = wait_us
-        top = (r.get("futex") or {}).get("top") or []
-        facts["top_lock"] = _lock_label(top[0]) if top else None
-    if "malloc" in raw:
-        r = raw["malloc"]
-        calls = _first(r, ("malloc", "calls"), ("calls",), ("totals", "calls"))
-        nbytes = _first(r, ("malloc", "bytes"), ("bytes",), ("totals", "bytes"))
-        if calls is not None:
-            pq["mallocs_per_query"] = calls / q
-        if nbytes is not None:
-            pq["malloc_bytes_per_query"] = nbytes / q
-        facts["mallocs"] = calls
-        facts["malloc_bytes"] = nbytes
-        over = r.get("overhead") or {}
-        if over.get("measured"):
-            facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")
-            facts["malloc_probe_share"] = over.get("estimated_target_share")
-    if "udp" in raw:
-        r = raw["udp"]
-        recv = _first(r, ("udp", "recv_syscalls"))
-        send = _first(r, ("udp", "send_syscalls"))
-        if recv is not None or send is not None:
-            pq["syscalls_per_query"] = ((recv or 0) + (send or 0)) / q
-        p99 = _first(r, ("udp", "queue_latency_us", "p99"))
-        if p99 is not None and _first(r, ("udp", "queue_latency_us", "count")):
-            pq["udp_queue_p99_us"] = p99
-        facts["udp_queue_p50_us"] = _first(r, ("udp", "queue_latency_us", "p50"))
-        facts["udp_queue_p99_us"] = p99
-        facts["udp_drops"] = _first(r, ("udp", "drops"))
-        facts["datagrams"] = _first(r, ("udp", "datagrams"))
+    if "lockprof" in raw:
+        _summarize_lockprof(raw["lockprof"], q, window_s, out)
+    if "memprof" in raw:
+        _summarize_memprof(raw["memprof"], q, out)
+    if "netprof" in raw:
+        _summarize_netprof(raw["netprof"], q, out)
     return out
+
+
+def _summarize_lockprof(r: dict, q: int, window_s: float, out: dict) -> None:
+    """LockProf.read(): result["futex"] holds waits, wait_us_total and the top rows."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    waits = _num(r, "futex", "waits")
+    wait_us = _num(r, "futex", "wait_us_total")
+    if waits is not None:
+        pq["futex_waits_per_query"] = waits / q
+    if wait_us is not None:
+        pq["futex_wait_us_per_query"] = wait_us / q
+        facts["futex_wait_share"] = wait_us / 1e6 / window_s if window_s > 0 else None
+    facts["futex_waits"] = waits
+    facts["futex_wait_us_total"] = wait_us
+    top = (r.get("futex") or {}).get("top") or []
+    facts["top_lock"] = _lock_label(top[0]) if top else None
+
+
+def _summarize_memprof(r: dict, q: int, out: dict) -> None:
+    """MemProf.read(): result["malloc"] holds the libc layer's calls and bytes."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    calls = _num(r, "malloc", "calls")
+    nbytes = _num(r, "malloc", "bytes")
+    if calls is not None:
+        pq["mallocs_per_query"] = calls / q
+    if nbytes is not None:
+        pq["malloc_bytes_per_query"] = nbytes / q
+    facts["mallocs"] = calls
+    facts["malloc_bytes"] = nbytes
+    over = r.get("overhead") or {}
+    if over.get("measured"):
+        facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")
+        facts["malloc_probe_share"] = over.get("estimated_target_share")
+
+
+def _summarize_netprof(r: dict, q: int, out: dict) -> None:
+    """NetProf.read(): result["udp"] holds syscalls, drops and the receive-queue latency."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    recv = _num(r, "udp", "recv_syscalls")
+    send = _num(r, "udp", "send_syscalls")
+    if recv is not None or send is not None:
+        pq["syscalls_per_query"] = ((recv or 0) + (send or 0)) / q
+    p99 = _num(r, "udp", "queue_latency_us", "p99")
+    if p99 is not None and _num(r, "udp", "queue_latency_us", "count"):
+        pq["udp_queue_p99_us"] = p99
+    facts["udp_queue_p50_us"] = _num(r, "udp", "queue_latency_us", "p50")
+    facts["udp_queue_p99_us"] = p99
+    facts["udp_drops"] = _num(r, "udp", "drops")
+    facts["datagrams"] = _num(r, "udp", "datagrams")
 
 
 def _lock_label(top: dict) -> dict:

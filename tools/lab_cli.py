@@ -17,7 +17,7 @@ import typer
 SCEN_HELP = "comma list of cache-hit,cache-miss,mixed,high-concurrency,blocking, or all"
 SERVER_HELP = "measure this server (HOST:PORT) instead of starting Heimdall + NSD; needs --pid"
 PID_HELP = "the --server's process id (CPU time, resources and probes attach to it)"
-PROBES_HELP = "probe set: comma list of futex,malloc,udp, or all, or none"
+PROBES_HELP = "probe set: comma list of lockprof,memprof,netprof, or all, or none"
 
 baseline_app = typer.Typer(help="Create a JSON baseline for `check`.", no_args_is_help=True)
 
@@ -52,10 +52,10 @@ def bench(
     repeats: int = typer.Option(1, "--repeats", help="windows per scenario, interleaved"),
     server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
     pid: Optional[int] = typer.Option(None, "--pid", help=PID_HELP),
-    profile: bool = typer.Option(False, "--profile", help="py-spy flame graph of each scenario's window"),
-    memory_profile: bool = typer.Option(False, "--memory-profile", help="malloc probe (libc uprobes)"),
-    lock_profile: bool = typer.Option(False, "--lock-profile", help="futex probe"),
-    net_profile: bool = typer.Option(False, "--net-profile", help="UDP receive-queue / syscall probe"),
+    cpuprof: bool = typer.Option(False, "--cpuprof", "--profile", help="py-spy flame graph of each scenario's window"),
+    memprof: bool = typer.Option(False, "--memprof", "--memory-profile", help="malloc probe (libc uprobes)"),
+    lockprof: bool = typer.Option(False, "--lockprof", "--lock-profile", help="futex probe"),
+    netprof: bool = typer.Option(False, "--netprof", "--net-profile", help="UDP receive-queue / syscall probe"),
     all_profiles: bool = typer.Option(False, "--all-profiles", help="all of the above"),
     engine: str = typer.Option("builtin", "--engine", help="load engine: builtin or dnsperf"),
     timeout_ms: int = typer.Option(2000, "--timeout-ms", help="per-query timeout"),
@@ -64,10 +64,10 @@ def bench(
     """Run the five load scenarios with the chosen probes; write JSON, resource_usage.csv and performance_report.md."""
     from tools.bench import LabOptions, parse_scenarios, run_bench
 
-    probes = [name for name, on in (("futex", lock_profile), ("malloc", memory_profile), ("udp", net_profile))
+    probes = [name for name, on in (("lockprof", lockprof), ("memprof", memprof), ("netprof", netprof))
               if on or all_profiles]
     opts = LabOptions(scenarios=parse_scenarios(scenarios), duration=duration, warmup=warmup, clients=clients,
-                      repeats=repeats, server=server, pid=pid, probes=probes, flame=profile or all_profiles,
+                      repeats=repeats, server=server, pid=pid, probes=probes, flame=cpuprof or all_profiles,
                       engine=engine, timeout_ms=timeout_ms, results_dir=results_dir)
     with _interruptible():
         out = run_bench(opts, say=_say)

@@ -25,9 +25,9 @@ def netprof(
 ) -> None:
     """UDP receive-queue latency per datagram, socket drops, recv/send/epoll batching and in-server time."""
     from probes.base import resolve_target, run_probe_command
-    from probes.netprof import NetProbe
+    from probes.netprof import NetProf
 
-    run_probe_command(NetProbe, resolve_target(pid, command), duration, warmup, json_path,
+    run_probe_command(NetProf, resolve_target(pid, command), duration, warmup, json_path,
                       queries=queries, port=port)
 
 

@@ -32,12 +32,12 @@ def lockprof(
 ) -> None:
     """Futex waits (every wait op, outcome, per thread and address, stacks, wakers) and kernel lock contention."""
     from probes.base import resolve_target, run_probe_command
-    from probes.lockprof import LockProbe
+    from probes.lockprof import LockProf
 
     if top < 1:
         from tools.errors import EXIT_INCONCLUSIVE, ToolError
         raise ToolError(f"--top must be >= 1 (got {top})", EXIT_INCONCLUSIVE)
-    run_probe_command(LockProbe, resolve_target(pid, command), duration, warmup, json_path,
+    run_probe_command(LockProf, resolve_target(pid, command), duration, warmup, json_path,
                       queries=queries, top=top)
 
 
@@ -55,12 +55,12 @@ def memprof(
 ) -> None:
     """libc malloc/calloc/realloc/free calls, bytes, sizes, sampled stacks and the probe's own cost."""
     from probes.base import resolve_target, run_probe_command
-    from probes.memprof import MemProbe
+    from probes.memprof import MemProf
     from tools.errors import EXIT_INCONCLUSIVE, ToolError
 
     if sample < 1 or top < 1:
         raise ToolError("--sample and --top must be >= 1", EXIT_INCONCLUSIVE)
-    run_probe_command(MemProbe, resolve_target(pid, command), duration, warmup, json_path,
+    run_probe_command(MemProf, resolve_target(pid, command), duration, warmup, json_path,
                       queries=queries, sample=sample, top=top, pymalloc=pymalloc,
                       overhead=overhead)
 
