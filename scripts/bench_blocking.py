@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from gen_blocklist import name as blocked_name, write_blocklist  # noqa: E402
 
-from tools.upstream import LocalUpstream, free_port  # noqa: E402
+from tools.nsd import LocalUpstream, free_port  # noqa: E402
 
 NAMES = 1000
 

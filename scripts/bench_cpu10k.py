@@ -25,7 +25,7 @@ from tools.dnsperf import dnsperf_binary, parse_summary
 from tools.sidebyside import (BareResponder, CompareOptions, Contestant, _start, parse_variant, warm,
                                       warm_file)
 from tools.errors import ToolError
-from tools.upstream import LocalUpstream
+from tools.nsd import LocalUpstream
 
 
 def contestants(args: argparse.Namespace, upstream: str) -> list[Contestant]:

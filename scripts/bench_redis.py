@@ -30,7 +30,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from tools.upstream import LocalUpstream, free_port
+from tools.nsd import LocalUpstream, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

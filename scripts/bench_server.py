@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from tools.upstream import LocalUpstream, free_port, wait_for_dns
+from tools.nsd import LocalUpstream, free_port, wait_for_dns
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, parse_variant, warm, warm_file
 from tools.errors import ToolError
-from tools.upstream import LocalUpstream
+from tools.nsd import LocalUpstream
 
 
 def contestants(variants: list[str], upstream: str) -> list[Contestant]:

@@ -11,7 +11,7 @@ import pytest
 from heimdall.atomic import atomic_write_json, atomic_write_text
 from tools.baseline import (SCHEMA, build_document, fingerprint, fingerprint_differences,
                                      incomparable_reason, read_baseline, write_baseline)
-from tools.bench import LabOptions, Target, measure_window
+from tools.measure import LabOptions, Target, measure_window
 from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION, ToolError
 from tools.verdict import (INCONCLUSIVE, OK, REGRESSION, IMPROVED, WORSE, Series, Thresholds, judge,
                                     mann_whitney_greater, normal_p_greater, overall, ranks,

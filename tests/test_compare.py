@@ -70,7 +70,7 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
     """Unbound for real, dnsmasq 'not installed', a Heimdall variant, the bare uvloop floor, and a running
     Heimdall given by address and pid; every started server is gone afterwards."""
     from tools.peers import HeimdallServer
-    from tools.upstream import LocalUpstream
+    from tools.nsd import LocalUpstream
 
     real_installed = sbs._installed
     monkeypatch.setattr(sbs, "_installed", lambda kind: kind != "dnsmasq" and real_installed(kind))

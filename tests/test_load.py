@@ -19,7 +19,7 @@ from conftest import requires_dnsperf
 from tools.loadgen import LoadConfig, run_load
 from tools.peers import DnsmasqServer, UnboundServer
 from tools.scenarios import KIND_BLOCKED, blocklist_domains, build_scenario, decode_question
-from tools.upstream import free_port
+from tools.nsd import free_port
 
 CLI = [sys.executable, "-c", "from tools.cli import main; main()"]
 ORDER = ("min", "p50", "p90", "p95", "p99", "p999", "max")

@@ -115,7 +115,7 @@ class OwnServer:
     server: Any = None
 
     def start(self) -> "OwnServer":
-        from tools.upstream import LocalUpstream
+        from tools.nsd import LocalUpstream
 
         try:
             peers = importlib.import_module("tools.peers")

@@ -62,7 +62,7 @@ def bench(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's timestamped directory"),
 ) -> None:
     """Run the five load scenarios with the chosen probes; write JSON, resource_usage.csv and performance_report.md."""
-    from tools.bench import LabOptions, parse_scenarios, run_bench
+    from tools.measure import LabOptions, parse_scenarios, run_bench
 
     probes = [name for name, on in (("lockprof", lockprof), ("memprof", memprof), ("netprof", netprof))
               if on or all_profiles]
@@ -75,7 +75,7 @@ def bench(
 
 
 def _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes, engine, timeout_ms, results_dir):
-    from tools.bench import LabOptions, parse_scenarios
+    from tools.measure import LabOptions, parse_scenarios
     from tools.lab_adapter import parse_probe_names
 
     opts = LabOptions(duration=5.0, warmup=1.0, repeats=5, server=server, pid=pid,
@@ -107,7 +107,7 @@ def baseline_create(
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="per-query timeout (default 2000)"),
 ) -> None:
     """Measure repeated windows and write a versioned JSON baseline (atomically)."""
-    from tools.check import create_baseline, default_baseline_path
+    from tools.gate import create_baseline, default_baseline_path
 
     opts, _ = _lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes or "all",
                            engine, timeout_ms, Path("performance_results"))
@@ -132,7 +132,7 @@ def check(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
 ) -> None:
     """Compare repeated windows with a baseline: exit 0 pass, 1 regression, 2 inconclusive, 3 environment/input error."""
-    from tools.check import default_baseline_path, run_check
+    from tools.gate import default_baseline_path, run_check
     from tools.errors import EXIT_ENVIRONMENT, ToolError
     from tools.verdict import Thresholds
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from heimdall.atomic import atomic_write_text
-from tools.metrics import error_rate
+from tools.gate_metrics import error_rate
 
 # the performance guide's indicators
 HIT_AVG_US = 100.0

@@ -70,7 +70,7 @@ class Contestant:
     addr: str
     pid: int | None
     threads: int
-    server: Any = None              # the peers.DnsServer we started (None for external)
+    server: Any = None              # the peers.PeerServer we started (None for external)
     rounds: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
@@ -321,7 +321,7 @@ class BareResponder:
 
     def start(self) -> "BareResponder":
         import sys
-        from tools.upstream import free_port, wait_for_dns
+        from tools.nsd import free_port, wait_for_dns
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, str(self.port)],
                                      start_new_session=True, stderr=subprocess.DEVNULL)
@@ -378,7 +378,7 @@ def new_results_dir(base: Path) -> Path:
 
 def run_compare(opts: CompareOptions, out_dir: Path | None = None, say=print) -> dict:
     """Start, warm, measure interleaved, summarize; write compare.json/.md/.png. Returns the report."""
-    from tools.upstream import LocalUpstream
+    from tools.nsd import LocalUpstream
     dnsperf_binary()  # fail early, with the fix named, when dnsperf is missing
     out_dir = out_dir or new_results_dir(opts.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

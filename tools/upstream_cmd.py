@@ -1,7 +1,7 @@
 """`heimdall-tools upstream start|stop|status`: the local NSD upstream as a background daemon.
 
 Benchmarks on a machine without internet need an authoritative server for
-cache-miss and mixed scenarios. `start` runs NSD (tools/upstream.py) detached
+cache-miss and mixed scenarios. `start` runs NSD (tools/nsd.py) detached
 in a state directory and prints its HOST:PORT on stdout (so scripts can say
 `UP=$(heimdall-tools upstream start)`); `stop` ends exactly that process
 (pid and command line checked); `status` asks it a real query.
@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from tools.errors import EXIT_ENVIRONMENT, ToolError
-from tools.upstream import LocalUpstream, wait_for_dns
+from tools.nsd import LocalUpstream, wait_for_dns
 
 DEFAULT_DIR = Path("/tmp/heimdall-upstream")
 STATE = "state.json"

@@ -1,4 +1,4 @@
-"""The metric catalogue: what `check` compares per scenario and how to read it.
+"""The gate's metric specs: what `check` compares per scenario and how to read it.
 
 Each metric says its unit, which direction is better, and its kind, which
 decides its threshold and how a verdict treats it:
@@ -12,7 +12,7 @@ average latency, so gating both counts one effect twice), futex wait time and
 queue p99 are judged and shown but do not gate: with
 a dozen metrics per scenario, every extra noisy metric that can fail the
 check is another chance of a false alarm, and tails are the noisiest.
-Window records come from `lab_adapter.run_window`; probe figures are read from
+Window records come from `measure.measure_window`; probe figures are read from
 its normalised `probes_summary`, so probe field names live in one place.
 """
 

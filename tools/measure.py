@@ -1,10 +1,12 @@
-"""`heimdall-tools bench`: the five scenarios with probes attached, written to a results dir.
+"""Measuring windows: the engine `bench`, `baseline create` and `check` share.
 
-Also the measuring engine `baseline create` and `check` share: a *window* is
+A *window* is
 one short load run of one scenario, with the server's CPU time, the probes'
 figures and the machine's other CPU use taken over exactly that window. A
 *repeat* is one window of every scenario; repeats rotate the scenario order,
 so slow drift of the machine (and cache growth) hits every scenario alike.
+`run_bench` is the bench's whole run: windows, per-scenario JSON, the
+resource CSV and the Markdown report in a timestamped results directory.
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
                 """Each window's JSON is written as soon as it is measured (an interrupted bench keeps them)."""
                 name = w["scenario"] + (f"_r{w['repeat']}" if opts.repeats > 1 else "")
                 atomic_write_json(out / f"{name}.json", w)
-                say(_window_line(w))
+                say(window_line(w))
 
             with ResourceSampler(target.pid) as sampler:
                 try:
@@ -251,7 +253,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
     return out
 
 
-def _window_line(w: dict) -> str:
+def window_line(w: dict) -> str:
     load = w["load"]
     lat = load.get("latency_us") or {}
     return (f"  {w['scenario']:<17} r{w['repeat']}: {load.get('qps', 0):>9.0f} q/s  avg {lat.get('avg', 0):>8.0f} us"
