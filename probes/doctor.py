@@ -206,7 +206,7 @@ def doctor_command(json_path: str | None = None) -> int:
     console.print("all probes can attach" if ok else f"[bold red]probes cannot attach[/]; {VM_FIX}"
                   if os.geteuid() != 0 or platform.system() != "Linux" else "[bold red]probes cannot attach[/]")
     if json_path:
-        from probes.base import write_json_atomic
-        write_json_atomic(json_path, {"schema": "heimdall.doctor/1", "ok": ok,
+        from tools.files import write_json
+        write_json(json_path, {"schema": "heimdall.doctor/1", "ok": ok,
                                       "checks": [c.to_json() for c in checks]})
     return 0 if ok else EXIT_ENVIRONMENT

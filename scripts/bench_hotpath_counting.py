@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU per UDP cache hit in the real fast path, with and without issue 3's counting.
+"""CPU per UDP cache hit in the real fast path, with and without the per-query counting.
 
 Drives `DnsServer._udp_readable` in-process (no event loop, no load
 generator): a client socket sends a batch of 64 queries for cached names, the

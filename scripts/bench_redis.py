@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 9's performance figures for the Redis shared tier, measured side by side.
+"""The Redis shared tier's performance figures, measured side by side.
 
 1. Cache-hit throughput with HEIMDALL_REDIS_URL set vs unset: two Heimdall
    instances (1 worker each) on the same NSD, both warmed with the same 1,000

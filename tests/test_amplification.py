@@ -110,7 +110,7 @@ def test_udp_replies_never_exceed_the_clients_size(upstream, any_mode):
 RATE_LIMIT_WIRED = "enable_rate_limiting" in {f.name for f in fields(Config)}
 
 
-@pytest.mark.skipif(not RATE_LIMIT_WIRED, reason="rate limiting (issue 3) not in this tree yet")
+@pytest.mark.skipif(not RATE_LIMIT_WIRED, reason="this tree's Config has no enable_rate_limiting")
 def test_rate_limited_queries_cost_no_upstream_work():
     """A client over its budget sending unique names (all misses): only admitted queries reach upstream."""
     env = {"HEIMDALL_ENABLE_RATE_LIMITING": "1", "HEIMDALL_QUERIES_PER_SECOND_PER_IP": "1",

@@ -1,7 +1,7 @@
-"""The hook points issue 3 wires into: admit (rate limit), policy (blocking), reload hooks, stats.
+"""The worker's hook points: admit (rate limit), policy (blocking), reload hooks, stats.
 
 A real worker runs in a subprocess via `run_worker(..., setup=...)`, the way
-`supervisor.prepare_shared()` will install them; clients are real sockets.
+`supervisor.prepare_shared()` installs them; clients are real sockets.
 """
 
 from __future__ import annotations

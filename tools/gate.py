@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from heimdall.atomic import atomic_write_json, atomic_write_text
-from tools.measure import (LabOptions, attached_probes, new_results_dir, open_target, run_windows,
-                           validate_numbers, window_line)
+from tools.files import new_results_dir
+from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
 from tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
                                      read_baseline, write_baseline)
 from tools.errors import EXIT_ENVIRONMENT, ToolError
@@ -142,7 +142,7 @@ def _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, 
     """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
     from tools.report import check_markdown, write_report
 
-    out = new_results_dir(opts.results_dir, "-check")
+    out = new_results_dir(opts.results_dir, suffix="-check")
     atomic_write_json(out / "run.json", cur)
     atomic_write_json(out / "check.json", {
         "schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,

@@ -1,8 +1,8 @@
 """The one place bench/check touch the rest of the lab: load, servers, probes, py-spy.
 
 Everything here wraps another module's interface (tools.loadgen,
-tools.peers, probes.*), so when one of those changes, this
-file is the only one to adapt. It also turns the probes' own result layouts
+tools.peers, probes.*), so when one of those changes, this file is the only
+one to adapt. It also turns the probes' own result layouts
 into one normalised summary (`summarize_probes`) that metrics and the report
 read.
 """
@@ -47,10 +47,8 @@ def clients_for(scenario: str, clients: int | None) -> int:
 def run_load(scenario: str, server: str, duration: float, clients: int, timeout_ms: int,
              engine: str = "builtin", warmup: float = 0.0, prime: bool = True) -> dict:
     """One load window via the load generator; returns its heimdall.load/1 dict."""
-    try:
-        loadgen = importlib.import_module("tools.loadgen")
-    except ImportError as exc:
-        raise ToolError(f"load generator unavailable: {exc}", EXIT_ENVIRONMENT) from None
+    from tools import loadgen
+
     cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
                              timeout_ms=timeout_ms, warmup=warmup, zone=ZONE, engine=engine,
                              prime=prime)
@@ -99,13 +97,6 @@ def check_pid(pid: int) -> None:
 
 # --- servers --------------------------------------------------------------------------
 
-def write_blocklist(path: Path, count: int = BLOCKLIST_SIZE) -> Path:
-    """The large list the blocking scenario needs, one domain a line."""
-    scenarios = importlib.import_module("tools.scenarios")
-    path.write_text("\n".join(scenarios.blocklist_domains(count, zone=ZONE)) + "\n")
-    return path
-
-
 @dataclass
 class OwnServer:
     """NSD upstream + Heimdall with a large blocklist, both on loopback, both ours to stop."""
@@ -115,14 +106,12 @@ class OwnServer:
     server: Any = None
 
     def start(self) -> "OwnServer":
+        from tools import peers
         from tools.nsd import LocalUpstream
+        from tools.scenarios import write_blocklist
 
-        try:
-            peers = importlib.import_module("tools.peers")
-        except ImportError as exc:
-            raise ToolError(f"cannot start Heimdall (server launcher unavailable: {exc}); "
-                            "give --server HOST:PORT --pid PID", EXIT_ENVIRONMENT) from None
-        blocklist = write_blocklist(self.workdir / "blocklist.txt")
+        blocklist = self.workdir / "blocklist.txt"
+        write_blocklist(blocklist, BLOCKLIST_SIZE, ZONE)
         self.upstream = LocalUpstream().start()
         try:
             self.server = peers.HeimdallServer(self.upstream.addr,
@@ -301,10 +290,8 @@ def _lock_label(top: dict) -> dict:
 
 def flame_graph(pid: int, duration: float, out_dir: Path, name: str) -> dict:
     """Sample pid's Python stacks with py-spy for `duration` s: SVG, folded stacks, top frames."""
-    try:
-        cpuprof = importlib.import_module("probes.cpuprof")
-    except ImportError as exc:
-        return {"unavailable": f"cpuprof: {exc}"}
+    from probes import cpuprof
+
     try:
         res = cpuprof.run_cpuprof(pid, max(1.0, duration), svg=str(Path(out_dir) / f"{name}.svg"),
                                   top=10, render=False)

@@ -25,6 +25,7 @@ import psutil
 from tools import lab_adapter as lab
 from heimdall.atomic import atomic_write_json
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.files import new_results_dir
 from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
 
 WINDOW_SCHEMA = "heimdall.window/1"
@@ -206,20 +207,6 @@ def attached_probes(target: Target, names: list[str], required: bool) -> Iterato
         yield probes, None
     finally:
         probes.close()
-
-
-def new_results_dir(base: Path, suffix: str = "") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / (stamp + suffix)
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(base) / f"{stamp}{suffix}-{n}"
-    try:
-        path.mkdir(parents=True)
-    except OSError as exc:
-        raise ToolError(f"cannot create results directory {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
-    return path
 
 
 def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:

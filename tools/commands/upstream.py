@@ -10,7 +10,6 @@ in a state directory and prints its HOST:PORT on stdout (so scripts can say
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import typer
 from rich.console import Console
 
 from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.files import write_json
 from tools.nsd import LocalUpstream, wait_for_dns
 
 DEFAULT_DIR = Path("/tmp/heimdall-upstream")
@@ -61,9 +61,7 @@ def start(
     up = LocalUpstream(port=port, address=address, workdir=workdir, tied=False)
     up.start()
     st = {"pid": up.pid, "addr": up.addr, "conf": str(workdir / "nsd.conf"), "started": time.time()}
-    tmp = workdir / (STATE + ".tmp")
-    tmp.write_text(json.dumps(st))
-    os.replace(tmp, workdir / STATE)
+    write_json(workdir / STATE, st)
     err.print(f"upstream (nsd) running at {up.addr}, pid {up.pid}, state in {workdir}")
     print(up.addr)
 
