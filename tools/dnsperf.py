@@ -154,7 +154,8 @@ def parse_verbose(path: Path, kinds: dict[str, int]) -> tuple[dict[int, int], li
 
 def run_dnsperf(run: Any, progress: bool = False) -> dict:
     """Prime, warm up, run dnsperf for the window, and fold its output into heimdall.load/1."""
-    from tools.loadgen import build_result, prime
+    from tools.load_result import build_result
+    from tools.priming import prime
 
     cfg = run.cfg
     work = Path(tempfile.mkdtemp(prefix="heimdall-dnsperf-"))

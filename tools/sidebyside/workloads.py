@@ -52,7 +52,7 @@ def _tail(path: Path, limit: int = 8192) -> str:
 
 def warm(c: Contestant, names: Path, work: Path) -> dict:
     """Ask every warm-set name until answered, then one short dnsperf pass: the cache is hot."""
-    from tools.loadgen import prime
+    from tools.priming import prime
     from tools.scenarios import question, warm_names
 
     qs = [question(n, "AAAA" if i % 4 == 3 else "A") for i, n in enumerate(warm_names(sum(1 for _ in open(names))))]
