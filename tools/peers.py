@@ -21,8 +21,6 @@ from pathlib import Path
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.nsd import free_port, wait_for_dns
 
-free = free_port  # the port picker the launchers use; exported for callers
-
 READY_QNAME = "ready.bench.test."
 
 

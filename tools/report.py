@@ -5,6 +5,10 @@ branch on a measured figure; what a run did not measure is written as
 "not measured", never guessed. With several repeats the report uses, per
 scenario, the window with the median throughput so all of a scenario's
 figures come from one consistent window.
+
+Why one module of ~400 lines: the report is one document, and its finding
+functions share the thresholds and the formatting helpers above them; split,
+each half would import the other's private pieces.
 """
 
 from __future__ import annotations
