@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 TRACEFS = "/sys/kernel/tracing"
-SETUP_FIX = "run scripts/setup.sh (as root)"
 VM_FIX = "probe metrics are unavailable here: run the lab in the Vagrant VM (`vagrant up`)"
 
 # probe name -> tracepoints "category:event" it attaches ("?" suffix: optional)

@@ -17,7 +17,6 @@ from probes.stacks import stack_note, symbolize
 OP_NAMES = {0: "WAIT", 1: "WAKE", 3: "REQUEUE", 4: "CMP_REQUEUE", 5: "WAKE_OP", 6: "LOCK_PI",
             7: "UNLOCK_PI", 9: "WAIT_BITSET", 10: "WAKE_BITSET", 11: "WAIT_REQUEUE_PI",
             12: "CMP_REQUEUE_PI", 13: "LOCK_PI2", 64: "WAITV", 65: "FUTEX2_WAIT", 66: "FUTEX2_WAKE"}
-WAIT_OPS = {0, 6, 9, 11, 13, 64, 65}
 OUTCOMES = ("woken", "timedout", "eagain", "eintr", "other")
 KLOCK_FLAGS = {1: "SPIN", 2: "READ", 4: "WRITE", 8: "RT", 16: "PERCPU", 32: "MUTEX"}
 
