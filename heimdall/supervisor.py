@@ -199,7 +199,7 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
 
 def start_demo_upstream(config: Config):
     """Start the lab's NSD with the test zones on a free loopback port (no internet here)."""
-    from heimdall_tools.upstream import LocalUpstream
+    from tools.nsd import LocalUpstream
 
     up = LocalUpstream().start()
     log(f"demo upstream: NSD on {up.addr} serving bench.test. and example.test. (pid {up.pid})")

@@ -7,14 +7,13 @@ warm up, open the window for --duration, then detach on Ctrl-C, SIGTERM,
 timeout or the target exiting (results then carry `"partial": true`; the
 command still exits 0 because the numbers it has are real).
 
-Usage from other tools (bench): `with LockProbe(pid) as p: p.open_window();
+Usage from other tools (bench): `with LockProf(pid) as p: p.open_window();
 ...load...; result = p.collect(queries=n)`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import signal
@@ -24,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heimdall.atomic import atomic_write_text
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from tools.files import write_json
 
 PROBES_DIR = Path(__file__).resolve().parent
 # indices of heimdall_lost in common.bpf.h
@@ -47,15 +46,6 @@ def read_comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """json.dumps to a temp file beside `path`, then os.replace: never a half file."""
-    target = Path(path)
-    try:
-        atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
-    except OSError as exc:
-        raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
 
 
 _INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
@@ -90,7 +80,7 @@ class Probe:
     """Base for BCC probes attached to one process (by tgid)."""
 
     name = "probe"
-    bpf_file = ""                     # file in probes/, e.g. "futex.bpf.c"
+    bpf_file = ""                     # file in probes/, e.g. "lockprof.bpf.c"
     schema = "heimdall.probe/1"
     window_tables: tuple[str, ...] = ()   # maps cleared when the window opens
 
@@ -126,7 +116,7 @@ class Probe:
 
     def attach(self) -> None:
         """Preflight, load the BPF program filtered to the pid, attach; clear errors."""
-        from heimdall_probes.doctor import ensure_ready
+        from probes.doctor import ensure_ready
 
         if not pid_alive(self.pid):
             raise ToolError(f"pid {self.pid} does not exist", EXIT_TARGET)
@@ -333,7 +323,7 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
         probe.close()
         _stop_child(proc)
     if json_path:
-        write_json_atomic(json_path, result)
+        write_json(json_path, result)
     if render:
         from rich.console import Console
 

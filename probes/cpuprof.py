@@ -2,7 +2,7 @@
 
 Python frames come from py-spy (one `--format raw` run; the SVG is drawn by
 probes/flamegraph.py from the same folded stacks, written beside it as
-FILE.folded). With --native, BCC samples on-CPU stacks too (probes/cpu.bpf.c)
+FILE.folded). With --native, BCC samples on-CPU stacks too (probes/cpuprof.bpf.c)
 to show kernel frames (syscalls, the network stack) and native code; the
 pyenv CPython here is built without frame pointers, so its user stacks stop
 after a frame or two, and the output says so.
@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heimdall_probes.base import Probe, pid_alive, read_comm, write_json_atomic
-from heimdall_probes.flamegraph import parse_folded, render_svg, to_folded, top_frames
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from probes.base import Probe, pid_alive, read_comm
+from probes.flamegraph import parse_folded, render_svg, to_folded, top_frames
+from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from tools.files import write_json, write_text
 
 SCHEMA = "heimdall.cpuprof/1"
 NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without frame pointers, so "
@@ -32,11 +33,11 @@ NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without fr
 PYSPY_FIX = "install it into the venv: .venv/bin/pip install py-spy (a heimdall-dns dependency)"
 
 
-class NativeCpuProbe(Probe):
-    """On-CPU stack sampling of one tgid with a software clock perf event."""
+class CpuProf(Probe):
+    """cpuprof --native: on-CPU stack sampling of one tgid with a software clock perf event."""
 
     name = "cpuprof"
-    bpf_file = "cpu.bpf.c"
+    bpf_file = "cpuprof.bpf.c"
     schema = SCHEMA
     window_tables = ("cpu_counts",)
 
@@ -144,14 +145,14 @@ def _run_pyspy(pyspy: str, pid: int, duration: float, rate: int, idle: bool,
     return text, reason, last
 
 
-def _native_result(probe: NativeCpuProbe, svg: Path, top: int) -> dict:
+def _native_result(probe: CpuProf, svg: Path, top: int) -> dict:
     res = probe.collect()
     stacks = res.pop("stacks")
     samples = sum(stacks.values())
     nsvg = svg.with_suffix(".native.svg")
     folded = nsvg.with_name(nsvg.name + ".folded")
-    _write_text(folded, to_folded(stacks))
-    _write_text(nsvg, render_svg(stacks, f"cpuprof --native pid {probe.pid} ({probe.comm}): on-CPU, "
+    write_text(folded, to_folded(stacks))
+    write_text(nsvg, render_svg(stacks, f"cpuprof --native pid {probe.pid} ({probe.comm}): on-CPU, "
                                          f"{samples} samples"))
     depth = max((len(k) - 1 - sum(f.endswith('_[k]') for f in k) for k in stacks), default=0)
     return {"samples": samples, "kernel_samples": res["kernel_samples"],
@@ -159,18 +160,6 @@ def _native_result(probe: NativeCpuProbe, svg: Path, top: int) -> dict:
             "user_stack_depth_max": depth, "truncated_samples": res["truncated_samples"],
             "top": top_frames(stacks, top),
             "svg": str(nsvg), "folded": str(folded), "lost": res["lost"], "note": NATIVE_NOTE}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write beside the target name, then rename: never a half-written file."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ToolError(f"cannot write {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
 
 
 def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 100,
@@ -196,7 +185,7 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
                         EXIT_TARGET)
     comm = read_comm(pid)
     svg_path = Path(svg).resolve()
-    probe = NativeCpuProbe(pid, rate=rate) if native else None
+    probe = CpuProf(pid, rate=rate) if native else None
     try:
         if probe is not None:
             probe.attach()
@@ -214,8 +203,8 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
     stacks = parse_folded(text)
     samples = sum(stacks.values())
     folded_path = svg_path.with_name(svg_path.name + ".folded")
-    _write_text(folded_path, text)
-    _write_text(svg_path, render_svg(stacks, f"cpuprof pid {pid} ({comm}): Python stacks (py-spy), "
+    write_text(folded_path, text)
+    write_text(svg_path, render_svg(stacks, f"cpuprof pid {pid} ({comm}): Python stacks (py-spy), "
                                              f"{samples} samples at {rate} Hz"))
     result: dict[str, Any] = {
         "schema": SCHEMA, "tool": "heimdall-tools cpuprof", "pid": pid, "comm": comm,
@@ -227,7 +216,7 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
     if native_res is not None:
         result["native"] = native_res
     if json_path:
-        write_json_atomic(json_path, result)
+        write_json(json_path, result)
     if render:
         from rich.console import Console
 

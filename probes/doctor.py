@@ -14,10 +14,9 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 TRACEFS = "/sys/kernel/tracing"
-SETUP_FIX = "run scripts/setup.sh (as root)"
 VM_FIX = "probe metrics are unavailable here: run the lab in the Vagrant VM (`vagrant up`)"
 
 # probe name -> tracepoints "category:event" it attaches ("?" suffix: optional)
@@ -206,7 +205,7 @@ def doctor_command(json_path: str | None = None) -> int:
     console.print("all probes can attach" if ok else f"[bold red]probes cannot attach[/]; {VM_FIX}"
                   if os.geteuid() != 0 or platform.system() != "Linux" else "[bold red]probes cannot attach[/]")
     if json_path:
-        from heimdall_probes.base import write_json_atomic
-        write_json_atomic(json_path, {"schema": "heimdall.doctor/1", "ok": ok,
+        from tools.files import write_json
+        write_json(json_path, {"schema": "heimdall.doctor/1", "ok": ok,
                                       "checks": [c.to_json() for c in checks]})
     return 0 if ok else EXIT_ENVIRONMENT

@@ -1,6 +1,6 @@
 """lockprof: futex waits per thread and address, their wakers, and kernel lock contention.
 
-Attaches probes/futex.bpf.c (syscalls:sys_enter/exit_futex, futex_waitv and
+Attaches probes/lockprof.bpf.c (syscalls:sys_enter/exit_futex, futex_waitv and
 futex2 futex_wait/wake where present, lock:contention_begin/end) to one tgid.
 """
 
@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from heimdall_probes.base import Probe, per_query
-from heimdall_probes.doctor import tracepoint_exists
-from heimdall_probes.histogram import Histogram
-from heimdall_probes.stacks import stack_note, symbolize
+from probes.base import Probe, per_query
+from probes.doctor import tracepoint_exists
+from probes.histogram import Histogram
+from probes.stacks import stack_note, symbolize
 
 OP_NAMES = {0: "WAIT", 1: "WAKE", 3: "REQUEUE", 4: "CMP_REQUEUE", 5: "WAKE_OP", 6: "LOCK_PI",
             7: "UNLOCK_PI", 9: "WAIT_BITSET", 10: "WAKE_BITSET", 11: "WAIT_REQUEUE_PI",
             12: "CMP_REQUEUE_PI", 13: "LOCK_PI2", 64: "WAITV", 65: "FUTEX2_WAIT", 66: "FUTEX2_WAKE"}
-WAIT_OPS = {0, 6, 9, 11, 13, 64, 65}
 OUTCOMES = ("woken", "timedout", "eagain", "eintr", "other")
 KLOCK_FLAGS = {1: "SPIN", 2: "READ", 4: "WRITE", 8: "RT", 16: "PERCPU", 32: "MUTEX"}
 
@@ -37,11 +36,11 @@ def klock_flags(flags: int) -> str:
     return "|".join(n for bit, n in KLOCK_FLAGS.items() if flags & bit) or "0"
 
 
-class LockProbe(Probe):
+class LockProf(Probe):
     """Futex wait/wake and kernel lock contention of one process."""
 
     name = "lockprof"
-    bpf_file = "futex.bpf.c"
+    bpf_file = "lockprof.bpf.c"
     schema = "heimdall.lockprof/1"
 
     def __init__(self, pid: int, top: int = 10, **opts) -> None:

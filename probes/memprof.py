@@ -1,6 +1,6 @@
 """memprof: libc allocation calls of one process, and what counting them costs.
 
-Attaches probes/malloc.bpf.c as entry uprobes (pid-filtered) on the target's
+Attaches probes/memprof.bpf.c as entry uprobes (pid-filtered) on the target's
 libc malloc, calloc, realloc, free, posix_memalign, aligned_alloc, and with
 `pymalloc=True` on CPython's PyObject_Malloc/Calloc/Realloc/Free.
 Uprobes trap into the kernel on every call (microseconds each), so before
@@ -17,11 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from heimdall_probes.base import Probe, per_query
-from heimdall_probes.doctor import PROBE_UPROBES, resolve_uprobe
-from heimdall_probes.histogram import Histogram
-from heimdall_probes.stacks import exe_name, stack_note, symbolize
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from probes.base import Probe, per_query
+from probes.doctor import PROBE_UPROBES, resolve_uprobe
+from probes.histogram import Histogram
+from probes.stacks import exe_name, stack_note, symbolize
+from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 LIBC_FNS = ("malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc")
 PY_FNS = ("PyObject_Malloc", "PyObject_Calloc", "PyObject_Realloc", "PyObject_Free")
@@ -90,7 +90,7 @@ class Calibrator:
             proc.stdout.readline()
             self._round(proc)  # warm caches and the allocator
             without = [self._round(proc) for _ in range(self.rounds)]
-            probe = MemProbe(proc.pid, sample=self.sample, overhead=False)
+            probe = MemProf(proc.pid, sample=self.sample, overhead=False)
             probe.attach()
             try:
                 probe.open_window()
@@ -115,11 +115,11 @@ class Calibrator:
         }
 
 
-class MemProbe(Probe):
+class MemProf(Probe):
     """libc (and optionally CPython object) allocation calls of one process."""
 
     name = "memprof"
-    bpf_file = "malloc.bpf.c"
+    bpf_file = "memprof.bpf.c"
     schema = "heimdall.memprof/1"
     window_tables = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
 
@@ -139,7 +139,7 @@ class MemProbe(Probe):
 
     def attach(self) -> None:
         if self.want_overhead and self.calibration is None:
-            from heimdall_probes.doctor import ensure_ready
+            from probes.doctor import ensure_ready
             ensure_ready(self.name, self.pid)
             self.calibration = Calibrator(self.sample).measure()
         super().attach()

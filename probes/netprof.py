@@ -1,6 +1,6 @@
 """netprof: UDP receive-queue latency, socket drops, recv/send/epoll batching, in-server time.
 
-probes/net.bpf.c does the measuring (see its header for the method); this
+probes/netprof.bpf.c does the measuring (see its header for the method); this
 module picks the ports to watch, attaches, reads the maps into JSON and prints
 tables. The watched ports are --port, or every unconnected UDP socket the
 target has bound (found with psutil when the window opens).
@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from heimdall_probes.base import Probe, per_query, pid_alive
-from heimdall_probes.doctor import tracepoint_exists
-from heimdall_probes.histogram import HIST_BUCKETS, Histogram
-from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
+from probes.base import Probe, per_query, pid_alive
+from probes.doctor import tracepoint_exists
+from probes.histogram import HIST_BUCKETS, Histogram
+from tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 SCHEMA = "heimdall.netprof/1"
 KINDS = ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg",
@@ -64,11 +64,11 @@ def _hist_slots(table, nslots: int) -> list[Histogram]:
     return hists
 
 
-class NetProbe(Probe):
-    """UDP socket probe for one server process (see probes/net.bpf.c)."""
+class NetProf(Probe):
+    """UDP socket probe for one server process (see probes/netprof.bpf.c)."""
 
     name = "netprof"
-    bpf_file = "net.bpf.c"
+    bpf_file = "netprof.bpf.c"
     schema = SCHEMA
     window_tables = ("net_hist", "net_batch", "net_sys", "net_count", "net_max")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 3's performance figures for the real `heimdall serve`.
+"""Blocking's performance figures for the real `heimdall serve`: startup, blocked vs cached, counting cost.
 
 1. Startup with a 1,000,000-domain blocklist (scripts/gen_blocklist.py):
    seconds from exec to "listening on" and the process's RSS then.
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from gen_blocklist import name as blocked_name, write_blocklist  # noqa: E402
 
-from heimdall_tools.upstream import LocalUpstream, free_port  # noqa: E402
+from tools.nsd import LocalUpstream, free_port  # noqa: E402
 
 NAMES = 1000
 
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=0,
                    help="offered q/s (dnsperf -Q): CPU per query below saturation, steadier on a busy machine")
     p.add_argument("--skip-startup", action="store_true")
-    p.add_argument("--baseline-root", help="a checkout without the issue 3 wiring (e.g. `git archive 449f854`): "
+    p.add_argument("--baseline-root", help="a checkout without the blocking and counting wiring (e.g. `git archive 449f854`): "
                    "adds a cache-hit variant served from it, to price the always-on per-label hit count")
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="heimdall-bench3-")

@@ -21,20 +21,21 @@ from pathlib import Path
 
 import psutil
 
-from heimdall_tools.dnsperf import dnsperf_binary, parse_summary
-from heimdall_tools.sidebyside import (BareResponder, CompareOptions, Contestant, _start, parse_variant, warm,
-                                      warm_file)
-from heimdall_tools.errors import ToolError
-from heimdall_tools.upstream import LocalUpstream
+from tools.dnsperf import dnsperf_binary, parse_summary
+from tools.sidebyside.contestants import BareResponder, Contestant, parse_variant, start_contestant
+from tools.sidebyside.options import CompareOptions
+from tools.sidebyside.workloads import warm, warm_file
+from tools.errors import ToolError
+from tools.nsd import LocalUpstream
 
 
 def contestants(args: argparse.Namespace, upstream: str) -> list[Contestant]:
-    out = [_start("heimdall", "heimdall", upstream, CompareOptions(), 1)]
+    out = [start_contestant("heimdall", "heimdall", upstream, CompareOptions(), 1)]
     for spec in args.variant:
         name, env = parse_variant(spec)
-        out.append(_start("heimdall", name, upstream, CompareOptions(), 1, env))
+        out.append(start_contestant("heimdall", name, upstream, CompareOptions(), 1, env))
     for peer in filter(None, args.peers.split(",")):
-        out.append(_start(peer, peer, upstream, CompareOptions(), 1))
+        out.append(start_contestant(peer, peer, upstream, CompareOptions(), 1))
     if args.bare:
         b = BareResponder().start()
         out.append(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))

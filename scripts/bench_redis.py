@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 9's performance figures for the Redis shared tier, measured side by side.
+"""The Redis shared tier's performance figures, measured side by side.
 
 1. Cache-hit throughput with HEIMDALL_REDIS_URL set vs unset: two Heimdall
    instances (1 worker each) on the same NSD, both warmed with the same 1,000
@@ -30,7 +30,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from heimdall_tools.upstream import LocalUpstream, free_port
+from tools.nsd import LocalUpstream, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 2's performance targets, measured side by side in one run.
+"""The server's throughput, memory and CPU targets against Unbound, measured side by side in one run.
 
 1. Cache-hit throughput: Heimdall (1 worker) vs Unbound (1 thread, forwarding
    to the same NSD), `dnsperf -c 20 -T 1` over 1,000 cached names, rounds
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from heimdall_tools.upstream import LocalUpstream, free_port, wait_for_dns
+from tools.nsd import LocalUpstream, free_port, wait_for_dns
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,16 +23,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from heimdall_tools.sidebyside import CompareOptions, Contestant, _dnsperf, _start, parse_variant, warm, warm_file
-from heimdall_tools.errors import ToolError
-from heimdall_tools.upstream import LocalUpstream
+from tools.sidebyside.contestants import Contestant, parse_variant, start_contestant
+from tools.sidebyside.options import CompareOptions
+from tools.sidebyside.workloads import dnsperf_window, warm, warm_file
+from tools.errors import ToolError
+from tools.nsd import LocalUpstream
 
 
 def contestants(variants: list[str], upstream: str) -> list[Contestant]:
-    out = [_start("heimdall", "heimdall", upstream, CompareOptions(), 1)]
+    out = [start_contestant("heimdall", "heimdall", upstream, CompareOptions(), 1)]
     for spec in variants:
         name, env = parse_variant(spec)
-        out.append(_start("heimdall", name, upstream, CompareOptions(), 1, env))
+        out.append(start_contestant("heimdall", name, upstream, CompareOptions(), 1, env))
     return out
 
 
@@ -41,7 +43,7 @@ def measure(c: Contestant, names: Path, seconds: float, clients: int, work: Path
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(c.pid)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        summary, cpu, _ = _dnsperf(c, names, seconds, ["-c", str(clients), "-q", str(clients), "-T", "1"],
+        summary, cpu, _ = dnsperf_window(c, names, seconds, ["-c", str(clients), "-q", str(clients), "-T", "1"],
                                    work / f"{c.name}.txt")
     finally:
         perf.send_signal(2)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from heimdall_tools.upstream import LocalUpstream, free_port  # noqa: F401 - re-exported for tests
+from tools.nsd import LocalUpstream, free_port  # noqa: F401 - re-exported for tests
 
 
 @pytest.fixture(scope="session")

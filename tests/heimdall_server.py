@@ -22,7 +22,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from heimdall_tools.upstream import free_port
+from tools.nsd import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

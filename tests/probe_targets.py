@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = REPO / "probes" / "targets"
-CLI = [sys.executable, "-m", "heimdall_tools.cli"]
+CLI = [sys.executable, "-m", "tools.cli"]
 
 
 def compile_target(name: str, outdir: Path, *flags: str) -> Path:

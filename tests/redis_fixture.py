@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from heimdall_tools.upstream import free_port
+from tools.nsd import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -9,11 +9,11 @@ import os
 import pytest
 
 from heimdall.atomic import atomic_write_json, atomic_write_text
-from heimdall_tools.baseline import (SCHEMA, build_document, fingerprint, fingerprint_differences,
+from tools.baseline import (SCHEMA, build_document, fingerprint, fingerprint_differences,
                                      incomparable_reason, read_baseline, write_baseline)
-from heimdall_tools.bench import LabOptions, Target, measure_window
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION, ToolError
-from heimdall_tools.verdict import (INCONCLUSIVE, OK, REGRESSION, IMPROVED, WORSE, Series, Thresholds, judge,
+from tools.measure import LabOptions, Target, measure_window
+from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION, ToolError
+from tools.verdict import (INCONCLUSIVE, OK, REGRESSION, IMPROVED, WORSE, Series, Thresholds, judge,
                                     mann_whitney_greater, normal_p_greater, overall, ranks,
                                     relative_spread)
 from targets.busy_responder import Responder
@@ -74,7 +74,7 @@ def test_read_valid_baseline(tmp_path):
      "numeric 'values'"),
     (json.dumps({**_doc(), "scenarios": {"cache-hit": {"qps": {"values": [1], "unit": "q/s", "better": "up"}}}}),
      "direction"),
-    (json.dumps({**_doc(), "probes": "futex"}), "'probes'"),
+    (json.dumps({**_doc(), "probes": "lockprof"}), "'probes'"),
 ])
 def test_unusable_baselines_are_one_line_exit_3(tmp_path, text, needle):
     p = tmp_path / "b.json"
@@ -99,9 +99,29 @@ def test_fingerprint_differences():
 def test_incomparable_runs():
     base = _doc()
     assert incomparable_reason(base, {"clients": 20, "scenarios": ["cache-hit"]}, []) is None
-    assert "probe set differs" in incomparable_reason(base, {"clients": 20}, ["futex"])
+    assert "probe set differs" in incomparable_reason(base, {"clients": 20}, ["lockprof"])
     assert "clients differs" in incomparable_reason(base, {"clients": 200}, [])
     assert "no scenario blocking" in incomparable_reason(base, {"clients": 20, "scenarios": ["blocking"]}, [])
+
+
+def test_baseline_with_the_older_probe_names_reads_as_the_stems(tmp_path):
+    """futex, malloc and udp were the probe sets' names before lockprof, memprof, netprof."""
+    old = {**_doc(), "probes": ["futex", "malloc", "udp"],
+           "probe_losses": {"cache-hit": {"futex": {"map_full": 0}, "udp": {"map_full": 1}}}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    doc = read_baseline(path)
+    assert doc["probes"] == ["lockprof", "memprof", "netprof"]
+    assert doc["probe_losses"] == {"cache-hit": {"lockprof": {"map_full": 0}, "netprof": {"map_full": 1}}}
+    assert incomparable_reason(doc, {"clients": 20}, ["lockprof", "memprof", "netprof"]) is None
+
+
+def test_probe_lists_take_the_older_names():
+    from tools.lab_adapter import parse_probe_names
+    assert parse_probe_names("udp,futex") == ["lockprof", "netprof"]
+    assert parse_probe_names("all") == ["lockprof", "memprof", "netprof"]
+    with pytest.raises(ToolError):
+        parse_probe_names("bogus")
 
 
 def test_document_from_real_windows(tmp_path):

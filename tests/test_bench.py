@@ -15,7 +15,7 @@ from conftest import bcc_unavailable_reason
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+TOOL = [sys.executable, "-m", "tools.cli"]
 COST_US = 30.0
 
 
@@ -27,7 +27,7 @@ def tool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def run(tmp_path_factory):
     """One short bench of two scenarios, with the tracepoint probes when BCC works here."""
     out = tmp_path_factory.mktemp("bench")
-    probes = [] if bcc_unavailable_reason() else ["--lock-profile", "--net-profile"]
+    probes = [] if bcc_unavailable_reason() else ["--lockprof", "--netprof"]
     with Responder(COST_US) as r:
         proc = tool("bench", "--server", r.server, "--pid", str(r.pid), "--scenarios", "cache-hit,blocking",
                     "--duration", "2", "--warmup", "0.3", "--results-dir", str(out), *probes)
@@ -64,7 +64,7 @@ def test_probe_figures_cover_the_same_window(run):
         assert 1.9 <= pq["syscalls_per_query"] <= 2.1, pq
         # single-threaded, no locks
         assert pq["futex_waits_per_query"] < 0.05, pq
-        assert w["probes"]["udp"]["udp"]["datagrams"] >= w["load"]["received"] * 0.9
+        assert w["probes"]["netprof"]["udp"]["datagrams"] >= w["load"]["received"] * 0.9
 
 
 def test_resource_usage_csv(run):
@@ -85,8 +85,8 @@ def test_report_is_computed_from_the_run(run):
     expected = "PASS" if qps > 10_000 else "FAIL"
     assert re.search(rf"\| cache-hit throughput \| > 10,000 q/s \| [^|]+ \| {expected} \|", text)
     assert "cache-miss average latency | < 50 ms | n/a | not measured" in text     # scenario not run
-    assert "Allocations (libc malloc): not measured (run with --memory-profile)" in text
-    assert "Hottest Python frames: not measured (run with --profile)" in text
+    assert "Allocations (libc malloc): not measured (run with --memprof)" in text
+    assert "Hottest Python frames: not measured (run with --cpuprof)" in text
     cpu = hit["server_cpu"]["cpu_us_per_query"]
     assert f"{cpu:,.1f} us per query" in text
     gen = hit["load"]["generator_saturated"]
@@ -95,6 +95,14 @@ def test_report_is_computed_from_the_run(run):
     if run["probes"]:
         assert "Futex waiting stayed at or below" in text or "No thread waited in futex in 2 scenario(s)" in text
         assert "socket syscalls 2.00/query" in text
+
+
+def test_bench_takes_the_probe_stems_and_the_older_flags():
+    """--lockprof/--memprof/--netprof/--cpuprof, and the flags an external guide names still work."""
+    out = tool("bench", "--help", timeout=60).stdout
+    for stem, old in (("--lockprof", "--lock-profile"), ("--memprof", "--memory-profile"),
+                      ("--netprof", "--net-profile"), ("--cpuprof", "--profile")):
+        assert stem in out and old in out, (stem, old)
 
 
 def test_bench_bad_input_is_one_line():

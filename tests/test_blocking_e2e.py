@@ -20,7 +20,7 @@ import dns.rdatatype
 import pytest
 
 from heimdall_server import ROOT, HeimdallProcess
-from heimdall_tools.upstream import free_port
+from tools.nsd import free_port
 
 BLOCKLIST = """\
 # hosts format, several names on a line, CRLF line end\r

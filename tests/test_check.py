@@ -21,7 +21,7 @@ from conftest import bcc_unavailable_reason
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = [sys.executable, "-m", "heimdall_tools.cli"]
+TOOL = [sys.executable, "-m", "tools.cli"]
 RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "2"))
 COST_US = 50.0
 SLOWER_US = COST_US + 20.0
@@ -160,7 +160,7 @@ def test_gone_pid_is_exit_4(baseline, target):
 
 
 def test_different_probe_set_is_exit_3(baseline, target):
-    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--probes", "futex",
+    proc = tool("check", "--max-regression", "10", "--baseline", str(baseline), "--probes", "lockprof",
                 "--server", target.server, "--pid", str(target.pid))
     assert_one_line_error(proc, 3, "probe set differs")
 
@@ -186,7 +186,7 @@ def test_probes_unavailable_is_exit_3(target):
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TOOL, "baseline",
                                "create", "--output", os.path.join(pub, "b.json"), "--server", target.server,
                                "--pid", str(target.pid), "--scenarios", "cache-hit", "--duration", "1",
-                               "--repeats", "1", "--probes", "futex"],
+                               "--repeats", "1", "--probes", "lockprof"],
                               capture_output=True, text=True, timeout=120, cwd=pub)
         assert_one_line_error(proc, 3, "probes unavailable")
         assert not os.path.exists(os.path.join(pub, "b.json"))
@@ -199,11 +199,11 @@ def test_check_with_probes_judges_per_query_counts(target, tmp_path):
     """With the tracepoint probes, per-query counts join the table: the responder makes exactly
     one recvfrom and one sendto per answer, and never waits in futex."""
     path = tmp_path / "probed.json"
-    load = [a if a != "none" else "futex,udp" for a in LOAD]
+    load = [a if a != "none" else "lockprof,netprof" for a in LOAD]
     proc = tool("baseline", "create", "--output", str(path), "--server", target.server, "--pid", str(target.pid), *load)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(path.read_text())
-    assert doc["probes"] == ["futex", "udp"]
+    assert doc["probes"] == ["lockprof", "netprof"]
     sys_pq = doc["scenarios"]["cache-hit"]["syscalls_per_query"]
     assert sys_pq["kind"] == "count" and all(1.95 <= v <= 2.05 for v in sys_pq["values"])
     proc, v = check(path, target, tmp_path / "res")

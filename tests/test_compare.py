@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_tools import sidebyside as sbs
-from heimdall_tools.sidebyside import CompareOptions, Contestant
+from tools.sidebyside import contestants as procs
+from tools.sidebyside.contestants import Contestant
+from tools.sidebyside.markdown import render_markdown, write_report
+from tools.sidebyside.options import CompareOptions
+from tools.sidebyside.run import SCHEMA, build_report, run_compare
+from tools.sidebyside.stats import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +32,7 @@ def _fake(name: str, kind: str, qps: list[float], p99: list[float]) -> Contestan
 def test_ratios_are_medians_of_the_rounds():
     h = _fake("heimdall", "heimdall", [60_000, 40_000, 50_000], [80, 90, 70])
     u = _fake("unbound", "unbound", [100_000, 50_000, 80_000], [50, 60, 100])
-    stats, ratios = sbs.summarize([h, u])
+    stats, ratios = summarize([h, u])
     assert stats["heimdall"]["qps_dnsperf"]["median"] == 50_000
     assert stats["unbound"]["qps_dnsperf"] == {"median": 80_000, "min": 50_000, "max": 100_000, "n": 3,
                                                "values": [100_000, 50_000, 80_000]}
@@ -47,7 +51,7 @@ def test_goals_judge_the_measured_values(tmp_path):
                                "qps": 1.0, "p99_us": 1.0}]
     h.extra["fill"] = {"names": 1_000_000, "answered": 1_000_000, "rss_before_mb": 40.0, "rss_after_mb": 340.0,
                        "bytes_per_entry": 300.0}
-    report = sbs.build_report(CompareOptions(rounds=3), [h, u], [{"peer": "dnsmasq", "why": "not installed"}], 0)
+    report = build_report(CompareOptions(rounds=3), [h, u], [{"peer": "dnsmasq", "why": "not installed"}], 0)
     g = {row["goal"]: row for row in report["goals"]}
     assert g["cached throughput > 50,000 q/s"]["pass"] is True
     assert g["cached throughput >= 0.75x unbound"]["pass"] is False          # 0.6x
@@ -57,11 +61,11 @@ def test_goals_judge_the_measured_values(tmp_path):
     assert g["1,000 concurrent clients without loss"]["pass"] is True
     assert g["1M cached entries < 400 MB resident"]["pass"] is True
     assert g["CPU at 10,000 q/s < 20% of a core"]["pass"] is True
-    md = sbs.render_markdown(report)
+    md = render_markdown(report)
     assert "skipped dnsmasq: not installed" in md and "| FAIL |" in md
-    sbs.write_report(report, tmp_path)
+    write_report(report, tmp_path)
     assert (tmp_path / "compare.png").read_bytes().startswith(PNG_MAGIC)
-    assert json.loads((tmp_path / "compare.json").read_text())["schema"] == sbs.SCHEMA
+    assert json.loads((tmp_path / "compare.json").read_text())["schema"] == SCHEMA
 
 
 @pytest.mark.skipif(not (shutil.which("dnsperf") and (shutil.which("nsd") or os.path.exists("/usr/sbin/nsd"))),
@@ -69,17 +73,17 @@ def test_goals_judge_the_measured_values(tmp_path):
 def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch):
     """Unbound for real, dnsmasq 'not installed', a Heimdall variant, the bare uvloop floor, and a running
     Heimdall given by address and pid; every started server is gone afterwards."""
-    from heimdall_tools.peers import HeimdallServer
-    from heimdall_tools.upstream import LocalUpstream
+    from tools.peers import HeimdallServer
+    from tools.nsd import LocalUpstream
 
-    real_installed = sbs._installed
-    monkeypatch.setattr(sbs, "_installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
+    real_installed = procs.installed
+    monkeypatch.setattr(procs, "installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
     with LocalUpstream() as up, HeimdallServer(up.addr) as ext:
         opts = CompareOptions(peers=["unbound", "dnsmasq"], rounds=2, duration=0.6, warm_set=200,
                               servers=[f"ext={ext.addr}"], pids=[ext.pid], concurrency=[50], bare=True,
                               variants={"h-off": {"HEIMDALL_UDP_BATCH": "off"}},
                               results_dir=tmp_path)
-        report = sbs.run_compare(opts, say=lambda m: None)
+        report = run_compare(opts, say=lambda m: None)
     out = tmp_path / next(p.name for p in tmp_path.iterdir())
     assert out.name.startswith("compare-")
     assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
@@ -108,11 +112,11 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
     for c in data["contestants"]:
         if c["name"] != "ext":
             assert not psutil.pid_exists(c["pid"]) or psutil.Process(c["pid"]).status() == psutil.STATUS_ZOMBIE
-    assert (out / "compare.md").read_text() == sbs.render_markdown(data)
+    assert (out / "compare.md").read_text() == render_markdown(data)
 
 
 def test_cli_is_registered():
-    out = subprocess.run([sys.executable, "-m", "heimdall_tools.cli", "compare", "--help"],
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "compare", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--peers" in out.stdout and "--server" in out.stdout
 
@@ -125,7 +129,7 @@ def test_a_variant_can_run_another_checkout(tmp_path):
     marker = tmp_path / "ran-from-other"
     main = other / "heimdall" / "__main__.py"
     main.write_text(f"open({str(marker)!r}, 'w').close()\n" + main.read_text())
-    cli = [sys.executable, "-m", "heimdall_tools.cli", "compare", "--peers", "none", "--rounds", "1",
+    cli = [sys.executable, "-m", "tools.cli", "compare", "--peers", "none", "--rounds", "1",
            "--duration", "0.5", "--engines", "dnsperf", "--results-dir", str(tmp_path / "res")]
     bad = subprocess.run([*cli, "--variant", f"x:PYTHONPATH={tmp_path}"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 3 and "not a Heimdall checkout" in bad.stderr and "Traceback" not in bad.stderr

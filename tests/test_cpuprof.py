@@ -22,7 +22,7 @@ from conftest import requires_bcc
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "probes" / "targets"
-CLI = [sys.executable, "-m", "heimdall_tools.cli"]
+CLI = [sys.executable, "-m", "tools.cli"]
 # a real interpreter binary (not a pyenv shim, whose pid would be bash)
 PY = os.path.realpath(sys.executable)
 

@@ -28,8 +28,8 @@ def test_doctor_exits_0_here_with_every_check_ok(tmp_path):
 
 @requires_bcc
 def test_missing_tracepoint_fails_with_exit_3_and_the_fix():
-    from heimdall_probes import doctor
-    from heimdall_tools.errors import ToolError
+    from probes import doctor
+    from tools.errors import ToolError
 
     doctor.PROBE_TRACEPOINTS["nosuchprobe"] = ["nosuchcat:nosuchevent", "syscalls:sys_enter_futex"]
     try:
@@ -46,7 +46,7 @@ def test_missing_tracepoint_fails_with_exit_3_and_the_fix():
 
 @requires_bcc
 def test_uprobe_symbol_that_does_not_resolve_is_reported():
-    from heimdall_probes import doctor
+    from probes import doctor
 
     doctor.PROBE_UPROBES["nosuchprobe"] = [("c", "no_such_function_xyz", True), ("c", "malloc", True)]
     try:
@@ -61,7 +61,7 @@ def test_histogram_buckets_are_contiguous_and_fine_enough_for_p99():
     """Pure Python: bounds tile the u64 range, each value lands in its bucket, a 10 % p99 move shows."""
     import random
 
-    from heimdall_probes.histogram import HIST_BUCKETS, Histogram, bucket_bounds, hist_index
+    from probes.histogram import HIST_BUCKETS, Histogram, bucket_bounds, hist_index
 
     prev = 0
     for i in range(HIST_BUCKETS):

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heimdall.config import HostPort, load_config
 from heimdall_server import ROOT, HeimdallProcess
-from heimdall_tools.upstream import LocalUpstream, free_port
+from tools.nsd import LocalUpstream, free_port
 
 
 def free_tcp_port() -> int:

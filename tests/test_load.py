@@ -16,12 +16,12 @@ import time
 import pytest
 
 from conftest import requires_dnsperf
-from heimdall_tools.loadgen import LoadConfig, run_load
-from heimdall_tools.peers import DnsmasqServer, UnboundServer
-from heimdall_tools.scenarios import KIND_BLOCKED, blocklist_domains, build_scenario, decode_question
-from heimdall_tools.upstream import free_port
+from tools.loadgen import LoadConfig, run_load
+from tools.peers import DnsmasqServer, UnboundServer
+from tools.scenarios import KIND_BLOCKED, blocklist_domains, build_scenario, decode_question
+from tools.nsd import free_port
 
-CLI = [sys.executable, "-c", "from heimdall_tools.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tools.cli import main; main()"]
 ORDER = ("min", "p50", "p90", "p95", "p99", "p999", "max")
 
 

@@ -23,11 +23,11 @@ def mutex_wait(tmp_path_factory):
 
 
 def profile(argv: list[str], **opts) -> tuple[dict, dict]:
-    from heimdall_probes.lockprof import LockProbe
+    from probes.lockprof import LockProf
 
     target = Target(argv)
     try:
-        with LockProbe(target.pid, **opts) as probe:
+        with LockProf(target.pid, **opts) as probe:
             probe.open_window()
             report = target.go()
             result = probe.collect()

@@ -24,11 +24,11 @@ def malloc_n(tmp_path_factory):
 
 
 def profile(argv: list[str], opts_queries: int | None = None, **opts) -> tuple[dict, dict]:
-    from heimdall_probes.memprof import MemProbe
+    from probes.memprof import MemProf
 
     target = Target(argv)
     try:
-        with MemProbe(target.pid, **opts) as probe:
+        with MemProf(target.pid, **opts) as probe:
             probe.open_window()
             report = target.go()
             result = probe.collect(queries=opts_queries)
@@ -38,7 +38,7 @@ def profile(argv: list[str], opts_queries: int | None = None, **opts) -> tuple[d
 
 
 def test_counts_exactly_n_mallocs_and_their_bytes(malloc_n):
-    from heimdall_probes.histogram import Histogram
+    from probes.histogram import Histogram
 
     report, result = profile([str(malloc_n), str(N), str(BASE)], opts_queries=N // 10, sample=SAMPLE,
                              overhead=False)
@@ -80,7 +80,7 @@ def _bench_round(proc: subprocess.Popen) -> float:
 
 def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
     """The calibrated per-call cost agrees with timing a C malloc+free loop with and without the probe."""
-    from heimdall_probes.memprof import MemProbe
+    from probes.memprof import MemProf
 
     proc = subprocess.Popen([str(malloc_n), "bench", "20000"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -88,7 +88,7 @@ def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
         proc.stdout.readline()
         _bench_round(proc)
         without = [_bench_round(proc) for _ in range(3)]
-        probe = MemProbe(proc.pid, sample=100, overhead=True)
+        probe = MemProf(proc.pid, sample=100, overhead=True)
         probe.attach()
         try:
             probe.open_window()

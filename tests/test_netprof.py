@@ -26,7 +26,7 @@ from conftest import requires_bcc
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "probes" / "targets"
-CLI = [sys.executable, "-m", "heimdall_tools.cli"]
+CLI = [sys.executable, "-m", "tools.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 @requires_bcc
 def test_queue_latency_matches_backlog(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProf
 
     burst, delay_ms = 40, 10
     proc, port = start([bins["udp_slow_drain"], str(burst), str(delay_ms)])
     try:
-        with NetProbe(proc.pid, port=port) as probe:
+        with NetProf(proc.pid, port=port) as probe:
             probe.open_window()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for _ in range(burst):
@@ -97,13 +97,13 @@ def test_queue_latency_matches_backlog(bins):
 
 @requires_bcc
 def test_drops_equal_datagrams_never_received(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProf
 
     sent = 200
     proc, port = start([bins["udp_tiny_rcvbuf"]])
     try:
         assert proc.stdout.readline().startswith("RCVBUF")
-        with NetProbe(proc.pid) as probe:      # port found from the pid's sockets
+        with NetProf(proc.pid) as probe:      # port found from the pid's sockets
             probe.open_window()
             assert probe.ports == [port]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -128,13 +128,13 @@ def test_drops_equal_datagrams_never_received(bins):
 
 @requires_bcc
 def test_batching_and_server_time(bins):
-    from heimdall_probes.netprof import NetProbe
+    from probes.netprof import NetProf
 
     rounds, per_round, delay_ms = 12, 4, 20
     total = rounds * per_round
     proc, port = start([bins["udp_echo_batch"], str(total), str(delay_ms)])
     try:
-        with NetProbe(proc.pid, port=port) as probe:
+        with NetProf(proc.pid, port=port) as probe:
             probe.open_window()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.settimeout(5)

@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in (ROOT / ".ci/run").read_text()
 
 
-@pytest.mark.parametrize("module", ["heimdall", "heimdall_tools.cli"])
+@pytest.mark.parametrize("module", ["heimdall", "tools.cli"])
 def test_console_scripts_answer_help(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]

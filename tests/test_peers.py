@@ -11,10 +11,10 @@ import dns.query
 import psutil
 import pytest
 
-from heimdall_tools.errors import ToolError
-from heimdall_tools.peers import DnsmasqServer, HeimdallServer, UnboundServer
+from tools.errors import ToolError
+from tools.peers import DnsmasqServer, HeimdallServer, UnboundServer
 
-CLI = [sys.executable, "-c", "from heimdall_tools.cli import main; main()"]
+CLI = [sys.executable, "-c", "from tools.cli import main; main()"]
 
 
 def ask(addr: str, name: str, qtype: str = "A") -> dns.message.Message:

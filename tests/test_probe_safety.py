@@ -36,7 +36,7 @@ from heimdall_server import HeimdallProcess
 pytestmark = requires_bcc
 
 TRACING = Path("/sys/kernel/tracing")
-CLI = [sys.executable, "-m", "heimdall_tools.cli"]
+CLI = [sys.executable, "-m", "tools.cli"]
 NSD_IP = "192.0.2.1"
 
 

@@ -21,7 +21,7 @@ import dns.rcode
 import pytest
 
 from heimdall_server import ROOT
-from heimdall_tools.upstream import free_port
+from tools.nsd import free_port
 
 WORKER = textwrap.dedent('''
     import sys

@@ -15,7 +15,7 @@ import pytest
 
 from heimdall_server import HeimdallProcess
 from udp_responder import UdpResponder
-from heimdall_tools.upstream import LocalUpstream
+from tools.nsd import LocalUpstream
 
 
 @dataclass

@@ -250,7 +250,7 @@ def test_dead_redis_degrades_then_comes_back(redis_server, upstream, caplog):
 
 
 def test_redis_never_started_is_harmless():
-    from heimdall_tools.upstream import free_port
+    from tools.nsd import free_port
 
     async def scenario():
         sc = SharedCache(f"redis://127.0.0.1:{free_port()}/0", timeout=0.05, backoff=5)

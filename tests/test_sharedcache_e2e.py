@@ -12,7 +12,7 @@ import pytest
 
 from heimdall.sharedvalue import GarbageValue, decode_value, encode_value
 from heimdall_server import HeimdallProcess
-from heimdall_tools.upstream import LocalUpstream
+from tools.nsd import LocalUpstream
 from redis_fixture import redis_server  # noqa: F401 - pytest fixture
 
 pytestmark = pytest.mark.slow
@@ -210,7 +210,7 @@ def test_redis_metrics_and_health(redis_server):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from heimdall_tools.upstream import free_port
+    from tools.nsd import free_port
 
     http = free_port()
     upstream = LocalUpstream().start()

@@ -42,7 +42,7 @@ def test_big_txt_needs_tcp(upstream):
 
 CHILD = """
 import sys, time
-from heimdall_tools.upstream import LocalUpstream
+from tools.nsd import LocalUpstream
 up = LocalUpstream(tied=sys.argv[1] == "1").start()
 print(up.pid, up.port, up.workdir, flush=True)
 time.sleep(600)

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.atomic import atomic_write_json
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.metrics import BY_KEY, window_metrics
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.lab_adapter import PROBE_ALIASES, canonical_probe_names
+from tools.gate_metrics import BY_KEY, window_metrics
 
 SCHEMA = "heimdall.baseline/1"
 PACKAGES = ("heimdall-dns", "dnspython", "uvloop", "psutil")
@@ -152,6 +153,15 @@ def read_baseline(path: str | os.PathLike[str]) -> dict:
     problem = validate(doc)
     if problem:
         raise ToolError(f"baseline {p} is unusable: {problem}", EXIT_ENVIRONMENT)
+    return current_probe_names(doc)
+
+
+def current_probe_names(doc: dict) -> dict:
+    """Baselines written before the probes took their command names (futex, malloc, udp) read
+    as lockprof, memprof, netprof, so they still compare with today's runs."""
+    doc["probes"] = canonical_probe_names(doc["probes"])
+    for scenario, losses in (doc.get("probe_losses") or {}).items():
+        doc["probe_losses"][scenario] = {PROBE_ALIASES.get(k, k): v for k, v in losses.items()}
     return doc
 
 

@@ -1,7 +1,7 @@
-"""The `heimdall-tools` command: one typer app; each command lives in its own module.
+"""The `heimdall-tools` command: one typer app; each command lives in tools/commands/<name>.py.
 
-Modules register their commands here by importing lazily heavy dependencies
-(bcc, matplotlib) inside the command bodies, so `--help` stays fast.
+Command modules import heavy dependencies (bcc, matplotlib) inside the
+command bodies, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import sys
 import typer
 from rich.console import Console
 
-from heimdall_tools.errors import ToolError
+from tools.commands import (baseline, bench, check, compare, cpuprof, doctor, load, lockprof, memprof, netprof,
+                            upstream)
+from tools.errors import ToolError
 
 app = typer.Typer(
     name="heimdall-tools",
@@ -21,13 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# --- command registrations (each module owns its command functions) ---
-# [registrations]
-from heimdall_tools import load_cmd as _load_cmd, upstream_cmd as _up_cmd; _load_cmd.register(app); _up_cmd.register(app)  # load, upstream
-from heimdall_tools import net_cli as _net_cli; _net_cli.register(app)  # netprof, cpuprof
-from heimdall_tools import probe_cli as _probe_cli; _probe_cli.register(app)  # doctor, lockprof, memprof
-from heimdall_tools import lab_cli as _lab_cli; _lab_cli.register(app)  # bench, baseline create, check
-from heimdall_tools import compare_cli as _compare_cli; _compare_cli.register(app)  # compare
+# in the order `--help` lists them (typer puts the groups, upstream and baseline, last)
+for _command in (load, upstream, netprof, cpuprof, doctor, lockprof, memprof, bench, baseline, check, compare):
+    _command.register(app)
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.latency import quantize
-from heimdall_tools.scenarios import KIND_NAMES, RCODE_NAMES, SUCCESS_RCODES, decode_question
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.latency import quantize
+from tools.scenarios import KIND_NAMES, RCODE_NAMES, SUCCESS_RCODES, decode_question
 
 MAX_LINES = 2_000_000          # cap on generated query-file lines (unique-name scenarios; dnsperf
                                # starts over at the top when it runs out, so names can repeat beyond it)
@@ -154,7 +154,8 @@ def parse_verbose(path: Path, kinds: dict[str, int]) -> tuple[dict[int, int], li
 
 def run_dnsperf(run: Any, progress: bool = False) -> dict:
     """Prime, warm up, run dnsperf for the window, and fold its output into heimdall.load/1."""
-    from heimdall_tools.loadgen import build_result, prime
+    from tools.load_result import build_result
+    from tools.priming import prime
 
     cfg = run.cfg
     work = Path(tempfile.mkdtemp(prefix="heimdall-dnsperf-"))

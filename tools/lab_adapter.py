@@ -1,8 +1,8 @@
 """The one place bench/check touch the rest of the lab: load, servers, probes, py-spy.
 
-Everything here wraps another module's interface (heimdall_tools.loadgen,
-heimdall_tools.peers, heimdall_probes.*), so when one of those changes, this
-file is the only one to adapt. It also turns the probes' own result layouts
+Everything here wraps another module's interface (tools.loadgen,
+tools.peers, probes.*), so when one of those changes, this file is the only
+one to adapt. It also turns the probes' own result layouts
 into one normalised summary (`summarize_probes`) that metrics and the report
 read.
 """
@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 SCENARIOS = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
 HIGH_CONCURRENCY_MIN_CLIENTS = 200
@@ -24,12 +24,14 @@ DEFAULT_CLIENTS = 20
 BLOCKLIST_SIZE = 100_000
 ZONE = "bench.test"
 
-# probe name -> (module, class); the probe set recorded in baselines uses these names
+# probe set name -> (module, class): one stem per probe (command, module, BPF file, probe set)
 PROBES: dict[str, tuple[str, str]] = {
-    "futex": ("heimdall_probes.lockprof", "LockProbe"),
-    "malloc": ("heimdall_probes.memprof", "MemProbe"),
-    "udp": ("heimdall_probes.netprof", "NetProbe"),
+    "lockprof": ("probes.lockprof", "LockProf"),
+    "memprof": ("probes.memprof", "MemProf"),
+    "netprof": ("probes.netprof", "NetProf"),
 }
+# the probe set names older baselines (and --probes lists) use
+PROBE_ALIASES: dict[str, str] = {"futex": "lockprof", "malloc": "memprof", "udp": "netprof"}
 
 
 # --- load ---------------------------------------------------------------------------
@@ -45,10 +47,8 @@ def clients_for(scenario: str, clients: int | None) -> int:
 def run_load(scenario: str, server: str, duration: float, clients: int, timeout_ms: int,
              engine: str = "builtin", warmup: float = 0.0, prime: bool = True) -> dict:
     """One load window via the load generator; returns its heimdall.load/1 dict."""
-    try:
-        loadgen = importlib.import_module("heimdall_tools.loadgen")
-    except ImportError as exc:
-        raise ToolError(f"load generator unavailable: {exc}", EXIT_ENVIRONMENT) from None
+    from tools import loadgen
+
     cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
                              timeout_ms=timeout_ms, warmup=warmup, zone=ZONE, engine=engine,
                              prime=prime)
@@ -89,20 +89,13 @@ def split_server(server: str) -> tuple[str, int]:
 
 
 def check_pid(pid: int) -> None:
-    from heimdall_tools.resources import process_tree
+    from tools.resources import process_tree
 
     if pid <= 0 or not process_tree(pid):
         raise ToolError(f"pid {pid} does not exist", EXIT_TARGET)
 
 
 # --- servers --------------------------------------------------------------------------
-
-def write_blocklist(path: Path, count: int = BLOCKLIST_SIZE) -> Path:
-    """The large list the blocking scenario needs, one domain a line."""
-    scenarios = importlib.import_module("heimdall_tools.scenarios")
-    path.write_text("\n".join(scenarios.blocklist_domains(count, zone=ZONE)) + "\n")
-    return path
-
 
 @dataclass
 class OwnServer:
@@ -113,14 +106,12 @@ class OwnServer:
     server: Any = None
 
     def start(self) -> "OwnServer":
-        from heimdall_tools.upstream import LocalUpstream
+        from tools import peers
+        from tools.nsd import LocalUpstream
+        from tools.scenarios import write_blocklist
 
-        try:
-            peers = importlib.import_module("heimdall_tools.peers")
-        except ImportError as exc:
-            raise ToolError(f"cannot start Heimdall (server launcher unavailable: {exc}); "
-                            "give --server HOST:PORT --pid PID", EXIT_ENVIRONMENT) from None
-        blocklist = write_blocklist(self.workdir / "blocklist.txt")
+        blocklist = self.workdir / "blocklist.txt"
+        write_blocklist(blocklist, BLOCKLIST_SIZE, ZONE)
         self.upstream = LocalUpstream().start()
         try:
             self.server = peers.HeimdallServer(self.upstream.addr,
@@ -155,18 +146,23 @@ class OwnServer:
 # --- probes ---------------------------------------------------------------------------
 
 def parse_probe_names(text: str) -> list[str]:
-    """'all', 'none' or a comma list of futex,malloc,udp."""
+    """'all', 'none' or a comma list of lockprof,memprof,netprof (older names accepted)."""
     text = (text or "").strip().lower()
     if text in ("", "none"):
         return []
     if text == "all":
         return sorted(PROBES)
-    names = sorted({n.strip() for n in text.split(",") if n.strip()})
+    names = canonical_probe_names(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         raise ToolError(f"unknown probe {', '.join(unknown)} (known: {', '.join(PROBES)}, all, none)",
                         EXIT_ENVIRONMENT)
     return names
+
+
+def canonical_probe_names(names: Iterable[str]) -> list[str]:
+    """Sorted, deduplicated probe set names with the older names mapped to the current stems."""
+    return sorted({PROBE_ALIASES.get(n, n) for n in names})
 
 
 @dataclass
@@ -186,7 +182,7 @@ class ProbeSet:
             except (ImportError, AttributeError) as exc:
                 self.close()
                 raise ToolError(f"probes unavailable: {name} ({module}.{cls}: {exc})", EXIT_ENVIRONMENT) from None
-            probe = klass(self.pid, port=self.port) if name == "udp" else klass(self.pid)
+            probe = klass(self.pid, port=self.port) if name == "netprof" else klass(self.pid)
             try:
                 probe.attach()
             except ToolError as exc:
@@ -220,60 +216,66 @@ def _num(d: Any, *path: str) -> float | None:
     return float(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else None
 
 
-def _first(d: dict, *paths: tuple[str, ...]) -> float | None:
-    for path in paths:
-        v = _num(d, *path)
-        if v is not None:
-            return v
-    return None
-
-
 def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dict:
     """Normalise the probes' results: per-query metrics plus facts the report names."""
     out: dict[str, Any] = {"per_query_metrics": {}, "facts": {}}
-    pq, facts = out["per_query_metrics"], out["facts"]
     q = max(queries, 1)
-    if "futex" in raw:
-        r = raw["futex"]
-        waits = _first(r, ("futex", "waits"), ("waits",))
-        wait_us = _first(r, ("futex", "wait_us_total"), ("wait_us_total",))
-        if waits is not None:
-            pq["futex_waits_per_query"] = waits / q
-        if wait_us is not None:
-            pq["futex_wait_us_per_query"] = wait_us / q
-            facts["futex_wait_share"] = wait_us / 1e6 / window_s if window_s > 0 else None
-        facts["futex_waits"] = waits
-        facts["futex_wait_us_total"] = wait_us
-        top = (r.get("futex") or {}).get("top") or []
-        facts["top_lock"] = _lock_label(top[0]) if top else None
-    if "malloc" in raw:
-        r = raw["malloc"]
-        calls = _first(r, ("malloc", "calls"), ("calls",), ("totals", "calls"))
-        nbytes = _first(r, ("malloc", "bytes"), ("bytes",), ("totals", "bytes"))
-        if calls is not None:
-            pq["mallocs_per_query"] = calls / q
-        if nbytes is not None:
-            pq["malloc_bytes_per_query"] = nbytes / q
-        facts["mallocs"] = calls
-        facts["malloc_bytes"] = nbytes
-        over = r.get("overhead") or {}
-        if over.get("measured"):
-            facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")
-            facts["malloc_probe_share"] = over.get("estimated_target_share")
-    if "udp" in raw:
-        r = raw["udp"]
-        recv = _first(r, ("udp", "recv_syscalls"))
-        send = _first(r, ("udp", "send_syscalls"))
-        if recv is not None or send is not None:
-            pq["syscalls_per_query"] = ((recv or 0) + (send or 0)) / q
-        p99 = _first(r, ("udp", "queue_latency_us", "p99"))
-        if p99 is not None and _first(r, ("udp", "queue_latency_us", "count")):
-            pq["udp_queue_p99_us"] = p99
-        facts["udp_queue_p50_us"] = _first(r, ("udp", "queue_latency_us", "p50"))
-        facts["udp_queue_p99_us"] = p99
-        facts["udp_drops"] = _first(r, ("udp", "drops"))
-        facts["datagrams"] = _first(r, ("udp", "datagrams"))
+    if "lockprof" in raw:
+        _summarize_lockprof(raw["lockprof"], q, window_s, out)
+    if "memprof" in raw:
+        _summarize_memprof(raw["memprof"], q, out)
+    if "netprof" in raw:
+        _summarize_netprof(raw["netprof"], q, out)
     return out
+
+
+def _summarize_lockprof(r: dict, q: int, window_s: float, out: dict) -> None:
+    """LockProf.read(): result["futex"] holds waits, wait_us_total and the top rows."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    waits = _num(r, "futex", "waits")
+    wait_us = _num(r, "futex", "wait_us_total")
+    if waits is not None:
+        pq["futex_waits_per_query"] = waits / q
+    if wait_us is not None:
+        pq["futex_wait_us_per_query"] = wait_us / q
+        facts["futex_wait_share"] = wait_us / 1e6 / window_s if window_s > 0 else None
+    facts["futex_waits"] = waits
+    facts["futex_wait_us_total"] = wait_us
+    top = (r.get("futex") or {}).get("top") or []
+    facts["top_lock"] = _lock_label(top[0]) if top else None
+
+
+def _summarize_memprof(r: dict, q: int, out: dict) -> None:
+    """MemProf.read(): result["malloc"] holds the libc layer's calls and bytes."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    calls = _num(r, "malloc", "calls")
+    nbytes = _num(r, "malloc", "bytes")
+    if calls is not None:
+        pq["mallocs_per_query"] = calls / q
+    if nbytes is not None:
+        pq["malloc_bytes_per_query"] = nbytes / q
+    facts["mallocs"] = calls
+    facts["malloc_bytes"] = nbytes
+    over = r.get("overhead") or {}
+    if over.get("measured"):
+        facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")
+        facts["malloc_probe_share"] = over.get("estimated_target_share")
+
+
+def _summarize_netprof(r: dict, q: int, out: dict) -> None:
+    """NetProf.read(): result["udp"] holds syscalls, drops and the receive-queue latency."""
+    pq, facts = out["per_query_metrics"], out["facts"]
+    recv = _num(r, "udp", "recv_syscalls")
+    send = _num(r, "udp", "send_syscalls")
+    if recv is not None or send is not None:
+        pq["syscalls_per_query"] = ((recv or 0) + (send or 0)) / q
+    p99 = _num(r, "udp", "queue_latency_us", "p99")
+    if p99 is not None and _num(r, "udp", "queue_latency_us", "count"):
+        pq["udp_queue_p99_us"] = p99
+    facts["udp_queue_p50_us"] = _num(r, "udp", "queue_latency_us", "p50")
+    facts["udp_queue_p99_us"] = p99
+    facts["udp_drops"] = _num(r, "udp", "drops")
+    facts["datagrams"] = _num(r, "udp", "datagrams")
 
 
 def _lock_label(top: dict) -> dict:
@@ -288,10 +290,8 @@ def _lock_label(top: dict) -> dict:
 
 def flame_graph(pid: int, duration: float, out_dir: Path, name: str) -> dict:
     """Sample pid's Python stacks with py-spy for `duration` s: SVG, folded stacks, top frames."""
-    try:
-        cpuprof = importlib.import_module("heimdall_probes.cpuprof")
-    except ImportError as exc:
-        return {"unavailable": f"cpuprof: {exc}"}
+    from probes import cpuprof
+
     try:
         res = cpuprof.run_cpuprof(pid, max(1.0, duration), svg=str(Path(out_dir) / f"{name}.svg"),
                                   top=10, render=False)

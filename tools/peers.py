@@ -18,10 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.upstream import free_port, wait_for_dns
-
-free = free_port  # the port picker the launchers use; exported for callers
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.nsd import free_port, wait_for_dns
 
 READY_QNAME = "ready.bench.test."
 
@@ -41,7 +39,7 @@ def _check_port_free(address: str, port: int) -> None:
             raise ToolError(f"cannot start on {address}:{port}: {exc.strerror}", EXIT_ENVIRONMENT) from None
 
 
-class DnsServer:
+class PeerServer:
     """Common life cycle: write config, spawn, wait for a real answer, stop and clean up."""
 
     name = "dns server"
@@ -67,7 +65,7 @@ class DnsServer:
     def environment(self) -> dict[str, str] | None:
         return None
 
-    def start(self, timeout: float = 15.0) -> "DnsServer":
+    def start(self, timeout: float = 15.0) -> "PeerServer":
         if self.port == 0:
             self.port = free_port(self.address)
         else:
@@ -113,14 +111,14 @@ class DnsServer:
             return ""
         return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
 
-    def __enter__(self) -> "DnsServer":
+    def __enter__(self) -> "PeerServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-class UnboundServer(DnsServer):
+class UnboundServer(PeerServer):
     """Unbound as a caching forwarder to the upstream (no DNSSEC, no remote control)."""
 
     name = "unbound"
@@ -166,7 +164,7 @@ class UnboundServer(DnsServer):
         return [shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c", str(conf)]
 
 
-class DnsmasqServer(DnsServer):
+class DnsmasqServer(PeerServer):
     """dnsmasq as a caching forwarder to the upstream."""
 
     name = "dnsmasq"
@@ -186,7 +184,7 @@ class DnsmasqServer(DnsServer):
                 "--group=root", "--log-facility=-", "--dns-forward-max=4096", *self.extra_args]
 
 
-class HeimdallServer(DnsServer):
+class HeimdallServer(PeerServer):
     """`heimdall serve` from this checkout's Python, configured through HEIMDALL_* variables."""
 
     name = "heimdall"

@@ -5,6 +5,10 @@ branch on a measured figure; what a run did not measure is written as
 "not measured", never guessed. With several repeats the report uses, per
 scenario, the window with the median throughput so all of a scenario's
 figures come from one consistent window.
+
+Why one module of ~400 lines: the report is one document, and its finding
+functions share the thresholds and the formatting helpers above them; split,
+each half would import the other's private pieces.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from heimdall.atomic import atomic_write_text
-from heimdall_tools.metrics import error_rate
+from tools.gate_metrics import error_rate
 
 # the performance guide's indicators
 HIT_AVG_US = 100.0
@@ -59,26 +63,13 @@ def _us(v: Any) -> str:
 
 
 def generator_cpu(load: dict) -> float | None:
-    """The load generator's CPU use in cores, whatever key the generator used."""
-    for key in ("generator_cpu_cores",):
-        if isinstance(load.get(key), (int, float)):
-            return float(load[key])
-    gen = load.get("generator")
-    if isinstance(gen, dict):
-        for key in ("cpu_cores", "cores"):
-            if isinstance(gen.get(key), (int, float)):
-                return float(gen[key])
-        if isinstance(gen.get("cpu_percent"), (int, float)):
-            return float(gen["cpu_percent"]) / 100
-    if isinstance(load.get("generator_cpu_percent"), (int, float)):
-        return float(load["generator_cpu_percent"]) / 100
-    return None
+    """The load generator's CPU use in cores (heimdall.load/1 says it in generator.cpu_percent)."""
+    pct = (load.get("generator") or {}).get("cpu_percent")
+    return float(pct) / 100 if isinstance(pct, (int, float)) else None
 
 
 def generator_saturated(load: dict) -> bool | None:
     v = load.get("generator_saturated")
-    if v is None and isinstance(load.get("generator"), dict):
-        v = load["generator"].get("saturated")
     return bool(v) if v is not None else None
 
 
@@ -102,13 +93,13 @@ def scenario_table(w: dict) -> list[str]:
                           + {True: ", saturated", False: "", None: ""}[generator_saturated(load)]),
         ("other processes' CPU", f"{_f(w.get('environment', {}).get('foreign_cpu_cores'), 2)} cores"),
     ]
-    if "futex" in (w.get("probes") or {}):
+    if "lockprof" in (w.get("probes") or {}):
         rows.append(("futex waits", f"{_f(facts.get('futex_waits'))} ({_f(pq.get('futex_waits_per_query'), 3)}/query), "
                                     f"{_f(facts.get('futex_wait_us_total'))} us waiting"))
-    if "malloc" in (w.get("probes") or {}):
+    if "memprof" in (w.get("probes") or {}):
         rows.append(("libc mallocs", f"{_f(pq.get('mallocs_per_query'), 2)}/query, "
                                      f"{_f(pq.get('malloc_bytes_per_query'), 0)} bytes/query"))
-    if "udp" in (w.get("probes") or {}):
+    if "netprof" in (w.get("probes") or {}):
         rows.append(("receive queue", f"p50 {_us(facts.get('udp_queue_p50_us'))}, p99 {_us(facts.get('udp_queue_p99_us'))}, "
                                       f"drops {_f(facts.get('udp_drops'))}, socket syscalls "
                                       f"{_f(pq.get('syscalls_per_query'), 2)}/query"))
@@ -151,9 +142,9 @@ def bottlenecks(rep: dict[str, dict], meta: dict) -> list[str]:
     out += _machine_findings(rep)
     out += _generator_findings(rep)
     out += _cpu_findings(rep)
-    out += _futex_findings(rep, meta)
-    out += _malloc_findings(rep, meta)
-    out += _udp_findings(rep, meta)
+    out += _lockprof_findings(rep, meta)
+    out += _memprof_findings(rep, meta)
+    out += _netprof_findings(rep, meta)
     out += _frame_findings(rep, meta)
     out += _scenario_contrasts(rep)
     out += _probe_losses(rep)
@@ -210,8 +201,8 @@ def _cpu_findings(rep: dict) -> list[str]:
     return out
 
 
-def _futex_findings(rep: dict, meta: dict) -> list[str]:
-    state = _probe_state(rep, meta, "futex", "--lock-profile")
+def _lockprof_findings(rep: dict, meta: dict) -> list[str]:
+    state = _probe_state(rep, meta, "lockprof", "--lockprof")
     if state:
         return [f"Lock contention (futex): {state}."]
     out, quiet = [], []
@@ -239,8 +230,8 @@ def _futex_findings(rep: dict, meta: dict) -> list[str]:
     return out
 
 
-def _malloc_findings(rep: dict, meta: dict) -> list[str]:
-    state = _probe_state(rep, meta, "malloc", "--memory-profile")
+def _memprof_findings(rep: dict, meta: dict) -> list[str]:
+    state = _probe_state(rep, meta, "memprof", "--memprof")
     if state:
         return [f"Allocations (libc malloc): {state}."]
     out = []
@@ -264,8 +255,8 @@ def _malloc_findings(rep: dict, meta: dict) -> list[str]:
     return out
 
 
-def _udp_findings(rep: dict, meta: dict) -> list[str]:
-    state = _probe_state(rep, meta, "udp", "--net-profile")
+def _netprof_findings(rep: dict, meta: dict) -> list[str]:
+    state = _probe_state(rep, meta, "netprof", "--netprof")
     if state:
         return [f"Socket receive queue: {state}."]
     out = []
@@ -315,7 +306,7 @@ def _machine_findings(rep: dict) -> list[str]:
 def _frame_findings(rep: dict, meta: dict) -> list[str]:
     profiled = {s: w["profile"] for s, w in rep.items() if isinstance(w.get("profile"), dict)}
     if not profiled:
-        return ["Hottest Python frames: not measured (run with --profile)."]
+        return ["Hottest Python frames: not measured (run with --cpuprof)."]
     out = []
     for scen, prof in profiled.items():
         if prof.get("unavailable"):

@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from heimdall.atomic import atomic_write_text
+from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 TEST_TYPES = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
 DEFAULT_CLIENTS = {"high-concurrency": 256}
@@ -82,9 +83,7 @@ def blocklist_domains(count: int, zone: str = "bench.test") -> list[str]:
 
 def write_blocklist(path: Path, count: int, zone: str = "bench.test") -> None:
     """One domain per line, written atomically, for HEIMDALL_BLOCKLISTS."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text("".join(d + "\n" for d in blocklist_domains(count, zone)))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(d + "\n" for d in blocklist_domains(count, zone)))
 
 
 def _warm_questions(count: int, zone: str) -> list[bytes]:

@@ -25,7 +25,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-from heimdall_tools.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION
+from tools.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION
 
 ALPHA = 0.05
 DEFAULT_COUNT_THRESHOLD_PCT = 3.0   # per-query counts are nearly deterministic

@@ -1,10 +1,12 @@
-"""`heimdall-tools bench`: the five scenarios with probes attached, written to a results dir.
+"""Measuring windows: the engine `bench`, `baseline create` and `check` share.
 
-Also the measuring engine `baseline create` and `check` share: a *window* is
+A *window* is
 one short load run of one scenario, with the server's CPU time, the probes'
 figures and the machine's other CPU use taken over exactly that window. A
 *repeat* is one window of every scenario; repeats rotate the scenario order,
 so slow drift of the machine (and cache growth) hits every scenario alike.
+`run_bench` is the bench's whole run: windows, per-scenario JSON, the
+resource CSV and the Markdown report in a timestamped results directory.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Callable, Iterator
 
 import psutil
 
-from heimdall_tools import lab_adapter as lab
+from tools import lab_adapter as lab
 from heimdall.atomic import atomic_write_json
-from heimdall_tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
-from heimdall_tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
+from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
+from tools.files import new_results_dir
+from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
 
 WINDOW_SCHEMA = "heimdall.window/1"
 
@@ -206,23 +209,9 @@ def attached_probes(target: Target, names: list[str], required: bool) -> Iterato
         probes.close()
 
 
-def new_results_dir(base: Path, suffix: str = "") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / (stamp + suffix)
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(base) / f"{stamp}{suffix}-{n}"
-    try:
-        path.mkdir(parents=True)
-    except OSError as exc:
-        raise ToolError(f"cannot create results directory {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT) from None
-    return path
-
-
 def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
     """The whole bench: windows, per-scenario JSON, resource_usage.csv, flame graphs, report."""
-    from heimdall_tools.report import write_report
+    from tools.report import write_report
 
     validate_numbers(opts)
     with open_target(opts) as target:
@@ -236,7 +225,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
                 """Each window's JSON is written as soon as it is measured (an interrupted bench keeps them)."""
                 name = w["scenario"] + (f"_r{w['repeat']}" if opts.repeats > 1 else "")
                 atomic_write_json(out / f"{name}.json", w)
-                say(_window_line(w))
+                say(window_line(w))
 
             with ResourceSampler(target.pid) as sampler:
                 try:
@@ -251,7 +240,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
     return out
 
 
-def _window_line(w: dict) -> str:
+def window_line(w: dict) -> str:
     load = w["load"]
     lat = load.get("latency_us") or {}
     return (f"  {w['scenario']:<17} r{w['repeat']}: {load.get('qps', 0):>9.0f} q/s  avg {lat.get('avg', 0):>8.0f} us"

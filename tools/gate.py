@@ -1,4 +1,4 @@
-"""`baseline create` and `check --max-regression`: repeated windows against a stored baseline.
+"""The regression gate behind `baseline create` and `check`: repeated windows against a stored baseline.
 
 check reads the baseline first (a missing or corrupt one is exit 3 before any
 load runs), measures with the baseline's own load parameters and probe set
@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from heimdall_tools import bench
 from heimdall.atomic import atomic_write_json, atomic_write_text
-from heimdall_tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
+from tools.files import new_results_dir
+from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
+from tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
                                      read_baseline, write_baseline)
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.metrics import BY_KEY
-from heimdall_tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.gate_metrics import BY_KEY
+from tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,22 +38,22 @@ def default_baseline_path() -> Path:
     return root / "baselines" / f"{machine_kind()}.json"
 
 
-def measure(opts: bench.LabOptions, say: Callable[[str], None]) -> tuple[dict, list[dict]]:
+def measure_repeats(opts: LabOptions, say: Callable[[str], None]) -> tuple[dict, list[dict]]:
     """All repeats with the probe set required: one baseline-format document."""
-    bench.validate_numbers(opts)
-    with bench.open_target(opts) as target:
+    validate_numbers(opts)
+    with open_target(opts) as target:
         say(f"measuring {', '.join(opts.scenarios)} x {opts.repeats} repeats of {opts.duration:g}s "
             f"against {target.server} (pid {target.pid}), probes: {', '.join(opts.probes) or 'none'}")
-        with bench.attached_probes(target, opts.probes, required=True) as (probes, _):
-            windows = bench.run_windows(opts, target, probes, on_window=lambda w: say(bench._window_line(w)))
+        with attached_probes(target, opts.probes, required=True) as (probes, _):
+            windows = run_windows(opts, target, probes, on_window=lambda w: say(window_line(w)))
     if not any(w["load"].get("received") for w in windows):
         raise ToolError(f"server {target.server} answered no queries during the run", EXIT_ENVIRONMENT)
     return build_document(windows, opts.load_params(), opts.probes, target.info), windows
 
 
-def create_baseline(opts: bench.LabOptions, output: Path, say: Callable[[str], None] = print) -> Path:
+def create_baseline(opts: LabOptions, output: Path, say: Callable[[str], None] = print) -> Path:
     _ensure_writable(Path(output))
-    doc, _ = measure(opts, say)
+    doc, _ = measure_repeats(opts, say)
     path = write_baseline(output, doc)
     say(f"baseline written to {path}")
     return path
@@ -78,7 +79,7 @@ class CheckResult:
     results_dir: Path | None
 
 
-def apply_baseline_defaults(opts: bench.LabOptions, base: dict, given: set[str]) -> None:
+def apply_baseline_defaults(opts: LabOptions, base: dict, given: set[str]) -> None:
     """Options the user did not give are taken from the baseline's load parameters."""
     load = base["load"]
     if "scenarios" not in given:
@@ -115,7 +116,7 @@ def _median(doc: dict) -> float:
     return statistics.median(vals) if vals else 0.0
 
 
-def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given: set[str],
+def run_check(opts: LabOptions, baseline_path: Path, th: Thresholds, given: set[str],
               say: Callable[[str], None] = print) -> CheckResult:
     base = read_baseline(baseline_path)
     apply_baseline_defaults(opts, base, given)
@@ -125,7 +126,7 @@ def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given
     if abs(float(base["load"].get("duration_s", opts.duration)) - opts.duration) > 1e-9:
         say(f"warning: window length {opts.duration:g}s differs from the baseline's "
             f"{base['load']['duration_s']:g}s")
-    cur, windows = measure(opts, say)
+    cur, windows = measure_repeats(opts, say)
     rows = compare(base, cur, th)
     if not rows:
         raise ToolError("no metric in common with the baseline", EXIT_ENVIRONMENT)
@@ -139,9 +140,9 @@ def run_check(opts: bench.LabOptions, baseline_path: Path, th: Thresholds, given
 
 def _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th) -> Path | None:
     """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
-    from heimdall_tools.report import check_markdown, write_report
+    from tools.report import check_markdown, write_report
 
-    out = bench.new_results_dir(opts.results_dir, "-check")
+    out = new_results_dir(opts.results_dir, suffix="-check")
     atomic_write_json(out / "run.json", cur)
     atomic_write_json(out / "check.json", {
         "schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,

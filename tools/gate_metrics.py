@@ -1,4 +1,4 @@
-"""The metric catalogue: what `check` compares per scenario and how to read it.
+"""The gate's metric specs: what `check` compares per scenario and how to read it.
 
 Each metric says its unit, which direction is better, and its kind, which
 decides its threshold and how a verdict treats it:
@@ -12,7 +12,7 @@ average latency, so gating both counts one effect twice), futex wait time and
 queue p99 are judged and shown but do not gate: with
 a dozen metrics per scenario, every extra noisy metric that can fail the
 check is another chance of a false alarm, and tails are the noisiest.
-Window records come from `lab_adapter.run_window`; probe figures are read from
+Window records come from `measure.measure_window`; probe figures are read from
 its normalised `probes_summary`, so probe field names live in one place.
 """
 
@@ -42,19 +42,19 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("error_rate", "error rate", "ratio", "lower", "rate"),
     MetricSpec("cpu_us_per_query", "server CPU per query", "us", "lower", "cost", abs_floor=0.5),
     MetricSpec("futex_waits_per_query", "futex waits per query", "1/q", "lower", "count",
-               abs_floor=0.05, probe="futex"),
+               abs_floor=0.05, probe="lockprof"),
     MetricSpec("futex_wait_us_per_query", "futex wait per query", "us", "lower", "time",
-               abs_floor=1.0, probe="futex", gate=False),
+               abs_floor=1.0, probe="lockprof", gate=False),
     MetricSpec("mallocs_per_query", "mallocs per query", "1/q", "lower", "count",
-               abs_floor=0.5, probe="malloc"),
+               abs_floor=0.5, probe="memprof"),
     # Heimdall's libc mallocs are ~2-4 KB receive buffers, a fraction of one per query that moves
     # with batching; the byte floor matches the call floor above (half a 4 KB buffer per query).
     MetricSpec("malloc_bytes_per_query", "malloc bytes per query", "B/q", "lower", "count",
-               abs_floor=2048.0, probe="malloc"),
+               abs_floor=2048.0, probe="memprof"),
     MetricSpec("syscalls_per_query", "socket syscalls per query", "1/q", "lower", "count",
-               abs_floor=0.1, probe="udp"),
+               abs_floor=0.1, probe="netprof"),
     MetricSpec("udp_queue_p99_us", "receive-queue wait p99", "us", "lower", "time",
-               abs_floor=5.0, probe="udp", gate=False),
+               abs_floor=5.0, probe="netprof", gate=False),
 )
 
 BY_KEY = {m.key: m for m in CATALOGUE}

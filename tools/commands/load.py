@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heimdall_tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
-from heimdall_tools.latency import render_distribution
+from tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
+from tools.files import write_json
+from tools.latency import render_distribution
 
 
 class TestType(str, Enum):
@@ -27,18 +26,6 @@ class TestType(str, Enum):
 class Engine(str, Enum):
     builtin = "builtin"
     dnsperf = "dnsperf"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write next to the target, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ToolError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def print_summary(r: dict, console: Console) -> None:
@@ -109,8 +96,8 @@ def load(
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
 ) -> None:
     """Drive a DNS server with a scenario; print the figures, optionally save them as JSON."""
-    from heimdall_tools.loadgen import LoadConfig, run_load
-    from heimdall_tools.scenarios import write_blocklist as write_list
+    from tools.loadgen import LoadConfig, run_load
+    from tools.scenarios import write_blocklist as write_list
 
     console = Console()
     if write_blocklist is not None:
@@ -130,7 +117,7 @@ def load(
         raise ToolError("interrupted before the measuring window opened: nothing measured", 130) from None
     print_summary(result, console)
     if json_out is not None:
-        write_json_atomic(json_out, result)
+        write_json(json_out, result)
         console.print(f"result written to {json_out}")
     if result["received"] == 0:
         raise ToolError(f"no replies from {server}: {result['timeouts']:,} of {result['sent']:,} queries timed out",

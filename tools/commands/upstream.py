@@ -1,7 +1,7 @@
 """`heimdall-tools upstream start|stop|status`: the local NSD upstream as a background daemon.
 
 Benchmarks on a machine without internet need an authoritative server for
-cache-miss and mixed scenarios. `start` runs NSD (tools/upstream.py) detached
+cache-miss and mixed scenarios. `start` runs NSD (tools/nsd.py) detached
 in a state directory and prints its HOST:PORT on stdout (so scripts can say
 `UP=$(heimdall-tools upstream start)`); `stop` ends exactly that process
 (pid and command line checked); `status` asks it a real query.
@@ -10,7 +10,6 @@ in a state directory and prints its HOST:PORT on stdout (so scripts can say
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -19,8 +18,9 @@ import psutil
 import typer
 from rich.console import Console
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-from heimdall_tools.upstream import LocalUpstream, wait_for_dns
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.files import write_json
+from tools.nsd import LocalUpstream, wait_for_dns
 
 DEFAULT_DIR = Path("/tmp/heimdall-upstream")
 STATE = "state.json"
@@ -61,9 +61,7 @@ def start(
     up = LocalUpstream(port=port, address=address, workdir=workdir, tied=False)
     up.start()
     st = {"pid": up.pid, "addr": up.addr, "conf": str(workdir / "nsd.conf"), "started": time.time()}
-    tmp = workdir / (STATE + ".tmp")
-    tmp.write_text(json.dumps(st))
-    os.replace(tmp, workdir / STATE)
+    write_json(workdir / STATE, st)
     err.print(f"upstream (nsd) running at {up.addr}, pid {up.pid}, state in {workdir}")
     print(up.addr)
 

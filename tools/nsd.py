@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 BENCH_ZONE = "bench.test."
 EXAMPLE_ZONE = "example.test."

@@ -27,8 +27,11 @@ def compare(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
 ) -> None:
     """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
-    from heimdall_tools.errors import EXIT_ENVIRONMENT, ToolError
-    from heimdall_tools.sidebyside import CompareOptions, parse_variant, render_markdown, run_compare
+    from tools.errors import EXIT_ENVIRONMENT, ToolError
+    from tools.sidebyside.contestants import parse_variant
+    from tools.sidebyside.markdown import render_markdown
+    from tools.sidebyside.options import CompareOptions
+    from tools.sidebyside.run import run_compare
 
     eng = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not eng or set(eng) - {"dnsperf", "builtin"}:

@@ -1,0 +1,149 @@
+"""The servers of a side-by-side run: start, describe and stop them (process control only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.resources import process_tree
+from tools.sidebyside.options import KNOWN_PEERS, CompareOptions
+
+
+@dataclass
+class Contestant:
+    name: str
+    kind: str                       # heimdall | unbound | dnsmasq | external
+    addr: str
+    pid: int | None
+    threads: int
+    server: Any = None              # the peers.PeerServer we started (None for external)
+    rounds: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sockaddr(self) -> tuple[str, int]:
+        host, _, port = self.addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]` (or `NAME:PYTHONPATH=DIR`, another checkout) -> (NAME, env)."""
+    vname, sep, pairs = spec.partition(":")
+    kv = dict(p.partition("=")[::2] for p in pairs.split(",") if p)
+    if not sep or not vname or vname == "heimdall" or not kv or any(
+            not (k.startswith("HEIMDALL_") or k == "PYTHONPATH") or not v for k, v in kv.items()):
+        raise ToolError(f"bad --variant {spec!r}: expected NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W] "
+                        "(or PYTHONPATH=DIR)", EXIT_ENVIRONMENT)
+    if "PYTHONPATH" in kv and not (Path(kv["PYTHONPATH"]) / "heimdall" / "__main__.py").is_file():
+        raise ToolError(f"bad --variant {spec!r}: {kv['PYTHONPATH']} is not a Heimdall checkout "
+                        "(no heimdall/__main__.py there)", EXIT_ENVIRONMENT)
+    return vname, kv
+
+
+def start_contestant(kind: str, name: str, upstream: str, opts: CompareOptions, workers: int,
+           env: dict[str, str] | None = None) -> Contestant:
+    """Start one contestant; `env` (a variant's) goes over opts.heimdall_env for Heimdall."""
+    from tools import peers
+
+    if kind == "heimdall":
+        env = {"HEIMDALL_CACHE_CAPACITY": str(opts.cache_entries), **opts.heimdall_env, **(env or {})}
+        srv = peers.HeimdallServer(upstream, env=env, workers=workers).start()
+    elif kind == "unbound":
+        srv = peers.UnboundServer(upstream, threads=workers, cache_entries=opts.cache_entries).start()
+    elif kind == "dnsmasq":
+        srv = peers.DnsmasqServer(upstream, cache_size=opts.cache_entries).start()
+    else:
+        raise ToolError(f"unknown peer {kind!r}: choose from {', '.join(KNOWN_PEERS)}", EXIT_ENVIRONMENT)
+    threads = 1 if kind == "dnsmasq" else workers
+    return Contestant(name, kind, srv.addr, srv.pid, threads, server=srv)
+
+
+BARE_RESPONDER = r"""
+import asyncio, socket, sys, uvloop
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.setblocking(False)
+FLAGS, COUNTS = b"\x81\x80", b"\x00\x01\x00\x01\x00\x00\x00\x00"
+ANSWER = bytes.fromhex("c00c000100010000012c0004c0000201")
+recvfrom, sendto = s.recvfrom, s.sendto
+def readable():
+    try:
+        d, a = recvfrom(4096)
+    except BlockingIOError:
+        return
+    sendto(d[:2] + FLAGS + COUNTS + d[12:] + ANSWER, a)
+async def main():
+    asyncio.get_running_loop().add_reader(s.fileno(), readable)
+    await asyncio.sleep(1e9)
+uvloop.run(main())
+"""
+
+
+class BareResponder:
+    """The Python + uvloop floor: echo the question with one canned A record (no cache, no parsing)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "BareResponder":
+        from tools.nsd import free_port, wait_for_dns
+
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, str(self.port)],
+                                     start_new_session=True, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_dns("127.0.0.1", self.port, proc=self.proc)
+        except ToolError:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def installed(kind: str) -> bool:
+    binary = {"unbound": "unbound", "dnsmasq": "dnsmasq"}[kind]
+    return bool(shutil.which(binary) or os.path.exists(f"/usr/sbin/{binary}"))
+
+
+def external_contestants(servers: list[str], pids: list[int]) -> list[Contestant]:
+    out = []
+    for i, spec in enumerate(servers):
+        name, _, addr = spec.rpartition("=")
+        name = name or f"server{i + 1}"
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ToolError(f"bad --server {spec!r}: expected [NAME=]HOST:PORT", EXIT_ENVIRONMENT)
+        pid = pids[i] if i < len(pids) else None
+        out.append(Contestant(name, "external", addr, pid, 0))
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of the process and its children."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += p.memory_info().rss
+        except Exception:  # noqa: BLE001  (gone meanwhile)
+            pass
+    return total

@@ -1,0 +1,44 @@
+"""The side-by-side report files: compare.md (Markdown), compare.json and the chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.files import write_json, write_text
+
+
+def render_markdown(report: dict) -> str:
+    """compare.md: the metrics table (median, spread, ratio to Heimdall), skipped peers, the goals."""
+    names = [c["name"] for c in report["contestants"]]
+    lines = [f"# Heimdall side by side ({report['started']}, {report['options']['rounds']} rounds x "
+             f"{report['options']['duration_s']:g} s, {report['host']['cpus']} cores, load "
+             f"{report['host']['load_average'][0]:.1f})", ""]
+    head = "| metric | " + " | ".join(names) + " |"
+    lines += [head, "|" + "---|" * (len(names) + 1)]
+    for m, meta in report["metrics"].items():
+        cells = []
+        for n in names:
+            s = report["stats"][n][m]
+            cell = "-" if not s else f"{s['median']:,.1f} ({s['min']:,.1f}-{s['max']:,.1f})"
+            r = report["ratios_to_heimdall"].get(n, {}).get(m)
+            if r:
+                cell += f"; H/{n} {r['ratio_of_medians']:.2f}"
+            cells.append(cell)
+        lines.append(f"| {meta['label']} ({meta['unit']}) | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: median (min-max over rounds); H/peer = Heimdall's median over the peer's.", ""]
+    for s in report["skipped"]:
+        lines.append(f"- skipped {s['peer']}: {s['why']}")
+    lines += ["", "## Goals", "", "| goal | measured | pass | how |", "|---|---|---|---|"]
+    for g in report["goals"]:
+        ok = {True: "pass", False: "FAIL", None: "n/a"}[g["pass"]]
+        lines.append(f"| {g['goal']} | {g['measured'] if g['measured'] is not None else 'not measured'} | {ok} | {g['how']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """compare.json, compare.md and compare.png, each written atomically."""
+    from tools.chart import compare_chart
+
+    write_json(out_dir / "compare.json", report)
+    write_text(out_dir / "compare.md", render_markdown(report))
+    compare_chart(report, out_dir / "compare.png")

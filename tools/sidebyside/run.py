@@ -1,0 +1,138 @@
+"""The side-by-side run: start every contestant on one NSD, warm them, interleave the rounds, report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tools.dnsperf import dnsperf_binary
+from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.files import new_results_dir
+from tools.sidebyside import contestants as procs
+from tools.sidebyside.contestants import BareResponder, Contestant, external_contestants, start_contestant, tree_rss
+from tools.sidebyside.goals import goals
+from tools.sidebyside.markdown import write_report
+from tools.sidebyside.options import KNOWN_PEERS, METRICS, OFFERED_QPS, CompareOptions
+from tools.sidebyside.stats import summarize
+from tools.sidebyside.workloads import measure_concurrency, measure_fill, measure_round, warm, warm_file
+
+SCHEMA = "heimdall.compare/1"
+Say = Callable[[str], None]
+
+
+def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = print) -> dict:
+    """Start, warm, measure interleaved, summarize; write compare.json/.md/.png. Returns the report."""
+    from tools.nsd import LocalUpstream
+
+    dnsperf_binary()  # fail early, with the fix named, when dnsperf is missing
+    out_dir = out_dir or new_results_dir(opts.results_dir, prefix="compare-")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.fill:
+        opts.cache_entries = max(opts.cache_entries, opts.fill + opts.warm_set + 1000)
+    skipped: list[dict] = []
+    contestants: list[Contestant] = []
+    work = Path(tempfile.mkdtemp(prefix="heimdall-compare-"))
+    started = time.time()
+    try:
+        with LocalUpstream() as up:
+            start_all(opts, up.addr, contestants, skipped, say)
+            measure_all(opts, contestants, work, say)
+    finally:
+        for c in contestants:
+            if c.server is not None:
+                c.server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    report = build_report(opts, contestants, skipped, started)
+    write_report(report, out_dir)
+    report["results_dir"] = str(out_dir)
+    return report
+
+
+def start_all(opts: CompareOptions, upstream: str, contestants: list[Contestant], skipped: list[dict],
+              say: Say) -> None:
+    """Heimdall first (ratios are to it), then its scaled twin, the peers, variants, bare, external servers.
+
+    Appends to `contestants` as each one starts, so the caller stops those
+    already running when a later one fails."""
+    contestants.append(start_contestant("heimdall", "heimdall", upstream, opts, opts.workers))
+    if opts.scaling:
+        contestants.append(start_contestant("heimdall", f"heimdall-{opts.workers * 2}w", upstream, opts,
+                                            opts.workers * 2))
+    for kind in opts.peers:
+        if kind not in KNOWN_PEERS:
+            raise ToolError(f"unknown peer {kind!r}: choose from {', '.join(KNOWN_PEERS)}", EXIT_ENVIRONMENT)
+        if not procs.installed(kind):
+            skipped.append({"peer": kind, "why": f"{kind} is not installed (scripts/setup.sh installs it)"})
+            say(f"note: {kind} skipped: not installed")
+            continue
+        try:
+            contestants.append(start_contestant(kind, kind, upstream, opts, opts.workers))
+        except ToolError as exc:
+            skipped.append({"peer": kind, "why": str(exc)})
+            say(f"note: {kind} skipped: {exc}")
+    for vname, venv in opts.variants.items():
+        contestants.append(start_contestant("heimdall", vname, upstream, opts, opts.workers, venv))
+    if opts.bare:
+        b = BareResponder().start()
+        contestants.append(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))
+    contestants += external_contestants(opts.servers, opts.pids)
+
+
+def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path, say: Say) -> None:
+    """Warm every cache, run the interleaved rounds, then the optional concurrency and fill phases."""
+    names = warm_file(work / "names.txt", opts.warm_set)
+    for c in contestants:
+        c.extra["primed"] = warm(c, names, work)
+        if c.pid:
+            c.extra["rss_warm_mb"] = round(tree_rss(c.pid) / 1e6, 2)
+    for r in range(opts.rounds):
+        k = r % len(contestants)
+        for c in contestants[k:] + contestants[:k]:   # the order rotates each round: drift hits all alike
+            res = measure_round(c, opts, names, work)
+            res["round"] = r + 1
+            c.rounds.append(res)
+            say(f"round {r + 1}/{opts.rounds} {c.name:12s} " + "  ".join(
+                f"{m}={res[m]:.0f}" if m.startswith("qps") else f"{m}={res[m]}"
+                for m in METRICS if res.get(m) is not None))
+    for n in opts.concurrency:
+        for c in contestants:
+            try:
+                c.extra.setdefault("concurrency", []).append(measure_concurrency(c, n, opts))
+            except (ToolError, OSError) as exc:
+                c.extra.setdefault("concurrency", []).append({"clients": n, "error": str(exc)})
+            say(f"{n} clients {c.name}: {c.extra['concurrency'][-1]}")
+    if opts.fill:
+        for c in contestants:  # Heimdall only: the goal is its own, and dnsmasq fills at ~400 q/s
+            if c.pid and c.name == "heimdall":
+                c.extra["fill"] = measure_fill(c, opts.fill, work)
+                say(f"fill {c.name}: {c.extra['fill']}")
+
+
+def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: list[dict], started: float) -> dict:
+    """The heimdall.compare/1 document: options, every round, stats, ratios to Heimdall and the goals."""
+    stats, ratios = summarize(contestants)
+    report = {
+        "schema": SCHEMA,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "host": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+        "options": {"peers": opts.peers, "rounds": opts.rounds, "duration_s": opts.duration,
+                    "workers": opts.workers, "cache_entries": opts.cache_entries, "warm_set": opts.warm_set,
+                    "offered_qps": OFFERED_QPS, "concurrency": opts.concurrency, "fill": opts.fill,
+                    "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env,
+                    "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers},
+        "metrics": {m: {"label": lab, "unit": u, "higher_is_better": hb} for m, (lab, u, hb) in METRICS.items()},
+        "contestants": [{"name": c.name, "kind": c.kind, "addr": c.addr, "pid": c.pid, "threads": c.threads,
+                         "rounds": c.rounds, **c.extra} for c in contestants],
+        "skipped": skipped,
+        "stats": stats,
+        "ratios_to_heimdall": ratios,
+        "ratio_definition": "Heimdall's median / the peer's median (per_round: the same within each round)",
+    }
+    report["goals"] = goals(report)
+    return report
