@@ -109,9 +109,9 @@ class Pipeline:
             return q
         local = self.local(data, q)
         if local is not None:
-            if local.ttl > 0:
-                self.store(cachekey.cache_key(data, q, False), local_entry(local.reply, q, now, local.ttl, local.how == How.BLOCKED),
-                           local.ttl)
+            if local.ttl > 0:  # under the UDP key: the hot path serves it next time
+                entry = local_entry(local.reply, q, now, local.ttl, local.how == How.BLOCKED)
+                self.store(cachekey.cache_key(data, q, False), entry, local.ttl)
             return local
         key = cachekey.cache_key(data, q, tcp)
         e = self.cache.get_fresh(key, now)

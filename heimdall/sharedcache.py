@@ -37,7 +37,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from heimdall.sharedvalue import (  # noqa: F401 - re-exported
-    HEADER_SIZE, MAGIC, VERSION, GarbageValue, age_ttls, decode_value, encode_value, ttl_offsets,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    GarbageValue,
+    age_ttls,
+    decode_value,
+    encode_value,
+    ttl_offsets,
 )
 
 log = logging.getLogger("heimdall.sharedcache")

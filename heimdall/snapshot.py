@@ -35,8 +35,8 @@ import time
 import zlib
 from typing import Callable
 
-from heimdall.atomic import atomic_write_bytes
 from heimdall import cachekey, wire
+from heimdall.atomic import atomic_write_bytes
 from heimdall.cache import LABEL_KEYS, Cache, Entry, label_id
 
 MAGIC = b"HEIMDALL-CACHE\x01\n"

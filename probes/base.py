@@ -17,8 +17,8 @@ import json
 import platform
 import re
 import signal
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -29,8 +29,8 @@ from typing import Any
 
 from heimdall.atomic import atomic_write_json
 from tools.errors import EXIT_ENVIRONMENT, ToolError
-from tools.lab_adapter import PROBE_ALIASES, canonical_probe_names
 from tools.gate_metrics import BY_KEY, window_metrics
+from tools.lab_adapter import PROBE_ALIASES, canonical_probe_names
 
 SCHEMA = "heimdall.baseline/1"
 PACKAGES = ("heimdall-dns", "dnspython", "uvloop", "psutil")

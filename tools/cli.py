@@ -11,8 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from tools.commands import (baseline, bench, check, compare, cpuprof, doctor, load, lockprof, memprof, netprof,
-                            upstream)
+from tools.commands import baseline, bench, check, compare, cpuprof, doctor, load, lockprof, memprof, netprof, upstream
 from tools.errors import ToolError
 
 app = typer.Typer(

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from heimdall.atomic import atomic_write_json, atomic_write_text
-from tools.files import new_results_dir
-from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
-from tools.baseline import (build_document, fingerprint_differences, incomparable_reason,
-                                     read_baseline, write_baseline)
+from tools.baseline import build_document, fingerprint_differences, incomparable_reason, read_baseline, write_baseline
 from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.files import new_results_dir
 from tools.gate_metrics import BY_KEY
+from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
 from tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -46,8 +46,14 @@ from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.load_result import build_result
 from tools.load_worker import WorkerSpec, worker_entry
 from tools.priming import prime
-from tools.scenarios import (DEFAULT_CLIENTS, DEFAULT_CLIENTS_OTHER, TEST_TYPES, Scenario, build_scenario,
-                             read_queries_file)
+from tools.scenarios import (
+    DEFAULT_CLIENTS,
+    DEFAULT_CLIENTS_OTHER,
+    TEST_TYPES,
+    Scenario,
+    build_scenario,
+    read_queries_file,
+)
 
 CLIENTS_PER_PROCESS = 2500     # auto: one more process per this many clients (closed loop)
 QPS_PER_PROCESS = 25000        # auto: one more process per this offered rate (open loop)

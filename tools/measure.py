@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 
 import psutil
 
-from tools import lab_adapter as lab
 from heimdall.atomic import atomic_write_json
+from tools import lab_adapter as lab
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 from tools.files import new_results_dir
 from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds

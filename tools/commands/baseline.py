@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from tools.commands.options import (PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible,
-                                    lab_options, say)
+from tools.commands.options import PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible, lab_options, say
 
 baseline_app = typer.Typer(help="Create a JSON baseline for `check`.", no_args_is_help=True)
 

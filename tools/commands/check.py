@@ -11,8 +11,7 @@ from typing import Optional
 
 import typer
 
-from tools.commands.options import (PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible,
-                                    lab_options, say)
+from tools.commands.options import PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible, lab_options, say
 
 
 def check(
@@ -32,8 +31,8 @@ def check(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
 ) -> None:
     """Compare repeated windows with a baseline: exit 0 pass, 1 regression, 2 inconclusive, 3 environment/input error."""
-    from tools.gate import default_baseline_path, run_check
     from tools.errors import EXIT_ENVIRONMENT, ToolError
+    from tools.gate import default_baseline_path, run_check
     from tools.verdict import Thresholds
 
     if not max_regression > 0 or not count_threshold > 0:

@@ -21,8 +21,14 @@ def compare(
     fill: int = typer.Option(0, "--fill", min=0, help="then cache this many unique names: RSS per entry"),
     scaling: bool = typer.Option(False, "--scaling", help="add Heimdall with twice the workers as a contestant"),
     bare: bool = typer.Option(False, "--bare", help="add a bare uvloop echo responder (the Python floor)"),
-    heimdall_env: Optional[List[str]] = typer.Option(None, "--heimdall-env", help="KEY=VALUE for Heimdall (repeatable), e.g. HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8081 to measure with metrics on"),
-    variant: Optional[List[str]] = typer.Option(None, "--variant", help="NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]: an extra Heimdall with these settings (repeatable), e.g. batch-off:HEIMDALL_UDP_BATCH=off; PYTHONPATH=DIR runs the Heimdall of another checkout (A/B of two builds), e.g. prev:PYTHONPATH=/tmp/prev"),
+    heimdall_env: Optional[List[str]] = typer.Option(
+        None, "--heimdall-env",
+        help="KEY=VALUE for Heimdall (repeatable), e.g. HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8081 to measure with metrics on"),
+    variant: Optional[List[str]] = typer.Option(
+        None, "--variant",
+        help="NAME:HEIMDALL_X=Y[,HEIMDALL_Z=W]: an extra Heimdall with these settings (repeatable), e.g. "
+             "batch-off:HEIMDALL_UDP_BATCH=off; PYTHONPATH=DIR runs the Heimdall of another checkout "
+             "(A/B of two builds), e.g. prev:PYTHONPATH=/tmp/prev"),
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
 ) -> None:

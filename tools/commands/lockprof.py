@@ -21,7 +21,6 @@ def lockprof(
     """Futex waits (every wait op, outcome, per thread and address, stacks, wakers) and kernel lock contention."""
     from probes.base import resolve_target, run_probe_command
     from probes.lockprof import LockProf
-
     from tools.errors import EXIT_INCONCLUSIVE, ToolError
 
     if top < 1:
