@@ -143,3 +143,41 @@ def test_a_variant_can_run_another_checkout(tmp_path):
     report = json.loads((results / "compare.json").read_text())
     assert [c["name"] for c in report["contestants"]] == ["heimdall", "other"]
     assert "not built there" not in ok.stderr  # the copy has the compiled hot path too
+
+
+def test_miss_and_mixed_name_files_never_repeat_a_new_name(tmp_path):
+    from tools.sidebyside.workloads import miss_file, mixed_file, warm_file
+
+    warm = warm_file(tmp_path / "warm.txt", 10)
+    hot = set(warm.read_text().splitlines())
+    r1 = miss_file(tmp_path / "m1.txt", "r1-heimdall", 1000).read_text().splitlines()
+    r2 = miss_file(tmp_path / "m2.txt", "r2-heimdall", 1000).read_text().splitlines()
+    assert len(set(r1)) == 1000 and not set(r1) & set(r2)  # unique within a round and across rounds
+    mixed = mixed_file(tmp_path / "x.txt", "r1-heimdall", 1000, warm).read_text().splitlines()
+    new = [line for line in mixed if line not in hot]
+    assert len(new) == 200 and len(set(new)) == 200  # one in five is a name no one asked before
+
+
+@pytest.mark.skipif(not (shutil.which("dnsperf") and (shutil.which("nsd") or os.path.exists("/usr/sbin/nsd"))),
+                    reason="needs dnsperf and nsd (scripts/setup.sh)")
+def test_miss_and_mixed_workloads_measure_throughput_and_cpu_per_query(tmp_path):
+    opts = CompareOptions(peers=[], rounds=2, duration=1.0, engines=("dnsperf",), workloads=("miss", "mixed"),
+                          results_dir=tmp_path)
+    report = run_compare(opts, say=lambda m: None)
+    rounds = report["contestants"][0]["rounds"]
+    for r in rounds:
+        assert r["qps_miss"] > 0 and r["cpu_us_per_miss"] > 0
+        assert r["qps_mixed"] > 0 and r["cpu_us_per_query_mixed"] > 0
+    # a miss goes upstream and a mixed query mostly does not: per query, misses cost more
+    miss = statistics.median(r["cpu_us_per_miss"] for r in rounds)
+    mixed = statistics.median(r["cpu_us_per_query_mixed"] for r in rounds)
+    assert miss > mixed
+    md = (Path(report["results_dir"]) / "compare.md").read_text()
+    assert "cache-miss throughput" in md and "cache-hit throughput, built-in" not in md  # unmeasured rows left out
+
+
+def test_bad_workloads_are_a_one_line_error():
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "compare", "--workloads", "hit,typo"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3
+    assert "bad --workloads 'hit,typo'" in out.stderr and "Traceback" not in out.stderr

@@ -30,18 +30,25 @@ def compare(
              "batch-off:HEIMDALL_UDP_BATCH=off; PYTHONPATH=DIR runs the Heimdall of another checkout "
              "(A/B of two builds), e.g. prev:PYTHONPATH=/tmp/prev"),
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
+    workloads: str = typer.Option("hit", "--workloads",
+                                  help="comma list of hit, miss, mixed (miss and mixed: dnsperf, every name once)"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
 ) -> None:
     """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
     from tools.errors import EXIT_ENVIRONMENT, ToolError
     from tools.sidebyside.contestants import parse_variant
     from tools.sidebyside.markdown import render_markdown
-    from tools.sidebyside.options import CompareOptions
+    from tools.sidebyside.options import WORKLOADS, CompareOptions
     from tools.sidebyside.run import run_compare
 
     eng = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not eng or set(eng) - {"dnsperf", "builtin"}:
         raise ToolError(f"bad --engines {engines!r}: dnsperf, builtin or both", EXIT_ENVIRONMENT)
+    work = tuple(w.strip() for w in workloads.split(",") if w.strip())
+    if not work or set(work) - set(WORKLOADS):
+        raise ToolError(f"bad --workloads {workloads!r}: a comma list of {', '.join(WORKLOADS)}", EXIT_ENVIRONMENT)
+    if set(work) & {"miss", "mixed"} and "dnsperf" not in eng:
+        raise ToolError("--workloads miss and mixed are measured with dnsperf: add it to --engines", EXIT_ENVIRONMENT)
     env = {}
     for kv in heimdall_env or []:
         k, sep, v = kv.partition("=")
@@ -60,7 +67,8 @@ def compare(
         rounds=rounds, duration=duration, workers=workers, cache_entries=cache_entries,
         servers=list(server or []), pids=list(pid or []),
         concurrency=[int(x) for x in concurrency.split(",") if x.strip()],
-        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng, results_dir=results_dir)
+        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng,
+        workloads=work, results_dir=results_dir)
     report = run_compare(opts, say=lambda m: print(m, file=sys.stderr, flush=True))
     print(render_markdown(report))
     print(f"results: {report['results_dir']}")

@@ -12,7 +12,10 @@ same workloads on every contestant, the order rotated each round
   loop), with the built-in generator and with ``dnsperf -Q 10000 -v``;
 * ``cpu_pct_per_10k``: psutil CPU time of the server's process tree over the
   dnsperf 10,000 q/s window, as percent of one core, scaled to 10,000 answered q/s;
-* ``rss_mb``: resident memory of the server's tree after the round.
+* ``rss_mb``: resident memory of the server's tree after the round;
+* with ``--workloads miss,mixed`` (dnsperf): ``qps_miss`` and ``cpu_us_per_miss``,
+  names no one asked before, each asked once; ``qps_mixed`` and
+  ``cpu_us_per_query_mixed``, four warm-set names then one new name.
 
 Figures are medians over rounds with min-max spread; ratios are Heimdall's
 median over the peer's (and the per-round ratios' spread). Optional phases:

@@ -16,6 +16,8 @@ def render_markdown(report: dict) -> str:
     head = "| metric | " + " | ".join(names) + " |"
     lines += [head, "|" + "---|" * (len(names) + 1)]
     for m, meta in report["metrics"].items():
+        if not any(report["stats"][n][m] for n in names):
+            continue  # not measured in this run (another engine or workload)
         cells = []
         for n in names:
             s = report["stats"][n][m]

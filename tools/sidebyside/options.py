@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KNOWN_PEERS = ("unbound", "dnsmasq")
+WORKLOADS = ("hit", "miss", "mixed")
 OFFERED_QPS = 10_000
 METRICS = {  # name -> (label, unit, higher is better)
     "qps_dnsperf": ("cache-hit throughput, dnsperf -c 20 -T 1", "q/s", True),
@@ -16,6 +17,10 @@ METRICS = {  # name -> (label, unit, higher is better)
     "p99_us_dnsperf": ("p99 latency at 10,000 q/s offered, dnsperf", "us", False),
     "cpu_pct_per_10k": ("server CPU per 10,000 q/s (% of one core)", "%", False),
     "rss_mb": ("resident memory (server tree)", "MB", False),
+    "qps_miss": ("cache-miss throughput, dnsperf -c 20 -T 1, every name asked once", "q/s", True),
+    "cpu_us_per_miss": ("server CPU per cache miss", "us", False),
+    "qps_mixed": ("mixed 80/20 throughput, dnsperf -c 20 -T 1", "q/s", True),
+    "cpu_us_per_query_mixed": ("server CPU per query, mixed 80/20", "us", False),
 }
 
 
@@ -35,5 +40,6 @@ class CompareOptions:
     bare: bool = False                                   # add the Python + uvloop floor as a contestant
     variants: dict = field(default_factory=dict)         # name -> HEIMDALL_* (or PYTHONPATH) env: extra Heimdall contestants
     engines: tuple[str, ...] = ("dnsperf", "builtin")
+    workloads: tuple[str, ...] = ("hit",)                 # hit, miss, mixed (miss and mixed need dnsperf)
     results_dir: Path = Path("performance_results")
     heimdall_env: dict = field(default_factory=dict)

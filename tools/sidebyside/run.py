@@ -93,7 +93,7 @@ def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path,
     for r in range(opts.rounds):
         k = r % len(contestants)
         for c in contestants[k:] + contestants[:k]:   # the order rotates each round: drift hits all alike
-            res = measure_round(c, opts, names, work)
+            res = measure_round(c, opts, names, work, tag=f"r{r + 1}-{c.name}")
             res["round"] = r + 1
             c.rounds.append(res)
             say(f"round {r + 1}/{opts.rounds} {c.name:12s} " + "  ".join(
@@ -125,7 +125,8 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
                     "workers": opts.workers, "cache_entries": opts.cache_entries, "warm_set": opts.warm_set,
                     "offered_qps": OFFERED_QPS, "concurrency": opts.concurrency, "fill": opts.fill,
                     "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env,
-                    "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers},
+                    "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers,
+                    "workloads": list(opts.workloads)},
         "metrics": {m: {"label": lab, "unit": u, "higher_is_better": hb} for m, (lab, u, hb) in METRICS.items()},
         "contestants": [{"name": c.name, "kind": c.kind, "addr": c.addr, "pid": c.pid, "threads": c.threads,
                          "rounds": c.rounds, **c.extra} for c in contestants],

@@ -62,8 +62,10 @@ def warm(c: Contestant, names: Path, work: Path) -> dict:
     return primed
 
 
-def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path) -> dict:
-    """One round's workloads on one contestant: throughput, latency at the offered rate, CPU, RSS."""
+def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str = "r") -> dict:
+    """One round's workloads on one contestant: throughput, latency at the offered rate, CPU, RSS.
+
+    `tag` names this (round, contestant) in the unique names of the miss and mixed workloads."""
     from tools.loadgen import LoadConfig, run_load
 
     r: dict[str, Any] = {"notes": []}
@@ -99,11 +101,57 @@ def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path) 
             r["cpu_pct_at_offered"] = round(pct, 2)
             r["cpu_pct_per_10k"] = round(pct * OFFERED_QPS / s["qps"], 2)
         out.unlink(missing_ok=True)
+    if "dnsperf" in opts.engines and set(opts.workloads) & {"miss", "mixed"}:
+        r.update(measure_misses(c, opts, names, work, tag))
     if c.pid:
         r["rss_mb"] = round(tree_rss(c.pid) / 1e6, 2)
     if not r["notes"]:
         del r["notes"]
     return r
+
+
+MISS_RATE_CEILING = 80_000  # misses per second no contestant reaches here: the name files never run out
+
+
+def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str) -> dict:
+    """Cache misses and the mixed 80/20 workload, every unique name asked once (dnsperf -n 1).
+
+    Each (round, contestant) gets names no one asked before, so a later round
+    cannot hit what an earlier one cached; the mixed file puts one such name
+    after every four names of the warm set.
+    """
+    r: dict[str, Any] = {}
+    count = int(opts.duration * MISS_RATE_CEILING)
+    runs = {"miss": lambda: miss_file(work / "miss-names.txt", tag, count),
+            "mixed": lambda: mixed_file(work / "mixed-names.txt", tag, count, names)}
+    for workload in ("miss", "mixed"):
+        if workload not in opts.workloads:
+            continue
+        path = runs[workload]()
+        s, cpu, wall = dnsperf_window(c, path, opts.duration, ["-c", "20", "-T", "1", "-n", "1"],
+                                      work / f"{workload}.txt")
+        path.unlink(missing_ok=True)
+        key = "qps_miss" if workload == "miss" else "qps_mixed"
+        r[key] = s["qps"]
+        r[f"lost_{workload}"] = s["lost"]
+        if cpu is not None and s["completed"]:
+            r["cpu_us_per_miss" if workload == "miss" else "cpu_us_per_query_mixed"] = round(
+                cpu / s["completed"] * 1e6, 2)
+    return r
+
+
+def miss_file(path: Path, tag: str, count: int) -> Path:
+    path.write_text("".join(f"{i}.{tag}.miss.bench.test A\n" for i in range(count)))
+    return path
+
+
+def mixed_file(path: Path, tag: str, count: int, warm: Path) -> Path:
+    hot = warm.read_text().splitlines()
+    lines = []
+    for i in range(count):
+        lines.append(f"{i}.{tag}.mixed.bench.test A" if i % 5 == 4 else hot[i % len(hot)])
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def measure_concurrency(c: Contestant, clients: int, opts: CompareOptions) -> dict:
