@@ -8,7 +8,9 @@ pipeline with a `send` that answers the datagram's sender.
 
 from __future__ import annotations
 
+import importlib
 import socket
+from types import ModuleType
 from typing import Callable
 
 from heimdall.config import Config
@@ -16,10 +18,11 @@ from heimdall.hotpath import PyHotPath
 from heimdall.logs import log
 from heimdall.pipeline import Pipeline
 
+_hotpath: ModuleType | None
 try:  # the C hot path (heimdall/_hotpath.c), built by `pip install`; optional
-    from heimdall import _hotpath  # type: ignore[attr-defined]
+    _hotpath = importlib.import_module("heimdall._hotpath")
 except ImportError:  # pragma: no cover - no compiler at install time
-    _hotpath = None  # type: ignore[assignment]
+    _hotpath = None
 
 
 def hot_path_built() -> bool:
