@@ -19,7 +19,7 @@ from heimdall.pipeline import Pipeline
 try:  # the C hot path (heimdall/_hotpath.c), built by `pip install`; optional
     from heimdall import _hotpath  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - no compiler at install time
-    _hotpath = None  # type: ignore[assignment]
+    _hotpath = None
 
 
 def hot_path_built() -> bool:
