@@ -21,10 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 from tools.files import write_json
+
+if TYPE_CHECKING:
+    from bcc import BPF
 
 PROBES_DIR = Path(__file__).resolve().parent
 # indices of heimdall_lost in common.bpf.h
@@ -87,7 +90,7 @@ class Probe:
     def __init__(self, pid: int, **opts: Any) -> None:
         self.pid = int(pid)
         self.opts = opts
-        self.bpf = None
+        self.bpf: BPF | None = None   # set by attach(), cleared by close()
         self.comm = "?"
         self.partial = False
         self.window_start: float | None = None
@@ -142,13 +145,17 @@ class Probe:
 
     def _warm_symbols(self) -> None:
         """Load the target's symbol maps now, so stacks resolve even if it exits later."""
+        bpf = self.bpf
+        if bpf is None:  # attach() sets it just before calling this
+            return
         try:
-            self.bpf.sym(0, self.pid)
+            bpf.sym(0, self.pid)
         except Exception:
             pass
 
     def table(self, name: str):
         """A BPF map by name (bytes, as BCC wants them)."""
+        assert self.bpf is not None, f"{self.name}: table() before attach()"
         return self.bpf[name.encode()]
 
     def _ctl(self, value: int) -> None:
@@ -285,8 +292,12 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
         raise ToolError(f"--duration must be > 0 (got {duration})", EXIT_INCONCLUSIVE)
     if warmup < 0:
         raise ToolError(f"--warmup must be >= 0 (got {warmup})", EXIT_INCONCLUSIVE)
-    proc = _launch(target) if isinstance(target, list) else None
-    pid = proc.pid if proc is not None else int(target)
+    proc: subprocess.Popen | None = None
+    if isinstance(target, list):
+        proc = _launch(target)
+        pid = proc.pid
+    else:
+        pid = int(target)
 
     def alive() -> bool:
         return proc.poll() is None if proc is not None else pid_alive(pid)
@@ -295,6 +306,7 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
     try:
         with _Stopper() as stopper:
             if proc is not None and proc.poll() is not None:
+                assert isinstance(target, list)  # proc exists only for a launched command
                 raise ToolError(f"{target[0]} exited (status {proc.returncode}) before the probe attached",
                                 EXIT_TARGET)
             probe.attach()

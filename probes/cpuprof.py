@@ -50,6 +50,7 @@ class CpuProf(Probe):
     def read(self, queries: int | None) -> dict:
         """Folded native stacks: thread;user frames (outer first);kernel frames_[k]."""
         bpf = self.bpf
+        assert bpf is not None  # read() runs inside collect(), after attach()
         stacks_tab = bpf[b"cpu_stacks"]
         stacks: dict[tuple[str, ...], int] = {}
         kernel = truncated = 0
@@ -168,20 +169,22 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
     """The cpuprof command: py-spy flame graph (+ BCC native/kernel stacks), top frames, JSON."""
     _validate(duration, rate, svg)
     pyspy = find_pyspy()
-    proc = None
+    proc: subprocess.Popen | None = None
     if isinstance(target, list):
         try:
             proc = subprocess.Popen(target)
         except OSError as exc:
             raise ToolError(f"cannot run {target[0]}: {exc.strerror or exc}", EXIT_TARGET) from None
         time.sleep(0.5)   # let the interpreter start before py-spy looks for it
-    pid = proc.pid if proc is not None else int(target)
+        pid = proc.pid
+    else:
+        pid = int(target)
 
     def alive() -> bool:
         return proc.poll() is None if proc is not None else pid_alive(pid)
 
     if not alive():
-        raise ToolError(f"pid {pid} does not exist" if proc is None else f"{target[0]} exited at once",
+        raise ToolError(f"{target[0]} exited at once" if isinstance(target, list) else f"pid {pid} does not exist",
                         EXIT_TARGET)
     comm = read_comm(pid)
     svg_path = Path(svg).resolve()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 ROW_H = 16
 WIDTH = 1200
@@ -63,9 +64,9 @@ def top_frames(stacks: dict[tuple[str, ...], int], n: int = 15) -> list[dict]:
         self_c[frames[-1]] = self_c.get(frames[-1], 0) + c
         for f in set(frames):   # recursion counts once per sample
             tot_c[f] = tot_c.get(f, 0) + c
-    rows = [{"frame": f, "self_samples": self_c.get(f, 0), "total_samples": t,
-             "self_pct": round(100.0 * self_c.get(f, 0) / total, 2),
-             "total_pct": round(100.0 * t / total, 2)} for f, t in tot_c.items()]
+    rows: list[dict[str, Any]] = [{"frame": f, "self_samples": self_c.get(f, 0), "total_samples": t,
+                                   "self_pct": round(100.0 * self_c.get(f, 0) / total, 2),
+                                   "total_pct": round(100.0 * t / total, 2)} for f, t in tot_c.items()]
     rows.sort(key=lambda r: (-r["self_samples"], -r["total_samples"], r["frame"]))
     return rows[:n]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from probes.base import Probe, per_query
 from probes.doctor import tracepoint_exists
@@ -140,18 +141,20 @@ class LockProf(Probe):
     def _kernel_locks(self) -> dict:
         if not self.has_klocks:
             return {"available": False, "reason": "lock:contention_begin/end tracepoints absent"}
+        bpf = self.bpf
+        assert bpf is not None  # called from read(), inside collect(), after attach()
         rows = []
         for k, v in self.table("klocks").items():
             rows.append((k, v))
         rows.sort(key=lambda kv: -kv[1].total_ns)
         top = []
         for k, v in rows[: self.top]:
-            sym = self.bpf.ksym(k.lock, show_offset=True)
+            sym = bpf.ksym(k.lock, show_offset=True)
             sym = sym.decode(errors="replace") if isinstance(sym, bytes) else str(sym)
             top.append({"lock": hex(k.lock), "symbol": None if sym.startswith("[unknown]") else sym,
                         "flags": klock_flags(k.flags), "contentions": int(v.count),
                         "wait_us_total": us(v.total_ns), "wait_us_max": us(v.max_ns),
-                        "stack": symbolize(self.bpf, k.kstack, self.pid, kernel=True, limit=8)})
+                        "stack": symbolize(bpf, k.kstack, self.pid, kernel=True, limit=8)})
         hist = Histogram.from_table(self.table("klock_hist"))
         return {"available": True, "contentions": sum(int(v.count) for _, v in rows),
                 "wait_us_total": us(sum(v.total_ns for _, v in rows)),
@@ -187,7 +190,7 @@ class LockProf(Probe):
         }
         for t in futex["by_thread"]:
             t["comm"] = self.tcomm(t["tid"])
-        out = {"futex": futex, "kernel_locks": self._kernel_locks()}
+        out: dict[str, Any] = {"futex": futex, "kernel_locks": self._kernel_locks()}
         out["per_query"] = per_query({"futex_waits": waits, "futex_wait_us": total_ns / 1000.0,
                                       "futex_wake_calls": wake_calls}, queries)
         return out

@@ -79,6 +79,7 @@ class Calibrator:
         self.rounds = rounds
 
     def _round(self, proc: subprocess.Popen) -> float:
+        assert proc.stdin is not None and proc.stdout is not None  # measure() opens both as pipes
         proc.stdin.write(f"{self.iterations}\n")
         proc.stdin.flush()
         return float(proc.stdout.readline())
@@ -86,6 +87,7 @@ class Calibrator:
     def measure(self) -> dict:
         proc = subprocess.Popen([sys.executable, "-c", CALIBRATION_CODE], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None  # both opened as pipes just above
         try:
             proc.stdout.readline()
             self._round(proc)  # warm caches and the allocator
@@ -182,10 +184,12 @@ class MemProf(Probe):
 
     def _frames(self, stack_id: int, caller: int) -> list[str]:
         """Innermost frame, then the direct caller read at entry, then the rest of the walk."""
-        frames = symbolize(self.bpf, stack_id, self.pid)
+        bpf = self.bpf
+        assert bpf is not None  # called from read(), inside collect(), after attach()
+        frames = symbolize(bpf, stack_id, self.pid)
         if caller:
             try:
-                name = self.bpf.sym(caller, self.pid, show_module=True, show_offset=True)
+                name = bpf.sym(caller, self.pid, show_module=True, show_offset=True)
                 name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
             except Exception:
                 name = "[unknown]"

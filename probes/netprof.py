@@ -115,6 +115,7 @@ class NetProf(Probe):
     # --- read-out -------------------------------------------------------------
     def read(self, queries: int | None) -> dict:
         bpf = self.bpf
+        assert bpf is not None  # read() runs inside collect(), after attach()
         count_tab = bpf[b"net_count"]
         counts = {name: int(count_tab[count_tab.Key(i)].value) for i, name in enumerate(COUNTERS)}
         max_tab = bpf[b"net_max"]
@@ -160,7 +161,7 @@ class NetProf(Probe):
         return out
 
     def _read_syscalls(self, hists: list[Histogram], batches: list[Histogram]) -> dict:
-        table = self.bpf[b"net_sys"]
+        table = self.table("net_sys")
         result = {}
         for i, kind in enumerate(KINDS):
             st = table[table.Key(i)]

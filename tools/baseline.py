@@ -71,7 +71,7 @@ def probe_losses(windows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
 
 def fingerprint() -> dict[str, Any]:
     """What makes numbers from two machines (or two set-ups) comparable."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             packages[name] = metadata.version(name)

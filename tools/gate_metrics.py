@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeGuard
 
 
 @dataclass(frozen=True)
@@ -85,5 +86,6 @@ def error_rate(load: dict) -> float | None:
     return failed / sent
 
 
-def _finite(v: object) -> bool:
+def _finite(v: object) -> TypeGuard[float]:
+    """A finite int or float (bool excluded)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

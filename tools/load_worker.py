@@ -178,7 +178,7 @@ def run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: An
     next_send = now
     rr = 0
     next_progress = now + PROGRESS_NS
-    drain_until = None
+    drain_until = now  # reset when sending stops; only read after that, or with nothing ever sent (no pending)
 
     while True:
         now = mono()

@@ -92,6 +92,7 @@ class Target:
 def open_target(opts: LabOptions) -> Iterator[Target]:
     """The given server, checked; or Heimdall + NSD started here and always stopped."""
     if opts.server is not None:
+        assert opts.pid is not None  # validate_numbers() runs first: --server comes with --pid
         lab.split_server(opts.server)
         lab.check_pid(int(opts.pid))
         lab.check_answers(opts.server)

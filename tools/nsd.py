@@ -176,14 +176,16 @@ class LocalUpstream:
         if not os.path.exists(nsd):
             raise ToolError("nsd is not installed: run scripts/setup.sh (apt-get install nsd)")
         conf = self.write_config()
+        workdir = self.workdir
+        assert workdir is not None  # write_config() sets it
         self.proc = subprocess.Popen([nsd, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "nsd.stderr", "wb"),
+                                     stderr=open(workdir / "nsd.stderr", "wb"),
                                      start_new_session=True,
                                      preexec_fn=die_with_parent() if self.tied else None)
         try:
             wait_for_dns(self.address, self.port, timeout=timeout, proc=self.proc)
         except ToolError as exc:
-            log = (self.workdir / "nsd.stderr").read_text(errors="replace").strip()[-500:]
+            log = (workdir / "nsd.stderr").read_text(errors="replace").strip()[-500:]
             self.stop()
             raise ToolError(f"{exc}; nsd said: {log or 'nothing'}") from None
         return self

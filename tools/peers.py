@@ -159,6 +159,7 @@ class UnboundServer(PeerServer):
         )
 
     def command(self) -> list[str]:
+        assert self.workdir is not None  # start() sets it before calling command()
         conf = self.workdir / "unbound.conf"
         conf.write_text(self.config_text())
         return [shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c", str(conf)]

@@ -291,8 +291,8 @@ def _queue_cause(w: dict) -> str:
 
 
 def _machine_findings(rep: dict) -> list[str]:
-    vals = [(w.get("environment") or {}).get("foreign_cpu_cores") for w in rep.values()]
-    vals = [v for v in vals if v is not None]
+    raw = [(w.get("environment") or {}).get("foreign_cpu_cores") for w in rep.values()]
+    vals = [v for v in raw if v is not None]
     if not vals:
         return []
     peak = max(vals)
@@ -330,7 +330,7 @@ def _frame_findings(rep: dict, meta: dict) -> list[str]:
 
 
 def _scenario_contrasts(rep: dict) -> list[str]:
-    out = []
+    out: list[str] = []
     hit = rep.get("cache-hit")
     if hit is None:
         return out

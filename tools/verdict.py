@@ -23,6 +23,7 @@ import itertools
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Iterable, Sequence
 
 from tools.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_REGRESSION
@@ -176,16 +177,19 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     diff = cur.median - base.median
     worse_abs = sign * diff
     change_pct = None if base.median == 0 else 100.0 * diff / abs(base.median)
-    worse_pct = math.inf if base.median == 0 and worse_abs > 0 else (
-        0.0 if base.median == 0 else sign * change_pct)
+    if change_pct is None:   # baseline median 0: any worsening is infinitely worse
+        worse_pct = math.inf if worse_abs > 0 else 0.0
+    else:
+        worse_pct = sign * change_pct
     kind = effective_kind(base, th)
     threshold = th.for_kind(kind)
     floor = RATE_ABS_FLOOR if base.kind == "rate" else base.abs_floor
     worse_x, better_x = (cur.values, base.values) if sign > 0 else (base.values, cur.values)
     p_worse = mann_whitney_greater(worse_x, better_x)
     p_better = mann_whitney_greater(better_x, worse_x)
-    row = dict(scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=kind,
-               baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold, gate=gate)
+    row = partial(MetricVerdict, scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=kind,
+                  baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold,
+                  gate=gate)
 
     beyond = worse_pct > threshold and worse_abs > floor
     if base.kind == "rate":
@@ -193,24 +197,24 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
     if beyond:
         if (kind == "time" or kind.endswith(LOAD_DEPENDENT_SUFFIX)) and machine_busy:
             why = f"worse by {_fmt_pct(worse_pct)}, but {machine_busy}"
-            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+            return row(p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if kind == "cost" and machine_busy and worse_pct <= BUSY_COST_FACTOR * threshold:
             why = (f"worse by {_fmt_pct(worse_pct)}, within {BUSY_COST_FACTOR:g}x the threshold that a busy machine "
                    f"needs for CPU per query ({machine_busy})")
-            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+            return row(p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if p_worse >= th.alpha:
             why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
                    f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
-            return MetricVerdict(**row, p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
+            return row(p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         bar = BUSY_COST_FACTOR * threshold if kind == "cost" and machine_busy else threshold
-        return MetricVerdict(**row, p_value=p_worse, verdict=REGRESSION if gate else WORSE,
-                             reason=f"worse by {_fmt_pct(worse_pct)} > {bar:g}% (p={p_worse:.3f})"
-                             + (" although the machine was busy" if bar != threshold else "")
-                             + ("" if gate else "; shown for information, does not gate"))
+        return row(p_value=p_worse, verdict=REGRESSION if gate else WORSE,
+                   reason=f"worse by {_fmt_pct(worse_pct)} > {bar:g}% (p={p_worse:.3f})"
+                   + (" although the machine was busy" if bar != threshold else "")
+                   + ("" if gate else "; shown for information, does not gate"))
     if -worse_pct > threshold and -worse_abs > floor and p_better < th.alpha:
-        return MetricVerdict(**row, p_value=p_better, verdict=IMPROVED,
-                             reason=f"better by {_fmt_pct(-worse_pct)} (p={p_better:.3f})")
-    return MetricVerdict(**row, p_value=p_worse, verdict=OK, reason="within threshold")
+        return row(p_value=p_better, verdict=IMPROVED,
+                   reason=f"better by {_fmt_pct(-worse_pct)} (p={p_better:.3f})")
+    return row(p_value=p_worse, verdict=OK, reason="within threshold")
 
 
 def relative_spread(values: Sequence[float]) -> float:

@@ -57,11 +57,11 @@ def compare(
         env[k] = v
     variants: dict[str, dict[str, str]] = {}
     for spec in variant or []:
-        vname, kv = parse_variant(spec)
-        if "PYTHONPATH" in kv and not list((Path(kv["PYTHONPATH"]) / "heimdall").glob("_hotpath*.so")):
+        vname, var_env = parse_variant(spec)
+        if "PYTHONPATH" in var_env and not list((Path(var_env["PYTHONPATH"]) / "heimdall").glob("_hotpath*.so")):
             print(f"note: variant {vname}: the C hot path is not built there (python setup.py build_ext --inplace "
                   "in that checkout): it serves from the Python path", file=sys.stderr)
-        variants[vname] = kv
+        variants[vname] = var_env
     opts = CompareOptions(
         peers=[p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"],
         rounds=rounds, duration=duration, workers=workers, cache_entries=cache_entries,

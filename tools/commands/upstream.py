@@ -71,7 +71,7 @@ def stop(workdir: Path = typer.Option(DEFAULT_DIR, "--dir", help="State director
     """Stop the NSD that `start` left running."""
     state = _read_state(workdir)
     proc = _process(state) if state else None
-    if proc is None:
+    if not state or proc is None:  # no state means no process either
         (workdir / STATE).unlink(missing_ok=True)
         err.print("upstream is not running")
         return

@@ -168,6 +168,7 @@ def measure_concurrency(c: Contestant, clients: int, opts: CompareOptions) -> di
 
 def measure_fill(c: Contestant, count: int, work: Path) -> dict:
     """Cache `count` unique names (one query each); RSS before/after and the growth per answered name."""
+    assert c.pid is not None  # run.py fills only contestants that have a pid
     names = work / "fill.txt"
     if not names.exists():
         names.write_text("".join(f"fill{i}.bench.test A\n" for i in range(count)))
