@@ -9,6 +9,7 @@ does not build fails over to the next upstream, like no answer at all.
 from __future__ import annotations
 
 import time
+from typing import Awaitable
 
 from heimdall import wire
 from heimdall.cache import build_entry
@@ -22,8 +23,10 @@ class Forward:
         self.pool = pool
         self.config = config
 
-    async def fetch(self, miss: Miss, data: bytes) -> Fetched | None:
-        """The entry built from an upstream's answer, or None when no upstream answered validly."""
+    def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
+        """The entry built from an upstream's answer, or None when no upstream answered validly.
+
+        Returns the pool's own coroutine: a miss awaits one frame fewer."""
         q, cfg = miss.q, self.config
         question = data[wire.HEADER_LEN:q.qend].lower()
 
@@ -32,4 +35,4 @@ class Forward:
                                      cfg.max_ttl, cfg.negative_ttl)
             return Fetched(entry, ttl, response)
 
-        return await self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)
+        return self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)

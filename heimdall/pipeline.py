@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from heimdall import cachekey, wire
 from heimdall.anyquery import AnyQuery
@@ -177,15 +177,20 @@ class Pipeline:
             fut.set_result(entry)
         return entry
 
-    async def fetch(self, miss: Miss, data: bytes) -> Fetched | None:
-        """Stage 5, then stage 6; what the upstream answered, the shared tier learns."""
-        if self.shared is not None:
-            got = await self.shared.fetch(miss, data)
-            if got is not None:
-                return got
+    def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
+        """Stage 5, then stage 6 (without a shared tier, the upstream's awaitable itself: no extra frame)."""
+        if self.shared is None:
+            return self.upstream.fetch(miss, data)
+        return self._fetch_tiers(self.shared, miss, data)
+
+    async def _fetch_tiers(self, shared: SharedTier, miss: Miss, data: bytes) -> Fetched | None:
+        """What the shared tier has, else the upstream's answer, which the shared tier then learns."""
+        got = await shared.fetch(miss, data)
+        if got is not None:
+            return got
         got = await self.upstream.fetch(miss, data)
-        if got is not None and self.shared is not None:
-            self.shared.learn(miss, data, got)
+        if got is not None:
+            shared.learn(miss, data, got)
         return got
 
     async def _finish(self, miss: Miss, data: bytes, client: object, tcp: bool, t0: float, send: Send,
