@@ -20,7 +20,6 @@ from heimdall import wire
 from heimdall.wire import HEADER_LEN, Query
 
 PREFIXES = (b"T", b"X")
-_LETTER_BYTES = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))  # what lower() changes or makes
 
 
 def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
@@ -36,7 +35,8 @@ def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
         key = flags + wire.PLAIN_COUNTS + name + tail
     if tcp:
         return b"T" + key
-    if any(b in _LETTER_BYTES for b in flags + tail):
+    outside = flags + tail
+    if outside.lower() != outside or outside.upper() != outside:  # a letter outside the name
         return b"X" + key
     return key
 

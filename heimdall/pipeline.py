@@ -37,7 +37,7 @@ from heimdall.sharedtier import SharedTier
 from heimdall.wire import Query
 
 TCP_LIMIT = 65535
-Send = Callable[[bytes], None]
+Send = Callable[[bytes, object], None]  # send(reply, client): one reply to the client it came from
 
 
 class Policy(Protocol):
@@ -76,18 +76,19 @@ class Pipeline:
 
     def dispatch(self, data: bytes, now: int, tcp: bool, client: object, send: Send,
                  done: Callable[[], None] | None = None) -> bool:
-        """Answer `data` through `send`; True when a miss was started (then `done` is called after it)."""
+        """Answer `data` with `send(reply, client)`; True when a miss was started (`done` is called after it)."""
         t0 = time.perf_counter()
         result = self.answer(data, now, tcp)
         if result is None:
             return False
         if isinstance(result, Answer):
-            send(result.reply)
-            self.observe(data, result, client, tcp, t0)
+            send(result.reply, client)
+            if self.observers:
+                self.observe(data, result, client, tcp, t0)
             return False
         if self.pending >= self.config.max_inflight:
             self.counters.overload += 1
-            send(self.servfail(data, result.q))
+            send(self.servfail(data, result.q), client)
             return False
         self.pending += 1
         asyncio.ensure_future(self._finish(result, data, client, tcp, t0, send, done))
@@ -138,14 +139,27 @@ class Pipeline:
     # --- stages 5-6: the miss path ---
 
     async def resolve(self, miss: Miss, data: bytes) -> Answer:
-        """Coalesce on the key, fetch through the tiers, and build this client's reply."""
+        """Coalesce on the key (the first query fetches through the tiers, the others wait on its
+        future), then build this client's reply: the entry found, else stale, else SERVFAIL."""
         started = time.monotonic()
         fut = self.inflight.get(miss.key)
-        if fut is None:
-            entry = await self._lead(miss, data)
-        else:
+        if fut is not None:
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
+        else:
+            fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
+            entry = None
+            try:
+                got = await self.fetch(miss, data)
+                if got is not None:
+                    self.store(miss.key, got.entry, got.ttl)
+                    entry = got.entry
+            except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
+                self.counters.internal_errors += 1
+                log(f"internal error on the miss path: {exc!r}")
+            finally:
+                del self.inflight[miss.key]
+                fut.set_result(entry)
         ms = int((time.monotonic() - started) * 1000)
         self.counters.miss_latency_ms[min(15, ms.bit_length())] += 1
         if entry is None:
@@ -158,24 +172,6 @@ class Pipeline:
         rcode = reply[3] & wire.RCODE_MASK
         self.counters.by_rcode[rcode] = self.counters.by_rcode.get(rcode, 0) + 1
         return Answer(reply, How.RESOLVED)
-
-    async def _lead(self, miss: Miss, data: bytes) -> Entry | None:
-        """The first query for a key fetches; the others wait on its future."""
-        fut = asyncio.get_running_loop().create_future()
-        self.inflight[miss.key] = fut
-        entry: Entry | None = None
-        try:
-            got = await self.fetch(miss, data)
-            if got is not None:
-                self.store(miss.key, got.entry, got.ttl)
-                entry = got.entry
-        except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
-            self.counters.internal_errors += 1
-            log(f"internal error on the miss path: {exc!r}")
-        finally:
-            del self.inflight[miss.key]
-            fut.set_result(entry)
-        return entry
 
     def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
         """Stage 5, then stage 6 (without a shared tier, the upstream's awaitable itself: no extra frame)."""
@@ -197,8 +193,9 @@ class Pipeline:
                       done: Callable[[], None] | None) -> None:
         try:
             answer = await self.resolve(miss, data)
-            send(answer.reply)
-            self.observe(data, answer, client, tcp, t0)
+            send(answer.reply, client)
+            if self.observers:
+                self.observe(data, answer, client, tcp, t0)
         finally:
             self.pending -= 1
             if done is not None:
@@ -211,8 +208,7 @@ class Pipeline:
         return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns)
 
     def observe(self, data: bytes, answer: Answer, client: object, tcp: bool, t0: float) -> None:
-        if self.observers:
-            seconds = time.perf_counter() - t0
-            for observer in self.observers:
-                observer.observe(data, answer.reply, client, tcp, seconds, answer.how)
+        seconds = time.perf_counter() - t0
+        for observer in self.observers:
+            observer.observe(data, answer.reply, client, tcp, seconds, answer.how)
 

@@ -128,7 +128,8 @@ class TcpConnection(asyncio.Protocol):
             p.counters.internal_errors += 1
             log(f"internal error on a TCP query: {exc!r}")
 
-    def send(self, reply: bytes) -> None:
+    def send(self, reply: bytes, client: object = None) -> None:
+        """One length-prefixed reply (the pipeline's `send`: the client is always this connection's peer)."""
         if not self.transport.is_closing():
             self.transport.write(len(reply).to_bytes(2, "big") + reply)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import socket
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from heimdall.config import Config
 from heimdall.hotpath import PyHotPath
@@ -63,7 +63,7 @@ class UdpListener:
 
     def slow(self, data: bytes, addr: tuple, now: int) -> None:
         self.counters.queries_udp += 1
-        self.pipeline.dispatch(data, now, False, addr, lambda reply: self.sendto(reply, addr))
+        self.pipeline.dispatch(data, now, False, addr, self.sendto)
 
     def limited(self, data: bytes, addr: tuple) -> None:
         """A datagram the rate limit turned down: REFUSED or dropped."""
@@ -71,7 +71,7 @@ class UdpListener:
         if reply is not None:
             self.sendto(reply, addr)
 
-    def sendto(self, reply: bytes, addr: tuple) -> None:
+    def sendto(self, reply: bytes, addr: Any) -> None:
         try:
             self.sock.sendto(reply, addr)
         except OSError:
