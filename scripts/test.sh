@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The README's test command: set up (idempotent), then run the whole suite.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k cache -x).
+# The README's test command: the fast checks (ruff, mypy: scripts/lint.sh), then set
+# up (idempotent) and run the whole suite. Extra arguments go to pytest
+# (e.g. scripts/test.sh -k cache -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+lint=0
+bash "$ROOT/scripts/lint.sh" || lint=$?
+[ "$lint" -eq 0 ] || [ "$lint" -eq 3 ] || exit "$lint"
 bash "$ROOT/scripts/setup.sh"
+[ "$lint" -eq 0 ] || bash "$ROOT/scripts/lint.sh"   # deferred until setup made the venv
 cd "$ROOT"
 exec "${HEIMDALL_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"
