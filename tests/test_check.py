@@ -96,8 +96,9 @@ def test_unchanged_target_passes(baseline, target, tmp_path):
 def test_target_20us_slower_is_a_regression(baseline, tmp_path):
     with Responder(SLOWER_US) as slower:
         for i in range(RUNS):
-            proc, v = check(baseline, slower, tmp_path / f"run{i}")
+            proc, v = check(baseline, slower, tmp_path / f"run{i}", "--json", str(tmp_path / f"verdict{i}.json"))
             assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert json.loads((tmp_path / f"verdict{i}.json").read_text()) == v  # --json is check.json
             cost = [r for r in v["rows"] if r["metric"] == "cpu_us_per_query"][0]
             assert cost["verdict"] == "regression"
             assert 10 < cost["change_pct"] < 60   # +20 us on 60-100 us per query (overhead grows under load)

@@ -251,7 +251,7 @@ def test_dnsperf_engine_reads_the_same_queries_file(unbound, tmp_path):
 
 def test_invalid_input_gives_one_line_or_usage(tmp_path):
     p = run_cli("load", "--test-type", "nonsense")
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.returncode == 3 and "Traceback" not in p.stderr  # a usage error is an input error: 3, never 2
     p = run_cli("load", "--server", "not an address:x", "--duration", "1")
     assert p.returncode == 3 and "bad server address" in p.stderr and "Traceback" not in p.stderr
     p = run_cli("load", "--server", "127.0.0.1:53", "--queries", str(tmp_path / "missing.txt"))

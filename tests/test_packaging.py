@@ -41,3 +41,20 @@ def test_console_scripts_answer_help(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout.lower()
+
+
+@pytest.mark.parametrize("module, name", [("heimdall", "heimdall"), ("tools.cli", "heimdall-tools")])
+def test_console_scripts_print_their_version(module, name):
+    from heimdall import __version__
+
+    out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"{name} {__version__}", out.stderr
+
+
+@pytest.mark.parametrize("args", [["check", "--max-regresion", "10"], ["load", "--duration", "soon"],
+                                  ["no-such-command"]])
+def test_lab_usage_errors_exit_3_not_2(args):
+    """2 means "inconclusive" to CI; a typo must not read as one."""
+    out = subprocess.run([sys.executable, "-m", "tools.cli", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, (out.returncode, out.stderr)
+    assert "Error" in out.stderr and "Traceback" not in out.stderr

@@ -7,8 +7,9 @@ its message on one line and exits with its status, never a traceback.
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1      # check: a real regression; load: the run failed (no answers)
-EXIT_INCONCLUSIVE = 2    # check: too noisy to tell (typer's usage errors also exit 2)
+EXIT_INCONCLUSIVE = 2    # check: too noisy to tell, and nothing else
 EXIT_ENVIRONMENT = 3     # probes unavailable, missing baseline, unreadable file, server not answering
+EXIT_USAGE = 3           # an unknown option or a bad value: an input error like the others
 EXIT_TARGET = 4          # the target pid does not exist or exited before the window opened
 
 

@@ -76,6 +76,7 @@ class CheckResult:
     rows: list[MetricVerdict]
     fingerprint_warnings: list[str]
     results_dir: Path | None
+    document: dict  # the verdict table as check.json has it
 
 
 def apply_baseline_defaults(opts: LabOptions, base: dict, given: set[str]) -> None:
@@ -133,21 +134,28 @@ def run_check(opts: LabOptions, baseline_path: Path, th: Thresholds, given: set[
     warnings = fingerprint_differences(base["fingerprint"], cur["fingerprint"])
     if (base.get("target") or {}).get("kind") != (cur.get("target") or {}).get("kind"):
         warnings.append(f"target {base.get('target', {}).get('kind')!r} -> {cur['target'].get('kind')!r}")
-    out = _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th)
-    return CheckResult(code, reason, rows, warnings, out)
+    doc = check_document(baseline_path, code, reason, th, warnings, rows)
+    out = _write_results(opts, cur, windows, rows, doc, warnings, str(baseline_path), th)
+    return CheckResult(code, reason, rows, warnings, out, doc)
 
 
-def _write_results(opts, base, baseline_path, cur, windows, rows, code, reason, warnings, th) -> Path | None:
+def check_document(baseline_path: Path, code: int, reason: str, th: Thresholds, warnings: list[str],
+                   rows: list[MetricVerdict]) -> dict:
+    """The verdict table as JSON (check.json, and `check --json`)."""
+    return {"schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,
+            "max_regression_pct": th.max_regression_pct, "count_threshold_pct": th.count_pct,
+            "alpha": th.alpha, "fingerprint_differences": warnings, "rows": [r.as_dict() for r in rows]}
+
+
+def _write_results(opts, cur, windows, rows, doc, warnings, baseline_path, th) -> Path | None:
     """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
     from tools.report import check_markdown, write_report
 
+    code, reason = doc["exit_code"], doc["reason"]
     out = new_results_dir(opts.results_dir, suffix="-check")
     atomic_write_json(out / "run.json", cur)
-    atomic_write_json(out / "check.json", {
-        "schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,
-        "max_regression_pct": th.max_regression_pct, "count_threshold_pct": th.count_pct,
-        "alpha": th.alpha, "fingerprint_differences": warnings, "rows": [r.as_dict() for r in rows]})
-    atomic_write_text(out / "check_report.md", check_markdown(rows, code, reason, warnings, str(baseline_path), th))
+    atomic_write_json(out / "check.json", doc)
+    atomic_write_text(out / "check_report.md", check_markdown(rows, code, reason, warnings, baseline_path, th))
     meta = {"target": cur["target"], "probes_requested": opts.probes, "probes_unavailable": None,
             "check": {"exit_code": code, "reason": reason}}
     write_report(out / "performance_report.md", windows, meta, resource_rows=None)

@@ -29,6 +29,7 @@ def check(
     engine: Optional[str] = typer.Option(None, "--engine", help="(default: the baseline's)"),
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="(default: the baseline's)"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="also write the verdict table as JSON to this file (- for stdout)"),
 ) -> None:
     """Compare repeated windows with a baseline: exit 0 pass, 1 regression, 2 inconclusive, 3 environment/input error."""
     from tools.errors import EXIT_ENVIRONMENT, ToolError
@@ -42,19 +43,35 @@ def check(
     th = Thresholds(max_regression_pct=max_regression, count_pct=count_threshold)
     with interruptible():
         result = run_check(opts, baseline or default_baseline_path(), th, given, say=say)
-    print_check(result)
+    print_check(result, to_stderr=json_path == "-")
+    if json_path is not None:
+        write_verdict(result.document, json_path)
     raise typer.Exit(result.exit_code)
+
+
+def write_verdict(document: dict, path: str) -> None:
+    """`--json`: the verdict table to a file (atomically) or, for "-", alone on stdout."""
+    import json
+
+    from heimdall.atomic import atomic_write_json
+
+    if path == "-":
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        atomic_write_json(path, document)
 
 
 def _num(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.4g}"
 
 
-def print_check(result) -> None:
+def print_check(result, to_stderr: bool = False) -> None:
+    """The verdict table for people; on stderr when stdout carries the JSON (`--json -`)."""
     from rich.console import Console
     from rich.table import Table
 
-    out, err = Console(width=max(Console().width, 124)), Console(stderr=True, soft_wrap=True)
+    out = Console(width=max(Console().width, 124), stderr=to_stderr)
+    err = Console(stderr=True, soft_wrap=True)
     if result.fingerprint_warnings:
         err.print("[bold yellow]WARNING: this machine differs from the baseline's: "
                   + "; ".join(result.fingerprint_warnings) + " -- figures may not be comparable[/]", highlight=False)
