@@ -41,6 +41,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, needle: 
     assert needle in error_lines[0], error_lines[0]
 
 
+def make_baseline(r: Responder, path: Path) -> Path:
+    proc = tool("baseline", "create", "--output", str(path), "--server", r.server, "--pid", str(r.pid), *LOAD)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
 @pytest.fixture(scope="module")
 def target():
     with Responder(COST_US) as r:
@@ -49,10 +55,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def baseline(target, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("baseline") / "busy.json"
-    proc = tool("baseline", "create", "--output", str(path), "--server", target.server, "--pid", str(target.pid), *LOAD)
-    assert proc.returncode == 0, proc.stderr
-    return path
+    return make_baseline(target, tmp_path_factory.mktemp("baseline") / "busy.json")
 
 
 def check(baseline: Path, r: Responder, results: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -78,9 +81,17 @@ def test_baseline_records_every_repeat(baseline):
 
 
 def test_unchanged_target_passes(baseline, target, tmp_path):
+    """An unchanged target is not a regression. The stored baseline was measured minutes before;
+    this shared VM's speed drifts by 10 % and more over minutes (docs/lab.md "Limits"), so a run
+    that says regression is retried once against a baseline measured just before it: a target
+    that really got slower is a regression both times (the next test holds the gate to that)."""
     outcomes = []
     for i in range(RUNS):
         proc, v = check(baseline, target, tmp_path / f"run{i}")
+        if proc.returncode == 1:
+            print(f"run {i}: regression against the stored baseline; retried against a fresh one")
+            fresh = make_baseline(target, tmp_path / f"fresh{i}.json")
+            proc, v = check(fresh, target, tmp_path / f"retry{i}")
         rows = v["rows"]
         assert not [r for r in rows if r["verdict"] == "regression"], proc.stdout
         # the only tolerated non-pass: figures that move with machine load, while other processes
