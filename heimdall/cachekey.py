@@ -58,7 +58,7 @@ def qname(key: bytes) -> bytes:
     return key[start:i + 1]
 
 
-def shared_key(msg: bytes, q: Query) -> bytes:
+def shared_key(question: bytes, msg: bytes, q: Query) -> bytes:
     """The shared tier's key: the lower-cased question and the bits that change the upstream's answer."""
     rd, cd = bool(msg[2] & wire.RD), bool(msg[3] & wire.CD)
-    return msg[HEADER_LEN:q.qend].lower() + bytes((rd | cd << 1 | q.do << 2,))
+    return question + bytes((rd | cd << 1 | q.do << 2,))

@@ -28,11 +28,10 @@ class Forward:
 
         Returns the pool's own coroutine: a miss awaits one frame fewer."""
         q, cfg = miss.q, self.config
-        question = data[wire.HEADER_LEN:q.qend].lower()
 
         def build(response: bytes) -> Fetched:
             entry, ttl = build_entry(response, data, q, miss.limit, int(time.monotonic()), cfg.min_ttl,
                                      cfg.max_ttl, cfg.negative_ttl)
             return Fetched(entry, ttl, response)
 
-        return self.pool.query(question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)
+        return self.pool.query(miss.question, bool(data[2] & wire.RD), bool(data[3] & wire.CD), q.do, build)

@@ -40,11 +40,13 @@ class Answer:
 
 @dataclass(slots=True)
 class Miss:
-    """A query the cache could not answer: its key, its parsed question, the size its reply must fit."""
+    """A query the cache could not answer: its key, its parsed question, the size its reply must fit,
+    and its question's bytes lower-cased (name, type, class: what the tiers ask for)."""
 
     key: bytes
     q: Query
     limit: int
+    question: bytes
 
 
 @dataclass(slots=True)

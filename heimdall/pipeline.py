@@ -120,7 +120,7 @@ class Pipeline:
             self.counters.hits += 1
             return Answer(e.reply(data), How.CACHED)
         self.counters.misses += 1
-        return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q))
+        return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q), data[wire.HEADER_LEN:q.qend].lower())
 
     def local(self, data: bytes, q: Query) -> Answer | None:
         """Stage 3: the first policy that answers (blocking before ANY)."""

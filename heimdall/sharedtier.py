@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from heimdall import cachekey, sharedvalue, wire
+from heimdall import cachekey, sharedvalue
 from heimdall.cache import build_entry
 from heimdall.config import Config
 from heimdall.outcome import Fetched, Miss
@@ -30,7 +30,7 @@ class SharedTier:
     async def fetch(self, miss: Miss, data: bytes) -> Fetched | None:
         """The entry built from the shared tier's answer, or None (not there, unusable, or Redis down)."""
         q = miss.q
-        hit = await self.redis.lookup(cachekey.shared_key(data, q), data[wire.HEADER_LEN:q.qend].lower())
+        hit = await self.redis.lookup(cachekey.shared_key(miss.question, data, q), miss.question)
         if hit is None:
             return None
         cfg, left = self.config, hit.remaining
@@ -49,7 +49,7 @@ class SharedTier:
     def learn(self, miss: Miss, data: bytes, got: Fetched) -> None:
         """Store an upstream's answer in the background; Redis expires it with its TTL."""
         if got.ttl > 0 and got.response is not None:
-            self.redis.put_nowait(cachekey.shared_key(data, miss.q), got.response, got.ttl)
+            self.redis.put_nowait(cachekey.shared_key(miss.question, data, miss.q), got.response, got.ttl)
 
 
 def open_shared_tier(config: Config) -> SharedTier | None:
