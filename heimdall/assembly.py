@@ -136,8 +136,7 @@ class Assembly:
             pipeline.observers.append(self.qlog)
             pipeline.fast_path = False  # every query must reach the query log
         if cfg.http_bind_addr is not None:
-            self.counting = Counting(srv)
-            self.counting.blocking, self.counting.limiter, self.counting.qlog = self.blocking, limiter, self.qlog
+            self.counting = Counting(srv, self.blocking, limiter, self.qlog)
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
             srv.pool.observe = self.counting.upstream_observe

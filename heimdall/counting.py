@@ -27,13 +27,14 @@ if TYPE_CHECKING:
 
 
 class Counting:
-    def __init__(self, server: "DnsServer"):
+    def __init__(self, server: "DnsServer", blocking: "Blocking | None", limiter: "RateLimiter | None",
+                 qlog: "QueryLog | None"):
         self.server = server
+        self.blocking = blocking  # the stages and observers whose own counters are reported too
+        self.limiter = limiter
+        self.qlog = qlog
         self.mstats = metrics.Stats()
         self.slow: defaultdict[tuple[str, int, int], int] = defaultdict(int)  # pipeline replies by label
-        self.blocking: Blocking | None = None
-        self.limiter: RateLimiter | None = None
-        self.qlog: QueryLog | None = None
 
     def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None:
         """A labelled count and a duration: misses in the miss histogram, the rest in the hit one."""
