@@ -65,9 +65,9 @@ def main() -> None:
     except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    except typer.Abort:  # end of input at a prompt: as click says and exits in standalone mode
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
