@@ -111,6 +111,7 @@ def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, 
 
 
 MISS_RATE_CEILING = 80_000  # misses per second no contestant reaches here: the name files never run out
+MISS_WORKLOADS = {"miss": ("qps_miss", "cpu_us_per_miss"), "mixed": ("qps_mixed", "cpu_us_per_query_mixed")}
 
 
 def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str) -> dict:
@@ -122,21 +123,20 @@ def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path,
     """
     r: dict[str, Any] = {}
     count = int(opts.duration * MISS_RATE_CEILING)
-    runs = {"miss": lambda: miss_file(work / "miss-names.txt", tag, count),
-            "mixed": lambda: mixed_file(work / "mixed-names.txt", tag, count, names)}
-    for workload in ("miss", "mixed"):
+    for workload, (qps_key, cpu_key) in MISS_WORKLOADS.items():
         if workload not in opts.workloads:
             continue
-        path = runs[workload]()
-        s, cpu, wall = dnsperf_window(c, path, opts.duration, ["-c", "20", "-T", "1", "-n", "1"],
-                                      work / f"{workload}.txt")
+        path = work / f"{workload}-names.txt"
+        if workload == "miss":
+            miss_file(path, tag, count)
+        else:
+            mixed_file(path, tag, count, names)
+        s, cpu, _ = dnsperf_window(c, path, opts.duration, ["-c", "20", "-T", "1", "-n", "1"], work / f"{workload}.txt")
         path.unlink(missing_ok=True)
-        key = "qps_miss" if workload == "miss" else "qps_mixed"
-        r[key] = s["qps"]
+        r[qps_key] = s["qps"]
         r[f"lost_{workload}"] = s["lost"]
         if cpu is not None and s["completed"]:
-            r["cpu_us_per_miss" if workload == "miss" else "cpu_us_per_query_mixed"] = round(
-                cpu / s["completed"] * 1e6, 2)
+            r[cpu_key] = round(cpu / s["completed"] * 1e6, 2)
     return r
 
 
