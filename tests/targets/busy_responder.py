@@ -1,11 +1,15 @@
 """A tiny real DNS responder on loopback whose per-query cost the test controls.
 
 Answers every query with the client's ID and question, QR=1, and one fixed A
-record, after burning a set number of microseconds of *CPU time* (thread CPU
-clock, not wall time), so the cost per query stays the same when the machine
-is busy and only the wall-clock figures move.
+record, after a fixed amount of Python work: the number of work rounds is
+calibrated once at start to take --cost-us of CPU time, then stays fixed, so
+like real code its cost is instructions and reads slower when the machine is.
+--slower-pct P makes it P % slower per query in everything it does: after
+every 100/P queries it does one more query's worth of work and one more
+send and receive (to a socket of its own), so the slowdown is a real share,
+not a fixed number of microseconds.
 
-    python busy_responder.py [--address 127.0.0.1] [--port 0] [--cost-us 50] [--drop]
+    python busy_responder.py [--address 127.0.0.1] [--port 0] [--cost-us 50] [--slower-pct 0] [--drop]
 
 Environment BUSY_COST_US overrides the default cost. Prints "READY <port>" once
 bound. --drop binds the port but never answers (a server that does not answer).
@@ -22,6 +26,7 @@ import sys
 import time
 
 _ANSWER = struct.pack("!HHHIH4s", 0xC00C, 1, 1, 60, 4, bytes([192, 0, 2, 1]))
+_TABLE: dict[int, int] = {}
 
 
 def reply_for(query: bytes) -> bytes | None:
@@ -43,22 +48,38 @@ def reply_for(query: bytes) -> bytes | None:
     return struct.pack("!HHHHHH", qid, rflags, 1, 1, 0, 0) + query[12:end] + _ANSWER
 
 
-def burn(cost_ns: int) -> None:
-    """Spin until this thread has used cost_ns of CPU time."""
-    if cost_ns <= 0:
-        return
-    end = time.thread_time_ns() + cost_ns
-    while time.thread_time_ns() < end:
-        pass
+def work(rounds: int) -> None:
+    """The per-query work: integer arithmetic and dict stores."""
+    h = 0
+    for i in range(rounds):
+        h = (h * 31 + i) & 0xFFFFF
+        _TABLE[h & 1023] = i
 
 
-def serve(address: str, port: int, cost_us: float, drop: bool) -> None:
+def calibrate(cost_us: float) -> int:
+    """Rounds of `work` that take cost_us of CPU time on this machine now (fastest of 5 trials)."""
+    if cost_us <= 0:
+        return 0
+    trial = 20_000
+    best = None
+    for _ in range(5):
+        t0 = time.thread_time_ns()
+        work(trial)
+        spent = time.thread_time_ns() - t0
+        best = spent if best is None else min(best, spent)
+    return max(1, round(cost_us * 1000 * trial / max(best or 1, 1)))
+
+
+def serve(address: str, port: int, cost_us: float, slower_pct: float, drop: bool) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((address, port))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((address, 0))
+    rounds = calibrate(cost_us)
     print(f"READY {sock.getsockname()[1]}", flush=True)
-    cost_ns = int(cost_us * 1000)
-    recv, send = sock.recvfrom, sock.sendto
+    recv, send, sink_addr, sink_recv = sock.recvfrom, sock.sendto, sink.getsockname(), sink.recv
+    extra, owed = slower_pct / 100.0, 0.0
     while True:
         data, peer = recv(4096)
         if drop:
@@ -66,8 +87,14 @@ def serve(address: str, port: int, cost_us: float, drop: bool) -> None:
         answer = reply_for(data)
         if answer is None:
             continue
-        burn(cost_ns)
+        work(rounds)
         send(answer, peer)
+        owed += extra
+        while owed >= 1.0:   # one more query's worth of everything: work, a send and a receive
+            owed -= 1.0
+            work(rounds)
+            send(answer, sink_addr)
+            sink_recv(4096)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,11 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--address", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cost-us", type=float, default=float(os.environ.get("BUSY_COST_US", "50")))
+    ap.add_argument("--slower-pct", type=float, default=0.0, help="be this many percent slower per query")
     ap.add_argument("--drop", action="store_true", help="bind but never answer")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(args.address, args.port, args.cost_us, args.drop)
+        serve(args.address, args.port, args.cost_us, args.slower_pct, args.drop)
     except KeyboardInterrupt:
         pass
 
@@ -88,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
 class Responder:
     """Launch this responder as a child process (for tests): `with Responder(50) as r: r.port, r.pid`."""
 
-    def __init__(self, cost_us: float = 50.0, drop: bool = False, address: str = "127.0.0.1") -> None:
-        self.cost_us, self.drop, self.address = cost_us, drop, address
+    def __init__(self, cost_us: float = 50.0, drop: bool = False, address: str = "127.0.0.1",
+                 slower_pct: float = 0.0) -> None:
+        self.cost_us, self.drop, self.address, self.slower_pct = cost_us, drop, address, slower_pct
         self.proc = None
         self.port = 0
 
@@ -104,7 +133,8 @@ class Responder:
     def start(self) -> "Responder":
         import subprocess
 
-        cmd = [sys.executable, os.path.abspath(__file__), "--address", self.address, "--cost-us", str(self.cost_us)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--address", self.address, "--cost-us", str(self.cost_us),
+               "--slower-pct", str(self.slower_pct)]
         if self.drop:
             cmd.append("--drop")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
