@@ -78,6 +78,30 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
     return normal_p_greater(x, y)
 
 
+def signed_rank_greater(d: Sequence[float]) -> float:
+    """One-sided p-value that paired differences d tend to be positive (Wilcoxon signed-rank).
+
+    Exact over every assignment of signs to the mid-ranks of |d| when that is
+    small (5 pairs: 32 assignments, so p reaches 1/32), normal approximation
+    beyond; zero differences are dropped, as Wilcoxon did.
+    """
+    nonzero = [v for v in d if v != 0]
+    n = len(nonzero)
+    if n == 0:
+        return 1.0
+    r = ranks([abs(v) for v in nonzero])
+    observed = sum(rk for rk, v in zip(r, nonzero) if v > 0)
+    if 2 ** n <= EXACT_LIMIT:
+        eps = 1e-9
+        hits = sum(1 for signs in itertools.product((0, 1), repeat=n)
+                   if sum(rk for rk, s in zip(r, signs) if s) >= observed - eps)
+        return hits / 2 ** n
+    mean = n * (n + 1) / 4
+    var = sum(rk * rk for rk in r) / 4
+    z = (observed - mean - 0.5) / math.sqrt(var)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def normal_p_greater(x: Sequence[float], y: Sequence[float]) -> float:
     """Normal approximation of `mann_whitney_greater`, with tie and continuity corrections."""
     n, m = len(x), len(y)
@@ -121,6 +145,7 @@ class MetricVerdict:
     verdict: str
     reason: str = ""
     gate: bool = True             # False: shown, but does not set the exit status
+    basis: str = "absolute"       # "paired": judged on ratios to a reference measured beside it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -171,26 +196,51 @@ class Series:
 
 
 def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
-          machine_busy: str | None = None, gate: bool = True) -> MetricVerdict:
-    """The verdict for one metric of one scenario."""
+          machine_busy: str | None = None, gate: bool = True, paired: bool = False) -> MetricVerdict:
+    """The verdict for one metric of one scenario. `paired`: value i of base and of cur were
+    measured side by side, so the change is the median of their ratios and the test is
+    Wilcoxon's signed-rank over the pairs, not Mann-Whitney over two samples."""
     sign = 1.0 if base.better == "lower" else -1.0           # +: worse
     diff = cur.median - base.median
     worse_abs = sign * diff
     change_pct = None if base.median == 0 else 100.0 * diff / abs(base.median)
+    if paired:
+        return _judge_pairs(scenario, metric, base, cur, th, gate, sign, worse_abs)
     if change_pct is None:   # baseline median 0: any worsening is infinitely worse
         worse_pct = math.inf if worse_abs > 0 else 0.0
     else:
         worse_pct = sign * change_pct
     kind = effective_kind(base, th)
-    threshold = th.for_kind(kind)
-    floor = RATE_ABS_FLOOR if base.kind == "rate" else base.abs_floor
     worse_x, better_x = (cur.values, base.values) if sign > 0 else (base.values, cur.values)
     p_worse = mann_whitney_greater(worse_x, better_x)
     p_better = mann_whitney_greater(better_x, worse_x)
     row = partial(MetricVerdict, scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=kind,
-                  baseline=base.median, current=cur.median, change_pct=change_pct, threshold_pct=threshold,
-                  gate=gate)
+                  baseline=base.median, current=cur.median, change_pct=change_pct,
+                  threshold_pct=th.for_kind(kind), gate=gate)
+    return _decide(row, base, kind, th, machine_busy, gate, worse_pct, worse_abs, p_worse, p_better,
+                   min_attainable_p(len(base.values), len(cur.values)))
 
+
+def _judge_pairs(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds, gate: bool,
+                 sign: float, worse_abs: float) -> MetricVerdict:
+    ratios = [c / b for b, c in zip(base.values, cur.values) if b > 0 and c > 0]
+    change_pct = 100.0 * (statistics.median(ratios) - 1.0) if ratios else None
+    worse_pct = 0.0 if change_pct is None else sign * change_pct
+    logs = [sign * math.log(r) for r in ratios]
+    kind = effective_kind(base, th)
+    row = partial(MetricVerdict, scenario=scenario, metric=metric, unit=base.unit, better=base.better, kind=kind,
+                  baseline=base.median, current=cur.median, change_pct=change_pct,
+                  threshold_pct=th.for_kind(kind), gate=gate, basis="paired")
+    return _decide(row, base, kind, th, None, gate, worse_pct, worse_abs,
+                   signed_rank_greater(logs), signed_rank_greater([-v for v in logs]), 0.5 ** max(len(logs), 0))
+
+
+def _decide(row: partial, base: Series, kind: str, th: Thresholds, machine_busy: str | None, gate: bool,
+            worse_pct: float, worse_abs: float, p_worse: float, p_better: float, min_p: float) -> MetricVerdict:
+    """Regression, inconclusive, improved or ok from the change, its floor and its p-values
+    (min_p: the smallest p-value the test could reach with these repeats)."""
+    threshold = th.for_kind(kind)
+    floor = RATE_ABS_FLOOR if base.kind == "rate" else base.abs_floor
     beyond = worse_pct > threshold and worse_abs > floor
     if base.kind == "rate":
         beyond = worse_abs > max(floor, threshold / 100.0 * abs(base.median))
@@ -204,7 +254,8 @@ def judge(scenario: str, metric: str, base: Series, cur: Series, th: Thresholds,
             return row(p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         if p_worse >= th.alpha:
             why = (f"worse by {_fmt_pct(worse_pct)} but not significant (p={p_worse:.3f}"
-                   f"{_small_n_note(len(base.values), len(cur.values), th.alpha)})")
+                   + (f"; {len(base.values)} repeats cannot reach p<{th.alpha:g}" if min_p >= th.alpha else "")
+                   + ")")
             return row(p_value=p_worse, verdict=INCONCLUSIVE, reason=why)
         bar = BUSY_COST_FACTOR * threshold if kind == "cost" and machine_busy else threshold
         return row(p_value=p_worse, verdict=REGRESSION if gate else WORSE,
@@ -239,10 +290,6 @@ def effective_kind(base: Series, th: Thresholds) -> str:
 
 def _fmt_pct(v: float) -> str:
     return "inf%" if math.isinf(v) else f"{v:.1f}%"
-
-
-def _small_n_note(n: int, m: int, alpha: float) -> str:
-    return f"; {n} vs {m} repeats cannot reach p<{alpha:g}" if min_attainable_p(n, m) >= alpha else ""
 
 
 def overall(rows: Sequence[MetricVerdict]) -> tuple[int, str]:
