@@ -89,8 +89,9 @@ class Target:
 
 
 @contextlib.contextmanager
-def open_target(opts: LabOptions) -> Iterator[Target]:
-    """The given server, checked; or Heimdall + NSD started here and always stopped."""
+def open_target(opts: LabOptions, env: dict[str, str] | None = None) -> Iterator[Target]:
+    """The given server, checked; or Heimdall + NSD started here (with `env` over Heimdall's
+    environment) and always stopped."""
     if opts.server is not None:
         assert opts.pid is not None  # validate_numbers() runs first: --server comes with --pid
         lab.split_server(opts.server)
@@ -99,7 +100,7 @@ def open_target(opts: LabOptions) -> Iterator[Target]:
         yield Target(opts.server, int(opts.pid), {"kind": "external", "server": opts.server})
         return
     with tempfile.TemporaryDirectory(prefix="heimdall-lab-") as tmp:
-        own = lab.OwnServer(Path(tmp))
+        own = lab.OwnServer(Path(tmp), env=dict(env or {}))
         try:
             own.start()
             lab.check_answers(own.address)
@@ -114,11 +115,16 @@ def system_busy_seconds() -> float:
 
 
 def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
-                   probes: lab.ProbeSet | None, flame_dir: Path | None = None) -> dict:
-    """Warm up, then one measured load window with CPU, probes and machine load over it."""
+                   probes: lab.ProbeSet | None, flame_dir: Path | None = None,
+                   warmup: float | None = None, ready: Callable[[], object] | None = None,
+                   partner_pid: int | None = None) -> dict:
+    """Warm up (for `warmup` s, default the options'), then one measured load window with CPU,
+    probes and machine load over it. `ready` is called between the two (a pair's threads meet
+    there); `partner_pid`'s CPU, measured at the same time, is not counted as foreign load."""
     clients = lab.clients_for(scenario, opts.clients)
-    if opts.warmup > 0:
-        lab.run_load(scenario, target.server, opts.warmup, clients, opts.timeout_ms, opts.engine)
+    warmup = opts.warmup if warmup is None else warmup
+    if warmup > 0:
+        lab.run_load(scenario, target.server, warmup, clients, opts.timeout_ms, opts.engine)
     flame: dict = {}
     flame_thread = None
     if flame_dir is not None:
@@ -129,17 +135,21 @@ def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
                 flame["unavailable"] = f"py-spy failed: {type(exc).__name__}: {exc}"
 
         flame_thread = threading.Thread(target=record, daemon=True)
+    if ready is not None:
+        ready()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    partner0 = tree_cpu_seconds(partner_pid) if partner_pid else None
     srv0, own0, sys0, t0 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
     if probes is not None:
         probes.open_window()
     if flame_thread is not None:
         flame_thread.start()
     load = lab.run_load(scenario, target.server, opts.duration, clients, opts.timeout_ms, opts.engine,
-                        prime=opts.warmup <= 0)
+                        prime=warmup <= 0)
     queries = lab.answered(load)
     raw = probes.collect(queries) if probes is not None else {}
     srv1, own1, sys1, t1 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
+    partner1 = tree_cpu_seconds(partner_pid) if partner_pid else None
     if flame_thread is not None:
         flame_thread.join(timeout=opts.duration + 60)
     if srv0 is None or srv1 is None:
@@ -147,12 +157,13 @@ def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
     elapsed = max(t1 - t0, 1e-6)
     server_cpu = srv1 - srv0
     own_cpu = own1 - own0
+    partner_cpu = partner1 - partner0 if partner0 is not None and partner1 is not None else 0.0
     window = {
         "schema": WINDOW_SCHEMA,
         "scenario": scenario,
         "repeat": repeat,
         "started": started,
-        "params": {"clients": clients, "duration_s": opts.duration, "warmup_s": opts.warmup,
+        "params": {"server": target.server, "clients": clients, "duration_s": opts.duration, "warmup_s": warmup,
                    "timeout_ms": opts.timeout_ms, "engine": opts.engine},
         "load": load,
         "server_cpu": {"cpu_s": round(server_cpu, 4), "cores_used": round(server_cpu / elapsed, 3),
@@ -160,7 +171,7 @@ def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
                        "cpu_us_per_query": server_cpu * 1e6 / queries if queries else None},
         "environment": {"window_s": round(elapsed, 3),
                         "generator_cpu_cores": round(own_cpu / elapsed, 3),
-                        "foreign_cpu_cores": round(max(sys1 - sys0 - server_cpu - own_cpu, 0.0) / elapsed, 3),
+                        "foreign_cpu_cores": round(max(sys1 - sys0 - server_cpu - own_cpu - partner_cpu, 0.0) / elapsed, 3),
                         "cores": psutil.cpu_count()},
         "probes": raw,
         "probes_summary": lab.summarize_probes(raw, queries, elapsed) if raw else {},
