@@ -2,16 +2,19 @@
 
 A baseline (and every `check` run, written beside its report) is one document:
 
-    schema       "heimdall.baseline/1"
+    schema       "heimdall.baseline/2" (/1, without reference measurements, is still read)
     created      ISO-8601 UTC time
     fingerprint  cpu_model, cores, kernel, python, packages {name: version}
     target       what was measured (server address, kind)
     probes       sorted probe set the windows ran with (compare only equal sets)
     load         scenarios, duration_s, warmup_s, clients, repeats, engine, timeout_ms
+    reference    what every window was measured beside (kind, version), or null
     environment  foreign_cpu_cores: other processes' CPU use per window
     probe_losses {scenario: {probe: {map_full, stack_*, ...}}}: events probes could not record
     scenarios    {scenario: {metric: {values: [one per repeat], median, unit,
-                  better: higher|lower, kind: time|cost|count|rate, abs_floor}}}
+                  better: higher|lower, kind: time|cost|count|rate, abs_floor,
+                  and for time and cost metrics measured beside a reference:
+                  ratios [target/reference per repeat], reference [its values]}}}
 
 Reading never raises anything but ToolError(EXIT_ENVIRONMENT) with one line.
 """
@@ -32,7 +35,8 @@ from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.gate_metrics import BY_KEY, window_metrics
 from tools.lab_adapter import PROBE_ALIASES, canonical_probe_names
 
-SCHEMA = "heimdall.baseline/1"
+SCHEMA = "heimdall.baseline/2"
+READABLE_SCHEMAS = ("heimdall.baseline/1", SCHEMA)
 PACKAGES = ("heimdall-dns", "dnspython", "uvloop", "psutil")
 FINGERPRINT_KEYS = ("cpu_model", "cores", "kernel", "python", "packages")
 # load parameters that change what a metric means: differing ones make runs incomparable
@@ -100,8 +104,12 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def build_document(windows: list[dict], load: dict, probes: list[str], target: dict) -> dict:
-    """Fold every measured window into per-scenario, per-metric series."""
+def build_document(windows: list[dict], load: dict, probes: list[str], target: dict,
+                   reference: dict | None = None) -> dict:
+    """Fold every measured window into per-scenario, per-metric series (with the paired ratios
+    when the windows were measured beside `reference`)."""
+    from tools.pairing import paired_ratios
+
     scenarios: dict[str, dict[str, dict]] = {}
     for w in windows:
         per = scenarios.setdefault(w["scenario"], {})
@@ -110,9 +118,11 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
             entry = per.setdefault(key, {"values": [], "unit": spec.unit, "better": spec.better,
                                          "kind": spec.kind, "abs_floor": spec.abs_floor})
             entry["values"].append(round(value, 6))
-    for per in scenarios.values():
+    for scenario, per in scenarios.items():
         for entry in per.values():
             entry["median"] = statistics.median(entry["values"])
+        for key, paired in paired_ratios([w for w in windows if w["scenario"] == scenario]).items():
+            per[key].update(paired, ratio_median=statistics.median(paired["ratios"]))
     foreign = [w["environment"]["foreign_cpu_cores"] for w in windows
                if w.get("environment", {}).get("foreign_cpu_cores") is not None]
     return {
@@ -122,6 +132,7 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
         "target": target,
         "probes": sorted(probes),
         "load": load,
+        "reference": reference,
         "environment": {"foreign_cpu_cores": {"values": [round(v, 4) for v in foreign],
                                               "median": statistics.median(foreign) if foreign else None}},
         "scenarios": scenarios,
@@ -169,7 +180,7 @@ def validate(doc: Any) -> str | None:
     """None when doc is a usable baseline, else the first problem found."""
     if not isinstance(doc, dict):
         return "top level is not an object"
-    if doc.get("schema") != SCHEMA:
+    if doc.get("schema") not in READABLE_SCHEMAS:
         return f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}"
     for key, typ in (("fingerprint", dict), ("probes", list), ("load", dict), ("scenarios", dict)):
         if not isinstance(doc.get(key), typ):
@@ -190,7 +201,14 @@ def validate(doc: Any) -> str | None:
                 return f"{scen}/{name} has no direction ('better' must be higher or lower)"
             if not isinstance(m.get("unit"), str):
                 return f"{scen}/{name} has no unit"
+            if "ratios" in m and not _numbers(m["ratios"], len(vals)):
+                return f"{scen}/{name} has 'ratios' that are not one positive number per repeat"
     return None
+
+
+def _numbers(values: Any, n: int) -> bool:
+    return (isinstance(values, list) and len(values) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values))
 
 
 def incomparable_reason(base: dict, load: dict, probes: list[str]) -> str | None:

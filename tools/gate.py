@@ -22,6 +22,8 @@ from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.files import new_results_dir
 from tools.gate_metrics import BY_KEY
 from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
+from tools.pairing import PAIRED_KINDS, beside_reference, ratio_floor
+from tools.reference import VERSION as REFERENCE_VERSION
 from tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,22 +39,28 @@ def default_baseline_path() -> Path:
     return root / "baselines" / f"{machine_kind()}.json"
 
 
-def measure_repeats(opts: LabOptions, say: Callable[[str], None]) -> tuple[dict, list[dict]]:
-    """All repeats with the probe set required: one baseline-format document."""
+def measure_repeats(opts: LabOptions, say: Callable[[str], None], reference: bool = True) -> tuple[dict, list[dict]]:
+    """All repeats with the probe set required, each window beside one of the reference
+    responder's unless `reference` is False: one baseline-format document."""
     validate_numbers(opts)
     with open_target(opts) as target:
         say(f"measuring {', '.join(opts.scenarios)} x {opts.repeats} repeats of {opts.duration:g}s "
-            f"against {target.server} (pid {target.pid}), probes: {', '.join(opts.probes) or 'none'}")
+            f"against {target.server} (pid {target.pid}), probes: {', '.join(opts.probes) or 'none'}"
+            + (", each window beside the reference responder's" if reference else ""))
         with attached_probes(target, opts.probes, required=True) as (probes, _):
-            windows = run_windows(opts, target, probes, on_window=lambda w: say(window_line(w)))
+            if reference:
+                windows, ref_info = beside_reference(opts, target, probes, say)
+            else:
+                windows, ref_info = run_windows(opts, target, probes, on_window=lambda w: say(window_line(w))), None
     if not any(w["load"].get("received") for w in windows):
         raise ToolError(f"server {target.server} answered no queries during the run", EXIT_ENVIRONMENT)
-    return build_document(windows, opts.load_params(), opts.probes, target.info), windows
+    return build_document(windows, opts.load_params(), opts.probes, target.info, ref_info), windows
 
 
-def create_baseline(opts: LabOptions, output: Path, say: Callable[[str], None] = print) -> Path:
+def create_baseline(opts: LabOptions, output: Path, say: Callable[[str], None] = print,
+                    reference: bool = True) -> Path:
     _ensure_writable(Path(output))
-    doc, _ = measure_repeats(opts, say)
+    doc, _ = measure_repeats(opts, say, reference)
     path = write_baseline(output, doc)
     say(f"baseline written to {path}")
     return path
@@ -99,16 +107,42 @@ def apply_baseline_defaults(opts: LabOptions, base: dict, given: set[str]) -> No
         opts.probes = list(base["probes"])
 
 
-def compare(base: dict, cur: dict, th: Thresholds) -> list[MetricVerdict]:
-    busy = th.machine_busy(_median(base), _median(cur))
+def compare(base: dict, cur: dict, th: Thresholds, same_minutes: bool = False) -> list[MetricVerdict]:
+    """Every metric both documents have, judged; on paired ratios where both have them.
+    `same_minutes`: both were measured side by side in this run, so machine load moved both alike."""
+    busy = None if same_minutes else th.machine_busy(_median(base), _median(cur))
     rows = []
     for scenario, metrics in cur["scenarios"].items():
         base_metrics = base["scenarios"].get(scenario, {})
         for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
-            rows.append(judge(scenario, key, Series.from_json(base_metrics[key]),
-                              Series.from_json(metrics[key]), th, machine_busy=busy,
-                              gate=BY_KEY[key].gate))
+            b, c = base_metrics[key], metrics[key]
+            if "ratios" in b and "ratios" in c:
+                rows.append(judge_paired(scenario, key, b, c, th, BY_KEY[key].gate))
+                continue
+            base_s, cur_s = Series.from_json(b), Series.from_json(c)
+            pairs = same_minutes and BY_KEY[key].kind in PAIRED_KINDS and len(base_s.values) == len(cur_s.values)
+            rows.append(judge(scenario, key, base_s, cur_s, th, machine_busy=busy, gate=BY_KEY[key].gate,
+                              paired=pairs))
     return rows
+
+
+def judge_paired(scenario: str, key: str, base: dict, cur: dict, th: Thresholds, gate: bool) -> MetricVerdict:
+    """Judge the ratios to the reference; the row still shows the raw medians people read."""
+    floor = ratio_floor(float(base.get("abs_floor", 0.0)), base.get("reference") or [])
+
+    def ratios(d: dict) -> Series:
+        return Series(values=[float(v) for v in d["ratios"]], unit="x reference", better=str(d["better"]),
+                      kind=str(d.get("kind", "time")), abs_floor=floor)
+
+    row = judge(scenario, key, ratios(base), ratios(cur), th, machine_busy=None, gate=gate)
+    row.unit, row.basis = str(base["unit"]), "paired"
+    row.baseline, row.current = Series.from_json(base).median, Series.from_json(cur).median
+    row.reason = f"{row.reason} (ratio to the reference {row_ratio(base)} -> {row_ratio(cur)})"
+    return row
+
+
+def row_ratio(d: dict) -> str:
+    return f"{statistics.median(d['ratios']):.3f}"
 
 
 def _median(doc: dict) -> float:
@@ -126,7 +160,15 @@ def run_check(opts: LabOptions, baseline_path: Path, th: Thresholds, given: set[
     if abs(float(base["load"].get("duration_s", opts.duration)) - opts.duration) > 1e-9:
         say(f"warning: window length {opts.duration:g}s differs from the baseline's "
             f"{base['load']['duration_s']:g}s")
-    cur, windows = measure_repeats(opts, say)
+    paired = bool(base.get("reference"))
+    if paired and base["reference"].get("version") != REFERENCE_VERSION:
+        raise ToolError(f"cannot compare with {baseline_path}: it was measured beside reference responder "
+                        f"{base['reference'].get('version')}, this lab has {REFERENCE_VERSION} "
+                        "(make a new baseline)", EXIT_ENVIRONMENT)
+    if not paired:
+        say("note: the baseline has no reference measurements, so timings are judged as absolute "
+            "figures (a new baseline judges them beside the reference responder)")
+    cur, windows = measure_repeats(opts, say, reference=paired)
     rows = compare(base, cur, th)
     if not rows:
         raise ToolError("no metric in common with the baseline", EXIT_ENVIRONMENT)
@@ -135,11 +177,11 @@ def run_check(opts: LabOptions, baseline_path: Path, th: Thresholds, given: set[
     if (base.get("target") or {}).get("kind") != (cur.get("target") or {}).get("kind"):
         warnings.append(f"target {base.get('target', {}).get('kind')!r} -> {cur['target'].get('kind')!r}")
     doc = check_document(baseline_path, code, reason, th, warnings, rows)
-    out = _write_results(opts, cur, windows, rows, doc, warnings, str(baseline_path), th)
+    out = write_results(opts, cur, windows, rows, doc, warnings, str(baseline_path), th)
     return CheckResult(code, reason, rows, warnings, out, doc)
 
 
-def check_document(baseline_path: Path, code: int, reason: str, th: Thresholds, warnings: list[str],
+def check_document(baseline_path: str | Path, code: int, reason: str, th: Thresholds, warnings: list[str],
                    rows: list[MetricVerdict]) -> dict:
     """The verdict table as JSON (check.json, and `check --json`)."""
     return {"schema": "heimdall.check/1", "baseline": str(baseline_path), "exit_code": code, "reason": reason,
@@ -147,14 +189,17 @@ def check_document(baseline_path: Path, code: int, reason: str, th: Thresholds, 
             "alpha": th.alpha, "fingerprint_differences": warnings, "rows": [r.as_dict() for r in rows]}
 
 
-def _write_results(opts, cur, windows, rows, doc, warnings, baseline_path, th) -> Path | None:
-    """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md."""
+def write_results(opts, cur, windows, rows, doc, warnings, baseline_path, th, extra: dict | None = None) -> Path | None:
+    """run.json (promotable to a baseline), check.json, check_report.md and performance_report.md,
+    and `extra` {file name: document}."""
     from tools.report import check_markdown, write_report
 
     code, reason = doc["exit_code"], doc["reason"]
     out = new_results_dir(opts.results_dir, suffix="-check")
     atomic_write_json(out / "run.json", cur)
     atomic_write_json(out / "check.json", doc)
+    for name, document in (extra or {}).items():
+        atomic_write_json(out / name, document)
     atomic_write_text(out / "check_report.md", check_markdown(rows, code, reason, warnings, baseline_path, th))
     meta = {"target": cur["target"], "probes_requested": opts.probes, "probes_unavailable": None,
             "check": {"exit_code": code, "reason": reason}}

@@ -25,6 +25,9 @@ def baseline_create(
     probes: Optional[str] = typer.Option(None, "--probes", help=PROBES_HELP + " (default all)"),
     engine: Optional[str] = typer.Option(None, "--engine", help="load engine: builtin or dnsperf"),
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="per-query timeout (default 2000)"),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="measure each window beside the reference responder and store the "
+                                        "timings as ratios to it, so `check` survives a busy machine"),
 ) -> None:
     """Measure repeated windows and write a versioned JSON baseline (atomically)."""
     from tools.gate import create_baseline, default_baseline_path
@@ -32,7 +35,7 @@ def baseline_create(
     opts, _ = lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes or "all",
                            engine, timeout_ms, Path("performance_results"))
     with interruptible():
-        create_baseline(opts, output or default_baseline_path(), say=say)
+        create_baseline(opts, output or default_baseline_path(), say=say, reference=reference)
 
 
 def register(app: typer.Typer) -> None:
