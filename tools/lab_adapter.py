@@ -102,6 +102,7 @@ class OwnServer:
     """NSD upstream + Heimdall with a large blocklist, both on loopback, both ours to stop."""
 
     workdir: Path
+    env: dict[str, str] = field(default_factory=dict)   # over Heimdall's (PYTHONPATH: another build)
     upstream: Any = None
     server: Any = None
 
@@ -115,7 +116,7 @@ class OwnServer:
         self.upstream = LocalUpstream().start()
         try:
             self.server = peers.HeimdallServer(self.upstream.addr,
-                                               env={"HEIMDALL_BLOCKLISTS": str(blocklist)})
+                                               env={"HEIMDALL_BLOCKLISTS": str(blocklist), **self.env})
             self.server.start()
         except BaseException:
             self.stop()

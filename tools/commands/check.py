@@ -16,6 +16,11 @@ from tools.commands.options import PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_P
 
 def check(
     max_regression: float = typer.Option(..., "--max-regression", help="allowed worsening of a median, percent"),
+    against: Optional[str] = typer.Option(
+        None, "--against", metavar="REF",
+        help="judge this tree against a git commit (origin/main, HEAD~1, a hash) built beside it and "
+             "measured in the same run, window by window, instead of against the baseline's figures "
+             "(the baseline then only gives the load and the probe set)"),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="baseline file (default baselines/<machine kind>.json)"),
     count_threshold: float = typer.Option(3.0, "--count-threshold", help="allowed worsening of per-query counts, percent"),
     scenarios: Optional[str] = typer.Option(None, "--scenarios", help=SCEN_HELP + " (default: the baseline's)"),
@@ -31,7 +36,9 @@ def check(
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
     json_path: Optional[str] = typer.Option(None, "--json", help="also write the verdict table as JSON to this file (- for stdout)"),
 ) -> None:
-    """Compare repeated windows with a baseline: exit 0 pass, 1 regression, 2 inconclusive, 3 environment/input error."""
+    """Compare repeated windows with a baseline (or with another commit, --against): exit 0 pass,
+    1 regression, 2 inconclusive, 3 environment/input error."""
+    from tools.against import run_against
     from tools.errors import EXIT_ENVIRONMENT, ToolError
     from tools.gate import default_baseline_path, run_check
     from tools.verdict import Thresholds
@@ -42,7 +49,10 @@ def check(
                                engine, timeout_ms, results_dir)
     th = Thresholds(max_regression_pct=max_regression, count_pct=count_threshold)
     with interruptible():
-        result = run_check(opts, baseline or default_baseline_path(), th, given, say=say)
+        if against is not None:
+            result = run_against(opts, against, th, given, baseline or default_baseline_path(), say=say)
+        else:
+            result = run_check(opts, baseline or default_baseline_path(), th, given, say=say)
     print_check(result, to_stderr=json_path == "-")
     if json_path is not None:
         write_verdict(result.document, json_path)
@@ -75,16 +85,20 @@ def print_check(result, to_stderr: bool = False) -> None:
     if result.fingerprint_warnings:
         err.print("[bold yellow]WARNING: this machine differs from the baseline's: "
                   + "; ".join(result.fingerprint_warnings) + " -- figures may not be comparable[/]", highlight=False)
-    table = Table(title="check against baseline ((info) rows are shown but do not set the exit status)")
-    for col in ("scenario", "metric", "unit", "baseline", "current", "change", "verdict"):
-        table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left",
+    against = result.document.get("against")
+    what = f"{against['ref']} ({against['describe']})" if against else "baseline"
+    table = Table(title=f"check against {what} ((info) rows are shown but do not set the exit status; "
+                        "change of a paired row: of its ratio to the window measured beside it)")
+    for col in ("scenario", "metric", "unit", "baseline" if not against else "ref", "current", "change",
+                "basis", "verdict"):
+        table.add_column(col, justify="right" if col in ("baseline", "ref", "current", "change") else "left",
                          no_wrap=col != "unit")
     colour = {"regression": "bold red", "worse": "magenta", "inconclusive": "yellow", "improved": "green", "ok": ""}
     for r in result.rows:
         change = "n/a" if r.change_pct is None else f"{r.change_pct:+.1f}%"
         verdict = f"[{colour[r.verdict]}]{r.verdict}[/]" if colour[r.verdict] else r.verdict
         table.add_row(r.scenario, r.metric + ("" if r.gate else " (info)"), r.unit, _num(r.baseline),
-                      _num(r.current), change, verdict)
+                      _num(r.current), change, r.basis, verdict)
     out.print(table)
     for r in result.rows:
         if r.verdict in ("regression", "worse") or (r.verdict == "inconclusive" and r.gate):
