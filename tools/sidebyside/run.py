@@ -13,6 +13,7 @@ from typing import Callable
 from tools.dnsperf import dnsperf_binary
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.files import new_results_dir
+from tools.provenance import provenance
 from tools.sidebyside import contestants as procs
 from tools.sidebyside.contestants import BareResponder, Contestant, external_contestants, start_contestant, tree_rss
 from tools.sidebyside.goals import goals
@@ -118,6 +119,7 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
     stats, ratios = summarize(contestants)
     report = {
         "schema": SCHEMA,
+        **provenance(),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
         "host": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
