@@ -217,7 +217,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
 
     validate_numbers(opts)
     with open_target(opts) as target:
-        out = new_results_dir(opts.results_dir)
+        out = new_results_dir(opts.results_dir, "bench")
         say(f"bench: {', '.join(opts.scenarios)} against {target.server} (pid {target.pid}), "
             f"{opts.duration:g}s each; results in {out}")
         with attached_probes(target, opts.probes, required=False) as (probes, unavailable):

@@ -31,7 +31,7 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = pr
     from tools.nsd import LocalUpstream
 
     dnsperf_binary()  # fail early, with the fix named, when dnsperf is missing
-    out_dir = out_dir or new_results_dir(opts.results_dir, prefix="compare-")
+    out_dir = out_dir or new_results_dir(opts.results_dir, "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     if opts.fill:
         opts.cache_entries = max(opts.cache_entries, opts.fill + opts.warm_set + 1000)
