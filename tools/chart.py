@@ -73,12 +73,13 @@ def history_chart(labels: list[str], series: dict[str, list[tuple[int, float]]],
     ax.set_xticks(ticks)
     ax.set_xticklabels([labels[i] for i in ticks], rotation=45, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(labels) - 0.5)
-    if all(y >= 0 for points in series.values() for _, y in points):
-        ax.set_ylim(bottom=0)  # a change looks as big as it is
+    ys = [y for points in series.values() for _, y in points]
+    if ys and min(ys) >= 0 and max(ys) > 0:
+        ax.set_ylim(0, max(ys) * 1.15)  # from zero: a change looks as big as it is
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     if series:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
