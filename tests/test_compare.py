@@ -85,7 +85,7 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
                               results_dir=tmp_path)
         report = run_compare(opts, say=lambda m: None)
     out = tmp_path / next(p.name for p in tmp_path.iterdir())
-    assert out.name.startswith("compare-")
+    assert out.name.endswith("-compare")
     assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
     data = json.loads((out / "compare.json").read_text())
     names = [c["name"] for c in data["contestants"]]

@@ -34,6 +34,7 @@ from heimdall.atomic import atomic_write_json
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.gate_metrics import BY_KEY, window_metrics
 from tools.lab_adapter import PROBE_ALIASES, canonical_probe_names
+from tools.provenance import git_commit
 
 SCHEMA = "heimdall.baseline/2"
 READABLE_SCHEMAS = ("heimdall.baseline/1", SCHEMA)
@@ -128,6 +129,7 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "fingerprint": fingerprint(),
         "target": target,
         "probes": sorted(probes),

@@ -8,12 +8,23 @@ from pathlib import Path
 from heimdall.atomic import atomic_write_bytes
 
 
-def compare_chart(report: dict, path: Path) -> Path:
-    """One panel per metric: each contestant's median as a bar, min-max over rounds as the error bar."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _pyplot().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def compare_chart(report: dict, path: Path) -> Path:
+    """One panel per metric: each contestant's median as a bar, min-max over rounds as the error bar."""
+    plt = _pyplot()
     names = [c["name"] for c in report["contestants"]]
     metrics = [m for m in report["metrics"] if any(report["stats"][n][m] for n in names)]
     cols = 4
@@ -46,7 +57,29 @@ def compare_chart(report: dict, path: Path) -> Path:
     fig.suptitle(f"Heimdall side by side: medians over {report['options']['rounds']} rounds, "
                  f"bars = min-max ({report['started']})", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return _save(fig, path)
+
+
+def history_chart(labels: list[str], series: dict[str, list[tuple[int, float]]], title: str, ylabel: str,
+                  path: Path) -> Path:
+    """A metric over runs, as asv publishes it: x = the runs in order, labelled by commit; one line
+    per scenario, a point per run that measured it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, min(0.6 * len(labels) + 3, 20.0)), 4.5))
+    for scenario, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=scenario)
+    step = max(1, -(-len(labels) // 30))  # at most 30 labels: a long history stays legible
+    ticks = list(range(0, len(labels), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([labels[i] for i in ticks], rotation=45, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ys = [y for points in series.values() for _, y in points]
+    if ys and min(ys) >= 0 and max(ys) > 0:
+        ax.set_ylim(0, max(ys) * 1.15)  # from zero: a change looks as big as it is
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    if series:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)

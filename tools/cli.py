@@ -20,7 +20,20 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
 
 from heimdall import __version__
-from tools.commands import baseline, bench, check, compare, cpuprof, doctor, load, lockprof, memprof, netprof, upstream
+from tools.commands import (
+    baseline,
+    bench,
+    check,
+    compare,
+    cpuprof,
+    doctor,
+    history,
+    load,
+    lockprof,
+    memprof,
+    netprof,
+    upstream,
+)
 from tools.errors import EXIT_USAGE, ToolError
 
 app = typer.Typer(
@@ -48,7 +61,7 @@ def tools_options(
 
 
 # in the order `--help` lists them (typer puts the groups, upstream and baseline, last)
-for _command in (load, upstream, netprof, cpuprof, doctor, lockprof, memprof, bench, baseline, check, compare):
+for _command in (load, upstream, netprof, cpuprof, doctor, lockprof, memprof, bench, baseline, check, compare, history):
     _command.register(app)
 
 

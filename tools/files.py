@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def new_results_dir(base: str | os.PathLike[str], prefix: str = "", suffix: str = "") -> Path:
-    """A fresh <base>/<prefix><YYYYmmdd-HHMMSS><suffix>[-N] directory: runs never overwrite each other."""
-    stamp = prefix + datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
+def new_results_dir(base: str | os.PathLike[str], command: str) -> Path:
+    """A fresh <base>/<YYYYmmdd-HHMMSS>-<command>[-N] directory, stamped in UTC: runs never overwrite
+    each other, and every command's runs sort by time in one folder whatever the machine's time zone."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{command}"
     path = Path(base) / stamp
     n = 1
     while path.exists():

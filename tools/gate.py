@@ -195,7 +195,7 @@ def write_results(opts, cur, windows, rows, doc, warnings, baseline_path, th, ex
     from tools.report import check_markdown, write_report
 
     code, reason = doc["exit_code"], doc["reason"]
-    out = new_results_dir(opts.results_dir, suffix="-check")
+    out = new_results_dir(opts.results_dir, "check")
     atomic_write_json(out / "run.json", cur)
     atomic_write_json(out / "check.json", doc)
     for name, document in (extra or {}).items():

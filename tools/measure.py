@@ -26,6 +26,7 @@ from heimdall.atomic import atomic_write_json
 from tools import lab_adapter as lab
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 from tools.files import new_results_dir
+from tools.provenance import provenance
 from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
 
 WINDOW_SCHEMA = "heimdall.window/1"
@@ -227,7 +228,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
 
     validate_numbers(opts)
     with open_target(opts) as target:
-        out = new_results_dir(opts.results_dir)
+        out = new_results_dir(opts.results_dir, "bench")
         say(f"bench: {', '.join(opts.scenarios)} against {target.server} (pid {target.pid}), "
             f"{opts.duration:g}s each; results in {out}")
         with attached_probes(target, opts.probes, required=False) as (probes, unavailable):
@@ -244,7 +245,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
                     windows = run_windows(opts, target, probes, sampler, out if opts.flame else None, on_window=done)
                 finally:
                     sampler.write_csv(out / "resource_usage.csv")
-    meta = {"schema": "heimdall.bench/1", "target": target.info, "options": _jsonable(opts),
+    meta = {"schema": "heimdall.bench/1", **provenance(), "target": target.info, "options": _jsonable(opts),
             "probes_requested": opts.probes, "probes_unavailable": unavailable,
             "scenarios": [w["scenario"] for w in windows]}
     atomic_write_json(out / "bench.json", meta)

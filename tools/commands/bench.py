@@ -29,7 +29,7 @@ def bench(
     all_profiles: bool = typer.Option(False, "--all-profiles", help="all of the above"),
     engine: str = typer.Option("builtin", "--engine", help="load engine: builtin or dnsperf"),
     timeout_ms: int = typer.Option(2000, "--timeout-ms", help="per-query timeout"),
-    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's timestamped directory"),
+    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-bench directory"),
 ) -> None:
     """Run the five load scenarios with the chosen probes; write JSON, resource_usage.csv and performance_report.md."""
     from tools.measure import LabOptions, parse_scenarios, run_bench

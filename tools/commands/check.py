@@ -33,7 +33,7 @@ def check(
     probes: Optional[str] = typer.Option(None, "--probes", help=PROBES_HELP + " (default: the baseline's)"),
     engine: Optional[str] = typer.Option(None, "--engine", help="(default: the baseline's)"),
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="(default: the baseline's)"),
-    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="where the run and its reports go"),
+    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-check directory"),
     json_path: Optional[str] = typer.Option(None, "--json", help="also write the verdict table as JSON to this file (- for stdout)"),
 ) -> None:
     """Compare repeated windows with a baseline (or with another commit, --against): exit 0 pass,

@@ -32,7 +32,7 @@ def compare(
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
     workloads: str = typer.Option("hit", "--workloads",
                                   help="comma list of hit, miss, mixed (miss and mixed: dnsperf, every name once)"),
-    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of compare-<timestamp>/"),
+    results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-compare dir"),
 ) -> None:
     """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
     from tools.errors import EXIT_ENVIRONMENT, ToolError

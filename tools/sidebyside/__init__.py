@@ -27,7 +27,7 @@ inside one interleaved run), ``--bare`` (a
 uvloop responder that only echoes the question with a canned answer: the
 floor any Python + uvloop server stands on). The report
 (compare.json, compare.png, compare.md) goes to
-performance_results/compare-<timestamp>/, every file written atomically.
+performance_results/<UTC stamp>-compare/, every file written atomically.
 
 One module per concept: options (what to run), contestants (starting and
 stopping the servers), workloads (the measurements of one round), stats

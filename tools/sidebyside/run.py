@@ -13,6 +13,7 @@ from typing import Callable
 from tools.dnsperf import dnsperf_binary
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.files import new_results_dir
+from tools.provenance import provenance
 from tools.sidebyside import contestants as procs
 from tools.sidebyside.contestants import BareResponder, Contestant, external_contestants, start_contestant, tree_rss
 from tools.sidebyside.goals import goals
@@ -30,7 +31,7 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = pr
     from tools.nsd import LocalUpstream
 
     dnsperf_binary()  # fail early, with the fix named, when dnsperf is missing
-    out_dir = out_dir or new_results_dir(opts.results_dir, prefix="compare-")
+    out_dir = out_dir or new_results_dir(opts.results_dir, "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     if opts.fill:
         opts.cache_entries = max(opts.cache_entries, opts.fill + opts.warm_set + 1000)
@@ -118,6 +119,7 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
     stats, ratios = summarize(contestants)
     report = {
         "schema": SCHEMA,
+        **provenance(),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
         "host": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
