@@ -45,13 +45,14 @@ def clients_for(scenario: str, clients: int | None) -> int:
 
 
 def run_load(scenario: str, server: str, duration: float, clients: int, timeout_ms: int,
-             engine: str = "builtin", warmup: float = 0.0, prime: bool = True) -> dict:
+             engine: str = "builtin", warmup: float = 0.0, prime: bool = True,
+             start_at_ns: int | None = None) -> dict:
     """One load window via the load generator; returns its heimdall.load/1 dict."""
     from tools import loadgen
 
     cfg = loadgen.LoadConfig(test_type=scenario, server=server, duration=duration, clients=clients,
                              timeout_ms=timeout_ms, warmup=warmup, zone=ZONE, engine=engine,
-                             prime=prime)
+                             prime=prime, start_at_ns=start_at_ns)
     result = loadgen.run_load(cfg, progress=False)
     if result.get("interrupted"):
         raise KeyboardInterrupt   # the generator swallowed Ctrl-C/SIGTERM to finish its window; stop here

@@ -110,6 +110,7 @@ def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | N
         "machine_overloaded": overloaded,   # load processes waited >= 20 % of the window for a CPU
         "warnings": warnings,
         "primed": run.primed,
+        "start_late_s": round(run.start_late_s, 4),
         "bad_lines": [{"line": n, "error": why} for n, why in run.bad_lines],
         "interrupted": interrupted,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},

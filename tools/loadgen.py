@@ -78,6 +78,7 @@ class LoadConfig:
     blocklist_size: int = 1000        # blocked names the blocking scenario draws from
     prime: bool = True                # ask the warm set once before the window
     kernel_timestamps: bool = False   # also time replies by their kernel arrival (SO_TIMESTAMPNS)
+    start_at_ns: int | None = None    # CLOCK_MONOTONIC instant the processes start (two runs in step)
 
     def resolved_clients(self) -> int:
         if self.clients is not None:
@@ -140,6 +141,7 @@ class LoadRun:
     bad_lines: list = field(default_factory=list)
     primed: dict | None = None
     host_cpu_percent: float | None = None  # whole machine, warm-up to drain, 100 = every core busy
+    start_late_s: float = 0.0  # start_at_ns had passed when the processes were ready
     interrupted: bool = False  # Ctrl-C/SIGTERM reached the parent (the workers may have finished already)
 
 
@@ -205,7 +207,7 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
     try:
         _wait_ready(procs, ready)
         psutil.cpu_percent(None)  # starts the host-CPU interval
-        start.value = time.monotonic_ns() + 20_000_000
+        start.value, run.start_late_s = start_instant(cfg.start_at_ns)
         parts = _collect(run, procs, prog, stop, results, show_progress)
         run.host_cpu_percent = psutil.cpu_percent(None)
     finally:
@@ -219,6 +221,15 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
     if errors:
         raise ToolError(f"load generator process failed: {errors[0]}", EXIT_ENVIRONMENT)
     return parts
+
+
+def start_instant(wanted_ns: int | None) -> tuple[int, float]:
+    """When the ready processes start: the instant asked for, or 20 ms from now when none was
+    asked for or it has passed (and then how late the start is, in seconds)."""
+    soon = time.monotonic_ns() + 20_000_000
+    if wanted_ns is None or wanted_ns >= soon:
+        return (wanted_ns or soon), 0.0
+    return soon, (soon - wanted_ns) / 1e9
 
 
 def _wait_ready(procs: list, ready: Any) -> None:

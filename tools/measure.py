@@ -115,17 +115,27 @@ def system_busy_seconds() -> float:
     return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
 
 
+@dataclass
+class Reading:
+    """The counters a window is measured by, read at one instant: the server's CPU (its process
+    tree; None once it is gone), this process's and its reaped children's, the machine's busy time."""
+
+    server: float | None
+    own: float
+    system: float
+    t: float
+
+    @classmethod
+    def take(cls, pid: int) -> "Reading":
+        return cls(tree_cpu_seconds(pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic())
+
+
 def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
-                   probes: lab.ProbeSet | None, flame_dir: Path | None = None,
-                   warmup: float | None = None, ready: Callable[[], object] | None = None,
-                   partner_pid: int | None = None) -> dict:
-    """Warm up (for `warmup` s, default the options'), then one measured load window with CPU,
-    probes and machine load over it. `ready` is called between the two (a pair's threads meet
-    there); `partner_pid`'s CPU, measured at the same time, is not counted as foreign load."""
+                   probes: lab.ProbeSet | None, flame_dir: Path | None = None) -> dict:
+    """Warm up, then one measured load window with CPU, probes and machine load over it."""
     clients = lab.clients_for(scenario, opts.clients)
-    warmup = opts.warmup if warmup is None else warmup
-    if warmup > 0:
-        lab.run_load(scenario, target.server, warmup, clients, opts.timeout_ms, opts.engine)
+    if opts.warmup > 0:
+        lab.run_load(scenario, target.server, opts.warmup, clients, opts.timeout_ms, opts.engine)
     flame: dict = {}
     flame_thread = None
     if flame_dir is not None:
@@ -136,50 +146,53 @@ def measure_window(opts: LabOptions, target: Target, scenario: str, repeat: int,
                 flame["unavailable"] = f"py-spy failed: {type(exc).__name__}: {exc}"
 
         flame_thread = threading.Thread(target=record, daemon=True)
-    if ready is not None:
-        ready()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    partner0 = tree_cpu_seconds(partner_pid) if partner_pid else None
-    srv0, own0, sys0, t0 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
+    before = Reading.take(target.pid)
     if probes is not None:
         probes.open_window()
     if flame_thread is not None:
         flame_thread.start()
     load = lab.run_load(scenario, target.server, opts.duration, clients, opts.timeout_ms, opts.engine,
-                        prime=warmup <= 0)
-    queries = lab.answered(load)
-    raw = probes.collect(queries) if probes is not None else {}
-    srv1, own1, sys1, t1 = tree_cpu_seconds(target.pid), lab.own_cpu_seconds(), system_busy_seconds(), time.monotonic()
-    partner1 = tree_cpu_seconds(partner_pid) if partner_pid else None
+                        prime=opts.warmup <= 0)
+    raw = probes.collect(lab.answered(load)) if probes is not None else {}
+    after = Reading.take(target.pid)
     if flame_thread is not None:
         flame_thread.join(timeout=opts.duration + 60)
-    if srv0 is None or srv1 is None:
+    window = window_record(opts, target, scenario, repeat, load, raw, before, after)
+    if flame_dir is not None:
+        window["profile"] = flame
+    return window
+
+
+def window_record(opts: LabOptions, target: Target, scenario: str, repeat: int, load: dict, raw: dict,
+                  before: Reading, after: Reading) -> dict:
+    """The window's JSON from its load result, probe results and the readings around it."""
+    if before.server is None or after.server is None:
         raise ToolError(f"server pid {target.pid} exited during the {scenario} window", EXIT_TARGET)
-    elapsed = max(t1 - t0, 1e-6)
-    server_cpu = srv1 - srv0
-    own_cpu = own1 - own0
-    partner_cpu = partner1 - partner0 if partner0 is not None and partner1 is not None else 0.0
-    window = {
+    queries = lab.answered(load)
+    elapsed = max(after.t - before.t, 1e-6)
+    server_cpu = after.server - before.server
+    own_cpu = after.own - before.own
+    return {
         "schema": WINDOW_SCHEMA,
         "scenario": scenario,
         "repeat": repeat,
-        "started": started,
-        "params": {"server": target.server, "clients": clients, "duration_s": opts.duration, "warmup_s": warmup,
-                   "timeout_ms": opts.timeout_ms, "engine": opts.engine},
+        "started": datetime.fromtimestamp(time.time() - (time.monotonic() - before.t), timezone.utc)
+                           .isoformat(timespec="seconds"),
+        "params": {"server": target.server, "clients": lab.clients_for(scenario, opts.clients),
+                   "duration_s": opts.duration, "warmup_s": opts.warmup, "timeout_ms": opts.timeout_ms,
+                   "engine": opts.engine},
         "load": load,
         "server_cpu": {"cpu_s": round(server_cpu, 4), "cores_used": round(server_cpu / elapsed, 3),
                        "processes": len(process_tree(target.pid)),
                        "cpu_us_per_query": server_cpu * 1e6 / queries if queries else None},
         "environment": {"window_s": round(elapsed, 3),
                         "generator_cpu_cores": round(own_cpu / elapsed, 3),
-                        "foreign_cpu_cores": round(max(sys1 - sys0 - server_cpu - own_cpu - partner_cpu, 0.0) / elapsed, 3),
+                        "foreign_cpu_cores": round(max(after.system - before.system - server_cpu - own_cpu, 0.0)
+                                                   / elapsed, 3),
                         "cores": psutil.cpu_count()},
         "probes": raw,
         "probes_summary": lab.summarize_probes(raw, queries, elapsed) if raw else {},
     }
-    if flame_dir is not None:
-        window["profile"] = flame
-    return window
 
 
 def run_windows(opts: LabOptions, target: Target, probes: lab.ProbeSet | None,

@@ -19,26 +19,26 @@ from __future__ import annotations
 
 import statistics
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from tools import lab_adapter as lab
 from tools.gate_metrics import BY_KEY, window_metrics
-from tools.measure import LabOptions, Target, measure_window, window_line
+from tools.measure import LabOptions, Reading, Target, window_line, window_record
 
 # figures that move with the machine's speed; counts per query and error rates do not
 PAIRED_KINDS = ("time", "cost")
-REFERENCE_WARMUP_S = 0.3   # the reference keeps no state worth warming: just let its loop settle
+START_LEAD_S = 1.0   # time for both load generators to fork and be ready before their shared start
 
 
 @dataclass
 class Side:
-    """One server of a pair, with its probes (None: none attached) and warm-up (None: the options')."""
+    """One server of a pair, with its probes (None: none attached)."""
 
     name: str
     target: Target
     probes: lab.ProbeSet | None = None
-    warmup: float | None = None
 
 
 def paired_windows(opts: LabOptions, a: Side, b: Side,
@@ -57,29 +57,72 @@ def paired_windows(opts: LabOptions, a: Side, b: Side,
 
 
 def measure_pair(opts: LabOptions, a: Side, b: Side, scenario: str, repeat: int) -> tuple[dict, dict]:
-    """One window of each side, one thread each; the windows open together after both warm-ups."""
-    meet = threading.Barrier(2)
+    """One window of each side, in step: one thread each, both load runs starting at one instant."""
+    start_at_ns = time.monotonic_ns() + int(START_LEAD_S * 1e9)
     out: dict[str, dict] = {}
     failed: list[BaseException] = []
 
-    def run(side: Side, partner: Side) -> None:
+    def run(side: Side) -> None:
         try:
-            w = measure_window(opts, side.target, scenario, repeat, side.probes, warmup=side.warmup,
-                               ready=meet.wait, partner_pid=partner.target.pid)
-            w["side"], w["partner"] = side.name, partner.target.server
-            out[side.name] = w
+            out[side.name] = measure_in_step(opts, side, scenario, repeat, start_at_ns)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
             failed.append(exc)
-            meet.abort()
 
-    threads = [threading.Thread(target=run, args=(x, y), daemon=True) for x, y in ((a, b), (b, a))]
+    threads = [threading.Thread(target=run, args=(side,), daemon=True) for side in (a, b)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if failed:
-        raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])
-    return out[a.name], out[b.name]
+        raise failed[0]
+    wa, wb = out[a.name], out[b.name]
+    share_environment(wa, wb)
+    wa["partner"], wb["partner"] = b.target.server, a.target.server
+    return wa, wb
+
+
+def measure_in_step(opts: LabOptions, side: Side, scenario: str, repeat: int, start_at_ns: int) -> dict:
+    """One load run (warm-up, then the window) that starts at start_at_ns, the window's readings
+    taken at the instants it opens and closes, so a partner's window covers the same time."""
+    opens = start_at_ns + int(opts.warmup * 1e9)
+    closes = opens + int(opts.duration * 1e9)
+    readings: list[Reading] = []
+
+    def read() -> None:
+        _sleep_until(opens)
+        readings.append(Reading.take(side.target.pid))
+        if side.probes is not None:
+            side.probes.open_window()
+        _sleep_until(closes)
+        readings.append(Reading.take(side.target.pid))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    clients = lab.clients_for(scenario, opts.clients)
+    load = lab.run_load(scenario, side.target.server, opts.duration, clients, opts.timeout_ms, opts.engine,
+                        warmup=opts.warmup, prime=opts.warmup <= 0, start_at_ns=start_at_ns)
+    reader.join()
+    raw = side.probes.collect(lab.answered(load)) if side.probes is not None else {}
+    w = window_record(opts, side.target, scenario, repeat, load, raw, *readings)
+    w["side"] = side.name
+    return w
+
+
+def _sleep_until(instant_ns: int) -> None:
+    left = (instant_ns - time.monotonic_ns()) / 1e9
+    if left > 0:
+        time.sleep(left)
+
+
+def share_environment(a: dict, b: dict) -> None:
+    """Foreign CPU of a pair: the machine's busy time over the window less both servers and both
+    load generators (each side alone would count its partner as foreign)."""
+    ours = sum(w["server_cpu"]["cores_used"] + w["load"]["generator"]["cpu_percent"] / 100 for w in (a, b))
+    for w in (a, b):
+        env = w["environment"]
+        busy = env["foreign_cpu_cores"] + w["server_cpu"]["cores_used"] + env["generator_cpu_cores"]
+        env["generator_cpu_cores"] = round(w["load"]["generator"]["cpu_percent"] / 100, 3)
+        env["foreign_cpu_cores"] = round(max(busy - ours, 0.0), 3)
 
 
 def beside_reference(opts: LabOptions, target: Target, probes: lab.ProbeSet | None,
@@ -88,7 +131,7 @@ def beside_reference(opts: LabOptions, target: Target, probes: lab.ProbeSet | No
     from tools.reference import KIND, VERSION, ReferenceResponder
 
     with ReferenceResponder() as ref:
-        reference = Side("reference", Target(ref.addr, int(ref.pid or 0), ref.describe()), warmup=REFERENCE_WARMUP_S)
+        reference = Side("reference", Target(ref.addr, int(ref.pid or 0), ref.describe()))
         theirs, mine = paired_windows(opts, reference, Side("target", target, probes),
                                       on_window=lambda w: say(side_line(w)))
     return attach_reference(mine, theirs), {"kind": KIND, "version": VERSION}
