@@ -140,7 +140,7 @@ class Probe:
         from bcc import BPF
 
         self.comm = read_comm(self.pid)
-        flags = [f"-DTARGET_TGID={self.pid}", f"-I{PROBES_DIR}", "-Wno-unused-function"] + exit_flags() + self.cflags()
+        flags = [f"-I{PROBES_DIR}", "-Wno-unused-function"] + exit_flags() + self.cflags()
         try:
             self.bpf = BPF(text=self.bpf_text().encode(), cflags=flags)
             self.seed_lost = seed_targets(self.bpf, self.pid)   # forks are followed from here on
