@@ -2,6 +2,9 @@
 
 A probe subclass names its BPF C file and the maps its window covers, and
 implements `read()` (maps -> JSON-ready dict) and `render()` (rich tables).
+The target is a process tree: the pid (or the launched command) and every
+process it forks, also after attach (probes/proctree.py, probes/common.bpf.h);
+results carry `pids` and per-process figures in `processes` next to the totals.
 `run_probe_command` is the CLI flow: `--pid PID` or `-- COMMAND...`, attach,
 warm up, open the window for --duration, then detach on Ctrl-C, SIGTERM,
 timeout or the target exiting (results then carry `"partial": true`; the
@@ -80,12 +83,13 @@ def per_query(counts: dict[str, float], queries: int | None) -> dict[str, float]
 
 
 class Probe:
-    """Base for BCC probes attached to one process (by tgid)."""
+    """Base for BCC probes attached to a process tree (the pid and its descendants, by tgid)."""
 
     name = "probe"
     bpf_file = ""                     # file in probes/, e.g. "lockprof.bpf.c"
     schema = "heimdall.probe/1"
     window_tables: tuple[str, ...] = ()   # maps cleared when the window opens
+    proc_slots: tuple[str, ...] = ()      # names of the heimdall_procs counters c[0], c[1], ...
 
     def __init__(self, pid: int, **opts: Any) -> None:
         self.pid = int(pid)
@@ -95,6 +99,7 @@ class Probe:
         self.partial = False
         self.window_start: float | None = None
         self.window_end: float | None = None
+        self.seed_lost = 0            # tree members that did not fit in heimdall_targets
 
     # --- hooks for subclasses -------------------------------------------------
     def cflags(self) -> list[str]:
@@ -108,6 +113,13 @@ class Probe:
         """Read the maps into the probe's part of the JSON."""
         raise NotImplementedError
 
+    def processes(self) -> dict[int, dict]:
+        """pid -> per-process figures of the window (comm and the proc_slots counters)."""
+        from probes.proctree import read_procs
+
+        assert self.bpf is not None  # called from collect(), after attach()
+        return read_procs(self.bpf, self.proc_slots)
+
     @classmethod
     def render(cls, result: dict, console) -> None:
         """Print rich tables for a collected result."""
@@ -118,8 +130,9 @@ class Probe:
         return expand_includes(PROBES_DIR / self.bpf_file)
 
     def attach(self) -> None:
-        """Preflight, load the BPF program filtered to the pid, attach; clear errors."""
+        """Preflight, load the BPF program, watch the pid's tree, attach; clear errors."""
         from probes.doctor import ensure_ready
+        from probes.proctree import exit_flags, seed_targets
 
         if not pid_alive(self.pid):
             raise ToolError(f"pid {self.pid} does not exist", EXIT_TARGET)
@@ -127,9 +140,10 @@ class Probe:
         from bcc import BPF
 
         self.comm = read_comm(self.pid)
-        flags = [f"-DTARGET_TGID={self.pid}", f"-I{PROBES_DIR}", "-Wno-unused-function"] + self.cflags()
+        flags = [f"-I{PROBES_DIR}", "-Wno-unused-function"] + exit_flags() + self.cflags()
         try:
             self.bpf = BPF(text=self.bpf_text().encode(), cflags=flags)
+            self.seed_lost = seed_targets(self.bpf, self.pid)   # forks are followed from here on
             self.attach_points(self.bpf)
         except ToolError:
             self.close()
@@ -163,11 +177,15 @@ class Probe:
         ctl[ctl.Key(0)] = ctl.Leaf(value)
 
     def open_window(self) -> None:
-        """Clear the window's maps and set the in-kernel enabled flag."""
+        """Clear the window's maps, start per-process figures, set the in-kernel enabled flag."""
+        from probes.proctree import reset_procs, seed_targets
+
         if self.bpf is None:
             raise ToolError(f"{self.name}: open_window() before attach()", EXIT_ENVIRONMENT)
+        self.seed_lost = seed_targets(self.bpf, self.pid)
         for name in (*self.window_tables, "heimdall_lost"):
             self.table(name).clear()
+        reset_procs(self.bpf)
         self._ctl(1)
         self.window_start = time.monotonic()
         self.window_end = None
@@ -187,6 +205,7 @@ class Probe:
     def read_lost(self) -> dict[str, int]:
         table = self.table("heimdall_lost")
         vals = [int(table[table.Key(i)].value) for i in range(len(LOST_NAMES))]
+        vals[0] += self.seed_lost
         return dict(zip(LOST_NAMES, vals))
 
     def collect(self, queries: int | None = None) -> dict:
@@ -212,6 +231,9 @@ class Probe:
             "bcc": getattr(bcc, "__version__", "?"),
         }
         result.update(self.read(queries))
+        procs = self.processes()
+        result["pids"] = sorted(procs)
+        result["processes"] = {str(pid): procs[pid] for pid in sorted(procs)}
         result["lost"] = self.read_lost()
         return result
 

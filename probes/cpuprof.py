@@ -1,8 +1,11 @@
 """cpuprof: where the server spends CPU, as a flame graph and a top-N frame table.
 
-Python frames come from py-spy (one `--format raw` run; the SVG is drawn by
-probes/flamegraph.py from the same folded stacks, written beside it as
-FILE.folded). With --native, BCC samples on-CPU stacks too (probes/cpuprof.bpf.c)
+Python frames come from py-spy (one `--format raw --subprocesses` run, so a
+supervisor's workers are sampled too, also those started during the run; the
+SVG is drawn by probes/flamegraph.py from the same folded stacks, merged
+over the processes and written beside it as FILE.folded; `processes` has the
+samples of each). With --native, BCC samples on-CPU stacks of the same process
+tree too (probes/cpuprof.bpf.c)
 to show kernel frames (syscalls, the network stack) and native code; the
 pyenv CPython here is built without frame pointers, so its user stacks stop
 after a frame or two, and the output says so.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +27,7 @@ from typing import Any
 
 from probes.base import Probe, pid_alive, read_comm
 from probes.flamegraph import parse_folded, render_svg, to_folded, top_frames
+from probes.proctree import proc_comm, render_processes
 from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 from tools.files import write_json, write_text
 
@@ -31,15 +36,17 @@ NATIVE_NOTE = ("native user stacks are shallow: this CPython is built without fr
                "the BPF walk past the leaf reads garbage; user stacks are cut at the first unknown "
                "frame (truncated_samples says how often); kernel stacks are complete")
 PYSPY_FIX = "install it into the venv: .venv/bin/pip install py-spy (a heimdall-dns dependency)"
+PROCESS_FRAME = re.compile(r'^process (\d+):"(.*)"$')   # py-spy --subprocesses: one per process level
 
 
 class CpuProf(Probe):
-    """cpuprof --native: on-CPU stack sampling of one tgid with a software clock perf event."""
+    """cpuprof --native: on-CPU stack sampling of a process tree with a software clock perf event."""
 
     name = "cpuprof"
     bpf_file = "cpuprof.bpf.c"
     schema = SCHEMA
     window_tables = ("cpu_counts",)
+    proc_slots = ("samples",)
 
     def attach_points(self, bpf) -> None:
         from bcc import PerfSWConfig, PerfType
@@ -57,7 +64,7 @@ class CpuProf(Probe):
         for key, val in bpf[b"cpu_counts"].items():
             frames = [key.comm.decode(errors="replace") or "?"]
             if key.ustack >= 0:
-                user = [bpf.sym(a, self.pid, show_module=True).decode(errors="replace") or "[unknown]"
+                user = [bpf.sym(a, key.tgid or self.pid, show_module=True).decode(errors="replace") or "[unknown]"
                         for a in stacks_tab.walk(key.ustack)]      # leaf first
                 kept = trusted_user_frames(user)
                 truncated += int(val.value) if len(kept) < len(user) else 0
@@ -69,6 +76,26 @@ class CpuProf(Probe):
             k = tuple(frames)
             stacks[k] = stacks.get(k, 0) + int(val.value)
         return {"stacks": stacks, "kernel_samples": kernel, "truncated_samples": truncated}
+
+
+def split_processes(stacks: dict[tuple[str, ...], int], root: int) -> tuple[dict[tuple[str, ...], int],
+                                                                           dict[int, dict]]:
+    """py-spy --subprocesses stacks -> (stacks without the process frames, pid -> {comm, samples}).
+
+    Each stack starts with one `process PID:"cmdline"` frame per level of the
+    tree down to the sampled process; a stack without one is the root's."""
+    merged: dict[tuple[str, ...], int] = {}
+    procs: dict[int, dict] = {}
+    for frames, n in stacks.items():
+        pid, cmdline, i = root, "", 0
+        while i < len(frames) and (m := PROCESS_FRAME.match(frames[i])):
+            pid, cmdline, i = int(m.group(1)), m.group(2), i + 1
+        rest = frames[i:] or ("[no frame]",)
+        merged[rest] = merged.get(rest, 0) + n
+        row = procs.setdefault(pid, {"comm": proc_comm(pid) or os.path.basename(cmdline.split(" ")[0]) or "?",
+                                     "samples": 0})
+        row["samples"] += n
+    return merged, dict(sorted(procs.items()))
 
 
 def trusted_user_frames(leaf_first: list[str]) -> list[str]:
@@ -115,7 +142,7 @@ def _run_pyspy(pyspy: str, pid: int, duration: float, rate: int, idle: bool,
     fd, raw = tempfile.mkstemp(prefix="cpuprof.", suffix=".folded")
     os.close(fd)
     cmd = [pyspy, "record", "-p", str(pid), "-d", str(int(math.ceil(duration))), "-r", str(rate),
-           "-o", raw, "--format", "raw", "--function"] + (["--idle"] if idle else [])
+           "-o", raw, "--format", "raw", "--function", "--subprocesses"] + (["--idle"] if idle else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     reason = "duration"
     try:
@@ -156,7 +183,7 @@ def _native_result(probe: CpuProf, svg: Path, top: int) -> dict:
     write_text(nsvg, render_svg(stacks, f"cpuprof --native pid {probe.pid} ({probe.comm}): on-CPU, "
                                          f"{samples} samples"))
     depth = max((len(k) - 1 - sum(f.endswith('_[k]') for f in k) for k in stacks), default=0)
-    return {"samples": samples, "kernel_samples": res["kernel_samples"],
+    return {"samples": samples, "kernel_samples": res["kernel_samples"], "processes": res["processes"],
             "kernel_pct": round(100.0 * res["kernel_samples"] / samples, 2) if samples else 0.0,
             "user_stack_depth_max": depth, "truncated_samples": res["truncated_samples"],
             "top": top_frames(stacks, top),
@@ -203,10 +230,10 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=5)
-    stacks = parse_folded(text)
+    stacks, py_procs = split_processes(parse_folded(text), pid)
     samples = sum(stacks.values())
     folded_path = svg_path.with_name(svg_path.name + ".folded")
-    write_text(folded_path, text)
+    write_text(folded_path, to_folded(stacks))
     write_text(svg_path, render_svg(stacks, f"cpuprof pid {pid} ({comm}): Python stacks (py-spy), "
                                              f"{samples} samples at {rate} Hz"))
     result: dict[str, Any] = {
@@ -218,6 +245,7 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
     }
     if native_res is not None:
         result["native"] = native_res
+    result.update(merge_processes(py_procs, native_res["processes"] if native_res else None))
     if json_path:
         write_json(json_path, result)
     if render:
@@ -225,6 +253,18 @@ def run_cpuprof(target: int | list[str], duration: float, svg: str, rate: int = 
 
         render_result(result, console or Console())
     return result
+
+
+def merge_processes(python: dict[int, dict], native: dict[str, dict] | None) -> dict:
+    """Top-level `pids` and `processes`: Python samples (py-spy) and, with --native, on-CPU samples."""
+    procs = {pid: dict(row) for pid, row in python.items()}
+    for key, row in (native or {}).items():
+        entry = procs.setdefault(int(key), {"comm": row.get("comm", "?"), "samples": 0})
+        entry["native_samples"] = row["samples"]
+    if native is not None:
+        for entry in procs.values():
+            entry.setdefault("native_samples", 0)
+    return {"pids": sorted(procs), "processes": {str(pid): procs[pid] for pid in sorted(procs)}}
 
 
 def render_result(result: dict, console) -> None:
@@ -247,6 +287,8 @@ def render_result(result: dict, console) -> None:
                         f"{py['samples']} samples{part}", py["top"]))
     if not py["samples"]:
         console.print("no Python samples: the target was idle or is not Python (try --idle)")
+    cols = [("Python samples", "samples")] + ([("on-CPU samples", "native_samples")] if "native" in result else [])
+    render_processes(result, console, cols)
     if "native" in result:
         nat = result["native"]
         console.print(table(f"hottest native/kernel frames, {nat['samples']} on-CPU samples, "

@@ -37,6 +37,9 @@ PROBE_TRACEPOINTS: dict[str, list[str]] = {
     ],
 }
 
+# every probe follows its target's process tree with these (probes/common.bpf.h)
+TREE_TRACEPOINTS = ["task:task_newtask", "sched:sched_process_exit"]
+
 # probe name -> (library, symbol, required) uprobes it attaches in the target
 PROBE_UPROBES: dict[str, list[tuple[str, str, bool]]] = {
     "memprof": [
@@ -126,7 +129,7 @@ def tracepoint_exists(tp: str) -> bool:
 
 def check_tracepoints(probe: str) -> list[Check]:
     checks = []
-    for tp in PROBE_TRACEPOINTS.get(probe, []):
+    for tp in TREE_TRACEPOINTS + PROBE_TRACEPOINTS.get(probe, []):
         optional = tp.endswith("?")
         name = tp.rstrip("?")
         if tracepoint_exists(name):

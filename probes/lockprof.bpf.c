@@ -1,12 +1,13 @@
-/* lockprof: futex waits, their wakers, and kernel lock contention of one process.
+/* lockprof: futex waits, their wakers, and kernel lock contention of a process tree.
  *
  * Every futex wait op counts (WAIT, WAIT_BITSET: CPython's GIL, LOCK_PI,
  * LOCK_PI2, WAIT_REQUEUE_PI, futex_waitv, futex2 futex_wait), not only
  * FUTEX_WAIT as bcc's futexctn does. Outcome comes from the return value.
- * Per (tid, uaddr, user stack): count, total, max; one log-linear histogram
- * of wait time in ns. Wake ops record who woke which address and how many.
- * Compiled with -DTARGET_TGID=<pid> [-DHAVE_FUTEX_WAITV] [-DHAVE_FUTEX_WAIT2]
- * [-DHAVE_LOCK_CONTENTION].
+ * Per (process, tid, uaddr, user stack): count, total, max; one log-linear
+ * histogram of wait time in ns. Wake ops record who woke which address (in
+ * which process: a futex address means something only in its own address
+ * space) and how many. Per process (heimdall_procs): waits, wait ns, wake calls.
+ * Compiled with [-DHAVE_FUTEX_WAITV] [-DHAVE_FUTEX_WAIT2] [-DHAVE_LOCK_CONTENTION].
  */
 #include "common.bpf.h"
 
@@ -35,6 +36,10 @@
 #define OUT_OTHER 4
 #define OUT_SLOTS 5
 
+#define PROC_WAITS 0                /* heimdall_procs counters */
+#define PROC_WAIT_NS 1
+#define PROC_WAKES 2
+
 struct start_t {
     u64 ts;
     u64 uaddr;
@@ -47,7 +52,7 @@ struct wait_key {
     u32 tid;
     int stack_id;
     u32 op;
-    u32 pad;
+    u32 tgid;
 };
 
 struct wait_val {
@@ -60,7 +65,7 @@ struct wait_val {
 struct wake_key {
     u64 uaddr;
     u32 tid;
-    u32 pad;
+    u32 tgid;
 };
 
 struct wake_val {
@@ -136,12 +141,13 @@ static __always_inline int outcome_of(long ret)
     return OUT_OTHER;
 }
 
-static __always_inline void record_wait(struct start_t *s, u32 tid, long ret, u64 delta)
+static __always_inline void record_wait(struct start_t *s, u32 tgid, u32 tid, long ret, u64 delta)
 {
     int out = outcome_of(ret);
     struct wait_key k = {};
     k.uaddr = s->uaddr;
     k.tid = tid;
+    k.tgid = tgid;
     k.stack_id = s->stack_id;
     k.op = s->op;
     struct wait_val zero = {};
@@ -158,13 +164,16 @@ static __always_inline void record_wait(struct start_t *s, u32 tid, long ret, u6
     stat_add(by_op.lookup(&op), delta);
     stat_add(by_outcome.lookup(&out), delta);
     wait_hist.atomic_increment(hist_key(0, delta));
+    heimdall_proc_add(tgid, PROC_WAITS, 1);
+    heimdall_proc_add(tgid, PROC_WAIT_NS, delta);
 }
 
-static __always_inline void record_wake(struct start_t *s, u32 tid, long ret)
+static __always_inline void record_wake(struct start_t *s, u32 tgid, u32 tid, long ret)
 {
     struct wake_key k = {};
     k.uaddr = s->uaddr;
     k.tid = tid;
+    k.tgid = tgid;
     struct wake_val zero = {};
     struct wake_val *v = wakes.lookup_or_try_init(&k, &zero);
     if (!v) { heimdall_lose(LOST_MAP_FULL); return; }
@@ -172,21 +181,23 @@ static __always_inline void record_wake(struct start_t *s, u32 tid, long ret)
     if (ret > 0) __sync_fetch_and_add(&v->woken, (u64)ret);
     int op = s->op & (OP_SLOTS - 1);
     stat_add(by_op.lookup(&op), 0);
+    heimdall_proc_add(tgid, PROC_WAKES, 1);
 }
 
 static __always_inline void on_exit(long ret)
 {
-    if (!heimdall_is_target()) return;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (!heimdall_tgid_is_target(tgid)) return;
     struct start_t *s = start.lookup(&tid);
     if (!s) return;
     struct start_t copy = *s;
     start.delete(&tid);
     if (!heimdall_enabled()) return;     /* window closed while it waited */
     if (is_wait_op(copy.op))
-        record_wait(&copy, tid, ret, bpf_ktime_get_ns() - copy.ts);
+        record_wait(&copy, tgid, tid, ret, bpf_ktime_get_ns() - copy.ts);
     else
-        record_wake(&copy, tid, ret);
+        record_wake(&copy, tgid, tid, ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_futex)

@@ -1,7 +1,9 @@
 """lockprof: futex waits per thread and address, their wakers, and kernel lock contention.
 
 Attaches probes/lockprof.bpf.c (syscalls:sys_enter/exit_futex, futex_waitv and
-futex2 futex_wait/wake where present, lock:contention_begin/end) to one tgid.
+futex2 futex_wait/wake where present, lock:contention_begin/end) to a process
+tree: the pid and its descendants. A futex address is grouped with its
+process (workers forked from one supervisor share addresses, not futexes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from probes.base import Probe, per_query
 from probes.doctor import tracepoint_exists
 from probes.histogram import Histogram
+from probes.proctree import render_processes, tree_note
 from probes.stacks import stack_note, symbolize
 
 OP_NAMES = {0: "WAIT", 1: "WAKE", 3: "REQUEUE", 4: "CMP_REQUEUE", 5: "WAKE_OP", 6: "LOCK_PI",
@@ -27,6 +30,7 @@ def us(ns: float) -> float:
 
 
 def thread_comm(pid: int, tid: int) -> str:
+    """Name of thread tid of process pid, "?" when it is gone."""
     try:
         return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
     except OSError:
@@ -38,11 +42,12 @@ def klock_flags(flags: int) -> str:
 
 
 class LockProf(Probe):
-    """Futex wait/wake and kernel lock contention of one process."""
+    """Futex wait/wake and kernel lock contention of a process tree."""
 
     name = "lockprof"
     bpf_file = "lockprof.bpf.c"
     schema = "heimdall.lockprof/1"
+    proc_slots = ("futex_waits", "wait_ns", "wake_calls")
 
     def __init__(self, pid: int, top: int = 10, **opts) -> None:
         super().__init__(pid, **opts)
@@ -69,25 +74,32 @@ class LockProf(Probe):
         for k, v in self.table("comms").items():
             self._comms[k.value] = v.comm.decode(errors="replace")
 
-    def tcomm(self, tid: int) -> str:
+    def tcomm(self, tid: int, pid: int) -> str:
         """Thread name: live from /proc, else as seen in BPF when it waited/woke."""
-        name = thread_comm(self.pid, tid)
+        name = thread_comm(pid, tid)
         return self._comms.get(tid, name) if name == "?" else name
+
+    def processes(self) -> dict[int, dict]:
+        procs = super().processes()
+        for row in procs.values():
+            row["wait_us_total"] = us(row.pop("wait_ns"))
+        return procs
 
     def _wait_rows(self) -> list[dict]:
         rows = []
         for k, v in self.table("waits").items():
-            rows.append({"tid": k.tid, "uaddr": k.uaddr, "stack_id": k.stack_id, "op": OP_NAMES.get(k.op, f"op{k.op}"),
+            rows.append({"pid": k.tgid, "tid": k.tid, "uaddr": k.uaddr, "stack_id": k.stack_id, "op": OP_NAMES.get(k.op, f"op{k.op}"),
                          "waits": v.count,
                          "total_ns": v.total_ns, "max_ns": v.max_ns,
                          "outcomes": {OUTCOMES[i]: int(v.outcomes[i]) for i in range(len(OUTCOMES))}})
         return rows
 
-    def _wakers(self) -> dict[int, list[dict]]:
-        by_addr: dict[int, list[dict]] = defaultdict(list)
+    def _wakers(self) -> dict[tuple[int, int], list[dict]]:
+        """(pid, uaddr) -> the threads that woke waiters on it, most wakes first."""
+        by_addr: dict[tuple[int, int], list[dict]] = defaultdict(list)
         for k, v in self.table("wakes").items():
-            by_addr[k.uaddr].append({"tid": k.tid, "comm": self.tcomm(k.tid),
-                                     "calls": int(v.calls), "woken": int(v.woken)})
+            by_addr[(k.tgid, k.uaddr)].append({"tid": k.tid, "comm": self.tcomm(k.tid, k.tgid),
+                                               "calls": int(v.calls), "woken": int(v.woken)})
         for lst in by_addr.values():
             lst.sort(key=lambda w: -w["woken"])
         return by_addr
@@ -102,26 +114,28 @@ class LockProf(Probe):
                              "wait_us_max": us(val.max_ns)}
         return out
 
-    def _top(self, rows: list[dict], wakers: dict[int, list[dict]]) -> tuple[list[dict], list[int]]:
+    def _top(self, rows: list[dict], wakers: dict[tuple[int, int], list[dict]]) -> tuple[list[dict], list[int]]:
         rows = sorted(rows, key=lambda r: -r["total_ns"])[: self.top]
         top, depths = [], []
         for r in rows:
-            frames = symbolize(self.bpf, r["stack_id"], self.pid)
+            frames = symbolize(self.bpf, r["stack_id"], r["pid"])
             if r["stack_id"] >= 0:
                 depths.append(len(frames))
-            top.append({"tid": r["tid"], "comm": self.tcomm(r["tid"]), "uaddr": hex(r["uaddr"]), "op": r["op"],
+            top.append({"pid": r["pid"], "tid": r["tid"], "comm": self.tcomm(r["tid"], r["pid"]),
+                        "uaddr": hex(r["uaddr"]), "op": r["op"],
                         "waits": r["waits"], "wait_us_total": us(r["total_ns"]),
                         "wait_us_mean": us(r["total_ns"] / r["waits"]) if r["waits"] else 0.0,
                         "wait_us_max": us(r["max_ns"]), "outcomes": r["outcomes"], "stack": frames,
-                        "wakers": wakers.get(r["uaddr"], [])[:5]})
+                        "wakers": wakers.get((r["pid"], r["uaddr"]), [])[:5]})
         return top, depths
 
     @staticmethod
     def _group(rows: list[dict], field: str) -> list[dict]:
-        acc: dict[int, dict] = {}
+        """Rows summed per thread (field "tid") or per futex (field "uaddr", within its process)."""
+        acc: dict[tuple[int, int], dict] = {}
         for r in rows:
-            a = acc.setdefault(r[field], {field: r[field], "waits": 0, "total_ns": 0, "max_ns": 0, "tids": set(),
-                                          "ops": set()})
+            a = acc.setdefault((r["pid"], r[field]), {"pid": r["pid"], field: r[field], "waits": 0, "total_ns": 0,
+                                                      "max_ns": 0, "tids": set(), "ops": set()})
             a["ops"].add(r["op"])
             a["waits"] += r["waits"]
             a["total_ns"] += r["total_ns"]
@@ -129,7 +143,7 @@ class LockProf(Probe):
             a["tids"].add(r["tid"])
         out = []
         for a in sorted(acc.values(), key=lambda a: -a["total_ns"]):
-            item = {field: hex(a[field]) if field == "uaddr" else a[field], "waits": a["waits"],
+            item = {"pid": a["pid"], field: hex(a[field]) if field == "uaddr" else a[field], "waits": a["waits"],
                     "wait_us_total": us(a["total_ns"]), "wait_us_max": us(a["max_ns"])}
             if field == "uaddr":
                 item["threads"] = len(a["tids"])
@@ -189,7 +203,7 @@ class LockProf(Probe):
             "stack_note": stack_note(self.pid, depths),
         }
         for t in futex["by_thread"]:
-            t["comm"] = self.tcomm(t["tid"])
+            t["comm"] = self.tcomm(t["tid"], t["pid"])
         out: dict[str, Any] = {"futex": futex, "kernel_locks": self._kernel_locks()}
         out["per_query"] = per_query({"futex_waits": waits, "futex_wait_us": total_ns / 1000.0,
                                       "futex_wake_calls": wake_calls}, queries)
@@ -202,7 +216,7 @@ class LockProf(Probe):
         from rich.table import Table
 
         f = result["futex"]
-        head = (f"lockprof pid {result['pid']} ({result['comm']}) window {result['duration_s']:.2f}s"
+        head = (f"lockprof pid {result['pid']} ({result['comm']}){tree_note(result)} window {result['duration_s']:.2f}s"
                 + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited") + "[/]" if result["partial"] else ""))
         console.print(head, highlight=False)
         console.print(f"futex waits {f['waits']}  total {f['wait_us_total']:.0f} us  mean {f['wait_us_mean']:.1f} us  "
@@ -212,14 +226,16 @@ class LockProf(Probe):
         ops = ", ".join(f"{k} {v['calls']}" for k, v in f["by_op"].items())
         outs = ", ".join(f"{k} {v['calls']}" for k, v in f["by_outcome"].items() if v["calls"])
         console.print(f"by op: {ops or '-'}   by outcome: {outs or '-'}", highlight=False)
+        render_processes(result, console, [("futex waits", "futex_waits"), ("wait us", "wait_us_total"),
+                                           ("wake calls", "wake_calls")])
         table = Table(title="top futex waits (tid, address, op, stack)")
-        for col in ("tid", "comm", "uaddr", "op", "waits", "total ms", "mean us", "max us",
+        for col in ("pid/tid", "comm", "uaddr", "op", "waits", "total ms", "mean us", "max us",
                     "woken/tmo/eagain", "top waker:woken", "innermost frame"):
             table.add_column(col, overflow="fold")
         for r in f["top"]:
             o = r["outcomes"]
             wk = f"{r['wakers'][0]['tid']}:{r['wakers'][0]['woken']}" if r["wakers"] else "-"
-            table.add_row(str(r["tid"]), r["comm"], r["uaddr"], r["op"], str(r["waits"]),
+            table.add_row(f"{r.get('pid', '?')}/{r['tid']}", r["comm"], r["uaddr"], r["op"], str(r["waits"]),
                           f"{r['wait_us_total'] / 1000:.1f}", f"{r['wait_us_mean']:.1f}", f"{r['wait_us_max']:.0f}",
                           f"{o['woken']}/{o['timedout']}/{o['eagain']}", wk, escape(r["stack"][0]) if r["stack"] else "-")
         console.print(table)

@@ -1,10 +1,13 @@
-/* memprof: libc allocation calls of one process, from uprobes at function entry.
+/* memprof: libc allocation calls of a process tree, from uprobes at function entry.
  *
  * Entry probes only (no uretprobes: they cost a second trap per call). Per
  * function: calls and requested bytes; one log-linear size histogram per
  * layer; allocating user stacks on 1 call in SAMPLE_N (stack walks are the
  * expensive part). Slots FN_PY_* are CPython's PyObject_* layer (--pymalloc).
- * Compiled with -DTARGET_TGID=<pid> -DSAMPLE_N=<n>.
+ * Per process (heimdall_procs): libc allocation calls and bytes, frees, and
+ * CPython object allocations. Uprobes are attached per process (memprof.py
+ * follows new ones); the tgid filter keeps the count to the watched tree.
+ * Compiled with -DSAMPLE_N=<n>.
  */
 #include <uapi/linux/ptrace.h>
 #include "common.bpf.h"
@@ -24,6 +27,11 @@
 #define LAYER_LIBC 0
 #define LAYER_PY 1
 
+#define PROC_ALLOCS 0      /* heimdall_procs counters */
+#define PROC_BYTES 1
+#define PROC_FREES 2
+#define PROC_PY_ALLOCS 3
+
 struct fn_stat {
     u64 calls;
     u64 bytes;
@@ -41,6 +49,8 @@ struct stack_key {
 struct stack_stat {
     u64 samples;
     u64 bytes;
+    u32 tgid;      /* the first process seen on this stack: its maps symbolize it */
+    u32 pad;
 };
 
 BPF_ARRAY(fn_stats, struct fn_stat, FN_SLOTS);
@@ -49,7 +59,7 @@ BPF_ARRAY(sample_ctr, u64, 2);
 BPF_HASH(stack_stats, struct stack_key, struct stack_stat, 8192);
 BPF_STACK_TRACE(stacks, 8192);
 
-static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 size)
+static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 size, u32 tgid)
 {
     u64 *n = sample_ctr.lookup(&layer);
     if (!n) return;
@@ -59,7 +69,7 @@ static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 siz
     k.stack_id = heimdall_stack_check(stacks.get_stackid(ctx, BPF_F_USER_STACK));
     k.layer = layer;
     bpf_probe_read_user(&k.caller, sizeof(k.caller), (void *)PT_REGS_SP(ctx));
-    struct stack_stat zero = {};
+    struct stack_stat zero = {.tgid = tgid};
     struct stack_stat *s = stack_stats.lookup_or_try_init(&k, &zero);
     if (!s) { heimdall_lose(LOST_MAP_FULL); return; }
     __sync_fetch_and_add(&s->samples, 1);
@@ -68,7 +78,8 @@ static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 siz
 
 static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 size)
 {
-    if (!heimdall_is_target() || !heimdall_enabled()) return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!heimdall_tgid_is_target(tgid) || !heimdall_enabled()) return 0;
     struct fn_stat *st = fn_stats.lookup(&fn);
     if (st) {
         __sync_fetch_and_add(&st->calls, 1);
@@ -76,18 +87,27 @@ static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 
         if (size == 0) __sync_fetch_and_add(&st->null_or_zero, 1);
     }
     size_hist.atomic_increment(hist_key(layer, size));
-    sample_stack(ctx, layer, size);
+    if (layer == LAYER_LIBC) {
+        heimdall_proc_add(tgid, PROC_ALLOCS, 1);
+        heimdall_proc_add(tgid, PROC_BYTES, size);
+    } else {
+        heimdall_proc_add(tgid, PROC_PY_ALLOCS, 1);
+    }
+    sample_stack(ctx, layer, size, tgid);
     return 0;
 }
 
 static __always_inline int on_free(int fn, u64 ptr)
 {
-    if (!heimdall_is_target() || !heimdall_enabled()) return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!heimdall_tgid_is_target(tgid) || !heimdall_enabled()) return 0;
     struct fn_stat *st = fn_stats.lookup(&fn);
     if (st) {
         __sync_fetch_and_add(&st->calls, 1);
         if (!ptr) __sync_fetch_and_add(&st->null_or_zero, 1);
     }
+    if (fn == FN_FREE)
+        heimdall_proc_add(tgid, PROC_FREES, 1);
     return 0;
 }
 

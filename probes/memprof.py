@@ -1,8 +1,9 @@
-"""memprof: libc allocation calls of one process, and what counting them costs.
+"""memprof: libc allocation calls of a process tree, and what counting them costs.
 
-Attaches probes/memprof.bpf.c as entry uprobes (pid-filtered) on the target's
-libc malloc, calloc, realloc, free, posix_memalign, aligned_alloc, and with
-`pymalloc=True` on CPython's PyObject_Malloc/Calloc/Realloc/Free.
+Attaches probes/memprof.bpf.c as entry uprobes on libc malloc, calloc,
+realloc, free, posix_memalign, aligned_alloc, and with `pymalloc=True` on
+CPython's PyObject_Malloc/Calloc/Realloc/Free, in each process of the
+target's tree, following processes that join it (probes/uprobetree.py).
 Uprobes trap into the kernel on every call (microseconds each), so before
 attaching to the target we time a malloc+free loop in a helper process with
 and without the same probes and report the per-call cost and the estimated
@@ -20,7 +21,9 @@ from pathlib import Path
 from probes.base import Probe, per_query
 from probes.doctor import PROBE_UPROBES, resolve_uprobe
 from probes.histogram import Histogram
+from probes.proctree import render_processes, tree_note
 from probes.stacks import exe_name, stack_note, symbolize
+from probes.uprobetree import UprobeTree
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 
 LIBC_FNS = ("malloc", "calloc", "realloc", "free", "posix_memalign", "aligned_alloc")
@@ -118,12 +121,13 @@ class Calibrator:
 
 
 class MemProf(Probe):
-    """libc (and optionally CPython object) allocation calls of one process."""
+    """libc (and optionally CPython object) allocation calls of a process tree."""
 
     name = "memprof"
     bpf_file = "memprof.bpf.c"
     schema = "heimdall.memprof/1"
     window_tables = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
+    proc_slots = ("alloc_calls", "alloc_bytes", "frees", "pymalloc_calls")
 
     def __init__(self, pid: int, sample: int = 100, top: int = 10, pymalloc: bool = False,
                  overhead: bool = True, **opts) -> None:
@@ -135,6 +139,7 @@ class MemProf(Probe):
         self.attached: list[str] = []
         self.pymalloc_status = "not requested (--pymalloc)"
         self.calibration: dict | None = None
+        self.uprobes = UprobeTree(self._attach_in)
 
     def cflags(self) -> list[str]:
         return [f"-DSAMPLE_N={self.sample}"]
@@ -145,29 +150,51 @@ class MemProf(Probe):
             ensure_ready(self.name, self.pid)
             self.calibration = Calibrator(self.sample).measure()
         super().attach()
+        self.uprobes.start(self.bpf)
 
     def attach_points(self, bpf) -> None:
+        self.uprobes.attach_all(bpf, self.pid)
+
+    def _attach_in(self, bpf, pid: int) -> None:
+        """The uprobes in one process (what the pid itself takes is listed in `attached`)."""
+        attached = []
         for lib, sym, required in PROBE_UPROBES["memprof"]:
             try:
-                path = resolve_uprobe(lib, sym, self.pid)
-                bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=f"{sym}_enter".encode(), pid=self.pid)
-                self.attached.append(sym)
+                path = resolve_uprobe(lib, sym, pid)
+                bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=f"{sym}_enter".encode(), pid=pid)
+                attached.append(sym)
             except Exception as exc:
                 if required:
-                    raise ToolError(f"memprof cannot attach uprobe {lib}:{sym} in pid {self.pid}: {exc}",
+                    raise ToolError(f"memprof cannot attach uprobe {lib}:{sym} in pid {pid}: {exc}",
                                     EXIT_ENVIRONMENT) from None
-        if self.pymalloc:
-            self._attach_pymalloc(bpf)
+        status = self._attach_pymalloc(bpf, pid, attached) if self.pymalloc else self.pymalloc_status
+        if pid == self.pid:
+            self.attached, self.pymalloc_status = attached, status
 
-    def _attach_pymalloc(self, bpf) -> None:
-        path = find_libpython(self.pid)
+    @staticmethod
+    def _attach_pymalloc(bpf, pid: int, attached: list[str]) -> str:
+        path = find_libpython(pid)
         if path is None:
-            self.pymalloc_status = "unavailable: PyObject_Malloc not found in the target (not CPython?)"
-            return
+            return "unavailable: PyObject_Malloc not found in the target (not CPython?)"
         for sym, handler in zip(PY_FNS, PY_HANDLERS):
-            bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=handler.encode(), pid=self.pid)
-            self.attached.append(sym)
-        self.pymalloc_status = f"attached in {path}"
+            bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=handler.encode(), pid=pid)
+            attached.append(sym)
+        return f"attached in {path}"
+
+    def close_window(self) -> None:
+        self.uprobes.stop()
+        super().close_window()
+
+    def close(self) -> None:
+        self.uprobes.stop()
+        super().close()
+
+    def processes(self) -> dict[int, dict]:
+        procs = super().processes()
+        if not self.pymalloc:
+            for row in procs.values():
+                row.pop("pymalloc_calls", None)
+        return procs
 
     # --- reading ---------------------------------------------------------------
     def _fn_stats(self) -> dict[str, dict]:
@@ -182,14 +209,15 @@ class MemProf(Probe):
         """Calls per function so far (used by calibration and tests)."""
         return {k: v["calls"] for k, v in self._fn_stats().items()}
 
-    def _frames(self, stack_id: int, caller: int) -> list[str]:
+    def _frames(self, stack_id: int, caller: int, pid: int) -> list[str]:
         """Innermost frame, then the direct caller read at entry, then the rest of the walk."""
         bpf = self.bpf
         assert bpf is not None  # called from read(), inside collect(), after attach()
-        frames = symbolize(bpf, stack_id, self.pid)
+        pid = pid or self.pid
+        frames = symbolize(bpf, stack_id, pid)
         if caller:
             try:
-                name = bpf.sym(caller, self.pid, show_module=True, show_offset=True)
+                name = bpf.sym(caller, pid, show_module=True, show_offset=True)
                 name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
             except Exception:
                 name = "[unknown]"
@@ -206,7 +234,7 @@ class MemProf(Probe):
         sampled = sum(int(v.samples) for _, v in rows)
         top, depths = [], []
         for key, v in rows[: self.top]:
-            frames = self._frames(key.stack_id, key.caller)
+            frames = self._frames(key.stack_id, key.caller, int(v.tgid))
             depths.append(len(frames))
             top.append({"samples": int(v.samples), "est_calls": int(v.samples) * self.sample,
                         "share": round(int(v.samples) / sampled, 4) if sampled else 0.0,
@@ -248,7 +276,7 @@ class MemProf(Probe):
         fns = self._fn_stats()
         libc = self._layer(fns, ALLOC_SLOTS, "free", 0)
         depths = libc.pop("_depths")
-        out: dict = {"malloc": libc, "attached": list(self.attached)}
+        out: dict = {"malloc": libc, "attached": list(self.attached), "followed": self.uprobes.summary()}
         probed = libc["calls"] + libc["frees"]
         if self.pymalloc:
             py = self._layer(fns, PY_ALLOC_SLOTS, "PyObject_Free", 1)
@@ -281,9 +309,15 @@ class MemProf(Probe):
         from rich.markup import escape
         from rich.table import Table
 
-        head = (f"memprof pid {result['pid']} ({result['comm']}) window {result['duration_s']:.2f}s"
+        head = (f"memprof pid {result['pid']} ({result['comm']}){tree_note(result)} window {result['duration_s']:.2f}s"
                 + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited") + "[/]" if result["partial"] else ""))
         console.print(head, highlight=False)
+        render_processes(result, console, [("alloc calls", "alloc_calls"), ("bytes", "alloc_bytes"),
+                                           ("frees", "frees")])
+        fol = result.get("followed") or {}
+        if fol.get("processes"):
+            console.print(f"{fol['processes']} processes joined the tree: counted from {fol['lag_ms_max']:.1f} ms "
+                          "(at most) after their fork, when their uprobes were in place", highlight=False)
         layers = [("libc", result["malloc"])]
         if "calls" in result.get("pymalloc", {}):
             layers.append(("CPython PyObject_*", result["pymalloc"]))

@@ -15,12 +15,16 @@
  *    fires; that read is settled by the push that follows (see EARLY_NS),
  *    or, if the push has taken its sequence but not yet written its slot,
  *    at once (see IN_FLIGHT_PUSHES).
- *  - udp:udp_fail_queue_rcv_skb: a datagram dropped at the socket (receive
- *    buffer full), attributed by destination port; sock:sock_rcvqueue_full has
- *    no socket or port and is reported as a global count only.
- *  - syscalls:sys_enter/exit_* of recv/send/epoll in TARGET_TGID: count,
- *    latency, items per call (datagrams per recvmmsg/sendmmsg, events per
- *    epoll wait). A recv/send call counts only if it touched a UDP socket.
+ *  - udp:udp_fail_queue_rcv_skb (raw tracepoint: its socket argument is not
+ *    in the tracefs record): a datagram dropped at the socket (receive buffer
+ *    full), by the socket's port and per socket; a socket's drops belong to the
+ *    process that reads it. sock:sock_rcvqueue_full has no socket or port and
+ *    is reported as a global count only.
+ *  - syscalls:sys_enter/exit_* of recv/send/epoll in the watched processes:
+ *    count, latency, items per call (datagrams per recvmmsg/sendmmsg, events
+ *    per epoll wait). A recv/send call counts only if it touched a UDP socket.
+ *  - per process (heimdall_procs): datagrams read, recv/send syscalls, epoll
+ *    waits; the reader of each watched socket (sock_fifo.owner).
  *  - server time (an approximation): per thread, from a read returning a
  *    datagram on a watched socket to the next send on that same socket by that
  *    thread. A send answers the most recent read, so with batching (read N,
@@ -79,6 +83,12 @@
 #define C_EARLY 11          /* reads that beat their sk_data_ready (queue time ~0) */
 #define NCOUNT 12
 
+/* heimdall_procs counters */
+#define PROC_DATAGRAMS 0
+#define PROC_RECV 1
+#define PROC_SEND 2
+#define PROC_EPOLL 3
+
 struct port_stat {
     u64 queued;
     u64 read;
@@ -91,7 +101,9 @@ struct sock_fifo {
     u64 port;
     u64 early_ts; /* a read that found the FIFO empty (see EARLY_NS) */
     u32 early;
-    u32 early_target;
+    u32 early_tgid; /* that read's process when watched, else 0 */
+    u32 owner;      /* the watched process that last read this socket */
+    u32 pad;
 };
 
 struct slot_key {
@@ -132,6 +144,7 @@ BPF_ARRAY(net_count, u64, NCOUNT);
 BPF_ARRAY(net_max, u64, 2);        /* exact max of queue (0) and server (1) time */
 BPF_HASH(net_inflight, u32, struct inflight, 4096);
 BPF_HASH(net_pending, u32, struct pending, 4096);
+BPF_HASH(net_sock_drops, u64, u64, 4096);   /* socket -> drops in the window */
 
 static __always_inline void count(int slot, u64 n)
 {
@@ -155,17 +168,18 @@ static __always_inline void batch_add(int kind, u64 v)
     net_batch.atomic_increment(hist_key(kind, v));
 }
 
-/* A datagram read (window open) whose queue time is known: by the target, or
- * by another process on a watched socket. */
-static __always_inline void settle_read(u16 port, int target, u64 lat)
+/* A datagram read (window open) whose queue time is known: by a watched
+ * process (tgid), or by another process (0) on a watched socket. */
+static __always_inline void settle_read(u16 port, u32 tgid, u64 lat)
 {
-    if (!target) {
+    if (!tgid) {
         count(C_OTHER_READER, 1);
         return;
     }
     hist_add(H_QUEUE, lat);
     track_max(0, lat);
     count(C_MATCHED, 1);
+    heimdall_proc_add(tgid, PROC_DATAGRAMS, 1);
     struct port_stat *ps = net_ports.lookup(&port);
     if (ps)
         __sync_fetch_and_add(&ps->read, 1);
@@ -214,7 +228,7 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
                 __sync_fetch_and_add(&ps->queued, 1);
                 count(C_QUEUED, 1);
                 count(C_EARLY, 1);
-                settle_read(port, f->early_target, 0);
+                settle_read(port, f->early_tgid, 0);
             }
             return 0;
         }
@@ -250,7 +264,10 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tid = (u32)pid_tgid;
-    int target = (pid_tgid >> 32) == TARGET_TGID;
+    u32 reader = pid_tgid >> 32;
+    int target = heimdall_tgid_is_target(reader);
+    if (!target)
+        reader = 0;
     int on = heimdall_enabled();
     if (target)
         mark_udp_syscall(tid);
@@ -258,6 +275,8 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     struct sock_fifo *f = net_socks.lookup(&sk);
     if (!f)
         return 0;
+    if (target)
+        f->owner = reader;
     if (args->ret < 0) {
         if (args->ret == -EAGAIN && f->tail > f->head) {
             if (on)
@@ -276,7 +295,7 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
             count(C_UNMATCHED, 1);
         f->early = 1;
         f->early_ts = now;
-        f->early_target = target;
+        f->early_tgid = reader;
         return 0;
     }
     u64 seq = __sync_fetch_and_add(&f->head, 1);
@@ -284,14 +303,14 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     struct slot_val *val = net_ring.lookup(&key);
     if (val && val->seq == seq) {
         if (on)
-            settle_read(f->port, target, now - val->ts);
+            settle_read(f->port, reader, now - val->ts);
         return 0;
     }
     if (!on)
         return 0;
     if ((!val || val->seq < seq) && f->tail - seq <= IN_FLIGHT_PUSHES) {
         count(C_EARLY, 1);               /* its push is still writing the slot */
-        settle_read(f->port, target, 0);
+        settle_read(f->port, reader, 0);
     } else {
         count(C_OVERFLOW, 1);
     }
@@ -304,7 +323,7 @@ TRACEPOINT_PROBE(sock, sock_send_length)
     if (!is_udp(args->family, args->protocol))
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if ((pid_tgid >> 32) != TARGET_TGID)
+    if (!heimdall_tgid_is_target(pid_tgid >> 32))
         return 0;
     u32 tid = (u32)pid_tgid;
     mark_udp_syscall(tid);
@@ -331,18 +350,28 @@ TRACEPOINT_PROBE(sock, sock_send_length)
     return 0;
 }
 
-/* Receive buffer full: the datagram is dropped before it is queued. */
-TRACEPOINT_PROBE(udp, udp_fail_queue_rcv_skb)
+/* Receive buffer full: the datagram is dropped before it is queued.
+ * Raw arguments: (int rc, struct sock *sk[, struct sk_buff *skb]). */
+RAW_TRACEPOINT_PROBE(udp_fail_queue_rcv_skb)
 {
     if (!heimdall_enabled())
         return 0;
     count(C_DROPS_ALL, 1);
-    u16 port = args->dport;
+    u64 sk = ctx->args[1];
+    if (!sk)
+        return 0;
+    u16 port = sk_local_port((const void *)sk);
     struct port_stat *ps = net_ports.lookup(&port);
-    if (ps) {
-        __sync_fetch_and_add(&ps->drops, 1);
-        count(C_DROPS, 1);
-    }
+    if (!ps)
+        return 0;
+    __sync_fetch_and_add(&ps->drops, 1);
+    count(C_DROPS, 1);
+    u64 zero = 0;
+    u64 *d = net_sock_drops.lookup_or_try_init(&sk, &zero);
+    if (d)
+        __sync_fetch_and_add(d, 1);
+    else
+        heimdall_lose(LOST_MAP_FULL);
     return 0;
 }
 
@@ -356,7 +385,7 @@ TRACEPOINT_PROBE(sock, sock_rcvqueue_full)
 static __always_inline int sys_enter(u32 kind)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if ((pid_tgid >> 32) != TARGET_TGID)
+    if (!heimdall_tgid_is_target(pid_tgid >> 32))
         return 0;
     u32 tid = (u32)pid_tgid;
     struct inflight in = {.ts = bpf_ktime_get_ns(), .kind = kind};
@@ -368,7 +397,7 @@ static __always_inline int sys_enter(u32 kind)
 static __always_inline int sys_exit(u32 kind, long ret)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    if ((pid_tgid >> 32) != TARGET_TGID)
+    if (!heimdall_tgid_is_target(pid_tgid >> 32))
         return 0;
     u32 tid = (u32)pid_tgid;
     struct inflight *in = net_inflight.lookup(&tid);
@@ -387,6 +416,7 @@ static __always_inline int sys_exit(u32 kind, long ret)
     if (!st)
         return 0;
     __sync_fetch_and_add(&st->calls, 1);
+    heimdall_proc_add(pid_tgid >> 32, kind < K_SENDTO ? PROC_RECV : kind < K_EPOLL_WAIT ? PROC_SEND : PROC_EPOLL, 1);
     if (ret < 0)
         __sync_fetch_and_add(&st->errors, 1);
     else if (ret == 0)

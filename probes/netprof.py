@@ -3,7 +3,8 @@
 probes/netprof.bpf.c does the measuring (see its header for the method); this
 module picks the ports to watch, attaches, reads the maps into JSON and prints
 tables. The watched ports are --port, or every unconnected UDP socket the
-target has bound (found with psutil when the window opens).
+target's process tree has bound (found with psutil when the window opens): a
+supervisor's workers bind their own SO_REUSEPORT sockets.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from probes.base import Probe, per_query, pid_alive
 from probes.doctor import tracepoint_exists
 from probes.histogram import HIST_BUCKETS, Histogram
+from probes.proctree import ensure_listed, render_processes, tree_note, tree_pids
 from tools.errors import EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 
 SCHEMA = "heimdall.netprof/1"
@@ -41,16 +43,19 @@ NOTES = [
 ]
 
 def udp_listen_ports(pid: int) -> list[int]:
-    """Local ports of the pid's unconnected UDP sockets (its server sockets)."""
+    """Local ports of the unconnected UDP sockets (server sockets) of pid and its descendants."""
     import psutil
 
-    try:
-        conns = psutil.Process(pid).net_connections(kind="udp")
-    except psutil.NoSuchProcess:
-        raise ToolError(f"pid {pid} does not exist", EXIT_TARGET) from None
-    except psutil.AccessDenied:
-        return []
-    return sorted({c.laddr.port for c in conns if c.laddr and not c.raddr})
+    if not pid_alive(pid):
+        raise ToolError(f"pid {pid} does not exist", EXIT_TARGET)
+    ports: set[int] = set()
+    for member in tree_pids(pid):
+        try:
+            conns = psutil.Process(member).net_connections(kind="udp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        ports |= {c.laddr.port for c in conns if c.laddr and not c.raddr}
+    return sorted(ports)
 
 
 def _hist_slots(table, nslots: int) -> list[Histogram]:
@@ -65,12 +70,13 @@ def _hist_slots(table, nslots: int) -> list[Histogram]:
 
 
 class NetProf(Probe):
-    """UDP socket probe for one server process (see probes/netprof.bpf.c)."""
+    """UDP socket probe for a server's process tree (see probes/netprof.bpf.c)."""
 
     name = "netprof"
     bpf_file = "netprof.bpf.c"
     schema = SCHEMA
-    window_tables = ("net_hist", "net_batch", "net_sys", "net_count", "net_max")
+    window_tables = ("net_hist", "net_batch", "net_sys", "net_count", "net_max", "net_sock_drops")
+    proc_slots = ("datagrams", "recv_syscalls", "send_syscalls", "epoll_waits")
 
     def __init__(self, pid: int, port: int | None = None, **opts: Any) -> None:
         super().__init__(pid, **opts)
@@ -113,6 +119,22 @@ class NetProf(Probe):
         super().open_window()
 
     # --- read-out -------------------------------------------------------------
+    def processes(self) -> dict[int, dict]:
+        """Per-process figures; a socket's drops go to the watched process that reads it."""
+        procs = super().processes()
+        for row in procs.values():
+            row["drops"] = 0
+        socks = self.table("net_socks")
+        for sk, n in self.table("net_sock_drops").items():
+            try:
+                owner = int(socks[sk].owner)
+            except KeyError:
+                continue
+            if owner:
+                ensure_listed(procs, [owner], {**{k: 0 for k in self.proc_slots}, "drops": 0})
+                procs[owner]["drops"] += int(n.value)
+        return procs
+
     def read(self, queries: int | None) -> dict:
         bpf = self.bpf
         assert bpf is not None  # read() runs inside collect(), after attach()
@@ -183,7 +205,7 @@ class NetProf(Probe):
         from rich.table import Table
 
         udp = result["udp"]
-        title = f"netprof pid {result['pid']} ({result['comm']}) ports {udp['ports']} " \
+        title = f"netprof pid {result['pid']} ({result['comm']}){tree_note(result)} ports {udp['ports']} " \
                 f"{result['duration_s']:.2f}s" + (escape(f" [partial: {result.get('end_reason')}]") if result.get("partial") else "")
         t = Table(title=title)
         for col in ("metric", "count", "p50 us", "p90 us", "p99 us", "max us"):
@@ -193,6 +215,8 @@ class NetProf(Probe):
             s = udp[key]
             t.add_row(label, str(n), *(f"{s[p]:.1f}" for p in ("p50", "p90", "p99", "max")))
         console.print(t)
+        render_processes(result, console, [("datagrams", "datagrams"), ("recv calls", "recv_syscalls"),
+                                           ("send calls", "send_syscalls"), ("drops", "drops")])
         fifo = result["fifo"]
         console.print(f"drops (receive buffer full, watched ports): {udp['drops']}  "
                       f"any port: {udp['drops_all_ports']}  sock_rcvqueue_full (any socket): "
@@ -201,7 +225,7 @@ class NetProf(Probe):
                       f"{fifo['early_reads']}  FIFO overflow: {fifo['overflow']}  "
                       f"resync discarded: {fifo['resync_discarded']}  lost: {result.get('lost')}",
                       highlight=False)
-        s = Table(title="syscalls (target tgid; recv/send only on UDP sockets)")
+        s = Table(title="syscalls (watched processes; recv/send only on UDP sockets)")
         for col in ("syscall", "calls", "errors", "items/call", "p50 us", "p99 us", "max us"):
             s.add_column(col, justify="right" if col != "syscall" else "left")
         for kind, e in result["syscalls"].items():

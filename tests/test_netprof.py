@@ -120,6 +120,10 @@ def test_drops_equal_datagrams_never_received(bins):
     assert 0 < received < sent
     assert udp["drops"] == sent - received
     assert udp["by_port"][str(port)]["drops"] == sent - received
+    # the socket's drops belong to the process that reads it
+    assert result["pids"] == [proc.pid]
+    assert result["processes"][str(proc.pid)]["drops"] == sent - received
+    assert result["processes"][str(proc.pid)]["datagrams"] == received
     assert udp["datagrams"] == received
     # the reads: `received` datagrams, then one EAGAIN that ended the drain
     assert result["syscalls"]["recvfrom"]["calls"] == received + 1

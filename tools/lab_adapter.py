@@ -169,7 +169,7 @@ def canonical_probe_names(names: Iterable[str]) -> list[str]:
 
 @dataclass
 class ProbeSet:
-    """Several probes attached to one pid, windows opened and collected together."""
+    """Several probes attached to one pid's process tree, windows opened and collected together."""
 
     pid: int
     names: list[str]
@@ -218,8 +218,20 @@ def _num(d: Any, *path: str) -> float | None:
     return float(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else None
 
 
+# probe -> (its per-process figure, the name in facts["processes"])
+PROCESS_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lockprof": (("futex_waits", "futex_waits"), ("wait_us_total", "futex_wait_us_total")),
+    "memprof": (("alloc_calls", "mallocs"), ("alloc_bytes", "malloc_bytes")),
+    "netprof": (("datagrams", "datagrams"), ("recv_syscalls", "recv_syscalls"),
+                ("send_syscalls", "send_syscalls"), ("drops", "udp_drops")),
+}
+
+
 def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dict:
-    """Normalise the probes' results: per-query metrics plus facts the report names."""
+    """Normalise the probes' results: per-query metrics plus facts the report names.
+
+    facts["pids"] lists every process the probes watched in the window (a
+    supervisor and its workers); facts["processes"] has each one's figures."""
     out: dict[str, Any] = {"per_query_metrics": {}, "facts": {}}
     q = max(queries, 1)
     if "lockprof" in raw:
@@ -228,7 +240,23 @@ def summarize_probes(raw: dict[str, dict], queries: int, window_s: float) -> dic
         _summarize_memprof(raw["memprof"], q, out)
     if "netprof" in raw:
         _summarize_netprof(raw["netprof"], q, out)
+    _summarize_processes(raw, out["facts"])
     return out
+
+
+def _summarize_processes(raw: dict[str, dict], facts: dict) -> None:
+    """Every probe's pids, and per pid its comm and each probe's main figures."""
+    pids: set[int] = set()
+    procs: dict[str, dict[str, Any]] = {}
+    for name, result in raw.items():
+        pids.update(int(p) for p in result.get("pids") or [])
+        for pid, row in (result.get("processes") or {}).items():
+            entry = procs.setdefault(str(pid), {"comm": row.get("comm", "?")})
+            for key, label in PROCESS_FIGURES.get(name, ()):
+                if key in row:
+                    entry[label] = row[key]
+    facts["pids"] = sorted(pids)
+    facts["processes"] = {pid: procs[pid] for pid in sorted(procs, key=int)}
 
 
 def _summarize_lockprof(r: dict, q: int, window_s: float, out: dict) -> None:

@@ -103,6 +103,10 @@ def scenario_table(w: dict) -> list[str]:
         rows.append(("receive queue", f"p50 {_us(facts.get('udp_queue_p50_us'))}, p99 {_us(facts.get('udp_queue_p99_us'))}, "
                                       f"drops {_f(facts.get('udp_drops'))}, socket syscalls "
                                       f"{_f(pq.get('syscalls_per_query'), 2)}/query"))
+    if len(facts.get("pids") or []) > 1:
+        rows.append(("probed processes", "; ".join(
+            f"{pid} {p.get('comm', '?')}" + "".join(f", {k.replace('_', ' ')} {_f(v)}" for k, v in p.items() if k != "comm")
+            for pid, p in (facts.get("processes") or {}).items())))
     return ["| figure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
 

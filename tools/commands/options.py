@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-PID_HELP = "pid of a running process to profile"
-CMD_HELP = "or: -- COMMAND... to launch a program and profile it"
+PID_HELP = "pid of a running process to profile, with all its descendants (a supervisor covers its workers)"
+CMD_HELP = "or: -- COMMAND... to launch a program and profile it and its descendants"
 SCEN_HELP = "comma list of cache-hit,cache-miss,mixed,high-concurrency,blocking, or all"
 SERVER_HELP = "measure this server (HOST:PORT) instead of starting Heimdall + NSD; needs --pid"
 SERVER_PID_HELP = "the --server's process id (CPU time, resources and probes attach to it)"
