@@ -19,6 +19,7 @@ from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.gate import CheckResult, apply_baseline_defaults, check_document, compare, write_results
 from tools.measure import LabOptions, attached_probes, open_target, validate_numbers
 from tools.pairing import Side, paired_windows, side_line
+from tools.placement import servers_apart
 from tools.refbuild import REPO_ROOT, built
 from tools.verdict import Thresholds, overall
 
@@ -42,6 +43,7 @@ def run_against(opts: LabOptions, ref: str, th: Thresholds, given: set[str], bas
                 f"probes: {', '.join(opts.probes) or 'none'}")
             their_probes, _ = stack.enter_context(attached_probes(theirs, opts.probes, required=True))
             my_probes, _ = stack.enter_context(attached_probes(mine, opts.probes, required=True))
+            stack.enter_context(servers_apart([theirs.pid, mine.pid]))
             their_w, my_w = paired_windows(opts, Side(ref, theirs, their_probes), Side(THIS_TREE, mine, my_probes),
                                            on_window=lambda w: say(side_line(w)))
     base = build_document(their_w, opts.load_params(), opts.probes, theirs.info)

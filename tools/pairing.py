@@ -26,6 +26,7 @@ from typing import Callable
 from tools import lab_adapter as lab
 from tools.gate_metrics import BY_KEY, window_metrics
 from tools.measure import LabOptions, Reading, Target, window_line, window_record
+from tools.placement import servers_apart
 
 # figures that move with the machine's speed; counts per query and error rates do not
 PAIRED_KINDS = ("time", "cost")
@@ -132,9 +133,10 @@ def beside_reference(opts: LabOptions, target: Target, probes: lab.ProbeSet | No
 
     with ReferenceResponder() as ref:
         reference = Side("reference", Target(ref.addr, int(ref.pid or 0), ref.describe()))
-        theirs, mine = paired_windows(opts, reference, Side("target", target, probes),
-                                      on_window=lambda w: say(side_line(w)))
-    return attach_reference(mine, theirs), {"kind": KIND, "version": VERSION}
+        with servers_apart([target.pid, reference.target.pid]) as placement:
+            theirs, mine = paired_windows(opts, reference, Side("target", target, probes),
+                                          on_window=lambda w: say(side_line(w)))
+    return attach_reference(mine, theirs), {"kind": KIND, "version": VERSION, "placement": placement}
 
 
 def side_line(w: dict) -> str:
