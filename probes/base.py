@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probes.proctree import exit_flags, pid_alive, proc_comm, read_procs, reset_procs, seed_targets
 from tools.errors import EXIT_ENVIRONMENT, EXIT_INCONCLUSIVE, EXIT_TARGET, ToolError
 from tools.files import write_json
 
@@ -37,21 +38,8 @@ PROBES_DIR = Path(__file__).resolve().parent
 LOST_NAMES = ("map_full", "stack_eexist", "stack_enomem", "stack_other", "no_start")
 
 
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def read_comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
+    return proc_comm(pid) or "?"
 
 
 _INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
@@ -115,8 +103,6 @@ class Probe:
 
     def processes(self) -> dict[int, dict]:
         """pid -> per-process figures of the window (comm and the proc_slots counters)."""
-        from probes.proctree import read_procs
-
         assert self.bpf is not None  # called from collect(), after attach()
         return read_procs(self.bpf, self.proc_slots)
 
@@ -132,7 +118,6 @@ class Probe:
     def attach(self) -> None:
         """Preflight, load the BPF program, watch the pid's tree, attach; clear errors."""
         from probes.doctor import ensure_ready
-        from probes.proctree import exit_flags, seed_targets
 
         if not pid_alive(self.pid):
             raise ToolError(f"pid {self.pid} does not exist", EXIT_TARGET)
@@ -178,7 +163,6 @@ class Probe:
 
     def open_window(self) -> None:
         """Clear the window's maps, start per-process figures, set the in-kernel enabled flag."""
-        from probes.proctree import reset_procs, seed_targets
 
         if self.bpf is None:
             raise ToolError(f"{self.name}: open_window() before attach()", EXIT_ENVIRONMENT)

@@ -35,7 +35,8 @@ def exit_flags() -> list[str]:
         return []
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             state = fh.read().rpartition(")")[2].split()[0]
@@ -64,7 +65,7 @@ def seed_targets(bpf, root: int) -> int:
             except Exception:  # noqa: BLE001 - the map is full
                 lost += 1
                 continue
-            if not _alive(pid):    # exited between the scan and the insert: its exit was not seen
+            if not pid_alive(pid):    # exited between the scan and the insert: its exit was not seen
                 try:
                     del table[table.Key(pid)]
                 except KeyError:

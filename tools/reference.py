@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from typing import Self
 
 from tools.errors import ToolError
 
@@ -42,18 +43,20 @@ VERSION = hashlib.sha256(PROGRAM.encode()).hexdigest()[:12]
 KIND = "reference responder (python, fixed work per query, canned answer)"
 
 
-class ReferenceResponder:
-    """The reference program on a free loopback port, ours to stop."""
+class ProgramResponder:
+    """A one-file Python responder program on a free loopback port, ours to stop."""
+
+    program = ""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
-    def start(self) -> "ReferenceResponder":
+    def start(self) -> Self:
         from tools.nsd import free_port, wait_for_dns
 
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-c", PROGRAM, str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-c", self.program, str(self.port)],
                                      start_new_session=True, stderr=subprocess.DEVNULL)
         try:
             wait_for_dns("127.0.0.1", self.port, proc=self.proc)
@@ -70,17 +73,23 @@ class ReferenceResponder:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def describe(self) -> dict:
-        return {"kind": KIND, "version": VERSION, "server": self.addr, "pid": self.pid}
-
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> "ReferenceResponder":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ReferenceResponder(ProgramResponder):
+    """The reference program."""
+
+    program = PROGRAM
+
+    def describe(self) -> dict:
+        return {"kind": KIND, "version": VERSION, "server": self.addr, "pid": self.pid}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tools.errors import EXIT_ENVIRONMENT, ToolError
+from tools.reference import ProgramResponder
 from tools.resources import process_tree
 from tools.sidebyside.options import KNOWN_PEERS, CompareOptions
 
@@ -85,39 +84,10 @@ uvloop.run(main())
 """
 
 
-class BareResponder:
+class BareResponder(ProgramResponder):
     """The Python + uvloop floor: echo the question with one canned A record (no cache, no parsing)."""
 
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> "BareResponder":
-        from tools.nsd import free_port, wait_for_dns
-
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, str(self.port)],
-                                     start_new_session=True, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_dns("127.0.0.1", self.port, proc=self.proc)
-        except ToolError:
-            self.stop()
-            raise
-        return self
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+    program = BARE_RESPONDER
 
 
 def installed(kind: str) -> bool:
