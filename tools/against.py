@@ -44,8 +44,7 @@ def run_against(opts: LabOptions, ref: str, th: Thresholds, given: set[str], bas
             their_probes, _ = stack.enter_context(attached_probes(theirs, opts.probes, required=True))
             my_probes, _ = stack.enter_context(attached_probes(mine, opts.probes, required=True))
             stack.enter_context(servers_apart([theirs.pid, mine.pid]))
-            pair = (Side(ref, theirs, their_probes), Side(THIS_TREE, mine, my_probes))
-            their_w, my_w = paired_windows(opts, lambda _repeat: contextlib.nullcontext(pair),
+            their_w, my_w = paired_windows(opts, Side(ref, theirs, their_probes), Side(THIS_TREE, mine, my_probes),
                                            on_window=lambda w: say(side_line(w)))
     base = build_document(their_w, opts.load_params(), opts.probes, theirs.info)
     cur = build_document(my_w, opts.load_params(), opts.probes, mine.info)

@@ -17,12 +17,11 @@ Heimdall (`--against REF`), judging the two builds' windows pair by pair.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import Callable
 
 from tools import lab_adapter as lab
 from tools.gate_metrics import BY_KEY, window_metrics
@@ -43,23 +42,19 @@ class Side:
     probes: lab.ProbeSet | None = None
 
 
-def paired_windows(opts: LabOptions, sides: Callable[[int], ContextManager[tuple[Side, Side]]],
+def paired_windows(opts: LabOptions, a: Side, b: Side,
                    on_window: Callable[[dict], None] | None = None) -> tuple[list[dict], list[dict]]:
-    """Every repeat of every scenario on both sides at once (the scenario order rotates each
-    repeat); `sides(repeat)` gives the pair for one repeat (a fresh reference each repeat)."""
-    first: list[dict] = []
-    second: list[dict] = []
+    """Every repeat of every scenario on both sides at once (the scenario order rotates each repeat)."""
+    got: dict[str, list[dict]] = {a.name: [], b.name: []}
     n = len(opts.scenarios)
     for repeat in range(opts.repeats):
-        with sides(repeat) as (a, b):
-            for scenario in (opts.scenarios[(i + repeat) % n] for i in range(n)):
-                pair = measure_pair(opts, a, b, scenario, repeat)
-                first.append(pair[0])
-                second.append(pair[1])
-                for w in pair:
-                    if on_window is not None:
-                        on_window(w)
-    return first, second
+        for scenario in (opts.scenarios[(i + repeat) % n] for i in range(n)):
+            pair = measure_pair(opts, a, b, scenario, repeat)
+            for side, w in zip((a, b), pair):
+                got[side.name].append(w)
+                if on_window is not None:
+                    on_window(w)
+    return got[a.name], got[b.name]
 
 
 def measure_pair(opts: LabOptions, a: Side, b: Side, scenario: str, repeat: int) -> tuple[dict, dict]:
@@ -133,26 +128,15 @@ def share_environment(a: dict, b: dict) -> None:
 
 def beside_reference(opts: LabOptions, target: Target, probes: lab.ProbeSet | None,
                      say: Callable[[str], None]) -> tuple[list[dict], dict]:
-    """The target's windows, each with its reference partner's figures, and what the reference was.
-
-    A new reference process each repeat: one process's layout in memory makes it a few per cent
-    faster or slower than the next for its whole life (pyperf runs many processes for this), and
-    a check that drew one such process would carry that bias into every window."""
+    """The target's windows, each with its reference partner's figures, and what the reference was."""
     from tools.reference import KIND, VERSION, ReferenceResponder
 
-    mine = Side("target", target, probes)
-    placement: dict = {}
-
-    @contextlib.contextmanager
-    def fresh(_repeat: int) -> Iterator[tuple[Side, Side]]:
-        with ReferenceResponder() as ref:
-            reference = Side("reference", Target(ref.addr, int(ref.pid or 0), ref.describe()))
-            with servers_apart([target.pid, reference.target.pid]) as placed:
-                placement.update(placed)
-                yield reference, mine
-
-    theirs, windows = paired_windows(opts, fresh, on_window=lambda w: say(side_line(w)))
-    return attach_reference(windows, theirs), {"kind": KIND, "version": VERSION, "placement": placement}
+    with ReferenceResponder() as ref:
+        reference = Side("reference", Target(ref.addr, int(ref.pid or 0), ref.describe()))
+        with servers_apart([target.pid, reference.target.pid]) as placement:
+            theirs, mine = paired_windows(opts, reference, Side("target", target, probes),
+                                          on_window=lambda w: say(side_line(w)))
+    return attach_reference(mine, theirs), {"kind": KIND, "version": VERSION, "placement": placement}
 
 
 def side_line(w: dict) -> str:
