@@ -162,14 +162,22 @@ class Probe:
         ctl[ctl.Key(0)] = ctl.Leaf(value)
 
     def open_window(self) -> None:
-        """Clear the window's maps, start per-process figures, set the in-kernel enabled flag."""
+        """Prepare the window and start it at once."""
+        self.prepare_window()
+        self.start_window()
 
+    def prepare_window(self) -> None:
+        """Clear the window's maps and start per-process figures (the slow part, tens of ms: a
+        window that must open at an instant is prepared before it and started at it)."""
         if self.bpf is None:
-            raise ToolError(f"{self.name}: open_window() before attach()", EXIT_ENVIRONMENT)
+            raise ToolError(f"{self.name}: window before attach()", EXIT_ENVIRONMENT)
         self.seed_lost = seed_targets(self.bpf, self.pid)
         for name in (*self.window_tables, "heimdall_lost"):
             self.table(name).clear()
         reset_procs(self.bpf)
+
+    def start_window(self) -> None:
+        """Set the in-kernel enabled flag: events count from now."""
         self._ctl(1)
         self.window_start = time.monotonic()
         self.window_end = None

@@ -100,8 +100,8 @@ class NetProf(Probe):
         for port in self.ports:
             table[table.Key(port)] = table.Leaf()
 
-    def open_window(self) -> None:
-        """Find the server's ports (waiting briefly for a launched one), then open."""
+    def prepare_window(self) -> None:
+        """Find the server's ports (waiting briefly for a launched one), then prepare."""
         if self.port is None:
             deadline = time.monotonic() + PORT_WAIT_S
             ports = udp_listen_ports(self.pid)
@@ -116,7 +116,7 @@ class NetProf(Probe):
                 self._set_ports(self.bpf)
         else:
             self._set_ports(self.bpf)   # zero the per-port counters
-        super().open_window()
+        super().prepare_window()
 
     # --- read-out -------------------------------------------------------------
     def processes(self) -> dict[int, dict]:

@@ -129,7 +129,7 @@ def test_baseline_without_reference_is_judged_as_before(baseline, target, tmp_pa
     old.write_text(json.dumps(doc))
     proc, v = check(old, target, tmp_path / "res")
     assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr
-    assert "no reference measurements" in proc.stdout
+    assert "no reference measurements" in proc.stdout + proc.stderr
     assert {r["basis"] for r in v["rows"]} == {"absolute"}
 
 
@@ -244,7 +244,7 @@ def test_check_with_probes_judges_per_query_counts(target, tmp_path):
     doc = json.loads(path.read_text())
     assert doc["probes"] == ["lockprof", "netprof"]
     sys_pq = doc["scenarios"]["cache-hit"]["syscalls_per_query"]
-    assert sys_pq["kind"] == "count" and all(1.95 <= v <= 2.05 for v in sys_pq["values"])
+    assert sys_pq["kind"] == "count" and all(1.95 <= v <= 2.05 for v in sys_pq["values"]), sys_pq
     proc, v = check(path, target, tmp_path / "res")
     rows = {r["metric"]: r for r in v["rows"]}
     assert rows["syscalls_per_query"]["verdict"] == "ok" and rows["syscalls_per_query"]["kind"] == "count"

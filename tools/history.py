@@ -5,7 +5,7 @@ A *run* is one result that records its commit (tools/provenance.py):
   bench     <stamp>-bench/bench.json (heimdall.bench/1) and its window files
             (heimdall.window/1): per scenario, the median over its windows of
             each tools/gate_metrics.py metric
-  check     <stamp>-check/run.json, and any baseline file (heimdall.baseline/1):
+  check     <stamp>-check/run.json, and any baseline file (heimdall.baseline/1 or /2):
             the per-scenario medians it stores
   compare   <stamp>-compare/compare.json (heimdall.compare/1): each contestant's
             median of the side-by-side metrics, the contestant standing in for
@@ -32,7 +32,8 @@ from tools.errors import EXIT_ENVIRONMENT, EXIT_USAGE, ToolError
 from tools.gate_metrics import BY_KEY, window_metrics
 from tools.sidebyside.options import METRICS as COMPARE_METRICS
 
-BASELINE, BENCH, WINDOW, COMPARE = "heimdall.baseline/1", "heimdall.bench/1", "heimdall.window/1", "heimdall.compare/1"
+BENCH, WINDOW, COMPARE = "heimdall.bench/1", "heimdall.window/1", "heimdall.compare/1"
+BASELINES = ("heimdall.baseline/1", "heimdall.baseline/2")
 Warn = Callable[[str], None]
 RESULTS_DIR_NAME = re.compile(r"(\d{8}-\d{6})-[a-z]+(-\d+)?")  # tools/files.py new_results_dir, UTC
 
@@ -129,7 +130,7 @@ def read_history(results_dir: Path, warn: Warn) -> History:
             docs[path] = doc
     runs, without = [], 0
     for path, doc in docs.items():
-        if doc.get("schema") not in (BASELINE, BENCH, COMPARE):
+        if doc.get("schema") not in (*BASELINES, BENCH, COMPARE):
             continue
         if "commit" not in doc:
             without += 1
@@ -177,7 +178,7 @@ def to_run(path: Path, doc: dict, docs: dict[Path, dict], warn: Warn) -> Run | N
             started = min((t for t in (parse_time(w.get("started")) for w in windows) if t), default=None)
             medians = {s: {m: statistics.median(v) for m, v in ms.items()} for s, ms in per.items()}
             return Run(stamp or started or mtime(path), "bench", commit, path, medians)
-        if doc["schema"] == BASELINE:
+        if doc["schema"] in BASELINES:
             command = "check" if (path.parent / "check.json").exists() else "baseline"
             medians = {s: {m: float(v["median"]) for m, v in ms.items() if _number(v.get("median"))}
                        for s, ms in doc["scenarios"].items()}

@@ -194,8 +194,16 @@ class ProbeSet:
         return self
 
     def open_window(self) -> None:
+        self.prepare_window()
+        self.start_window()
+
+    def prepare_window(self) -> None:
         for probe in self.probes.values():
-            probe.open_window()
+            probe.prepare_window()
+
+    def start_window(self) -> None:
+        for probe in self.probes.values():
+            probe.start_window()
 
     def collect(self, queries: int | None) -> dict[str, dict]:
         return {name: probe.collect(queries=queries) for name, probe in self.probes.items()}

@@ -90,10 +90,12 @@ def measure_in_step(opts: LabOptions, side: Side, scenario: str, repeat: int, st
     readings: list[Reading] = []
 
     def read() -> None:
+        if side.probes is not None:
+            side.probes.prepare_window()   # during the lead and warm-up; nothing counts until started
         _sleep_until(opens)
         readings.append(Reading.take(side.target.pid))
         if side.probes is not None:
-            side.probes.open_window()
+            side.probes.start_window()
         _sleep_until(closes)
         readings.append(Reading.take(side.target.pid))
 
