@@ -24,7 +24,7 @@ from tools.gate_metrics import BY_KEY
 from tools.measure import LabOptions, attached_probes, open_target, run_windows, validate_numbers, window_line
 from tools.pairing import PAIRED_KINDS, beside_reference, ratio_floor
 from tools.reference import VERSION as REFERENCE_VERSION
-from tools.verdict import MetricVerdict, Series, Thresholds, judge, overall
+from tools.verdict import INCONCLUSIVE, REGRESSION, MetricVerdict, Series, Thresholds, judge, overall
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,25 @@ def judge_paired(scenario: str, key: str, base: dict, cur: dict, th: Thresholds,
     row.unit, row.basis = str(base["unit"]), "paired"
     row.baseline, row.current = Series.from_json(base).median, Series.from_json(cur).median
     row.reason = f"{row.reason} (ratio to the reference {row_ratio(base)} -> {row_ratio(cur)})"
+    raw_worse = raw_worsening_pct(row)
+    if row.verdict == REGRESSION and raw_worse <= row.threshold_pct:
+        row.verdict = INCONCLUSIVE
+        row.reason += (f", but the figure itself is worse by only {raw_worse:.1f}%: the reference and the "
+                       "target moved differently, so neither alone is believed")
     return row
+
+
+def raw_worsening_pct(row: MetricVerdict) -> float:
+    """How much worse the raw median is than the baseline's, in percent (negative: better).
+
+    A paired regression must also show in the raw figure: a machine that is uniformly slower
+    moves the raw figure and not the ratio, a reference that moves unlike the target moves the
+    ratio and not the raw figure (seen: a check whose CPU per query fell 8 % while its ratio to
+    the reference rose 12 %); a slower target moves both."""
+    if not row.baseline:
+        return 0.0
+    sign = 1.0 if row.better == "lower" else -1.0
+    return sign * 100.0 * (row.current - row.baseline) / abs(row.baseline)
 
 
 def row_ratio(d: dict) -> str:
