@@ -27,24 +27,12 @@ from closed_loop import ClosedLoop, summary
 from conftest import requires_bcc
 from heimdall_server import HeimdallProcess
 from probe_targets import CLI, REPO, TARGETS, Target, compile_target
+from procs import children, wait_for
 
 pytestmark = [requires_bcc, pytest.mark.probes]
 
 FORK = [sys.executable, str(TARGETS / "fork_exec.py")]
 NSD_IP = "192.0.2.1"
-
-
-def workers(pid: int) -> set[int]:
-    return {c.pid for c in psutil.Process(pid).children()}
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def cached(client: int, seq: int) -> tuple[str, str]:
@@ -72,7 +60,7 @@ def test_both_workers_are_seen_through_the_supervisor(upstream):
     from probes.netprof import NetProf
 
     with HeimdallProcess([upstream.addr], args=["--worker-threads", "2"]) as h:
-        kids = workers(h.pid)
+        kids = children(h.pid)
         assert len(kids) == 2
         with ClosedLoop(h.address, h.port, cached, clients=16, timeout=2.0, gap=0.0):
             time.sleep(1.0)                       # warm both workers' caches
@@ -91,7 +79,7 @@ def test_both_workers_are_seen_through_the_supervisor(upstream):
         recs = load.records
         print(f"\n[trees] load {summary(recs)}; netprof datagrams {net['udp']['datagrams']}; "
               f"per process {json.dumps(net['processes'])}")
-        assert workers(h.pid) == kids            # no restart in the window
+        assert children(h.pid) == kids            # no restart in the window
     for result in (net, lock, mem):
         assert set(result["pids"]) == kids | {h.pid}, result["pids"]
         assert sorted(result["processes"], key=int) == [str(p) for p in result["pids"]]
@@ -121,7 +109,7 @@ def test_a_worker_restarted_in_the_window_is_watched_from_its_fork(upstream):
     from probes.netprof import NetProf
 
     with HeimdallProcess([upstream.addr], args=["--worker-threads", "2"]) as h:
-        kids = workers(h.pid)
+        kids = children(h.pid)
         probes = [NetProf(h.pid), MemProf(h.pid, overhead=False)]
         try:
             for probe in probes:
@@ -132,13 +120,13 @@ def test_a_worker_restarted_in_the_window_is_watched_from_its_fork(upstream):
                 time.sleep(0.5)
                 victim = min(kids)
                 os.kill(victim, signal.SIGKILL)
-                assert wait_for(lambda: len(workers(h.pid)) == 2 and victim not in workers(h.pid))
+                assert wait_for(lambda: len(children(h.pid)) == 2 and victim not in children(h.pid))
                 time.sleep(2.0)
             net, mem = (probe.collect() for probe in probes)
         finally:
             for probe in probes:
                 probe.close()
-        (new,) = workers(h.pid) - kids
+        (new,) = children(h.pid) - kids
     print(f"\n[trees] restart: {victim} -> {new}; load {summary(load.records)}; memprof followed {mem['followed']}")
     for result in (net, mem):
         assert {h.pid, victim, new} <= set(result["pids"]), result["pids"]
@@ -226,9 +214,9 @@ def test_cpuprof_samples_a_child_started_after_the_parent(tmp_path):
     try:
         parent.proc.stdin.write("go\n")
         parent.proc.stdin.flush()
-        assert wait_for(lambda: workers(parent.pid), 5)
+        assert wait_for(lambda: children(parent.pid), 5)
         time.sleep(0.5)                          # let the child's interpreter start
-        (child,) = workers(parent.pid)
+        (child,) = children(parent.pid)
         res = subprocess.run(CLI + ["cpuprof", "--pid", str(parent.pid), "--duration", "2", "--native",
                                     "--rate", "100", "--svg", str(tmp_path / "f.svg"), "--json", str(js)],
                              capture_output=True, text=True, timeout=180, cwd=REPO)
@@ -255,10 +243,10 @@ def test_launched_command_covers_its_descendants(tmp_path):
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     root = data["pid"]
-    children = [p for p in data["pids"] if p != root]
-    assert len(children) == 1, data["pids"]
-    spinner = data["processes"][str(children[0])]
+    kids = [p for p in data["pids"] if p != root]
+    assert len(kids) == 1, data["pids"]
+    spinner = data["processes"][str(kids[0])]
     assert spinner["futex_waits"] > 20 and spinner["wait_us_total"] > 0.25 * 3e6, data["processes"]
     assert data["processes"][str(root)]["futex_waits"] < spinner["futex_waits"] / 10
     assert "per process" in res.stdout
-    assert wait_for(lambda: not psutil.pid_exists(children[0]), 10)   # the parent stopped it on SIGTERM
+    assert wait_for(lambda: not psutil.pid_exists(kids[0]), 10)   # the parent stopped it on SIGTERM

@@ -13,20 +13,8 @@ import psutil
 import pytest
 
 from heimdall_server import HeimdallProcess
+from procs import children, wait_for
 from test_server_upstream import FakeUpstream, unique
-
-
-def children(pid: int) -> set[int]:
-    return {c.pid for c in psutil.Process(pid).children()}
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_workers_answer_and_a_killed_worker_is_replaced(upstream):
