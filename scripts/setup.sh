@@ -20,6 +20,8 @@ APT_PACKAGES=(
   bpfcc-tools python3-bpfcc linux-headers-amd64 bpftool
   # real DNS peers and clients for tests and benchmarks
   dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server
+  # the gate's instruction counts (callgrind)
+  valgrind
   # building the probes' C target programs, the venv, Vagrantfile syntax check
   build-essential python3-venv python3-dev iproute2 ruby procps
 )

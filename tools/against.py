@@ -14,6 +14,7 @@ import contextlib
 from pathlib import Path
 from typing import Callable
 
+from tools import instructions
 from tools.baseline import build_document, read_baseline
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.gate import CheckResult, apply_baseline_defaults, check_document, compare, write_results
@@ -29,12 +30,15 @@ THIS_TREE = "this tree"
 def run_against(opts: LabOptions, ref: str, th: Thresholds, given: set[str], baseline_path: Path,
                 say: Callable[[str], None] = print) -> CheckResult:
     """Measure REF and this tree side by side; exit code and rows as `check` against a baseline."""
-    if opts.server is not None or opts.pid is not None:
-        raise ToolError("--against starts both builds itself: drop --server and --pid", EXIT_ENVIRONMENT)
+    if opts.server is not None or opts.pid is not None or opts.command:
+        raise ToolError("--against starts both builds itself: drop --server, --pid and -- COMMAND",
+                        EXIT_ENVIRONMENT)
     _load_defaults(opts, baseline_path, given, say)
     validate_numbers(opts)
     with built(ref, say) as build:
         label = f"{ref} ({build.describe})"
+        their_counts = instructions.count(opts, say, env={"PYTHONPATH": str(build.path)})
+        my_counts = instructions.count(opts, say, env={"PYTHONPATH": str(REPO_ROOT)})
         with contextlib.ExitStack() as stack:
             theirs = stack.enter_context(open_target(opts, env={"PYTHONPATH": str(build.path)}))
             mine = stack.enter_context(open_target(opts, env={"PYTHONPATH": str(REPO_ROOT)}))
@@ -46,8 +50,8 @@ def run_against(opts: LabOptions, ref: str, th: Thresholds, given: set[str], bas
             stack.enter_context(servers_apart([theirs.pid, mine.pid]))
             their_w, my_w = paired_windows(opts, Side(ref, theirs, their_probes), Side(THIS_TREE, mine, my_probes),
                                            on_window=lambda w: say(side_line(w)))
-    base = build_document(their_w, opts.load_params(), opts.probes, theirs.info)
-    cur = build_document(my_w, opts.load_params(), opts.probes, mine.info)
+    base = build_document(their_w, opts.load_params(), opts.probes, theirs.info, instructions=their_counts)
+    cur = build_document(my_w, opts.load_params(), opts.probes, mine.info, instructions=my_counts)
     rows = compare(base, cur, th, same_minutes=True)
     if not rows:
         raise ToolError("no metric was measured on both builds", EXIT_ENVIRONMENT)

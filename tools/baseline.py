@@ -9,10 +9,11 @@ A baseline (and every `check` run, written beside its report) is one document:
     probes       sorted probe set the windows ran with (compare only equal sets)
     load         scenarios, duration_s, warmup_s, clients, repeats, engine, timeout_ms
     reference    what every window was measured beside (kind, version), or null
+    instructions how instructions_per_query was counted (tools/instructions.py), or null
     environment  foreign_cpu_cores: other processes' CPU use per window
     probe_losses {scenario: {probe: {map_full, stack_*, ...}}}: events probes could not record
     scenarios    {scenario: {metric: {values: [one per repeat], median, unit,
-                  better: higher|lower, kind: time|cost|count|rate, abs_floor,
+                  better: higher|lower, kind: time|cost|count|rate|work, abs_floor,
                   and for time and cost metrics measured beside a reference:
                   ratios [target/reference per repeat], reference [its values]}}}
 
@@ -106,9 +107,11 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
 
 
 def build_document(windows: list[dict], load: dict, probes: list[str], target: dict,
-                   reference: dict | None = None) -> dict:
+                   reference: dict | None = None, instructions: dict[str, list[float]] | None = None) -> dict:
     """Fold every measured window into per-scenario, per-metric series (with the paired ratios
-    when the windows were measured beside `reference`)."""
+    when the windows were measured beside `reference`), and the instructions per query counted
+    for each scenario (tools/instructions.py)."""
+    from tools import instructions as counting
     from tools.pairing import paired_ratios
 
     scenarios: dict[str, dict[str, dict]] = {}
@@ -124,6 +127,12 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
             entry["median"] = statistics.median(entry["values"])
         for key, paired in paired_ratios([w for w in windows if w["scenario"] == scenario]).items():
             per[key].update(paired, ratio_median=statistics.median(paired["ratios"]))
+    spec = BY_KEY[counting.METRIC]
+    for scenario, values in (instructions or {}).items():
+        if scenario in scenarios:
+            scenarios[scenario][spec.key] = {
+                "values": [round(v, 1) for v in values], "median": statistics.median(values), "unit": spec.unit,
+                "better": spec.better, "kind": spec.kind, "abs_floor": spec.abs_floor}
     foreign = [w["environment"]["foreign_cpu_cores"] for w in windows
                if w.get("environment", {}).get("foreign_cpu_cores") is not None]
     return {
@@ -135,6 +144,7 @@ def build_document(windows: list[dict], load: dict, probes: list[str], target: d
         "probes": sorted(probes),
         "load": load,
         "reference": reference,
+        "instructions": counting.description() if instructions else None,
         "environment": {"foreign_cpu_cores": {"values": [round(v, 4) for v in foreign],
                                               "median": statistics.median(foreign) if foreign else None}},
         "scenarios": scenarios,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from heimdall.atomic import atomic_write_json, atomic_write_text
+from tools import instructions
 from tools.baseline import build_document, fingerprint_differences, incomparable_reason, read_baseline, write_baseline
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.files import new_results_dir
@@ -40,9 +41,11 @@ def default_baseline_path() -> Path:
 
 
 def measure_repeats(opts: LabOptions, say: Callable[[str], None], reference: bool = True) -> tuple[dict, list[dict]]:
-    """All repeats with the probe set required, each window beside one of the reference
-    responder's unless `reference` is False: one baseline-format document."""
+    """Instructions per query counted first (when opts ask and the lab starts the server), then all
+    repeats with the probe set required, each window beside one of the reference responder's
+    unless `reference` is False: one baseline-format document."""
     validate_numbers(opts)
+    counted = instructions.count(opts, say)
     with open_target(opts) as target:
         say(f"measuring {', '.join(opts.scenarios)} x {opts.repeats} repeats of {opts.duration:g}s "
             f"against {target.server} (pid {target.pid}), probes: {', '.join(opts.probes) or 'none'}"
@@ -54,7 +57,7 @@ def measure_repeats(opts: LabOptions, say: Callable[[str], None], reference: boo
                 windows, ref_info = run_windows(opts, target, probes, on_window=lambda w: say(window_line(w))), None
     if not any(w["load"].get("received") for w in windows):
         raise ToolError(f"server {target.server} answered no queries during the run", EXIT_ENVIRONMENT)
-    return build_document(windows, opts.load_params(), opts.probes, target.info, ref_info), windows
+    return build_document(windows, opts.load_params(), opts.probes, target.info, ref_info, counted), windows
 
 
 def create_baseline(opts: LabOptions, output: Path, say: Callable[[str], None] = print,
@@ -109,20 +112,30 @@ def apply_baseline_defaults(opts: LabOptions, base: dict, given: set[str]) -> No
 
 def compare(base: dict, cur: dict, th: Thresholds, same_minutes: bool = False) -> list[MetricVerdict]:
     """Every metric both documents have, judged; on paired ratios where both have them.
-    `same_minutes`: both were measured side by side in this run, so machine load moved both alike."""
+    `same_minutes`: both were measured side by side in this run, so machine load moved both alike.
+
+    A timing gates only where nothing steadier judges the same thing: where both counted
+    instructions per query, CPU per query is shown but does not gate (beside the reference it still
+    moved 10 % between checks of unchanged code here; the counts move less than 0.1 %)."""
     busy = None if same_minutes else th.machine_busy(_median(base), _median(cur))
     rows = []
     for scenario, metrics in cur["scenarios"].items():
         base_metrics = base["scenarios"].get(scenario, {})
+        counted = instructions.METRIC in metrics and instructions.METRIC in base_metrics
         for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
             spec, b, c = BY_KEY[key], base_metrics[key], metrics[key]
+            gate = spec.gate and not (counted and spec.kind == "cost")
             if "ratios" in b and "ratios" in c:
-                rows.append(judge_paired(scenario, key, b, c, th, spec.gate and spec.kind != "time"))
-                continue
-            base_s, cur_s = Series.from_json(b), Series.from_json(c)
-            pairs = same_minutes and spec.kind in PAIRED_KINDS and len(base_s.values) == len(cur_s.values)
-            gate = spec.gate and not (pairs and spec.kind == "time")
-            rows.append(judge(scenario, key, base_s, cur_s, th, machine_busy=busy, gate=gate, paired=pairs))
+                row = judge_paired(scenario, key, b, c, th, gate and spec.kind != "time")
+            else:
+                base_s, cur_s = Series.from_json(b), Series.from_json(c)
+                pairs = same_minutes and spec.kind in PAIRED_KINDS and len(base_s.values) == len(cur_s.values)
+                row = judge(scenario, key, base_s, cur_s, th, machine_busy=busy,
+                            gate=gate and not (pairs and spec.kind == "time"), paired=pairs)
+                row.basis = "counted" if spec.kind == "work" else row.basis
+            if counted and spec.kind == "cost":
+                row.reason += "; the instructions counted per query judge the code's CPU cost here"
+            rows.append(row)
     return rows
 
 

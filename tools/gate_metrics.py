@@ -7,6 +7,9 @@ decides its threshold and how a verdict treats it:
   count - events per answered query (mallocs, futex waits, syscalls):
           nearly deterministic, so they get a tight threshold
   rate  - error share: compared in absolute percentage points
+  work  - instructions per query, counted under callgrind (tools/instructions.py):
+          deterministic, so judged against --max-regression like CPU time but
+          never voided by a busy machine
 Latencies (in a closed loop Little's law ties them to q/s: clients = q/s x
 average latency, so gating both counts one effect twice), futex wait time and
 queue p99 are judged and shown but do not gate: with
@@ -29,7 +32,7 @@ class MetricSpec:
     label: str
     unit: str
     better: str          # "higher" | "lower"
-    kind: str            # "time" | "cost" | "count" | "rate"
+    kind: str            # "time" | "cost" | "count" | "rate" | "work"
     abs_floor: float = 0.0   # differences smaller than this never count (near-zero counts)
     probe: str | None = None  # probe that must have run for this metric
     gate: bool = True         # False: judged and shown, but does not set check's exit status
@@ -42,6 +45,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("latency_p99_us", "latency p99", "us", "lower", "time", gate=False),
     MetricSpec("error_rate", "error rate", "ratio", "lower", "rate"),
     MetricSpec("cpu_us_per_query", "server CPU per query", "us", "lower", "cost", abs_floor=0.5),
+    MetricSpec("instructions_per_query", "instructions per query", "instr/q", "lower", "work"),
     MetricSpec("futex_waits_per_query", "futex waits per query", "1/q", "lower", "count",
                abs_floor=0.05, probe="lockprof"),
     MetricSpec("futex_wait_us_per_query", "futex wait per query", "us", "lower", "time",

@@ -104,6 +104,8 @@ class OwnServer:
 
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)   # over Heimdall's (PYTHONPATH: another build)
+    wrapper: list[str] = field(default_factory=list)    # a command prefix (valgrind ...)
+    start_timeout: float = 15.0
     upstream: Any = None
     server: Any = None
 
@@ -117,8 +119,9 @@ class OwnServer:
         self.upstream = LocalUpstream().start()
         try:
             self.server = peers.HeimdallServer(self.upstream.addr,
-                                               env={"HEIMDALL_BLOCKLISTS": str(blocklist), **self.env})
-            self.server.start()
+                                               env={"HEIMDALL_BLOCKLISTS": str(blocklist), **self.env},
+                                               wrapper=self.wrapper)
+            self.server.start(timeout=self.start_timeout)
         except BaseException:
             self.stop()
             raise

@@ -24,6 +24,7 @@ import psutil
 
 from heimdall.atomic import atomic_write_json
 from tools import lab_adapter as lab
+from tools.command_server import CommandServer
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 from tools.files import new_results_dir
 from tools.provenance import provenance
@@ -46,6 +47,8 @@ class LabOptions:
     server: str | None = None
     pid: int | None = None
     probes: list[str] = field(default_factory=list)
+    command: list[str] | None = None   # `-- COMMAND`: the server the lab starts (answering at `server`)
+    instructions: bool = False         # also count instructions per query under callgrind
     flame: bool = False
     results_dir: Path = Path("performance_results")
 
@@ -77,9 +80,13 @@ def validate_numbers(opts: LabOptions) -> None:
         raise ToolError(f"--repeats must be >= 1 (got {opts.repeats})", EXIT_ENVIRONMENT)
     if opts.clients is not None and opts.clients < 1:
         raise ToolError(f"--clients must be >= 1 (got {opts.clients})", EXIT_ENVIRONMENT)
-    if (opts.server is None) != (opts.pid is None):
-        raise ToolError("give --server HOST:PORT and --pid PID together (or neither, to start "
-                        "Heimdall and an upstream on loopback)", EXIT_ENVIRONMENT)
+    if opts.command:
+        if opts.server is None or opts.pid is not None:
+            raise ToolError("-- COMMAND starts the server: give the address it answers on with --server "
+                            "HOST:PORT, and no --pid", EXIT_ENVIRONMENT)
+    elif (opts.server is None) != (opts.pid is None):
+        raise ToolError("give --server HOST:PORT and --pid PID together, or --server and -- COMMAND "
+                        "(or neither, to start Heimdall and an upstream on loopback)", EXIT_ENVIRONMENT)
 
 
 @dataclass
@@ -90,24 +97,33 @@ class Target:
 
 
 @contextlib.contextmanager
-def open_target(opts: LabOptions, env: dict[str, str] | None = None) -> Iterator[Target]:
-    """The given server, checked; or Heimdall + NSD started here (with `env` over Heimdall's
-    environment) and always stopped."""
-    if opts.server is not None:
-        assert opts.pid is not None  # validate_numbers() runs first: --server comes with --pid
+def open_target(opts: LabOptions, env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+                start_timeout: float = 15.0) -> Iterator[Target]:
+    """The given server, checked; or the given command (`-- COMMAND`), or Heimdall + NSD, started
+    here (with `env` over their environment, `wrapper` before their command) and always stopped."""
+    if opts.server is not None and not opts.command:
+        assert opts.pid is not None and not wrapper  # validate_numbers(): --server comes with --pid
         lab.split_server(opts.server)
         lab.check_pid(int(opts.pid))
         lab.check_answers(opts.server)
         yield Target(opts.server, int(opts.pid), {"kind": "external", "server": opts.server})
         return
     with tempfile.TemporaryDirectory(prefix="heimdall-lab-") as tmp:
-        own = lab.OwnServer(Path(tmp), env=dict(env or {}))
+        started: lab.OwnServer | CommandServer
+        if opts.command:
+            assert opts.server is not None
+            started = CommandServer([*(wrapper or []), *opts.command], opts.server, env=dict(env or {}),
+                                        start_timeout=start_timeout)
+        else:
+            started = lab.OwnServer(Path(tmp), env=dict(env or {}), wrapper=list(wrapper or []),
+                                    start_timeout=start_timeout)
         try:
-            own.start()
-            lab.check_answers(own.address)
-            yield Target(own.address, own.pid, own.describe())
+            started.start()
+            address = opts.server if isinstance(started, CommandServer) else started.address
+            lab.check_answers(str(address))
+            yield Target(str(address), started.pid, started.describe())
         finally:
-            own.stop()
+            started.stop()
 
 
 def system_busy_seconds() -> float:

@@ -191,11 +191,12 @@ class HeimdallServer(PeerServer):
     name = "heimdall"
 
     def __init__(self, upstream_addr: str, port: int = 0, env: dict | None = None, workers: int = 1,
-                 address: str = "127.0.0.1", python: str | None = None) -> None:
+                 address: str = "127.0.0.1", python: str | None = None, wrapper: list[str] | None = None) -> None:
         super().__init__(upstream_addr, port, address)
         self.extra_env = dict(env or {})
         self.workers = workers
         self.python = python or sys.executable
+        self.wrapper = list(wrapper or [])   # a command prefix, e.g. valgrind's
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -209,4 +210,4 @@ class HeimdallServer(PeerServer):
         return env
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "heimdall", "serve"]
+        return [*self.wrapper, self.python, "-m", "heimdall", "serve"]

@@ -12,7 +12,9 @@ than half a core, or much more than at baseline time, are "inconclusive" too,
 never a regression: the cost and count metrics (CPU time and events per
 query) still gate then. On a busy machine a CPU-per-query regression must also
 exceed 1.5x the threshold (kernel wake-up paths cost more under contention);
-between one and 1.5 thresholds it is inconclusive. A cost or count whose
+between one and 1.5 thresholds it is inconclusive. Instructions per query
+(counted under callgrind, kind "work") take the --max-regression threshold and
+no allowance for a busy machine: it cannot move them. A cost or count whose
 baseline repeats themselves spread wider than twice its threshold (a server that batches syscalls makes
 syscalls/query depend on queue depth) is judged like a wall-clock figure.
 """
@@ -145,7 +147,8 @@ class MetricVerdict:
     verdict: str
     reason: str = ""
     gate: bool = True             # False: shown, but does not set the exit status
-    basis: str = "absolute"       # "paired": judged on ratios to a reference measured beside it
+    basis: str = "absolute"       # "paired": judged on ratios to a reference measured beside it;
+                                  # "counted": instructions counted under callgrind
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from tools.commands.options import PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible, lab_options, say
+from tools.commands.options import (
+    INSTR_HELP,
+    PROBES_HELP,
+    SCEN_HELP,
+    SERVER_CMD_HELP,
+    SERVER_HELP,
+    SERVER_PID_HELP,
+    interruptible,
+    lab_options,
+    say,
+)
 
 baseline_app = typer.Typer(help="Create a JSON baseline for `check`.", no_args_is_help=True)
 
@@ -28,12 +38,14 @@ def baseline_create(
     reference: bool = typer.Option(True, "--reference/--no-reference",
                                    help="measure each window beside the reference responder and store the "
                                         "timings as ratios to it, so `check` survives a busy machine"),
+    instructions: bool = typer.Option(True, "--instructions/--no-instructions", help=INSTR_HELP),
+    command: Optional[List[str]] = typer.Argument(None, help=SERVER_CMD_HELP),
 ) -> None:
     """Measure repeated windows and write a versioned JSON baseline (atomically)."""
     from tools.gate import create_baseline, default_baseline_path
 
     opts, _ = lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes or "all",
-                           engine, timeout_ms, Path("performance_results"))
+                           engine, timeout_ms, Path("performance_results"), command, instructions)
     with interruptible():
         create_baseline(opts, output or default_baseline_path(), say=say, reference=reference)
 

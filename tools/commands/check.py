@@ -7,11 +7,21 @@ work is in tools/gate.py, this module parses the options and prints the table.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from tools.commands.options import PROBES_HELP, SCEN_HELP, SERVER_HELP, SERVER_PID_HELP, interruptible, lab_options, say
+from tools.commands.options import (
+    INSTR_HELP,
+    PROBES_HELP,
+    SCEN_HELP,
+    SERVER_CMD_HELP,
+    SERVER_HELP,
+    SERVER_PID_HELP,
+    interruptible,
+    lab_options,
+    say,
+)
 
 
 def check(
@@ -35,6 +45,8 @@ def check(
     timeout_ms: Optional[int] = typer.Option(None, "--timeout-ms", help="(default: the baseline's)"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-check directory"),
     json_path: Optional[str] = typer.Option(None, "--json", help="also write the verdict table as JSON to this file (- for stdout)"),
+    instructions: bool = typer.Option(True, "--instructions/--no-instructions", help=INSTR_HELP),
+    command: Optional[List[str]] = typer.Argument(None, help=SERVER_CMD_HELP),
 ) -> None:
     """Compare repeated windows with a baseline (or with another commit, --against): exit 0 pass,
     1 regression, 2 inconclusive, 3 environment/input error."""
@@ -46,7 +58,7 @@ def check(
     if not max_regression > 0 or not count_threshold > 0:
         raise ToolError("--max-regression and --count-threshold must be > 0", EXIT_ENVIRONMENT)
     opts, given = lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes,
-                               engine, timeout_ms, results_dir)
+                               engine, timeout_ms, results_dir, command, instructions)
     th = Thresholds(max_regression_pct=max_regression, count_pct=count_threshold)
     with interruptible():
         if against is not None:

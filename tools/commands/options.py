@@ -14,6 +14,10 @@ SCEN_HELP = "comma list of cache-hit,cache-miss,mixed,high-concurrency,blocking,
 SERVER_HELP = "measure this server (HOST:PORT) instead of starting Heimdall + NSD; needs --pid"
 SERVER_PID_HELP = "the --server's process id (CPU time, resources and probes attach to it)"
 PROBES_HELP = "probe set: comma list of lockprof,memprof,netprof, or all, or none"
+SERVER_CMD_HELP = ("or: --server HOST:PORT -- COMMAND...: the lab starts the server that answers there, "
+                   "and can count its instructions per query")
+INSTR_HELP = ("count each scenario's instructions per query under valgrind's callgrind in a second copy "
+              "of the server the lab starts: the figure a busy machine does not move")
 
 
 def say(msg: str) -> None:
@@ -40,14 +44,15 @@ def interruptible() -> Iterator[None]:
 
 
 def lab_options(scenarios, duration, warmup, clients, repeats, server, pid, probes, engine, timeout_ms,
-                results_dir: Path):
+                results_dir: Path, command: list[str] | None = None, instructions: bool = True):
     """LabOptions for `baseline create` and `check`, and the names of the options the user gave
     (check takes the others from the baseline)."""
     from tools.lab_adapter import parse_probe_names
     from tools.measure import LabOptions, parse_scenarios
 
     opts = LabOptions(duration=5.0, warmup=1.0, repeats=5, server=server, pid=pid,
-                      results_dir=results_dir, probes=parse_probe_names(probes or "none"))
+                      results_dir=results_dir, probes=parse_probe_names(probes or "none"),
+                      command=list(command) if command else None, instructions=instructions)
     given = set()
     for name, value in (("scenarios", scenarios), ("duration", duration), ("warmup", warmup), ("clients", clients),
                         ("repeats", repeats), ("engine", engine), ("timeout_ms", timeout_ms), ("probes", probes)):
