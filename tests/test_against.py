@@ -2,8 +2,10 @@
 
 Each test works in a clone of this repository (its committed HEAD), with the
 C hot path built there: `--against HEAD` on the unchanged clone passes, and
-after a commit that slows the C cache-hit path down by about 15 %, `--against
-HEAD~1` reports the regression. CI runs the unchanged case twice;
+after a commit that slows the C cache-hit path down by about 15 % of a hit's
+CPU time, `--against HEAD~1` reports the regression (in the instructions
+counted per query: the CPU time of a batching server under a closed loop can
+hide it, docs/lab.md). CI runs the unchanged case twice;
 HEIMDALL_ACCEPTANCE_RUNS=5 runs the full 5 out of 5.
 """
 
@@ -20,9 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "2"))
 LOAD = ["--scenarios", "cache-hit", "--duration", "2", "--warmup", "0.5", "--repeats", "5", "--probes", "none"]
-# about 4 us more per cache hit (30-40 % of a hit's server CPU here: a test must not fail by chance;
-# the 15 % acceptance is a benchmark, docs/lab.md), in the C function that builds every hit's reply
-SLOWDOWN = "    for (volatile int spin = 0; spin < 4000; spin++) {}\n"
+# about 1.5 us more per cache hit (15 % of a hit's server CPU measured alone here), in the C function
+# that builds every hit's reply: some 7,000 instructions on a hit's ~5,000
+SLOWDOWN = "    for (volatile int spin = 0; spin < 1500; spin++) {}\n"
 GIT = ["git", "-c", "user.name=heimdall-test", "-c", "user.email=test@heimdall.invalid"]
 
 
@@ -58,6 +60,8 @@ def test_unchanged_tree_passes_against_head(clone, tmp_path):
         assert v["against"]["ref"] == "HEAD" and len(v["against"]["commit"]) == 40
         assert {r["basis"] for r in v["rows"] if r["kind"] in ("time", "cost")} == {"paired"}
         assert not [r for r in v["rows"] if r["verdict"] in ("regression", "inconclusive") and r["gate"]]
+        counted = [r for r in v["rows"] if r["metric"] == "instructions_per_query"]
+        assert counted and counted[0]["basis"] == "counted" and abs(counted[0]["change_pct"]) < 1, counted
 
 
 def test_slower_cache_hits_are_a_regression(clone, tmp_path):
@@ -71,8 +75,8 @@ def test_slower_cache_hits_are_a_regression(clone, tmp_path):
     try:
         proc, v = against(clone, "HEAD~1", tmp_path / "res")
         assert proc.returncode == 1, proc.stdout + proc.stderr
-        cost = [r for r in v["rows"] if r["metric"] == "cpu_us_per_query"][0]
-        assert cost["verdict"] == "regression" and cost["change_pct"] > 10, cost
+        counted = [r for r in v["rows"] if r["metric"] == "instructions_per_query"][0]
+        assert counted["verdict"] == "regression" and counted["change_pct"] > 50, counted
     finally:
         run([*GIT, "reset", "-q", "--hard", "HEAD~1"], clone)
         build(clone)

@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
+def command(port: int, cost_us: float = 50.0, slower_pct: float = 0.0) -> list[str]:
+    """The command line that serves on 127.0.0.1:port, for a lab that starts its target (`-- COMMAND`)."""
+    return [sys.executable, os.path.abspath(__file__), "--port", str(port), "--cost-us", str(cost_us),
+            "--slower-pct", str(slower_pct)]
+
+
 class Responder:
     """Launch this responder as a child process (for tests): `with Responder(50) as r: r.port, r.pid`."""
 
