@@ -89,8 +89,19 @@ static double monotonic(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* old + n (n >= 0) as Python adds it: in C while it fits a long, else through the number protocol. */
-static PyObject *add(PyObject *old, long n)
+/* old + n through the number protocol: ints beyond a C long, and anything else a hook may have put there. */
+static PyObject *add_slow(PyObject *old, long n)
+{
+    PyObject *n_obj = PyLong_FromLong(n);
+    if (n_obj == NULL)
+        return NULL;
+    PyObject *sum = PyNumber_Add(old, n_obj);
+    Py_DECREF(n_obj);
+    return sum;
+}
+
+/* old + n (n >= 0) as Python adds it, in C while it fits a long (the hot path's case). */
+static inline PyObject *add(PyObject *old, long n)
 {
     if (PyLong_CheckExact(old)) {
         int overflow;
@@ -98,12 +109,7 @@ static PyObject *add(PyObject *old, long n)
         if (!overflow && v <= LONG_MAX - n)
             return PyLong_FromLong(v + n);
     }
-    PyObject *n_obj = PyLong_FromLong(n);
-    if (n_obj == NULL)
-        return NULL;
-    PyObject *sum = PyNumber_Add(old, n_obj);
-    Py_DECREF(n_obj);
-    return sum;
+    return add_slow(old, n);
 }
 
 static int add_to_attr(PyObject *obj, PyObject *name, long n)
@@ -264,10 +270,14 @@ static void count_label(HotPath *self, long lid)
         return;
     if (lid < 0 || lid >= n)
         lid = 0;
-    PyObject *old = PyList_GET_ITEM(labels, lid);
-    Py_INCREF(old);  /* a non-int's __add__ is Python code that may change the list */
-    PyObject *new = add(old, 1);
-    Py_DECREF(old);
+    PyObject *old = PyList_GET_ITEM(labels, lid), *new;
+    if (PyLong_CheckExact(old)) {
+        new = add(old, 1);
+    } else {
+        Py_INCREF(old);  /* its __add__ is Python code that may change the list */
+        new = add_slow(old, 1);
+        Py_DECREF(old);
+    }
     if (new == NULL || PyList_SetItem(labels, lid, new) < 0)  /* steals new, releases old */
         PyErr_WriteUnraisable(labels);
 }
