@@ -11,12 +11,22 @@
  * entry.tail) and one sendmmsg answers them all, replying to the address the
  * query came from. With rate limiting on, each datagram first goes through
  * the Python admit hook (and, when turned down, to the Python limited()).
- * Anything else (misses, stale entries, malformed or
- * oversized datagrams) goes to the Python slow path callback unchanged, so
- * the semantics stay in one place: heimdall/server.py.
+ * Anything else (misses, stale entries, malformed datagrams) goes to the
+ * Python slow path callback unchanged, so the semantics stay in one place:
+ * heimdall/server.py. A datagram longer than a slot, which recvmmsg cut
+ * (MSG_TRUNC), is answered FORMERR here (dropped when it is a response): the
+ * slow path would see a message that is not the one the client sent.
  *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
+ * Where Entry keeps its fields is learned once, at construction, from
+ * heimdall.cache.Entry itself (held, so its address cannot be reused), and
+ * only objects of exactly that type are read through it: anything else in the
+ * cache goes to the slow path. The objects around the reader are not trusted
+ * either: every field is type- and range-checked before it is used, label
+ * counts that are not small ints are added to as Python would, a hook that
+ * calls back into the reader is refused (the batch's buffers are in use), and
+ * an object whose __init__ has not run refuses to read.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,6 +40,7 @@
 #include <time.h>
 
 #define BATCH 64        /* slots per recvmmsg/sendmmsg */
+#define HEADER 12       /* DNS header bytes */
 #define BUFSIZE 4096    /* bytes per slot: what the Python path reads per datagram */
 #define ROUNDS 4        /* full batches read per wakeup before yielding to the loop */
 
@@ -43,10 +54,18 @@ typedef struct {
     unsigned char sbuf[BATCH][BUFSIZE];
 } Slots;
 
+/* Where cache.Entry keeps its __slots__, so a hit reads them without attribute lookups. */
+typedef struct {
+    PyTypeObject *type;   /* heimdall.cache.Entry (a strong reference); only this exact type is read */
+    Py_ssize_t head, tail, qend, aged, lid;
+} EntryLayout;
+
 typedef struct {
     PyObject_HEAD
     int fd;
-    Slots *s;
+    int busy;             /* inside a call: a hook calling back in would reuse the batch's buffers */
+    Slots *s;             /* NULL until __init__ has run */
+    EntryLayout layout;
     PyObject *cache;      /* dict: key bytes -> cache.Entry */
     PyObject *labels;     /* list of ints: hits per Entry.lid (Stats.hit_labels) */
     PyObject *stats;      /* Stats: hits_fast, udp_wakeups, udp_datagrams are added to */
@@ -60,16 +79,8 @@ typedef struct {
     double last;          /* monotonic time of the previous batch */
 } HotPath;
 
-/* Where cache.Entry keeps its __slots__, so a hit reads them without attribute lookups. */
-typedef struct {
-    PyTypeObject *type;
-    Py_ssize_t head, tail, qend, aged, lid;
-} EntryLayout;
-
-static EntryLayout layout;
-
 static PyObject *s_head, *s_tail, *s_qend, *s_aged, *s_lid, *s_refresh;
-static PyObject *s_hits_fast, *s_udp_wakeups, *s_udp_datagrams;
+static PyObject *s_hits_fast, *s_udp_wakeups, *s_udp_datagrams, *s_formerr, *s_dropped;
 
 static double monotonic(void)
 {
@@ -78,16 +89,36 @@ static double monotonic(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* old + n through the number protocol: ints beyond a C long, and anything else a hook may have put there. */
+static PyObject *add_slow(PyObject *old, long n)
+{
+    PyObject *n_obj = PyLong_FromLong(n);
+    if (n_obj == NULL)
+        return NULL;
+    PyObject *sum = PyNumber_Add(old, n_obj);
+    Py_DECREF(n_obj);
+    return sum;
+}
+
+/* old + n (n >= 0) as Python adds it, in C while it fits a long (the hot path's case). */
+static inline PyObject *add(PyObject *old, long n)
+{
+    if (PyLong_CheckExact(old)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(old, &overflow);
+        if (!overflow && v <= LONG_MAX - n)
+            return PyLong_FromLong(v + n);
+    }
+    return add_slow(old, n);
+}
+
 static int add_to_attr(PyObject *obj, PyObject *name, long n)
 {
     PyObject *old = PyObject_GetAttr(obj, name);
     if (old == NULL)
         return -1;
-    long v = PyLong_AsLong(old);
+    PyObject *new = add(old, n);
     Py_DECREF(old);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    PyObject *new = PyLong_FromLong(v + n);
     if (new == NULL)
         return -1;
     int rc = PyObject_SetAttr(obj, name, new);
@@ -112,29 +143,50 @@ static PyObject *address(const struct sockaddr_storage *ss)
     return Py_BuildValue("(si)", "", 0);
 }
 
+/* The offset of type's own __slots__ member `name`, checked to lie inside its instances. */
 static int slot_offset(PyTypeObject *type, PyObject *name, Py_ssize_t *offset)
 {
     PyObject *d = PyObject_GetAttr((PyObject *)type, name);
     if (d == NULL)
         return -1;
-    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-    if (ok)
-        *offset = ((PyMemberDescrObject *)d)->d_member->offset;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && PyDescr_TYPE(d) == type;
+    if (ok) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        ok = m->type == T_OBJECT_EX && m->offset >= (Py_ssize_t)sizeof(PyObject) &&
+             m->offset <= type->tp_basicsize - (Py_ssize_t)sizeof(PyObject *);
+        *offset = m->offset;
+    }
     Py_DECREF(d);
     if (!ok)
-        PyErr_Format(PyExc_TypeError, "%s.%U is not a __slots__ member", type->tp_name, name);
+        PyErr_Format(PyExc_TypeError, "%s.%U is not a __slots__ member of its own", type->tp_name, name);
     return ok ? 0 : -1;
 }
 
-/* 0 when entries of this type can be read through `layout`; -1 with an error set otherwise. */
-static int learn_layout(PyTypeObject *type)
+/* Learn where heimdall.cache.Entry keeps its fields; 0, or -1 with an error set. */
+static int learn_layout(EntryLayout *layout)
 {
-    EntryLayout l = {type};
-    if (slot_offset(type, s_head, &l.head) < 0 || slot_offset(type, s_tail, &l.tail) < 0 ||
-        slot_offset(type, s_qend, &l.qend) < 0 || slot_offset(type, s_aged, &l.aged) < 0 ||
-        slot_offset(type, s_lid, &l.lid) < 0)
+    PyObject *module = PyImport_ImportModule("heimdall.cache");
+    PyObject *type = module ? PyObject_GetAttrString(module, "Entry") : NULL;
+    Py_XDECREF(module);
+    if (type == NULL)
         return -1;
-    layout = l;
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "heimdall.cache.Entry is not a class");
+        Py_DECREF(type);
+        return -1;
+    }
+    PyTypeObject *t = (PyTypeObject *)type;
+    EntryLayout l = {NULL};
+    if (slot_offset(t, s_head, &l.head) < 0 || slot_offset(t, s_tail, &l.tail) < 0 ||
+        slot_offset(t, s_qend, &l.qend) < 0 || slot_offset(t, s_aged, &l.aged) < 0 ||
+        slot_offset(t, s_lid, &l.lid) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    l.type = t;  /* the reference from GetAttr, kept */
+    PyTypeObject *old = layout->type;
+    *layout = l;
+    Py_XDECREF(old);
     return 0;
 }
 
@@ -144,7 +196,8 @@ static inline PyObject *slot(PyObject *e, Py_ssize_t offset)
     return *(PyObject **)((char *)e + offset);
 }
 
-/* The entry for this datagram if fresh (a new reference), else NULL (error set only on a real error). */
+/* The entry for this datagram if fresh (a new reference), else NULL (error set only on a real error).
+ * The entry is held from the moment it is found: refresh() is Python code and may drop it from the cache. */
 static PyObject *fresh_entry(HotPath *self, const unsigned char *data, Py_ssize_t len, PyObject *now_obj, long now)
 {
     PyObject *key = PyBytes_FromStringAndSize(NULL, len - 2);
@@ -156,14 +209,17 @@ static PyObject *fresh_entry(HotPath *self, const unsigned char *data, Py_ssize_
         k[j - 2] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
     }
     PyObject *e = PyDict_GetItemWithError(self->cache, key);
+    Py_XINCREF(e);
     Py_DECREF(key);
     if (e == NULL)
         return NULL;
-    if (Py_TYPE(e) != layout.type && learn_layout(Py_TYPE(e)) < 0)
+    if (Py_TYPE(e) != self->layout.type) {  /* not an Entry: the slow path decides */
+        Py_DECREF(e);
         return NULL;
-    Py_INCREF(e);
-    PyObject *aged = slot(e, layout.aged);
-    if (aged == NULL || !PyLong_CheckExact(aged) || PyLong_AsLong(aged) != now) {
+    }
+    PyObject *aged = slot(e, self->layout.aged);
+    int overflow = 0;
+    if (aged == NULL || !PyLong_CheckExact(aged) || PyLong_AsLongAndOverflow(aged, &overflow) != now || overflow) {
         PyObject *ok = PyObject_CallMethodOneArg(e, s_refresh, now_obj);
         int fresh = ok ? PyObject_IsTrue(ok) : -1;
         Py_XDECREF(ok);
@@ -175,60 +231,88 @@ static PyObject *fresh_entry(HotPath *self, const unsigned char *data, Py_ssize_
     return e;
 }
 
-/* Build the reply for a fresh entry into send slot k; 1 if built, 0 if it cannot be (slow path). */
+/* Build the reply for a fresh entry into send slot k; 1 if built, 0 if it cannot be (slow path).
+ * Every size is range-checked before it is added to another, so no sum can overflow. */
 static int build_reply(HotPath *self, PyObject *e, const unsigned char *data, Py_ssize_t len, int k, long *lid)
 {
-    PyObject *head = slot(e, layout.head), *tail = slot(e, layout.tail);
-    PyObject *qend_obj = slot(e, layout.qend), *lid_obj = slot(e, layout.lid);
+    const EntryLayout *l = &self->layout;
+    PyObject *head = slot(e, l->head), *tail = slot(e, l->tail);
+    PyObject *qend_obj = slot(e, l->qend), *lid_obj = slot(e, l->lid);
     if (head == NULL || tail == NULL || qend_obj == NULL || lid_obj == NULL || !PyBytes_CheckExact(head) ||
         !PyBytes_CheckExact(tail) || !PyLong_CheckExact(qend_obj) || !PyLong_CheckExact(lid_obj))
         return 0;
-    Py_ssize_t qend = PyLong_AsSsize_t(qend_obj);
-    *lid = PyLong_AsLong(lid_obj);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
+    int overflow_q = 0, overflow_l = 0;
+    long qend = PyLong_AsLongAndOverflow(qend_obj, &overflow_q);
+    *lid = PyLong_AsLongAndOverflow(lid_obj, &overflow_l);
+    if (overflow_q || overflow_l || qend < HEADER || qend > len)
         return 0;
-    }
     Py_ssize_t hlen = PyBytes_GET_SIZE(head), tlen = PyBytes_GET_SIZE(tail);
-    Py_ssize_t total = 2 + hlen + (qend - 12) + tlen;
-    if (qend < 12 || qend > len || total > BUFSIZE)
+    if (hlen > BUFSIZE || tlen > BUFSIZE)
+        return 0;
+    Py_ssize_t total = 2 + hlen + (qend - HEADER) + tlen;  /* each term at most BUFSIZE */
+    if (total > BUFSIZE)
         return 0;
     unsigned char *out = self->s->sbuf[k];
     memcpy(out, data, 2);
     memcpy(out + 2, PyBytes_AS_STRING(head), hlen);
-    memcpy(out + 2 + hlen, data + 12, qend - 12);
-    memcpy(out + 2 + hlen + (qend - 12), PyBytes_AS_STRING(tail), tlen);
+    memcpy(out + 2 + hlen, data + HEADER, qend - HEADER);
+    memcpy(out + 2 + hlen + (qend - HEADER), PyBytes_AS_STRING(tail), tlen);
     self->s->siov[k].iov_len = (size_t)total;
     return 1;
 }
 
+/* A hit on label lid: hit_labels[lid] += 1 (index 0 when lid is out of range; nothing when the list is empty). */
 static void count_label(HotPath *self, long lid)
 {
-    if (lid < 0 || lid >= PyList_GET_SIZE(self->labels))
-        lid = 0;
-    PyObject *old = PyList_GET_ITEM(self->labels, lid);
-    long v = PyLong_AsLong(old);
-    PyObject *new = PyLong_FromLong(v + 1);
-    if (new == NULL) {
-        PyErr_Clear();
+    PyObject *labels = self->labels;
+    Py_ssize_t n = PyList_GET_SIZE(labels);
+    if (n == 0)
         return;
+    if (lid < 0 || lid >= n)
+        lid = 0;
+    PyObject *old = PyList_GET_ITEM(labels, lid), *new;
+    if (PyLong_CheckExact(old)) {
+        new = add(old, 1);
+    } else {
+        Py_INCREF(old);  /* its __add__ is Python code that may change the list */
+        new = add_slow(old, 1);
+        Py_DECREF(old);
     }
-    PyList_SetItem(self->labels, lid, new);  /* steals new, releases old */
+    if (new == NULL || PyList_SetItem(labels, lid, new) < 0)  /* steals new, releases old */
+        PyErr_WriteUnraisable(labels);
 }
 
+/* Send slot k: the FORMERR wire.error_reply builds for a message without a readable question. */
+static void formerr_reply(HotPath *self, const unsigned char *data, int k)
+{
+    unsigned char *out = self->s->sbuf[k];
+    out[0] = data[0];
+    out[1] = data[1];
+    out[2] = 0x80 | (data[2] & (0x78 | 0x01));  /* QR, the client's opcode and RD */
+    out[3] = 0x80 | 1;                          /* RA, FORMERR */
+    memset(out + 4, 0, HEADER - 4);             /* no question, no records */
+    self->s->siov[k].iov_len = HEADER;
+}
+
+/* Send the batch's replies. MSG_DONTWAIT: the loop must never block here, whatever the socket's mode.
+ * A full socket buffer (EAGAIN, ENOBUFS) would refuse the rest alike: they are dropped, not retried one by one. */
 static void flush(HotPath *self, int total)
 {
     int done = 0;
     while (done < total) {
-        int sent = sendmmsg(self->fd, self->s->smsg + done, total - done, 0);
-        if (sent <= 0) {
-            if (sent < 0 && errno == EINTR)
-                continue;
-            self->send_errors++;  /* e.g. an unreachable client: drop that reply, go on */
-            done++;
+        int sent = sendmmsg(self->fd, self->s->smsg + done, total - done, MSG_DONTWAIT);
+        if (sent > 0) {
+            done += sent;
             continue;
         }
-        done += sent;
+        if (sent < 0 && errno == EINTR)
+            continue;
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+            self->send_errors += total - done;
+            return;
+        }
+        self->send_errors++;  /* an error of this reply's own (e.g. an unreachable client): drop it, go on */
+        done++;
     }
 }
 
@@ -287,6 +371,43 @@ static void adapt(HotPath *self, int n, double now)
     self->last = now;
 }
 
+/* A datagram recvmmsg cut to the slot (MSG_TRUNC): FORMERR into send slot k, 1; or 0 to drop a response. */
+static int cut(HotPath *self, const unsigned char *data, int k, long *formerr, long *dropped)
+{
+    if (data[2] & 0x80) {  /* QR: not a query (the slow path drops these too) */
+        (*dropped)++;
+        return 0;
+    }
+    formerr_reply(self, data, k);
+    (*formerr)++;
+    return 1;
+}
+
+/* The datagram in rbuf as a fresh hit built into send slot k: 1, or 0 for the slow path. */
+static int hit(HotPath *self, const unsigned char *data, Py_ssize_t len, int k, PyObject *now_obj, long now)
+{
+    if (len <= HEADER)
+        return 0;
+    PyObject *e = fresh_entry(self, data, len, now_obj, now);
+    long lid = 0;
+    int built = e != NULL && build_reply(self, e, data, len, k, &lid);
+    Py_XDECREF(e);
+    if (built)
+        count_label(self, lid);
+    else if (PyErr_Occurred())
+        PyErr_WriteUnraisable((PyObject *)self);  /* a broken entry: serve it the slow way */
+    return built;
+}
+
+static void add_counts(HotPath *self, long hits, long n, long formerr, long dropped)
+{
+    if (add_to_attr(self->stats, s_hits_fast, hits) < 0 || add_to_attr(self->stats, s_udp_wakeups, 1) < 0 ||
+        add_to_attr(self->stats, s_udp_datagrams, n) < 0 ||
+        (formerr && add_to_attr(self->stats, s_formerr, formerr) < 0) ||
+        (dropped && add_to_attr(self->stats, s_dropped, dropped) < 0))
+        PyErr_WriteUnraisable(self->stats);
+}
+
 /* One batch: answer fresh hits, hand the rest to Python. Returns datagrams read, -1 on error. */
 static int serve_batch(HotPath *self)
 {
@@ -303,6 +424,7 @@ static int serve_batch(HotPath *self)
     if (now_obj == NULL)
         return -1;
     int nsend = 0, hits = 0;
+    long formerr = 0, dropped = 0;
     for (int i = 0; i < n; i++) {
         const unsigned char *data = s->rbuf[i];
         Py_ssize_t len = s->rmsg[i].msg_len;
@@ -310,31 +432,22 @@ static int serve_batch(HotPath *self)
             call_with_datagram(self, self->limited, data, len, i, NULL);
             continue;
         }
-        if (len > 12) {
-            PyObject *e = fresh_entry(self, data, len, now_obj, now);
-            if (e != NULL) {
-                long lid = 0;
-                int built = build_reply(self, e, data, len, nsend, &lid);
-                Py_DECREF(e);
-                if (built) {
-                    s->smsg[nsend].msg_hdr.msg_name = &s->rname[i];
-                    s->smsg[nsend].msg_hdr.msg_namelen = s->rmsg[i].msg_hdr.msg_namelen;
-                    nsend++;
-                    hits++;
-                    count_label(self, lid);
-                    continue;
-                }
-            }
-            if (PyErr_Occurred())
-                PyErr_WriteUnraisable((PyObject *)self);  /* a broken entry: serve it the slow way */
+        int reply;
+        if (s->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC)
+            reply = cut(self, data, nsend, &formerr, &dropped);
+        else if ((reply = hit(self, data, len, nsend, now_obj, now)))
+            hits++;
+        else
+            call_with_datagram(self, self->slow, data, len, i, now_obj);
+        if (reply) {
+            s->smsg[nsend].msg_hdr.msg_name = &s->rname[i];
+            s->smsg[nsend].msg_hdr.msg_namelen = s->rmsg[i].msg_hdr.msg_namelen;
+            nsend++;
         }
-        call_with_datagram(self, self->slow, data, len, i, now_obj);
     }
     Py_DECREF(now_obj);
     flush(self, nsend);
-    if (add_to_attr(self->stats, s_hits_fast, hits) < 0 || add_to_attr(self->stats, s_udp_wakeups, 1) < 0 ||
-        add_to_attr(self->stats, s_udp_datagrams, n) < 0)
-        PyErr_WriteUnraisable(self->stats);
+    add_counts(self, hits, n, formerr, dropped);
     if (hits && self->time_hits != Py_None) {
         PyObject *r = PyObject_CallFunction(self->time_hits, "id", hits, (monotonic() - t0) / n);
         if (r == NULL)
@@ -346,14 +459,29 @@ static int serve_batch(HotPath *self)
 
 static PyObject *HotPath_call(HotPath *self, PyObject *args, PyObject *kwargs)
 {
+    if (self->s == NULL || self->cache == NULL || self->layout.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HotPath.__init__ has not run");
+        return NULL;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "HotPath called from one of its own hooks");
+        return NULL;
+    }
+    self->busy = 1;
+    int failed = 0;
     for (int round = 0; round < ROUNDS; round++) {
         int asked = self->limit;
         int n = serve_batch(self);
-        if (n < 0)
-            return NULL;
+        if (n < 0) {
+            failed = 1;
+            break;
+        }
         if (n < BATCH || asked < BATCH)  /* not a full batch at the largest size: yield to the loop */
             break;
     }
+    self->busy = 0;
+    if (failed)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -378,6 +506,12 @@ static int HotPath_init(HotPath *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "labels must not be empty");
         return -1;
     }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "HotPath re-initialised from one of its own hooks");
+        return -1;
+    }
+    if (learn_layout(&self->layout) < 0)
+        return -1;
     if (self->s == NULL) {
         self->s = PyMem_Calloc(1, sizeof(Slots));
         if (self->s == NULL) {
@@ -417,6 +551,7 @@ static int HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->time_hits);
     Py_VISIT(self->admit);
     Py_VISIT(self->limited);
+    Py_VISIT(self->layout.type);
     return 0;
 }
 
@@ -429,6 +564,7 @@ static int HotPath_clear(HotPath *self)
     Py_CLEAR(self->time_hits);
     Py_CLEAR(self->admit);
     Py_CLEAR(self->limited);
+    Py_CLEAR(self->layout.type);
     return 0;
 }
 
@@ -474,7 +610,7 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     struct { PyObject **slot; const char *name; } names[] = {
         {&s_head, "head"}, {&s_tail, "tail"}, {&s_qend, "qend"}, {&s_aged, "aged"}, {&s_lid, "lid"},
         {&s_refresh, "refresh"}, {&s_hits_fast, "hits_fast"}, {&s_udp_wakeups, "udp_wakeups"},
-        {&s_udp_datagrams, "udp_datagrams"},
+        {&s_udp_datagrams, "udp_datagrams"}, {&s_formerr, "formerr"}, {&s_dropped, "dropped"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

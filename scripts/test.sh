@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: the fast checks (ruff, mypy: scripts/lint.sh), then set
-# up (idempotent) and run the whole suite. Extra arguments go to pytest
-# (e.g. scripts/test.sh -k cache -x).
+# up (idempotent), the C hot path under sanitizers (scripts/asan.sh), and the whole
+# suite. Extra arguments go to pytest (e.g. scripts/test.sh -k cache -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 lint=0
@@ -9,5 +9,6 @@ bash "$ROOT/scripts/lint.sh" || lint=$?
 [ "$lint" -eq 0 ] || [ "$lint" -eq 3 ] || exit "$lint"
 bash "$ROOT/scripts/setup.sh"
 [ "$lint" -eq 0 ] || bash "$ROOT/scripts/lint.sh"   # deferred until setup made the venv
+bash "$ROOT/scripts/asan.sh"   # the C hot path under AddressSanitizer and UBSan (about 20 s)
 cd "$ROOT"
 exec "${HEIMDALL_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"

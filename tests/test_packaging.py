@@ -22,7 +22,7 @@ def test_vagrantfile_parses_and_uses_setup_script():
     assert re.search(r'guest: 1053, host: 1053, protocol: "tcp"', text)
 
 
-@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/asan.sh", ".ci/run"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
 
@@ -34,6 +34,11 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = commands[1]
     assert "scripts/test.sh" in test_cmd
     assert "scripts/test.sh" in (ROOT / ".ci/run").read_text()
+
+
+def test_ci_runs_the_sanitizer_build_after_setup_and_before_the_suite():
+    text = (ROOT / "scripts/test.sh").read_text()
+    assert text.index('scripts/setup.sh"') < text.index('scripts/asan.sh"') < text.index("-m pytest")
 
 
 @pytest.mark.parametrize("module", ["heimdall", "tools.cli"])
