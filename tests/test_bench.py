@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bcc_unavailable_reason
+from conftest import bcc_unavailable_reason, requires_bcc
 from targets.busy_responder import Responder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +55,9 @@ def test_window_figures_match_the_target(run):
         assert 0.7 * COST_US <= w["server_cpu"]["cpu_us_per_query"] < COST_US + 60, w["server_cpu"]
 
 
+@requires_bcc
 def test_probe_figures_cover_the_same_window(run):
-    if not run["probes"]:
-        pytest.skip(bcc_unavailable_reason())
+    assert run["probes"]
     for w in run["windows"].values():
         pq = w["probes_summary"]["per_query_metrics"]
         # one recvfrom + one sendto per answered query: known truth of the responder

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bcc_unavailable_reason
+from conftest import requires_bcc
 from targets.busy_responder import Responder
 from targets.busy_responder import command as busy_command
 from tools.nsd import free_port
@@ -309,7 +309,7 @@ def test_probes_unavailable_is_exit_3(target):
         shutil.rmtree(pub, ignore_errors=True)
 
 
-@pytest.mark.skipif(bcc_unavailable_reason() is not None, reason=bcc_unavailable_reason() or "")
+@requires_bcc
 def test_check_with_probes_judges_per_query_counts(target, tmp_path):
     """With the tracepoint probes, per-query counts join the table: the responder makes exactly
     one recvfrom and one sendto per answer, and never waits in futex."""

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from conftest import requires_bcc
-from probe_targets import CLI, TARGETS, Target, compile_target, dead_pid
+from probe_targets import CLI, TARGETS, Target, compile_target
 
-pytestmark = [requires_bcc, pytest.mark.probes]
+pytestmark = requires_bcc
 
 N, BASE, SAMPLE = 10000, 100, 10
 
@@ -112,11 +112,7 @@ def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
     assert statistics.median(with_probe) > statistics.median(after) * 20
 
 
-def test_cli_dead_pid_and_partial_run(tmp_path, malloc_n):
-    proc = subprocess.run([*CLI, "memprof", "--pid", str(dead_pid()), "--duration", "1"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 4 and len(proc.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in proc.stderr
+def test_cli_partial_run(tmp_path):
     out = tmp_path / "mem.json"
     proc = subprocess.run([*CLI, "memprof", "--no-overhead", "--duration", "30", "--json", str(out), "--",
                            sys.executable, "-c", "import time; time.sleep(4)"],

@@ -29,7 +29,7 @@ from heimdall_server import HeimdallProcess
 from probe_targets import CLI, REPO, TARGETS, Target, compile_target
 from procs import children, wait_for
 
-pytestmark = [requires_bcc, pytest.mark.probes]
+pytestmark = requires_bcc
 
 FORK = [sys.executable, str(TARGETS / "fork_exec.py")]
 NSD_IP = "192.0.2.1"
