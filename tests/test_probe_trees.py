@@ -21,7 +21,6 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from closed_loop import ClosedLoop, summary
 from conftest import requires_bcc
