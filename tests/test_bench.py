@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bcc_unavailable_reason
+from conftest import bcc_unavailable_reason, requires_bcc
 from targets.busy_responder import Responder
+from target_truth import cpu_us_per_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "tools.cli"]
@@ -47,17 +48,21 @@ def test_writes_every_file(run):
 
 
 def test_window_figures_match_the_target(run):
+    # the server-CPU figure against the responder's own cost, timed here: at least its work, at most a
+    # whole exchange with a client (its work and socket calls and the client's), with room for a busier
+    # minute; a figure twice the truth fails
+    work_us, exchange_us = cpu_us_per_answer(COST_US)
     for scen, w in run["windows"].items():
         load = w["load"]
         assert load["received"] > 100 and load["qps"] > 0
         assert w["params"]["duration_s"] == 2
-        # the responder burns 30 us of CPU per answer: the server-CPU figure must see it
-        assert 0.7 * COST_US <= w["server_cpu"]["cpu_us_per_query"] < COST_US + 60, w["server_cpu"]
+        cpu = w["server_cpu"]["cpu_us_per_query"]
+        assert 0.8 * work_us <= cpu <= 1.5 * exchange_us, (scen, cpu, work_us, exchange_us)
 
 
+@requires_bcc
 def test_probe_figures_cover_the_same_window(run):
-    if not run["probes"]:
-        pytest.skip(bcc_unavailable_reason())
+    assert run["probes"]
     for w in run["windows"].values():
         pq = w["probes_summary"]["per_query_metrics"]
         # one recvfrom + one sendto per answered query: known truth of the responder
@@ -89,9 +94,11 @@ def test_report_is_computed_from_the_run(run):
     assert "Hottest Python frames: not measured (run with --cpuprof)" in text
     cpu = hit["server_cpu"]["cpu_us_per_query"]
     assert f"{cpu:,.1f} us per query" in text
-    gen = hit["load"]["generator_saturated"]
-    assert ("generator was saturated" in text) == gen or any(w["load"]["generator_saturated"]
-                                                             for w in run["windows"].values())
+    saturated = [s for s, w in run["windows"].items() if w["load"]["generator_saturated"]]
+    if saturated:
+        assert f"The load generator was saturated in {', '.join(saturated)}:" in text
+    else:
+        assert "The load generator was not saturated in any scenario" in text
     if run["probes"]:
         assert "Futex waiting stayed at or below" in text or "No thread waited in futex in 2 scenario(s)" in text
         assert "socket syscalls 2.00/query" in text
@@ -155,6 +162,7 @@ def test_sigterm_stops_the_started_server_and_keeps_finished_windows(tmp_path):
     run_dir = next(tmp_path.iterdir())
     server_pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
                    if "serve" in " ".join(c.cmdline())]
+    assert server_pids, "the started Heimdall was not found among the bench's children"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err

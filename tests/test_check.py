@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bcc_unavailable_reason
+from conftest import requires_bcc
 from targets.busy_responder import Responder
 from targets.busy_responder import command as busy_command
+from target_truth import cpu_us_per_answer, instructions_per_answer
 from tools.nsd import free_port
 from tools.reference import VERSION as REFERENCE_VERSION
 
@@ -123,8 +124,10 @@ def test_baseline_records_every_repeat(baseline):
     assert doc["reference"]["version"] == REFERENCE_VERSION
     cpu = doc["scenarios"]["cache-hit"]["cpu_us_per_query"]
     assert len(cpu["values"]) == 5 and cpu["better"] == "lower" and cpu["unit"] == "us"
-    # the responder's work takes 50 us of CPU per query on a quiet machine; recv/send add a little
-    assert 0.7 * COST_US <= cpu["median"] < COST_US + 80
+    # against the responder's own cost, timed here: at least its work, at most a whole exchange with a
+    # client (the responder's work and socket calls and the client's) with room for a busier minute
+    work_us, exchange_us = cpu_us_per_answer(COST_US)
+    assert 0.8 * work_us <= cpu["median"] <= 1.5 * exchange_us, (cpu["values"], work_us, exchange_us)
     qps = doc["scenarios"]["cache-hit"]["qps"]
     assert qps["better"] == "higher" and all(v > 0 for v in qps["values"])
     # timings beside the reference: one ratio per repeat, consistent with the raw figures
@@ -139,32 +142,30 @@ def test_baseline_records_every_repeat(baseline):
 
 
 def test_baseline_counts_instructions_per_query(baseline):
-    """Counted under callgrind, one value per block: the same to well under 1 % every block."""
+    """Counted under callgrind, one value per block: the same to well under 1 % every block, and what the
+    responder's work costs counted apart from the lab, plus its receive and send (~2 % here)."""
     doc = json.loads(baseline.read_text())
     assert doc["instructions"]["tool"] == "valgrind callgrind"
     instr = doc["scenarios"]["cache-hit"]["instructions_per_query"]
     assert instr["kind"] == "work" and instr["unit"] == "instr/q" and len(instr["values"]) == 5
-    # ~333 rounds of a handful of bytecodes each, plus parsing and the reply: far from 0, far from 10 M
-    assert 50_000 < instr["median"] < 5_000_000, instr
+    truth = instructions_per_answer(COST_US)
+    assert truth <= instr["median"] <= 1.05 * truth, (instr, truth)
     assert (max(instr["values"]) - min(instr["values"])) / instr["median"] < 0.01, instr
 
 
 def test_unchanged_target_passes(baseline, tmp_path):
-    """An unchanged target is never a regression, also with a neighbour spinning on the other core
-    (every second run); a timing past the threshold without significance may say inconclusive
-    (exit 2). The instruction counts stay within 1 % whatever the machine is doing."""
-    outcomes = []
+    """An unchanged target passes, exit 0 with every gating row "ok", in every run, also with a
+    neighbour spinning on the other core (every second run). Where instructions are counted, the
+    rows that gate are the counts and the error rate, which a busy machine cannot move; the
+    timings are shown beside the reference and do not gate. The counts stay within 1 %."""
     for i in range(RUNS):
         with busy_neighbour() if i % 2 else contextlib.nullcontext():
             proc, v = check_started(baseline, tmp_path / f"run{i}")
-        rows = v["rows"]
-        assert not [r for r in rows if r["verdict"] == "regression"], proc.stdout
+        gating = {r["metric"]: r["verdict"] for r in v["rows"] if r["gate"]}
+        assert "instructions_per_query" in gating and set(gating.values()) == {"ok"}, (gating, proc.stdout)
         instr = row(v, "instructions_per_query")
         assert instr["basis"] == "counted" and abs(instr["change_pct"]) < 1, instr
-        unsure = [r for r in rows if r["verdict"] == "inconclusive" and r["gate"]]
-        assert proc.returncode == (2 if unsure else 0), proc.stdout
-        outcomes.append(proc.returncode)
-    print(f"unchanged target: exit statuses {outcomes}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_target_15_percent_slower_is_a_regression(baseline, tmp_path):
@@ -309,7 +310,7 @@ def test_probes_unavailable_is_exit_3(target):
         shutil.rmtree(pub, ignore_errors=True)
 
 
-@pytest.mark.skipif(bcc_unavailable_reason() is not None, reason=bcc_unavailable_reason() or "")
+@requires_bcc
 def test_check_with_probes_judges_per_query_counts(target, tmp_path):
     """With the tracepoint probes, per-query counts join the table: the responder makes exactly
     one recvfrom and one sendto per answer, and never waits in futex."""

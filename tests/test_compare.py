@@ -16,7 +16,7 @@ from tools.sidebyside import contestants as procs
 from tools.sidebyside.contestants import Contestant
 from tools.sidebyside.markdown import render_markdown, write_report
 from tools.sidebyside.options import CompareOptions
-from tools.sidebyside.run import SCHEMA, build_report, run_compare
+from tools.sidebyside.run import SCHEMA, build_report, run_compare, start_all
 from tools.sidebyside.stats import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,30 +68,47 @@ def test_goals_judge_the_measured_values(tmp_path):
     assert json.loads((tmp_path / "compare.json").read_text())["schema"] == SCHEMA
 
 
-@pytest.mark.skipif(not (shutil.which("dnsperf") and (shutil.which("nsd") or os.path.exists("/usr/sbin/nsd"))),
-                    reason="dnsperf and nsd are needed (scripts/setup.sh)")
-def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch):
-    """Unbound for real, dnsmasq 'not installed', a Heimdall variant, the bare uvloop floor, and a running
-    Heimdall given by address and pid; every started server is gone afterwards."""
-    from tools.peers import HeimdallServer
-    from tools.nsd import LocalUpstream
+def running_programs() -> set[str]:
+    """The program names of this process's descendants, now."""
+    import psutil
 
-    real_installed = procs.installed
-    monkeypatch.setattr(procs, "installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
+    names = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            names.add(os.path.basename(child.exe()))
+        except psutil.Error:
+            pass
+    return names
+
+
+def test_compare_against_real_peers_and_an_external_server(tmp_path):
+    """Unbound and dnsmasq for real (seen running during the rounds), a Heimdall variant, the bare uvloop
+    floor, and a running Heimdall given by address and pid; every started server is gone afterwards."""
+    from tools.nsd import LocalUpstream
+    from tools.peers import HeimdallServer
+
+    seen: set[str] = set()
+
+    def say(message: str) -> None:
+        if message.startswith("round 1/"):
+            seen.update(running_programs())
+
     with LocalUpstream() as up, HeimdallServer(up.addr) as ext:
         opts = CompareOptions(peers=["unbound", "dnsmasq"], rounds=2, duration=0.6, warm_set=200,
                               servers=[f"ext={ext.addr}"], pids=[ext.pid], concurrency=[50], bare=True,
                               variants={"h-off": {"HEIMDALL_UDP_BATCH": "off"}},
                               results_dir=tmp_path)
-        report = run_compare(opts, say=lambda m: None)
+        report = run_compare(opts, say=say)
+    assert {"unbound", "dnsmasq"} <= seen, seen
     out = tmp_path / next(p.name for p in tmp_path.iterdir())
     assert out.name.endswith("-compare")
     assert (out / "compare.png").read_bytes().startswith(PNG_MAGIC)
     data = json.loads((out / "compare.json").read_text())
     names = [c["name"] for c in data["contestants"]]
-    have_unbound = real_installed("unbound")
-    assert names == ["heimdall"] + (["unbound"] if have_unbound else []) + ["h-off", "bare-uvloop", "ext"]
-    assert {"peer": "dnsmasq", "why": "dnsmasq is not installed (scripts/setup.sh installs it)"} in data["skipped"]
+    assert names == ["heimdall", "unbound", "dnsmasq", "h-off", "bare-uvloop", "ext"]
+    assert data["skipped"] == []
+    kinds = {c["name"]: c["kind"] for c in data["contestants"]}
+    assert kinds["unbound"] == "unbound" and kinds["dnsmasq"] == "dnsmasq"
     for c in data["contestants"]:
         assert [r["round"] for r in c["rounds"]] == [1, 2]
         assert c["primed"]["answered"] == 200
@@ -116,6 +133,21 @@ def test_compare_against_real_peers_and_an_external_server(tmp_path, monkeypatch
         if c["name"] != "ext":
             assert not psutil.pid_exists(c["pid"]) or psutil.Process(c["pid"]).status() == psutil.STATUS_ZOMBIE
     assert (out / "compare.md").read_text() == render_markdown(data)
+
+
+def test_a_peer_not_installed_is_skipped_with_the_fix(monkeypatch):
+    """The not-installed path on its own: the peer is listed as skipped, Heimdall still starts."""
+    real_installed = procs.installed
+    monkeypatch.setattr(procs, "installed", lambda kind: kind != "dnsmasq" and real_installed(kind))
+    contestants: list[Contestant] = []
+    skipped: list[dict] = []
+    try:
+        start_all(CompareOptions(peers=["dnsmasq"]), "127.0.0.1:9", contestants, skipped, say=lambda m: None)
+    finally:
+        for c in contestants:
+            c.server.stop()
+    assert [c.name for c in contestants] == ["heimdall"]
+    assert skipped == [{"peer": "dnsmasq", "why": "dnsmasq is not installed (scripts/setup.sh installs it)"}]
 
 
 def test_cli_is_registered():

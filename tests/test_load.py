@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -138,18 +139,24 @@ def realtime(*pids: int):
                 os.sched_setscheduler(p, policy, param)
 
 
+PAIRS = 10
+
+
 @requires_dnsperf
 def test_open_loop_agrees_with_dnsperf(unbound):
     """At 3000 q/s both tools see the same rate and the same median latency.
 
     Both use 20 sockets over the same warm names (dnsperf through our dnsperf
-    engine, which reads its per-query latencies), run alternately six times for
-    1 s each, and the medians of the runs are compared. At this rate a cache
-    hit on Unbound takes ~70-90 us, most of it waking idle CPUs in this VM; our
+    engine, which reads its per-query latencies) and run alternately, 1 s each,
+    PAIRS times. One comparison over all of them: the median of the paired
+    differences (ours minus dnsperf's run right after it, so drift of the
+    machine hits both alike). A bias in more than half the pairs moves it; a
+    stall of either process in a few pairs does not. At this rate a cache hit
+    on Unbound takes ~70-90 us, most of it waking idle CPUs in this VM; our
     Python process wakes ~5-15 us slower than dnsperf's C thread (measured with
-    kernel receive timestamps: see LoadConfig.kernel_timestamps), so p50 is held
-    to 10 % or 15 us, whichever is larger. The median, not the mean: a stall of
-    either process (once seen in CI: our mean 0.5-1.3 ms for a whole set,
+    kernel receive timestamps: see LoadConfig.kernel_timestamps), so the p50
+    difference is held to 10 % or 15 us, whichever is larger. Medians, not
+    means: a stall (once seen in CI: our mean 0.5-1.3 ms for a whole set,
     dnsperf's 0.1 ms) moves a mean by its whole length, and says nothing about
     whether the tool times a reply right.
     """
@@ -159,25 +166,18 @@ def test_open_loop_agrees_with_dnsperf(unbound):
         check_consistent(r)
         return r
 
-    def summary(runs: list[dict]) -> dict:
-        return {"qps": statistics.median(r["qps"] for r in runs),
-                "p50": statistics.median(r["latency_us"]["p50"] for r in runs),
-                "avg": [round(r["latency_us"]["avg"]) for r in runs],
-                "p99": [round(r["latency_us"]["p99"]) for r in runs],
-                "runqueue_wait": [r.get("runqueue_wait_per_process") for r in runs]}
-
-    for attempt in range(5):  # a burst of other work on this shared 2-core VM can swamp a set or two
-        ours, theirs = [], []
-        with realtime(unbound.pid):
-            for _ in range(6):
-                ours.append(one("builtin"))
-                theirs.append(one("dnsperf"))
-        our, their = summary(ours), summary(theirs)
-        if abs(our["p50"] - their["p50"]) <= max(0.10 * their["p50"], 15.0):
-            break
-    assert our["qps"] == pytest.approx(3000, rel=0.03)
-    assert our["qps"] == pytest.approx(their["qps"], rel=0.10), (our, their)
-    assert abs(our["p50"] - their["p50"]) <= max(0.10 * their["p50"], 15.0), (attempt, our, their)
+    pairs = []
+    with realtime(unbound.pid):
+        for _ in range(PAIRS):
+            pairs.append((one("builtin"), one("dnsperf")))
+    p50_diff = statistics.median(o["latency_us"]["p50"] - t["latency_us"]["p50"] for o, t in pairs)
+    their_p50 = statistics.median(t["latency_us"]["p50"] for _, t in pairs)
+    qps_ratio = statistics.median(o["qps"] / t["qps"] for o, t in pairs)
+    seen = [(round(o["latency_us"]["p50"]), round(t["latency_us"]["p50"])) for o, t in pairs]
+    print(f"p50 (ours, dnsperf's) per pair: {seen}; median difference {p50_diff:.1f} us")
+    assert statistics.median(o["qps"] for o, _ in pairs) == pytest.approx(3000, rel=0.03)
+    assert qps_ratio == pytest.approx(1.0, rel=0.10), seen
+    assert abs(p50_diff) <= max(0.10 * their_p50, 15.0), (p50_diff, their_p50, seen)
 
 
 @requires_dnsperf
@@ -283,13 +283,49 @@ def test_ctrl_c_prints_what_was_measured(unbound, tmp_path):
     check_consistent(r)
 
 
+@contextlib.contextmanager
+def peak_child_fds():
+    """The most file descriptors this process's children held at once, sampled every 0.1 s: [peak]."""
+    import psutil
+
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            total = 0
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.num_fds()
+            peak[0] = max(peak[0], total)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join(5)
+
+
 def test_many_clients_fit_the_fd_limit(unbound):
-    """10,000 clients in two processes: sockets open (soft limit raised), replies come back."""
-    r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, clients=10_000, duration=1.5,
-                            warmup=0.5, timeout_ms=2000))
-    assert r["clients"] == 10_000 and r["received"] > 0
-    assert r["sent"] == r["received"] + r["timeouts"]
-    assert os.getpid()  # the parent survived opening them
+    """10,000 clients in two processes from a soft limit of 1,024 descriptors: the limit is raised, the
+    processes hold a socket per client, and replies come back on them, not on a few."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        with peak_child_fds() as fds:
+            r = run_load(LoadConfig(test_type="cache-hit", server=unbound.addr, clients=10_000, duration=1.5,
+                                    warmup=0.5, timeout_ms=2000))
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    check_consistent(r)
+    assert r["clients"] == 10_000 and r["processes"] == 2
+    assert raised >= 5_000, raised                        # each process holds 5,000 sockets
+    assert fds[0] >= 10_000, fds[0]
+    # closed loop: a client whose socket never hears back times out once per 2 s; half the sockets
+    # silent would be ~7 % of all sends, all of them answering ~1-2 % (Unbound's own drops)
+    assert r["received"] >= r["clients"] and r["timeouts"] < 0.05 * r["sent"], r
 
 
 class SlowResponder:

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from conftest import requires_bcc
-from probe_targets import CLI, TARGETS, Target, compile_target, dead_pid
+from probe_targets import CLI, TARGETS, Target, compile_target
 
-pytestmark = [requires_bcc, pytest.mark.probes]
+pytestmark = requires_bcc
 
 N, BASE, SAMPLE = 10000, 100, 10
 
@@ -79,7 +79,8 @@ def _bench_round(proc: subprocess.Popen) -> float:
 
 
 def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
-    """The calibrated per-call cost agrees with timing a C malloc+free loop with and without the probe."""
+    """The calibrated per-call cost agrees with timing a C malloc+free loop with and without the probe
+    (both in CPU time)."""
     from probes.memprof import MemProf
 
     proc = subprocess.Popen([str(malloc_n), "bench", "20000"], stdin=subprocess.PIPE,
@@ -105,18 +106,16 @@ def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
     assert result["malloc"]["calls"] == 3 * 20000 and result["malloc"]["frees"] == 3 * 20000
     direct_us = (statistics.median(with_probe) - statistics.median(without)) / 2 / 1000
     assert direct_us > 0.1 and o["probe_cost_us_per_call"] > 0.1
-    assert 0.2 < o["probe_cost_us_per_call"] / direct_us < 5, (o, direct_us)
+    # both loops are timed in their own CPU time, which a busy neighbour does not inflate: the calibration
+    # (a Python loop over ctypes) has read 1.0-1.3x the C loop here, wall-clock timing 0.5-1.9x
+    assert 0.75 < o["probe_cost_us_per_call"] / direct_us < 1.5, (o, direct_us)
     assert o["estimated_target_share"] > 0
     # detached: the loop is back to (near) its unprobed speed
     # (a probed call costs microseconds, an unprobed pair tens of ns: load noise cannot bridge that)
     assert statistics.median(with_probe) > statistics.median(after) * 20
 
 
-def test_cli_dead_pid_and_partial_run(tmp_path, malloc_n):
-    proc = subprocess.run([*CLI, "memprof", "--pid", str(dead_pid()), "--duration", "1"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 4 and len(proc.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in proc.stderr
+def test_cli_partial_run(tmp_path):
     out = tmp_path / "mem.json"
     proc = subprocess.run([*CLI, "memprof", "--no-overhead", "--duration", "30", "--json", str(out), "--",
                            sys.executable, "-c", "import time; time.sleep(4)"],

@@ -193,14 +193,15 @@ def test_observe_hits_adds_a_batch_to_the_hit_histogram():
 
 
 def test_record_is_cheap():
-    """Not a benchmark: a generous bound that still catches an accidental O(n) or a lock."""
+    """Not a benchmark: a generous bound that still catches an accidental O(n). In this process's CPU
+    time, which another process holding the core does not add to."""
     s = Stats()
     key = ("udp", 1, 0)
     n = 200_000
-    t = time.perf_counter()
+    t = time.process_time()
     for _ in range(n):
         s.record(key, 0.0001, True)
-    per_call = (time.perf_counter() - t) / n
+    per_call = (time.process_time() - t) / n
     assert s.queries[key] == n and sum(s.hit_counts) == n
     assert per_call < 5e-6, per_call
     assert len(QUERY_BUCKETS) + 1 == len(s.hit_counts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -41,7 +40,6 @@ def test_forwarder_answers_and_stops(upstream, cls):
     assert not workdir.exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("heimdall.server") is None, reason="heimdall server not built yet")
 def test_heimdall_launcher(upstream):
     with HeimdallServer(upstream.addr, env={"HEIMDALL_CACHE_CAPACITY": "1000"}) as server:
         check_forwarder(server, upstream)
@@ -55,7 +53,6 @@ def test_failed_start_is_one_clear_error(upstream):
         assert clash.proc is None and clash.workdir is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("heimdall.server") is None, reason="heimdall server not built yet")
 def test_server_that_exits_is_reported_with_its_output(upstream):
     bad = HeimdallServer(upstream.addr, env={"HEIMDALL_CACHE_CAPACITY": "-5"})
     with pytest.raises(ToolError, match=r"exited with status .*CACHE_CAPACITY"):

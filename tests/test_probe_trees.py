@@ -21,7 +21,6 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from closed_loop import ClosedLoop, summary
 from conftest import requires_bcc
@@ -29,7 +28,7 @@ from heimdall_server import HeimdallProcess
 from probe_targets import CLI, REPO, TARGETS, Target, compile_target
 from procs import children, wait_for
 
-pytestmark = [requires_bcc, pytest.mark.probes]
+pytestmark = requires_bcc
 
 FORK = [sys.executable, str(TARGETS / "fork_exec.py")]
 NSD_IP = "192.0.2.1"

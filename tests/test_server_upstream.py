@@ -80,14 +80,13 @@ def test_failover_past_an_upstream_that_swallows_queries(upstream):
         t0 = time.monotonic()
         r = h.query(unique(), timeout=5)
         assert r.answer[0][0].address == "192.0.2.1"
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 2 * 2.0 - 0.5  # one upstream timeout, not two
         assert len(hole.queries) == 1
-        # The swallower is now marked down: the next names go straight to NSD.
+        # The swallower is now marked down: the next names go straight to NSD, the swallower asked no more
+        # (a count: a timer would also measure how long this process waited for a core)
         for _ in range(3):
-            t1 = time.monotonic()
             assert h.query(unique(), timeout=5).answer[0][0].address == "192.0.2.1"
-            assert time.monotonic() - t1 < 0.5
-        assert len(hole.queries) == 1
+            assert len(hole.queries) == 1
 
 
 def test_nobody_answers_means_servfail_in_time():

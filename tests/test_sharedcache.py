@@ -22,7 +22,11 @@ from heimdall.sharedvalue import (
 )
 from redis_fixture import redis_server  # noqa: F401 - pytest fixture
 
-SLACK = 0.25  # scheduling noise on a shared 2-core machine
+# A call that returns within HANG seconds did not wait for a Redis that sleeps REDIS_SLEEP (nor hang):
+# far above the 50 ms timeouts, as a process on a shared 2-core machine can wait long for a core; what
+# the cache did (a timeout, an error, a skip) is asserted on its counters.
+HANG = 1.0
+REDIS_SLEEP = 2.0
 
 
 def run(coro):
@@ -218,21 +222,22 @@ def test_dead_redis_degrades_then_comes_back(redis_server, upstream, caplog):
             assert await sc.get(b"k") is not None
             redis_server.stop()                              # Redis dies mid-run
             got, took = await timed(sc.get(b"k"))
-            assert got is None and took < 0.05 + SLACK
+            assert got is None and took < HANG
             assert sc.state == "down" and sc.stats()["errors"] == 1
-            # while down, Redis is skipped entirely: fast, no new errors
-            t0 = time.perf_counter()
+            # while down, Redis is skipped entirely: every call counted as skipped, no new errors, and
+            # no more CPU than bookkeeping (this process's CPU time: others on the core do not count)
+            cpu0 = time.process_time()
             for i in range(200):
                 assert await sc.get(b"k%d" % i) is None
                 await sc.put(b"k%d" % i, wire, 300)
-            assert time.perf_counter() - t0 < SLACK
+            assert time.process_time() - cpu0 < 0.25
             await sc.drain()
             s = sc.stats()
-            assert s["errors"] == 1 and s["skipped"] >= 400 and s["puts_in_flight"] == 0
+            assert s["errors"] == 1 and s["skipped"] == 400 and s["puts_in_flight"] == 0
             # a probe after the backoff fails again (still dead): backoff grows
             await asyncio.sleep(0.6)
             got, took = await timed(sc.get(b"k"))
-            assert got is None and took < 0.05 + SLACK and sc.stats()["errors"] == 2
+            assert got is None and took < HANG and sc.stats()["errors"] == 2
             redis_server.start()                             # Redis is back (empty)
             await asyncio.sleep(1.1)                         # second backoff: 1.0 s
             assert await sc.get(b"k") is None                # the probe: a real miss
@@ -260,8 +265,9 @@ def test_redis_never_started_is_harmless():
             await sc.put(b"k", b"x" * 40, 60)
             await sc.drain()
             assert await sc.publish_invalidate() is False
-            assert time.perf_counter() - t0 < 0.05 + SLACK
-            assert sc.state == "down" and sc.stats()["errors"] == 1
+            assert time.perf_counter() - t0 < HANG
+            # one refused connection, then down: the rest was not tried
+            assert sc.state == "down" and sc.stats()["errors"] == 1 and sc.stats()["skipped"] >= 1
         finally:
             await sc.close()
 
@@ -278,16 +284,16 @@ def test_slow_redis_timeout_is_respected(redis_server, upstream):
             await sc.drain()
             assert await sc.get(b"k") is not None            # connection warm
             sleeper = threading.Thread(target=redis_server.client().execute_command,
-                                       args=("DEBUG", "SLEEP", "0.8"))
+                                       args=("DEBUG", "SLEEP", str(REDIS_SLEEP)))
             sleeper.start()
             await asyncio.sleep(0.1)                         # Redis is now blocked
             t0 = time.perf_counter()
             assert await sc.get(b"k") is None
             took = time.perf_counter() - t0
-            assert 0.04 <= took < 0.05 + SLACK, took
+            assert 0.04 <= took < HANG, took                 # its own timeout, not Redis's 2 s
             s = sc.stats()
             assert (s["timeouts"], s["errors"], s["state"]) == (1, 1, "down")
-            await asyncio.to_thread(sleeper.join, 5)
+            await asyncio.to_thread(sleeper.join, 10)
             await asyncio.sleep(0.35)
             got = await sc.get(b"k")                         # used again after the backoff
             assert got is not None and got[0] == wire and sc.state == "up"
@@ -301,21 +307,21 @@ def test_puts_are_bounded_and_never_block(redis_server, upstream):
     wire = answer(upstream, "www.example.test.")
 
     async def scenario():
-        sc = SharedCache(redis_server.url, timeout=2.0, max_pending_puts=8)
+        sc = SharedCache(redis_server.url, timeout=5.0, max_pending_puts=8)
         try:
             assert await sc.get(b"warm") is None
             sleeper = threading.Thread(target=redis_server.client().execute_command,
-                                       args=("DEBUG", "SLEEP", "0.4"))
+                                       args=("DEBUG", "SLEEP", str(REDIS_SLEEP)))
             sleeper.start()
             await asyncio.sleep(0.1)
             t0 = time.perf_counter()
             scheduled = [sc.put_nowait(b"p%d" % i, wire, 300) for i in range(100)]
-            assert time.perf_counter() - t0 < SLACK
+            assert time.perf_counter() - t0 < HANG          # did not wait for the sleeping Redis
             assert scheduled.count(True) == 8
             s = sc.stats()
             assert (s["puts_dropped"], s["puts_in_flight"]) == (92, 8)
             await sc.drain()
-            await asyncio.to_thread(sleeper.join, 5)
+            await asyncio.to_thread(sleeper.join, 10)
             assert sc.stats()["puts"] == 8 and sc.stats()["errors"] == 0
         finally:
             await sc.close()

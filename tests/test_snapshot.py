@@ -101,12 +101,15 @@ def test_timer_snapshot_survives_sigkill(upstream, tmp_path):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                entries, _ = snapshot.load(path.read_bytes(), 0, time.time())
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = None  # not written yet
+            if data is not None:
+                # atomic rename: every file seen is whole, so one that does not load fails the test
+                entries, _ = snapshot.load(data, 0, time.time())
                 if len(entries) == 2:
                     break
-            except (FileNotFoundError, snapshot.SnapshotError):
-                pass  # atomic rename: never a half-written file, but maybe not yet written
-            time.sleep(0.2)
+            time.sleep(0.05)
         else:
             pytest.fail("no timer snapshot with both entries within 10 s")
         os.killpg(srv.pid, signal.SIGKILL)
