@@ -196,15 +196,15 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
     stop = ctx.RawValue("q", 0)
     ready, results = ctx.Queue(), ctx.Queue()
     rate = cfg.qps / run.processes if cfg.qps else None
-    procs = []
-    for i, n in enumerate(_split(run.clients, run.processes)):
-        spec = WorkerSpec(i, run.processes, run.family, run.sockaddr, n, rate, int(cfg.timeout_ms * 1e6),
-                          int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario, cfg.kernel_timestamps)
-        p = ctx.Process(target=worker_entry, args=(spec, prog, start, stop, ready, results), daemon=True)
-        p.start()
-        procs.append(p)
+    procs: list = []
     parts: list[dict] = []
-    try:
+    try:  # a Ctrl-C while the processes start must stop those already started, too
+        for i, n in enumerate(_split(run.clients, run.processes)):
+            spec = WorkerSpec(i, run.processes, run.family, run.sockaddr, n, rate, int(cfg.timeout_ms * 1e6),
+                              int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario, cfg.kernel_timestamps)
+            p = ctx.Process(target=worker_entry, args=(spec, prog, start, stop, ready, results), daemon=True)
+            p.start()
+            procs.append(p)
         _wait_ready(procs, ready)
         psutil.cpu_percent(None)  # starts the host-CPU interval
         start.value, run.start_late_s = start_instant(cfg.start_at_ns)
