@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: the fast checks (ruff, mypy: scripts/lint.sh), then set
-# up (idempotent) and run the whole suite. Extra arguments go to pytest
+# up (idempotent), read the VM definitions with their own tools (scripts/check_vm.sh:
+# seconds) and run the whole suite. Extra arguments go to pytest
 # (e.g. scripts/test.sh -k cache -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,5 +10,6 @@ bash "$ROOT/scripts/lint.sh" || lint=$?
 [ "$lint" -eq 0 ] || [ "$lint" -eq 3 ] || exit "$lint"
 bash "$ROOT/scripts/setup.sh"
 [ "$lint" -eq 0 ] || bash "$ROOT/scripts/lint.sh"   # deferred until setup made the venv
+bash "$ROOT/scripts/check_vm.sh"
 cd "$ROOT"
 exec "${HEIMDALL_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"
