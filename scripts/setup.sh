@@ -54,9 +54,18 @@ kernel_flavour() {
   esac
 }
 
+# A C compiler and libc for the other architecture: the tests build the hot path
+# and the probes' target programs for both (tests/test_cross_build.py).
+cross_packages() {
+  case "$1" in
+    amd64) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross ;;
+    arm64) echo gcc-x86-64-linux-gnu libc6-dev-amd64-cross ;;
+  esac
+}
+
 # The apt packages for architecture $1, one a line.
 apt_packages() {
-  printf '%s\n' "${COMMON_PACKAGES[@]}"
+  printf '%s\n' "${COMMON_PACKAGES[@]}" $(cross_packages "$1")
   local flavour
   if flavour=$(kernel_flavour "$1"); then
     echo "linux-headers-$flavour"
