@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 TRACEFS = "/sys/kernel/tracing"
-VM_FIX = "probe metrics are unavailable here: run the lab in the Vagrant VM (`vagrant up`)"
+VM_FIX = "probe metrics are unavailable here: run the lab in the Linux VM (`vagrant up`, or Lima: lima/heimdall.yaml)"
 
 # probe name -> tracepoints "category:event" it attaches ("?" suffix: optional)
 PROBE_TRACEPOINTS: dict[str, list[str]] = {

@@ -97,7 +97,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 install_system_packages() {
   if [ "${HEIMDALL_SKIP_APT:-0}" = 1 ]; then skip "apt-get (HEIMDALL_SKIP_APT=1)"; return; fi
   if [ "$(uname -s)" != Linux ] || ! have apt-get; then
-    skip "system packages: not a Debian/Ubuntu Linux; use the Vagrant VM (vagrant up) for probes"; return
+    skip "system packages: not a Debian/Ubuntu Linux; use the Linux VM (vagrant up, or lima/heimdall.yaml) for probes"; return
   fi
   if ! is_root; then skip "system packages: not root (run with sudo)"; return; fi
   local missing=() wanted=("${APT_PACKAGES[@]}")
