@@ -28,12 +28,14 @@ needs_vagrant = pytest.mark.skipif(shutil.which("vagrant") is None or shutil.whi
                                    reason="vagrant is not installed (scripts/setup.sh installs it, as root)")
 
 
-def plan(provider: str, arch: str | None) -> dict:
+def plan(provider: str, arch: str | None, tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "VAGRANT_HOST_ARCHITECTURE"}
     if arch:
         env["VAGRANT_HOST_ARCHITECTURE"] = arch
+    # Vagrant keeps machine state in .vagrant/ beside the Vagrantfile unless told otherwise.
+    env.update(VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"))
     out = subprocess.run(["ruby", str(PLAN), str(ROOT), provider], capture_output=True, text=True,
-                         env={**env, "VAGRANT_CHECKPOINT_DISABLE": "1"}, timeout=120)
+                         env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -56,8 +58,8 @@ def test_vagrantfile_parses_and_uses_setup_script():
 @needs_vagrant
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_each_provider_gets_a_box_of_the_host_architecture(provider, arch):
-    p = plan(provider, arch)
+def test_each_provider_gets_a_box_of_the_host_architecture(provider, arch, tmp_path):
+    p = plan(provider, arch, tmp_path)
     if provider == "libvirt" and arch == "arm64":
         # No Debian 12 arm64 box for libvirt: `vagrant up` says so, and where to go instead.
         assert "libvirt" in p["up"] and "arm64" in p["up"] and "lima/heimdall.yaml" in p["up"], p
@@ -75,9 +77,9 @@ def test_each_provider_gets_a_box_of_the_host_architecture(provider, arch):
 
 
 @needs_vagrant
-def test_without_an_override_the_host_architecture_is_this_machines():
+def test_without_an_override_the_host_architecture_is_this_machines(tmp_path):
     machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
     if machine is None:
         pytest.skip(f"no Vagrant box for {platform.machine()}")
-    p = plan("libvirt", None)
+    p = plan("libvirt", None, tmp_path)
     assert (p["box"] == "debian/bookworm64") == (machine == "amd64"), p
