@@ -93,6 +93,7 @@ mapfile -t APT_PACKAGES < <(apt_packages "$ARCH")
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 have() { command -v "$1" >/dev/null 2>&1; }
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 install_system_packages() {
   if [ "${HEIMDALL_SKIP_APT:-0}" = 1 ]; then skip "apt-get (HEIMDALL_SKIP_APT=1)"; return; fi
@@ -100,16 +101,14 @@ install_system_packages() {
     skip "system packages: not a Debian/Ubuntu Linux; use the Linux VM (vagrant up, or lima/heimdall.yaml) for probes"; return
   fi
   if ! is_root; then skip "system packages: not root (run with sudo)"; return; fi
-  local missing=() wanted=("${APT_PACKAGES[@]}")
-  # A Debian kernel (a VM's) has headers of its exact version, e.g. the cloud flavour.
-  if apt-cache show "linux-headers-$(uname -r)" >/dev/null 2>&1; then wanted+=("linux-headers-$(uname -r)"); fi
-  for p in "${wanted[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
+  local missing=() p exact="linux-headers-$(uname -r)"
+  for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#missing[@]} -eq 0 ] || apt-get update -qq
+  # A Debian kernel (a VM's) has headers of its exact version, e.g. the cloud flavour's.
+  if ! installed "$exact" && apt-cache show "$exact" >/dev/null 2>&1; then missing+=("$exact"); fi
   if [ ${#missing[@]} -eq 0 ]; then say "system packages already installed"; return; fi
   say "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged daemons must not hold ports or run as services: tests start their own.
   for svc in unbound nsd redis-server; do
