@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 
 TRACEFS = "/sys/kernel/tracing"
-VM_FIX = "probe metrics are unavailable here: run the lab in the Vagrant VM (`vagrant up`)"
+VM_FIX = "probe metrics are unavailable here: run the lab in the Linux VM (`vagrant up`, or Lima: lima/heimdall.yaml)"
 
 # probe name -> tracepoints "category:event" it attaches ("?" suffix: optional)
 PROBE_TRACEPOINTS: dict[str, list[str]] = {
@@ -32,8 +32,9 @@ PROBE_TRACEPOINTS: dict[str, list[str]] = {
         "sock:sk_data_ready", "sock:sock_recv_length", "sock:sock_send_length",
         "udp:udp_fail_queue_rcv_skb", "sock:sock_rcvqueue_full",
         *[f"syscalls:sys_{d}_{s}" for s in ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg",
-                                             "sendmmsg", "epoll_wait", "epoll_pwait") for d in ("enter", "exit")],
-        "syscalls:sys_enter_epoll_pwait2?", "syscalls:sys_exit_epoll_pwait2?",
+                                             "sendmmsg", "epoll_pwait") for d in ("enter", "exit")],
+        # no epoll_wait syscall on arm64; epoll_pwait2 since Linux 5.11
+        *[f"syscalls:sys_{d}_{s}?" for s in ("epoll_wait", "epoll_pwait2") for d in ("enter", "exit")],
     ],
 }
 
@@ -102,7 +103,8 @@ def check_headers() -> Check:
     rel = platform.release()
     base = f"/lib/modules/{rel}"
     build = os.path.join(base, "build")
-    fix = (f"apt-get install -y linux-headers-amd64 && ln -sfn /usr/src/linux-headers-<ver>-amd64 {build} "
+    arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
+    fix = (f"apt-get install -y linux-headers-{arch} && ln -sfn /usr/src/linux-headers-<ver>-{arch} {build} "
            f"&& ln -sfn /usr/src/linux-headers-<ver>-common {base}/source (or run scripts/setup.sh)")
     if not os.path.isdir(build):
         return Check("kernel headers", False, f"{build} is missing", fix)

@@ -39,7 +39,8 @@ struct fn_stat {
 };
 
 /* At function entry the frame pointer still belongs to the caller, so a
- * frame-pointer walk skips the direct caller: keep its return address ([sp]). */
+ * frame-pointer walk skips the direct caller: keep its return address (on
+ * x86-64 on top of the stack, on arm64 in the link register). */
 struct stack_key {
     u64 caller;
     int stack_id;
@@ -68,7 +69,11 @@ static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 siz
     struct stack_key k = {};
     k.stack_id = heimdall_stack_check(stacks.get_stackid(ctx, BPF_F_USER_STACK));
     k.layer = layer;
+#ifdef bpf_target_arm64
+    k.caller = PT_REGS_RET(ctx);   /* x30 */
+#else
     bpf_probe_read_user(&k.caller, sizeof(k.caller), (void *)PT_REGS_SP(ctx));
+#endif
     struct stack_stat zero = {.tgid = tgid};
     struct stack_stat *s = stack_stats.lookup_or_try_init(&k, &zero);
     if (!s) { heimdall_lose(LOST_MAP_FULL); return; }

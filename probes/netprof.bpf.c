@@ -441,8 +441,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return sys_enter(K_SENDMSG); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return sys_exit(K_SENDMSG, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return sys_enter(K_SENDMMSG); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return sys_exit(K_SENDMMSG, args->ret); }
+/* arm64 (and every asm-generic architecture) has no epoll_wait syscall: libc's
+ * epoll_wait() is epoll_pwait there, and the tracepoint does not exist. */
+#ifdef HAVE_EPOLL_WAIT
 TRACEPOINT_PROBE(syscalls, sys_enter_epoll_wait) { return sys_enter(K_EPOLL_WAIT); }
 TRACEPOINT_PROBE(syscalls, sys_exit_epoll_wait) { return sys_exit(K_EPOLL_WAIT, args->ret); }
+#endif
 TRACEPOINT_PROBE(syscalls, sys_enter_epoll_pwait) { return sys_enter(K_EPOLL_PWAIT); }
 TRACEPOINT_PROBE(syscalls, sys_exit_epoll_pwait) { return sys_exit(K_EPOLL_PWAIT, args->ret); }
 #ifdef HAVE_EPOLL_PWAIT2

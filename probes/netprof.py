@@ -24,6 +24,7 @@ KINDS = ("recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg",
 RECV_KINDS = KINDS[0:3]
 SEND_KINDS = KINDS[3:6]
 EPOLL_KINDS = KINDS[6:9]
+OPTIONAL_SYSCALLS = ("epoll_wait", "epoll_pwait2")   # per architecture / kernel version
 BATCH_KINDS = ("recvmmsg", "sendmmsg", *EPOLL_KINDS)
 H_QUEUE, H_SERVER, H_SYSCALL = 0, 1, 2
 COUNTERS = ("queued", "matched", "unmatched", "overflow", "resync_discarded", "drops",
@@ -86,7 +87,9 @@ class NetProf(Probe):
         self.ports: list[int] = [port] if port else []
 
     def cflags(self) -> list[str]:
-        return ["-DHAVE_EPOLL_PWAIT2"] if tracepoint_exists("syscalls:sys_enter_epoll_pwait2") else []
+        """Attach only the syscall tracepoints this kernel has (arm64 has no epoll_wait)."""
+        return [f"-DHAVE_{name.upper()}" for name in OPTIONAL_SYSCALLS
+                if tracepoint_exists(f"syscalls:sys_enter_{name}")]
 
     def attach_points(self, bpf) -> None:
         """Watch ports already known at attach, so the FIFO runs through the warm-up."""

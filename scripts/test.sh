@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: the fast checks (ruff, mypy: scripts/lint.sh), then set
-# up (idempotent), the C hot path under sanitizers (scripts/asan.sh), and the whole
+# up (idempotent), the C hot path under sanitizers (scripts/asan.sh), the VM
+# definitions read with their own tools (scripts/check_vm.sh: seconds), and the whole
 # suite. Extra arguments go to pytest (e.g. scripts/test.sh -k cache -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,5 +11,6 @@ bash "$ROOT/scripts/lint.sh" || lint=$?
 bash "$ROOT/scripts/setup.sh"
 [ "$lint" -eq 0 ] || bash "$ROOT/scripts/lint.sh"   # deferred until setup made the venv
 bash "$ROOT/scripts/asan.sh"   # the C hot path under AddressSanitizer and UBSan (about 20 s)
+bash "$ROOT/scripts/check_vm.sh"
 cd "$ROOT"
 exec "${HEIMDALL_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"

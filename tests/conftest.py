@@ -1,4 +1,4 @@
-"""Shared fixtures: a real NSD upstream on loopback, and the probe-test gate.
+"""Shared fixtures: a real NSD upstream on loopback, the probe-test gate, Debian's package lists.
 
 A probe test carries the `probes` mark (`requires_bcc` is that mark). It is
 skipped with the reason when this machine cannot attach BCC probes (not root,
@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+import apt_lists
 from tools.nsd import LocalUpstream, free_port  # noqa: F401 - re-exported for tests
 
 REQUIRE_PROBES = "HEIMDALL_REQUIRE_PROBES"
@@ -24,6 +25,27 @@ def upstream():
     """One NSD serving bench.test. and example.test. for the whole session."""
     with LocalUpstream() as up:
         yield up
+
+
+@pytest.fixture(scope="session")
+def debian_lists(tmp_path_factory):
+    """arch -> apt options reading Debian's package lists for it (tests/apt_lists.py), fetched once a run."""
+    fetched: dict[str, list[str] | RuntimeError] = {}
+
+    def lists(arch: str) -> list[str]:
+        if shutil.which("apt-get") is None:
+            pytest.skip("apt-get is not here: not a Debian machine")
+        if arch not in fetched:
+            try:
+                fetched[arch] = apt_lists.fetch(arch, tmp_path_factory.mktemp(f"apt-{arch}"))
+            except RuntimeError as exc:
+                fetched[arch] = exc
+        got = fetched[arch]
+        if isinstance(got, RuntimeError):
+            pytest.skip(f"Debian's {arch} package lists cannot be fetched here: {got}")
+        return got
+
+    return lists
 
 
 def bcc_unavailable_reason() -> str | None:

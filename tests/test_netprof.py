@@ -222,3 +222,27 @@ def test_target_exits_mid_run_gives_partial_result(bins, tmp_path):
     assert data["partial"] is True and data["end_reason"] == "target-exited"
     assert data["udp"]["datagrams"] == burst
     assert data["schema"] == "heimdall.netprof/1"
+
+
+@pytest.mark.parametrize("missing", ["epoll_wait", "epoll_pwait2"])
+def test_optional_syscalls_are_attached_only_where_the_kernel_has_them(monkeypatch, missing):
+    """arm64 kernels have no epoll_wait tracepoint (its libc waits with epoll_pwait)."""
+    from probes import netprof
+
+    monkeypatch.setattr(netprof, "tracepoint_exists", lambda tp: not tp.endswith(f"sys_enter_{missing}"))
+    flags = netprof.NetProf(os.getpid()).cflags()
+    assert f"-DHAVE_{missing.upper()}" not in flags
+    assert len(flags) == len(netprof.OPTIONAL_SYSCALLS) - 1
+
+
+@requires_bcc
+def test_netprof_loads_and_attaches_without_epoll_wait(monkeypatch):
+    """The program an arm64 kernel gets (no HAVE_EPOLL_WAIT) compiles and attaches."""
+    from probes import netprof
+
+    real = netprof.tracepoint_exists
+    monkeypatch.setattr(netprof, "tracepoint_exists", lambda tp: "epoll_wait" not in tp and real(tp))
+    with netprof.NetProf(os.getpid()) as probe:   # attaches
+        attached = {tp.decode() if isinstance(tp, bytes) else tp for tp in probe.bpf.tracepoint_fds}
+    assert "syscalls:sys_enter_epoll_pwait" in attached
+    assert not any(tp.endswith("_epoll_wait") for tp in attached), attached

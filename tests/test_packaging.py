@@ -1,7 +1,6 @@
-"""The project's one provisioning path holds together: setup, CI, README, Vagrant."""
+"""The project's one provisioning path holds together: setup, CI, README (the VMs: test_vagrantfile, test_lima)."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_vagrantfile_parses_and_uses_setup_script():
-    if shutil.which("ruby") is None:
-        pytest.skip("ruby not installed (scripts/setup.sh installs it)")
-    out = subprocess.run(["ruby", "-c", str(ROOT / "Vagrantfile")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    text = (ROOT / "Vagrantfile").read_text()
-    assert "scripts/setup.sh" in text
-    assert re.search(r'guest: 1053, host: 1053, protocol: "udp"', text)
-    assert re.search(r'guest: 1053, host: 1053, protocol: "tcp"', text)
-
-
-@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/asan.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/asan.sh", "scripts/check_vm.sh", ".ci/run"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
 
