@@ -267,8 +267,11 @@ def test_write_blocklist(tmp_path):
 
 def test_ctrl_c_prints_what_was_measured(unbound, tmp_path):
     out = tmp_path / "int.json"
+    # the child starts with Ctrl-C's default disposition whatever the runner's is (an ignored SIGINT is
+    # inherited across exec, and Python then never installs its KeyboardInterrupt handler)
     proc = subprocess.Popen([*CLI, "load", "--server", unbound.addr, "--duration", "30", "--warmup", "0",
-                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(2.5)
         proc.send_signal(signal.SIGINT)
