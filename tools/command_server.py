@@ -8,15 +8,14 @@ a wrapper (valgrind, for tools/instructions.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
 import subprocess
 from dataclasses import dataclass, field
 
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.lab_adapter import ZONE, split_server
+from tools.peers import stop_session
 
 
 @dataclass
@@ -56,13 +55,5 @@ class CommandServer:
                 "command": shlex.join(self.argv)}
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if self.proc is not None:
+            stop_session(self.proc)
