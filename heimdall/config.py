@@ -11,6 +11,7 @@ CLI prints as one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -234,6 +235,9 @@ class Config:
             raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
         if self.blocking_mode == "custom_ip" and not self.blocking_custom_ip:
             raise ConfigError("HEIMDALL_BLOCKING_MODE=custom_ip needs HEIMDALL_BLOCKING_CUSTOM_IP")
+        if self.redis_url and importlib.util.find_spec("redis") is None:
+            raise ConfigError("HEIMDALL_REDIS_URL needs the redis package, which the server's install leaves out: "
+                              "pip install 'heimdall-dns[redis]'")
         return self
 
 

@@ -164,7 +164,7 @@ make_venv() {
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   say "installing heimdall (editable) and test dependencies"
   local log; log=$(mktemp)
-  if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >"$log" 2>&1; then
+  if ! "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]" >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"; echo "[setup] pip install failed" >&2; exit 1
   fi
   rm -f "$log"
