@@ -28,17 +28,18 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Callable
 
-from heimdall import metrics
+from heimdall import __version__, metrics
 from heimdall.blocking import Blocking
 from heimdall.blocklist import BlocklistError, BlocklistManager
 from heimdall.blockresponse import BlockResponder, BlockResponseError
 from heimdall.config import Config
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
-from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
+from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
 from heimdall.querylog import QueryLog
 from heimdall.ratelimit import RateLimitConfig, RateLimiter
+from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
     from heimdall.server import DnsServer
@@ -62,7 +63,6 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
     """Before fork: load lists, check settings; returns the per-worker setup (or None)."""
     if not wanted(config):
         return None
-    setup_logging()
     try:
         BlockResponder(config.blocking_mode, config.blocking_ttl, config.blocking_custom_ip)
     except BlockResponseError as exc:
@@ -157,17 +157,25 @@ class Assembly:
     async def _start_http(self) -> None:
         addr = self.config.http_bind_addr
         assert addr is not None and self.counting is not None
+        collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
         if self.store is not None:
             store = self.store
-            self.api = HttpApi(store.merged, lambda: health_from_snapshot(store.merged()), addr.host, addr.port)
+            self.api = HttpApi(store.merged, lambda: health_from_snapshot(store.merged()), addr.host, addr.port,
+                               collectors)
         else:
-            self.api = HttpApi(self.counting.live_snapshot, self.counting.health, addr.host, addr.port)
+            self.api = HttpApi(self.counting.live_snapshot, self.counting.health, addr.host, addr.port, collectors)
         try:
             await self.api.start()
         except OSError as exc:
             self.api = None
             reason = "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
             raise FeatureError(f"cannot bind HTTP API {addr} (HEIMDALL_HTTP_BIND_ADDR): {reason}") from None
+
+    def process_tree(self) -> list[tuple[int, str]]:
+        """The server's processes: this one alone, or the supervisor and every live worker."""
+        if self.store is None:
+            return [(os.getpid(), "server")]
+        return [(os.getppid(), "supervisor"), *((s.pid, "worker") for s in self.store.read())]
 
     def on_sighup(self) -> None:
         if self.qlog is not None:

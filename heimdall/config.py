@@ -17,6 +17,8 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from heimdall.logs import FORMATS, LEVELS
+
 ENV_PREFIX = "HEIMDALL_"
 
 
@@ -219,9 +221,11 @@ class Config:
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
     # observers
-    http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8080), parse_http_bind,
+    http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8053), parse_http_bind,
                                               "HTTP /metrics /health /stats address host:port, or disabled")
     query_log: str = setting("", str.strip, "JSON-lines query log file (empty = off)")
+    log_level: str = setting("info", choice(*LEVELS), "least severe level logged: debug, info, warning or error")
+    log_format: str = setting("text", choice(*FORMATS), "log lines on stderr: text or json (one object per line)")
     # process
     worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
@@ -253,7 +257,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
-    "observers": ("http_bind_addr", "query_log"),
+    "observers": ("http_bind_addr", "query_log", "log_level", "log_format"),
     "process": ("worker_threads", "shutdown_grace"),
 }
 

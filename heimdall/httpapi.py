@@ -19,17 +19,21 @@ import json
 import logging
 import threading
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from heimdall.metrics import Snapshot
 from heimdall.prometheus import HeimdallCollector
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BIND = "127.0.0.1:8080"
+# 8053: "DNS" in the 80xx block, the default of no DNS or monitoring tool we run beside (8080 is the
+# port most often taken; 8953 is Unbound's control, 8081-8083 PowerDNS and dnsdist, 9153 CoreDNS,
+# 4000 Blocky, 3000 AdGuard Home and Grafana, 9090-9100 Prometheus and node_exporter).
+DEFAULT_BIND = "127.0.0.1:8053"
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Health:
 
 
 def parse_bind_addr(value: str | None) -> tuple[str, int] | None:
-    """"127.0.0.1:8080", "[::1]:8080", ":8080" (all v4) or "disabled" -> (host, port) or None."""
+    """"127.0.0.1:8053", "[::1]:8053", ":8053" (all v4) or "disabled" -> (host, port) or None."""
     value = (value or DEFAULT_BIND).strip()
     if value.lower() in ("disabled", "off", "none", "false", "0"):
         return None
@@ -90,12 +94,13 @@ class HttpApi:
     """The aiohttp application and its site; start() and stop() on the caller's loop."""
 
     def __init__(self, snapshot_fn: Callable[[], Snapshot], health_fn: Callable[[], Health] | None = None,
-                 host: str = "127.0.0.1", port: int = 8080) -> None:
+                 host: str = "127.0.0.1", port: int = 8053, collectors: Sequence[Collector] = ()) -> None:
         self.snapshot_fn = snapshot_fn
         self.health_fn = health_fn or (lambda: health_from_snapshot(self.snapshot_fn()))
         self.host, self.port = host, port
         self.registry = CollectorRegistry()
-        self.registry.register(HeimdallCollector(snapshot_fn))
+        for collector in (HeimdallCollector(snapshot_fn), *collectors):
+            self.registry.register(collector)
         self.app = web.Application()
         self.app.add_routes([web.get("/metrics", self._metrics), web.get("/health", self._health),
                              web.get("/stats", self._stats)])

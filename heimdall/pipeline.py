@@ -21,6 +21,7 @@ written in one place, `store`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Awaitable, Callable, Protocol
 
@@ -30,11 +31,12 @@ from heimdall.cache import Cache, Entry, local_entry
 from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
-from heimdall.logs import log
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
 from heimdall.wire import Query
+
+log = logging.getLogger("heimdall.pipeline")
 
 TCP_LIMIT = 65535
 Send = Callable[[bytes, object], None]  # send(reply, client): one reply to the client it came from
@@ -156,7 +158,7 @@ class Pipeline:
                     entry = got.entry
             except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
                 self.counters.internal_errors += 1
-                log(f"internal error on the miss path: {exc!r}")
+                log.error(f"internal error on the miss path: {exc!r}")
             finally:
                 del self.inflight[miss.key]
                 fut.set_result(entry)

@@ -18,6 +18,10 @@ from prometheus_client.registry import Collector
 from heimdall.metrics import QUERY_BUCKETS, Hist, Snapshot
 from heimdall.wire import qtype_text, rcode_text
 
+# The Redis histogram's name before every duration histogram ended in _duration_seconds; served
+# beside the new name for one release so that dashboards can move (README, "Upgrading").
+REDIS_DURATION_OLD_NAME = "heimdall_redis_latency_seconds"
+
 
 class HeimdallCollector(Collector):
     """Turns the summed snapshot into Prometheus metric families at scrape time."""
@@ -70,8 +74,9 @@ class HeimdallCollector(Collector):
         yield GaugeMetricFamily("heimdall_workers", "Worker processes whose figures are included",
                                 value=s.workers)
         if s.redis_duration is not None:
-            rd = HistogramMetricFamily("heimdall_redis_latency_seconds", "Shared Redis tier round-trip time")
-            rd.add_metric([], s.redis_duration.cumulative(), s.redis_duration.total)
-            yield rd
+            for name in ("heimdall_redis_duration_seconds", REDIS_DURATION_OLD_NAME):
+                rd = HistogramMetricFamily(name, "Shared Redis tier round-trip time")
+                rd.add_metric([], s.redis_duration.cumulative(), s.redis_duration.total)
+                yield rd
         for name, n in sorted(s.counters.items()):
             yield CounterMetricFamily(f"heimdall_{name}", f"{name} (extra counter)", value=n)

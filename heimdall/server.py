@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import time
 from typing import Callable
@@ -20,12 +21,13 @@ from heimdall.cache import Cache
 from heimdall.config import Config, HostPort
 from heimdall.counters import Counters
 from heimdall.forward import Forward
-from heimdall.logs import log
 from heimdall.pipeline import Pipeline
 from heimdall.sharedtier import open_shared_tier
 from heimdall.tcp import TcpListener
 from heimdall.udp import UdpListener
 from heimdall.upstream import UpstreamPool
+
+log = logging.getLogger("heimdall.server")
 
 UDP_RCVBUF = 4 << 20
 
@@ -84,7 +86,7 @@ class DnsServer:
                 if asyncio.iscoroutine(result):
                     asyncio.ensure_future(result)
             except Exception as exc:  # noqa: BLE001
-                log(f"reload hook failed: {exc!r}")
+                log.error(f"reload hook failed: {exc!r}")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -107,7 +109,7 @@ class DnsServer:
         if self.shared is not None:
             await self.shared.close()
         st = self.stats
-        log(f"stopped: {st.queries} queries ({st.cache_hits} cache hits, {st.misses} misses, "
+        log.info(f"stopped: {st.queries} queries ({st.cache_hits} cache hits, {st.misses} misses, "
             f"{st.servfail} SERVFAIL), {st.udp_datagrams} datagrams in {st.udp_wakeups} wakeups, "
             f"{len(self.cache)} cached")
         for hook in self.stop_hooks:
@@ -116,7 +118,7 @@ class DnsServer:
                 if asyncio.iscoroutine(result):
                     await result
             except Exception as exc:  # noqa: BLE001
-                log(f"stop hook failed: {exc!r}")
+                log.error(f"stop hook failed: {exc!r}")
 
 
 Setup = Callable[["DnsServer"], object]  # may return a coroutine (awaited before serving)
@@ -141,7 +143,7 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
     if config.cache_file:  # restore before serving, snapshot on a timer and at shutdown
         from heimdall.snapshot import Snapshotter
 
-        saver = Snapshotter(server.cache, config.cache_file, config.cache_snapshot_interval, log)
+        saver = Snapshotter(server.cache, config.cache_file, config.cache_snapshot_interval)
         saver.restore(server.pipeline.local)  # names a policy answers now are not restored
     await server.start()
     if saver is not None:

@@ -30,6 +30,7 @@ i the name FILE.i; a restarted worker i restores FILE.i).
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 import zlib
@@ -38,6 +39,8 @@ from typing import Callable
 from heimdall import cachekey, wire
 from heimdall.atomic import atomic_write_bytes
 from heimdall.cache import LABEL_KEYS, Cache, Entry, label_id
+
+log = logging.getLogger("heimdall.snapshot")
 
 MAGIC = b"HEIMDALL-CACHE\x01\n"
 _U16 = struct.Struct("!H")
@@ -149,7 +152,7 @@ def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes,
     return out, expired
 
 
-def restore(cache: Cache, path: str, log: Callable[[str], None], local: Callable | None = None) -> int:
+def restore(cache: Cache, path: str, local: Callable | None = None) -> int:
     """Fill cache from path; how many entries were restored. Never raises: a bad file is one warning.
 
     Entries for names a policy stage now answers (blocked) are dropped: the pipeline's `local`
@@ -161,12 +164,12 @@ def restore(cache: Cache, path: str, log: Callable[[str], None], local: Callable
     except FileNotFoundError:
         return 0
     except OSError as exc:
-        log(f"warning: cache snapshot {path} unreadable, starting empty: {exc.strerror or exc}")
+        log.warning(f"cache snapshot {path} unreadable, starting empty: {exc.strerror or exc}")
         return 0
     try:
         entries, expired = load(data, int(time.monotonic()), time.time())
     except SnapshotError as exc:
-        log(f"warning: cache snapshot {path} ignored, starting empty: {exc}")
+        log.warning(f"cache snapshot {path} ignored, starting empty: {exc}")
         return 0
     restored = blocked = 0
     for key, entry in entries:
@@ -187,7 +190,7 @@ def restore(cache: Cache, path: str, log: Callable[[str], None], local: Callable
         cache.put(key, entry)
         restored += 1
     extra = f", {blocked} now blocked" if blocked else ""
-    log(f"cache snapshot {path}: restored {restored} entries ({expired} expired, dropped{extra})")
+    log.info(f"cache snapshot {path}: restored {restored} entries ({expired} expired, dropped{extra})")
     return restored
 
 
@@ -201,16 +204,15 @@ def save(cache: Cache, path: str) -> int:
 class Snapshotter:
     """Restore at start, snapshot every `interval` seconds and at clean shutdown."""
 
-    def __init__(self, cache: Cache, path: str, interval: float, log: Callable[[str], None]):
+    def __init__(self, cache: Cache, path: str, interval: float):
         self.cache = cache
         self.path = path
         self.interval = interval
-        self.log = log
         self._task: asyncio.Task | None = None
         self._failed = False
 
     def restore(self, local: Callable | None = None) -> int:
-        return restore(self.cache, self.path, self.log, local)
+        return restore(self.cache, self.path, local)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -225,7 +227,7 @@ class Snapshotter:
                 self._failed = False
             except OSError as exc:
                 if not self._failed:  # once per failure streak, not every interval
-                    self.log(f"warning: cache snapshot to {self.path} failed: {exc.strerror or exc}")
+                    log.warning(f"cache snapshot to {self.path} failed: {exc.strerror or exc}")
                 self._failed = True
 
     def stop_and_save(self) -> None:
@@ -233,6 +235,6 @@ class Snapshotter:
             self._task.cancel()
         try:
             size = save(self.cache, self.path)
-            self.log(f"cache snapshot {self.path}: saved {len(self.cache)} entries ({size} bytes)")
+            log.info(f"cache snapshot {self.path}: saved {len(self.cache)} entries ({size} bytes)")
         except OSError as exc:
-            self.log(f"warning: cache snapshot to {self.path} failed: {exc.strerror or exc}")
+            log.warning(f"cache snapshot to {self.path} failed: {exc.strerror or exc}")

@@ -9,18 +9,20 @@ SIGTERM/SIGINT tells workers to stop, waits for them (bounded), exits 0.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 
 from heimdall.config import Config, HostPort
-from heimdall.logs import log
+from heimdall.logs import setup_logging
 from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
 from heimdall.udp import hot_path_built
+
+log = logging.getLogger("heimdall.supervisor")
 
 EXIT_BIND = 3
 EXIT_STARTUP = 4  # a worker could not start a feature (e.g. the HTTP API); it printed why
@@ -48,7 +50,7 @@ def serve_single(config: Config, setup: Setup | None = None) -> int:
     from heimdall.assembly import FeatureError
 
     try:
-        return run_worker(config, udp, tcp, on_ready=lambda _s: log(listening_line(config, os.getpid())),
+        return run_worker(config, udp, tcp, on_ready=lambda _s: log.info(listening_line(config, os.getpid())),
                           setup=setup)
     except FeatureError as exc:
         raise StartupError(str(exc)) from None
@@ -78,7 +80,7 @@ class Supervisor:
             for slot in self.slots:
                 self._spawn(slot)
             self._await_ready()
-            log(listening_line(self.config, os.getpid()))
+            log.info(listening_line(self.config, os.getpid()))
             return self._watch()
         finally:
             self._stop_all()
@@ -129,7 +131,7 @@ class Supervisor:
             self._drain_ready()
             if info is not None:
                 if info.si_signo in (signal.SIGTERM, signal.SIGINT):
-                    log("stopping: telling workers to finish in-flight queries")
+                    log.info("stopping: telling workers to finish in-flight queries")
                     return 0
                 if info.si_signo == signal.SIGHUP:
                     for slot in self.slots:
@@ -153,7 +155,7 @@ class Supervisor:
                     slot.failures = slot.failures + 1 if lived < 10 else 1
                     delay = min(10.0, 0.1 * 2 ** (slot.failures - 1))
                     slot.pid, slot.restart_at = 0, now + delay
-                    log(f"worker {pid} exited with status {code}; restarting in {delay:.1f}s")
+                    log.warning(f"worker {pid} exited with status {code}; restarting in {delay:.1f}s")
             if not slot.pid and now >= slot.restart_at:
                 self._spawn(slot)
 
@@ -171,7 +173,7 @@ class Supervisor:
                     live.remove(slot)
             time.sleep(0.02)
         for slot in live:
-            log(f"worker {slot.pid} did not stop in time; killing it")
+            log.warning(f"worker {slot.pid} did not stop in time; killing it")
             os.kill(slot.pid, signal.SIGKILL)
             os.waitpid(slot.pid, 0)
 
@@ -182,7 +184,7 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
     try:
         udp, tcp = bind_sockets(config.bind_addr, reuseport=True)
     except OSError as exc:
-        print(f"error: {bind_error_message(config.bind_addr, exc)}", file=sys.stderr, flush=True)
+        log.error(bind_error_message(config.bind_addr, exc))
         return EXIT_BIND
 
     def ready(_server: object) -> None:
@@ -193,7 +195,7 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
     try:
         return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
     except FeatureError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        log.error(str(exc))
         return EXIT_STARTUP
 
 
@@ -202,7 +204,7 @@ def start_demo_upstream(config: Config):
     from tools.nsd import LocalUpstream
 
     up = LocalUpstream().start()
-    log(f"demo upstream: NSD on {up.addr} serving bench.test. and example.test. (pid {up.pid})")
+    log.info(f"demo upstream: NSD on {up.addr} serving bench.test. and example.test. (pid {up.pid})")
     return up, replace(config, upstream_servers=(HostPort(up.address, up.port),))
 
 
@@ -222,6 +224,7 @@ def prepare_shared(config: Config) -> Setup | None:
 
 def serve(config: Config) -> int:
     """`heimdall serve`: demo upstream if needed, shared state, then one process or a supervisor."""
+    setup_logging(config.log_level, config.log_format)
     if config.hot_path == "c" and not hot_path_built():
         raise StartupError("HEIMDALL_HOT_PATH=c but the C hot path is not built "
                            "(reinstall with a C compiler: pip install -e .), or use auto/python")
@@ -229,7 +232,7 @@ def serve(config: Config) -> int:
     try:
         if config.demo or not config.upstream_servers:
             if not config.demo:
-                log("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
+                log.info("no upstream configured (HEIMDALL_UPSTREAM_SERVERS): starting the demo upstream")
             demo, config = start_demo_upstream(config)
         # SIGHUP has been ignored since cli.main (before the imports), so a reload while the
         # lists load cannot kill the server. The supervisor still receives it later: it blocks

@@ -8,12 +8,14 @@ or while its client does not read its answers, so memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 
 from heimdall.config import Config
-from heimdall.logs import log
 from heimdall.pipeline import Pipeline
+
+log = logging.getLogger("heimdall.tcp")
 
 
 class TcpListener:
@@ -126,7 +128,7 @@ class TcpConnection(asyncio.Protocol):
                 self.outstanding += 1
         except Exception as exc:  # noqa: BLE001 - a message must never kill the connection's worker
             p.counters.internal_errors += 1
-            log(f"internal error on a TCP query: {exc!r}")
+            log.error(f"internal error on a TCP query: {exc!r}")
 
     def send(self, reply: bytes, client: object = None) -> None:
         """One length-prefixed reply (the pipeline's `send`: the client is always this connection's peer)."""

@@ -9,14 +9,16 @@ pipeline with a `send` that answers the datagram's sender.
 from __future__ import annotations
 
 import importlib
+import logging
 import socket
 from types import ModuleType
 from typing import Any, Callable
 
 from heimdall.config import Config
 from heimdall.hotpath import PyHotPath
-from heimdall.logs import log
 from heimdall.pipeline import Pipeline
+
+log = logging.getLogger("heimdall.udp")
 
 _hotpath: ModuleType | None
 try:  # the C hot path (heimdall/_hotpath.c), built by `pip install`; optional
@@ -28,6 +30,11 @@ except ImportError:  # pragma: no cover - no compiler at install time
 def hot_path_built() -> bool:
     """True when the C hot path (heimdall/_hotpath.c) was compiled at install time."""
     return _hotpath is not None
+
+
+def hot_path_in_use(config: Config) -> str:
+    """"c" when UDP cache hits are answered by heimdall/_hotpath.c (see UdpListener.reader), else "python"."""
+    return "c" if config.hot_path != "python" and not config.query_log and _hotpath is not None else "python"
 
 
 class UdpListener:
@@ -49,7 +56,7 @@ class UdpListener:
             return _hotpath.HotPath(self.sock.fileno(), p.cache.map, self.counters.hit_labels, self.counters,
                                     self.slow_guarded, p.time_hits, p.admit, self.limited)
         if mode == "c" and _hotpath is not None:
-            log("HEIMDALL_HOT_PATH=c: the query log is on, so UDP uses the Python reader")
+            log.warning("HEIMDALL_HOT_PATH=c: the query log is on, so UDP uses the Python reader")
         return PyHotPath(self.sock, p.cache.map, self.counters, self.slow_guarded, p.time_hits, p.admit,
                          self.limited, fast=p.fast_path, batch=self.config.udp_batch)
 
@@ -59,7 +66,7 @@ class UdpListener:
         except Exception as exc:  # noqa: BLE001 - a packet must never kill the worker
             self.counters.internal_errors += 1
             if self.counters.internal_errors <= 10:
-                log(f"internal error on a UDP query: {exc!r}")
+                log.error(f"internal error on a UDP query: {exc!r}")
 
     def slow(self, data: bytes, addr: tuple, now: int) -> None:
         self.counters.queries_udp += 1

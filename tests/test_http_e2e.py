@@ -188,6 +188,6 @@ def test_bad_http_address_is_a_config_error(upstream):
 
 
 def test_http_default_and_disabled():
-    assert load_config([], {}).http_bind_addr == HostPort("127.0.0.1", 8080)
+    assert load_config([], {}).http_bind_addr == HostPort("127.0.0.1", 8053)
     assert load_config([], {"HEIMDALL_HTTP_BIND_ADDR": "disabled"}).http_bind_addr is None
     assert load_config(["--http-bind-addr", "[::1]:9153"], {}).http_bind_addr == HostPort("::1", 9153)

@@ -168,7 +168,7 @@ def test_metrics_summed_across_worker_processes(tmp_path):
 
 
 def test_parse_bind_addr():
-    assert parse_bind_addr(None) == ("127.0.0.1", 8080)
+    assert parse_bind_addr(None) == ("127.0.0.1", 8053)
     assert parse_bind_addr("0.0.0.0:9153") == ("0.0.0.0", 9153)
     assert parse_bind_addr("[::1]:8081") == ("::1", 8081)
     assert parse_bind_addr("disabled") is None

@@ -27,11 +27,14 @@ WORKER = textwrap.dedent('''
     import sys
     from heimdall import wire
     from heimdall.config import load_config
-    from heimdall.logs import log
     from heimdall.outcome import Answer, How
     from heimdall.server import bind_sockets, run_worker
 
     config = load_config(sys.argv[1:], {})
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
     blocked = {b"\\x07blocked\\x07example\\x04test\\x00"}
     generation = [0]
 

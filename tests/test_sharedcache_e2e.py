@@ -238,7 +238,9 @@ def test_redis_metrics_and_health(redis_server):
             assert time.monotonic() < deadline, m
             time.sleep(0.2)
         assert m["heimdall_redis_hits_total"] == 0
-        assert m["heimdall_redis_latency_seconds_count"] >= 5
+        assert m["heimdall_redis_duration_seconds_count"] >= 5
+        # the name before the rename, served beside the new one for one release
+        assert m["heimdall_redis_latency_seconds_count"] == m["heimdall_redis_duration_seconds_count"]
         status, body = health()
         assert (status, body["redis"]) == (200, "up"), body
 

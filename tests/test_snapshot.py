@@ -84,7 +84,7 @@ def test_bad_snapshot_is_ignored_with_one_warning(upstream, tmp_path, damage):
            "flipped": good[:100] + bytes([good[100] ^ 1]) + good[101:], "empty": b""}[damage]
     path.write_bytes(bad)
     with HeimdallProcess([upstream.addr], env={"HEIMDALL_CACHE_FILE": str(path)}) as srv:
-        warnings = [line for line in srv.log.splitlines() if "warning: cache snapshot" in line]
+        warnings = [line for line in srv.log.splitlines() if "WARNING: cache snapshot" in line]
         assert len(warnings) == 1 and "ignored" in warnings[0], srv.log
         assert srv.query("www.example.test").answer[0][0].to_text() == "192.0.2.10"
         assert srv.stop() == 0

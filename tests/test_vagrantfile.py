@@ -51,7 +51,7 @@ def test_vagrantfile_parses_and_uses_setup_script():
     assert out.returncode == 0, out.stderr
     text = (ROOT / "Vagrantfile").read_text()
     assert "scripts/setup.sh" in text
-    for port, proto in ((1053, "udp"), (1053, "tcp"), (8080, "tcp")):
+    for port, proto in ((1053, "udp"), (1053, "tcp"), (8053, "tcp")):
         assert re.search(rf'guest: {port}, host: {port}, protocol: "{proto}"', text), (port, proto)
 
 

@@ -211,7 +211,7 @@ class HeimdallServer(PeerServer):
             "HEIMDALL_BIND_ADDR": f"{self.address}:{self.port}",
             "HEIMDALL_UPSTREAM_SERVERS": f"{self.upstream_host}:{self.upstream_port}",
             "HEIMDALL_WORKER_THREADS": str(self.workers),
-            "HEIMDALL_HTTP_BIND_ADDR": "disabled",  # several servers at once: no shared :8080 unless asked
+            "HEIMDALL_HTTP_BIND_ADDR": "disabled",  # several servers at once: no shared :8053 unless asked
         })
         env.update({k: str(v) for k, v in self.extra_env.items()})
         return env
