@@ -22,6 +22,7 @@ from heimdall.config import Config, HostPort
 from heimdall.counters import Counters
 from heimdall.forward import Forward
 from heimdall.pipeline import Pipeline
+from heimdall.sdnotify import Notifier
 from heimdall.sharedtier import open_shared_tier
 from heimdall.tcp import TcpListener
 from heimdall.udp import UdpListener
@@ -126,11 +127,12 @@ Setup = Callable[["DnsServer"], object]  # may return a coroutine (awaited befor
 
 async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
                         on_ready: Callable[[DnsServer], None] | None = None,
-                        setup: Setup | None = None) -> int:
+                        setup: Setup | None = None, notifier: Notifier | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit status.
 
     `setup(server)` runs in the worker before it serves: the place to install
     the optional stages and observers, reload and stop hooks (heimdall/assembly.py).
+    `notifier` is the service manager's, when this process serves alone.
     """
     import signal
 
@@ -152,10 +154,19 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    notifier = notifier or Notifier(None)
+
+    def reload() -> None:
+        notifier.reloading()
+        server.reload()
+        notifier.ready("reloading blocklists and logs in the background")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     if on_ready is not None:
         on_ready(server)
+    notifier.ready(f"serving DNS on {config.bind_addr}")
     await stop.wait()
+    notifier.stopping()
     await server.stop(config.shutdown_grace)
     if saver is not None:
         saver.stop_and_save()
@@ -163,11 +174,12 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
 
 
 def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
-               on_ready: Callable[[DnsServer], None] | None = None, setup: Setup | None = None) -> int:
+               on_ready: Callable[[DnsServer], None] | None = None, setup: Setup | None = None,
+               notifier: Notifier | None = None) -> int:
     """Run a worker on a fresh uvloop."""
     import uvloop
 
-    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup))
+    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier))
 
 
 def bind_error_message(addr: HostPort, exc: OSError) -> str:

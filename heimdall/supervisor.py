@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from heimdall.config import Config, HostPort
 from heimdall.logs import setup_logging
+from heimdall.sdnotify import Notifier
 from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
 from heimdall.udp import hot_path_built
 
@@ -41,7 +42,7 @@ def listening_line(config: Config, pid: int) -> str:
     return f"listening on udp+tcp {config.bind_addr} ({workers}, pid {pid}), upstreams {ups}"
 
 
-def serve_single(config: Config, setup: Setup | None = None) -> int:
+def serve_single(config: Config, setup: Setup | None = None, notifier: Notifier | None = None) -> int:
     """One process serves; its pid is the one profilers attach to."""
     try:
         udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
@@ -50,8 +51,8 @@ def serve_single(config: Config, setup: Setup | None = None) -> int:
     from heimdall.assembly import FeatureError
 
     try:
-        return run_worker(config, udp, tcp, on_ready=lambda _s: log.info(listening_line(config, os.getpid())),
-                          setup=setup)
+        return run_worker(config, udp, tcp, setup=setup, notifier=notifier,
+                          on_ready=lambda _s: log.info(listening_line(config, os.getpid())))
     except FeatureError as exc:
         raise StartupError(str(exc)) from None
 
@@ -71,6 +72,7 @@ class Supervisor:
     setup: Setup | None = None
     slots: list[Slot] = field(default_factory=list)
     stopping: bool = False
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -80,7 +82,9 @@ class Supervisor:
             for slot in self.slots:
                 self._spawn(slot)
             self._await_ready()
-            log.info(listening_line(self.config, os.getpid()))
+            line = listening_line(self.config, os.getpid())
+            log.info(line)
+            self.notifier.ready(line)
             return self._watch()
         finally:
             self._stop_all()
@@ -132,11 +136,14 @@ class Supervisor:
             if info is not None:
                 if info.si_signo in (signal.SIGTERM, signal.SIGINT):
                     log.info("stopping: telling workers to finish in-flight queries")
+                    self.notifier.stopping()
                     return 0
                 if info.si_signo == signal.SIGHUP:
+                    self.notifier.reloading()
                     for slot in self.slots:
                         if slot.pid:
                             os.kill(slot.pid, signal.SIGHUP)
+                    self.notifier.ready("reload handed to every worker")
             self._reap_and_restart()
 
     def _drain_ready(self) -> None:
@@ -225,6 +232,7 @@ def prepare_shared(config: Config) -> Setup | None:
 def serve(config: Config) -> int:
     """`heimdall serve`: demo upstream if needed, shared state, then one process or a supervisor."""
     setup_logging(config.log_level, config.log_format)
+    notifier = Notifier.from_environment()  # before any fork: workers must not notify
     if config.hot_path == "c" and not hot_path_built():
         raise StartupError("HEIMDALL_HOT_PATH=c but the C hot path is not built "
                            "(reinstall with a C compiler: pip install -e .), or use auto/python")
@@ -239,8 +247,8 @@ def serve(config: Config) -> int:
         # SIGHUP and waits for it, and Linux never discards a blocked signal as ignored.
         setup = prepare_shared(config)
         if config.worker_threads == 1:
-            return serve_single(config, setup)
-        return Supervisor(config, setup).run()
+            return serve_single(config, setup, notifier)
+        return Supervisor(config, setup, notifier=notifier).run()
     finally:
         if demo is not None:
             demo.stop()

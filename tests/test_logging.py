@@ -13,7 +13,7 @@ import dns.exception
 import dns.message
 import dns.query
 
-from tests.heimdall_server import ROOT, HeimdallProcess
+from heimdall_server import ROOT, HeimdallProcess
 from tools.nsd import free_port
 
 
