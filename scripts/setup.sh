@@ -33,6 +33,8 @@ COMMON_PACKAGES=(
   build-essential python3-venv python3-dev iproute2 procps
   # reading the Vagrantfile for real (scripts/check_vm.sh), with and without a provider plugin
   vagrant vagrant-libvirt
+  # systemd-analyze verify of contrib/heimdall.service (scripts/package.sh)
+  systemd
 )
 
 # Debian architecture (dpkg's name) of this machine.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: the fast checks (ruff, mypy: scripts/lint.sh), then set
-# up (idempotent), the C hot path under sanitizers (scripts/asan.sh), the VM
+# up (idempotent), the packaging checks (scripts/package.sh: unit file, wheel) and the
+# fast tests on every supported Python (scripts/pythons.sh), the C hot path under
+# sanitizers (scripts/asan.sh), the VM
 # definitions read with their own tools (scripts/check_vm.sh: seconds), and the whole
 # suite. Extra arguments go to pytest (e.g. scripts/test.sh -k cache -x).
 set -euo pipefail
@@ -10,6 +12,8 @@ bash "$ROOT/scripts/lint.sh" || lint=$?
 [ "$lint" -eq 0 ] || [ "$lint" -eq 3 ] || exit "$lint"
 bash "$ROOT/scripts/setup.sh"
 [ "$lint" -eq 0 ] || bash "$ROOT/scripts/lint.sh"   # deferred until setup made the venv
+bash "$ROOT/scripts/package.sh"   # unit file verified, wheel installed and run (about 15 s)
+bash "$ROOT/scripts/pythons.sh"   # the fast tests on Python 3.11, 3.12 and 3.13 (about 2 min)
 bash "$ROOT/scripts/asan.sh"   # the C hot path under AddressSanitizer and UBSan (about 20 s)
 bash "$ROOT/scripts/check_vm.sh"
 cd "$ROOT"

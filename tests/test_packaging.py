@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/asan.sh", "scripts/check_vm.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/asan.sh", "scripts/check_vm.sh",
+                                    "scripts/package.sh", "scripts/pythons.sh", ".ci/run"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
 
@@ -27,6 +28,32 @@ def test_ci_runs_the_readme_test_command():
 def test_ci_runs_the_sanitizer_build_after_setup_and_before_the_suite():
     text = (ROOT / "scripts/test.sh").read_text()
     assert text.index('scripts/setup.sh"') < text.index('scripts/asan.sh"') < text.index("-m pytest")
+
+
+def test_ci_checks_packaging_and_every_python_before_the_long_tests():
+    text = (ROOT / "scripts/test.sh").read_text()
+    assert (text.index('scripts/setup.sh"') < text.index('scripts/package.sh"') < text.index('scripts/pythons.sh"')
+            < text.index('scripts/asan.sh"') < text.index("-m pytest"))
+    assert "export HEIMDALL_REQUIRE_PYTHONS=1" in (ROOT / ".ci/run").read_text()
+
+
+def test_one_version_and_an_spdx_licence():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert project["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_server_installs_without_the_lab():
+    """What `pip install heimdall-dns` brings must not pull the lab's plotting and profiling stack."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    server = " ".join(project["dependencies"])
+    for lab_only in ("matplotlib", "py-spy", "hdrhistogram", "typer", "rich", "psutil", "redis"):
+        assert lab_only not in server
+        assert any(lab_only in dep for extra in ("lab", "redis") for dep in project["optional-dependencies"][extra])
 
 
 @pytest.mark.parametrize("module", ["heimdall", "tools.cli"])
