@@ -26,15 +26,18 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Callable
 
 from heimdall import __version__, metrics
 from heimdall.blocking import Blocking
 from heimdall.blocklist import BlocklistError, BlocklistManager
 from heimdall.blockresponse import BlockResponder, BlockResponseError
-from heimdall.config import Config
+from heimdall.config import Config, ConfigError, reload_config
+from heimdall.configfile import LIVE
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
+from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
 from heimdall.querylog import QueryLog
@@ -56,7 +59,7 @@ class FeatureError(Exception):
 
 def wanted(config: Config) -> bool:
     return bool(config.blocklists or config.allowlist or config.enable_rate_limiting
-                or config.http_bind_addr is not None or config.query_log)
+                or config.http_bind_addr is not None or config.query_log or config.config_file)
 
 
 def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
@@ -178,10 +181,32 @@ class Assembly:
         return [(os.getppid(), "supervisor"), *((s.pid, "worker") for s in self.store.read())]
 
     def on_sighup(self) -> None:
+        if self.config.config_file:
+            self.reread_config_file()
         if self.qlog is not None:
             self.qlog.reopen()
         if self.blocking is not None:
             self.blocking.request_reload()
+
+    def reread_config_file(self) -> None:
+        """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""
+        path = self.config.config_file
+        try:
+            new = reload_config()
+        except ConfigError as exc:
+            log.error(f"{path} not applied, the running configuration stays: {exc}")
+            return
+        changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(self.config, f.name)]
+        lists_live = self.manager is not None
+        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))]
+        restart = [n for n in changed if n not in live]
+        if self.index == 0:  # before the new level applies: this line belongs to the old one
+            log.info(f"{path} re-read: {', '.join(live) or 'nothing'} changed live"
+                     + (f"; needs a restart: {', '.join(restart)}" if restart else ""))
+        self.config = replace(self.config, **{n: getattr(new, n) for n in live})
+        setup_logging(self.config.log_level, self.config.log_format)
+        if self.manager is not None:
+            self.manager.block_files, self.manager.allow_files = list(self.config.blocklists), list(self.config.allowlist)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -9,18 +9,22 @@ from typing import Sequence
 from heimdall import __version__
 from heimdall.config import ConfigError, build_parser, load_config
 
-USAGE = "usage: heimdall serve [--help] [flags]   (heimdall --version)"
+USAGE = "usage: heimdall serve [--help] [flags] | heimdall config check FILE   (heimdall --version)"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
-        print("\nCommands:\n  serve   answer DNS on UDP and TCP: caching, forwarding (heimdall serve --help)")
+        print("\nCommands:\n  serve         answer DNS on UDP and TCP: caching, forwarding (heimdall serve --help)"
+              "\n  config check  report every error of a TOML configuration file as FILE:LINE (exit 2)"
+              "\n  config example  print every setting at its default, documented (heimdall.example.toml)")
         sys.exit(0 if args else 2)
     if args[0] == "--version":
         print(f"heimdall {__version__}")
         sys.exit(0)
+    if args[0] == "config":
+        sys.exit(config_command(args[1:]))
     if args[0] != "serve":
         print(f"error: unknown command {args[0]!r}; {USAGE}", file=sys.stderr)
         sys.exit(2)
@@ -37,6 +41,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(run_serve(config))
+
+
+def config_command(args: list[str]) -> int:
+    """`heimdall config check FILE`: 0 and one line when the file is good, else every problem and 2.
+
+    `heimdall config example`: every setting at its default, documented (heimdall.example.toml).
+    """
+    from heimdall import configfile
+
+    if args == ["example"]:
+        print(configfile.example(), end="")
+        return 0
+    if len(args) != 2 or args[0] != "check":
+        print("usage: heimdall config check FILE | heimdall config example", file=sys.stderr)
+        return 2
+    path = args[1]
+    try:
+        settings = configfile.read(path)
+        load_config(["--config", path], {}).validate()
+    except configfile.ConfigFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: ok ({len(settings)} settings)")
+    return 0
 
 
 def run_serve(config) -> int:

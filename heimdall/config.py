@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 from heimdall.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "HEIMDALL_"
+CONFIG_ALIAS = "HEIMDALL_CONFIG"  # --config, the short name of --config-file
 
 
 class ConfigError(ValueError):
@@ -185,7 +186,7 @@ class Config:
                                                "limit over all clients, split across workers (0 = off)")
     rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
     rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
-    # policy
+    # blocking
     blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
     allowlist: tuple[str, ...] = setting((), parse_paths, "comma list of allowlist files (win over blocks)")
     blocking_mode: str = setting("zero_ip", choice("zero_ip", "nxdomain", "refused", "custom_ip"),
@@ -227,6 +228,8 @@ class Config:
     log_level: str = setting("info", choice(*LEVELS), "least severe level logged: debug, info, warning or error")
     log_format: str = setting("text", choice(*FORMATS), "log lines on stderr: text or json (one object per line)")
     # process
+    config_file: str = setting("", str.strip, "TOML file with every other setting (heimdall.example.toml); flags and "
+                               "environment win over it; SIGHUP re-reads it", aliases=(CONFIG_ALIAS,))
     worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
 
@@ -251,14 +254,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections"),
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
-    "policy": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
+    "blocking": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
                "blocklist_reload_interval", "any_mode"),
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
     "observers": ("http_bind_addr", "query_log", "log_level", "log_format"),
-    "process": ("worker_threads", "shutdown_grace"),
+    "process": ("config_file", "worker_threads", "shutdown_grace"),
 }
 
 
@@ -293,10 +296,29 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+# The flags and environment the running configuration was loaded from: a reload (SIGHUP) re-reads
+# the file under them, so that they keep winning over it.
+_loaded_from: tuple[list[str], dict[str, str]] = ([], {})
+
+
+def reload_config() -> Config:
+    """The configuration as the file says now, under the same flags and environment; ConfigError if bad."""
+    return load_config(*_loaded_from)
+
+
 def load_config(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Config:
-    """Config from environment and flags (flags win); ConfigError on any bad value."""
-    environ = os.environ if environ is None else environ
+    """Config from the file, environment and flags (flags win, then environment); ConfigError on any bad value."""
+    global _loaded_from
+    from heimdall import configfile
+
+    environ = dict(os.environ if environ is None else environ)
+    _loaded_from = (list(argv), environ)
     flags = vars(build_parser().parse_args(list(argv)))
+    path = flags["config_file"] or environ.get(Config.env_name("config_file")) or environ.get(CONFIG_ALIAS)
+    try:
+        in_file = configfile.read(path) if path else {}
+    except configfile.ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     values: dict[str, Any] = {}
     for f in fields(Config):
         env = Config.env_name(f.name)
@@ -306,6 +328,8 @@ def load_config(argv: Sequence[str] = (), environ: Mapping[str, str] | None = No
                 if name in environ:
                     raw, source = environ[name], name
                     break
+        if raw is None:
+            raw, source = in_file.get(f.name), f"{path} [{section_of(f.name)}] {f.name}"
         if raw is None:
             continue
         try:

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 
-from heimdall.config import Config, HostPort
+from heimdall.config import Config, ConfigError, HostPort, reload_config
 from heimdall.logs import setup_logging
 from heimdall.sdnotify import Notifier
 from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
@@ -140,11 +140,21 @@ class Supervisor:
                     return 0
                 if info.si_signo == signal.SIGHUP:
                     self.notifier.reloading()
+                    self._reread_log_settings()
                     for slot in self.slots:
                         if slot.pid:
                             os.kill(slot.pid, signal.SIGHUP)
                     self.notifier.ready("reload handed to every worker")
             self._reap_and_restart()
+
+    def _reread_log_settings(self) -> None:
+        """The supervisor logs too: it takes the file's log settings (the workers apply the rest and report)."""
+        if self.config.config_file:
+            try:
+                new = reload_config()
+            except ConfigError:
+                return  # worker 0 logs why the file was not applied
+            setup_logging(new.log_level, new.log_format)
 
     def _drain_ready(self) -> None:
         while select.select([self.ready_r], [], [], 0)[0]:
