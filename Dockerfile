@@ -24,9 +24,11 @@ FROM python:3.12-slim-bookworm
 COPY --from=build /opt/heimdall /opt/heimdall
 RUN useradd --system --no-create-home --uid 10053 heimdall
 USER heimdall
+# HTTP stays inside the container (the health check reaches it); to scrape it from outside, set
+# HEIMDALL_HTTP_BIND_ADDR=0.0.0.0:8053 and HEIMDALL_API_TOKEN (the server refuses the first alone).
 ENV PATH=/opt/heimdall/bin:$PATH \
     HEIMDALL_BIND_ADDR=0.0.0.0:1053 \
-    HEIMDALL_HTTP_BIND_ADDR=0.0.0.0:8053
+    HEIMDALL_HTTP_BIND_ADDR=127.0.0.1:8053
 EXPOSE 1053/udp 1053/tcp 8053/tcp
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8053/health', timeout=2).status != 200)"]

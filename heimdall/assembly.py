@@ -35,6 +35,7 @@ from heimdall.blocklist import BlocklistError, BlocklistManager
 from heimdall.blockresponse import BlockResponder, BlockResponseError
 from heimdall.config import Config, ConfigError, reload_config
 from heimdall.configfile import LIVE
+from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
 from heimdall.logs import setup_logging
@@ -121,6 +122,7 @@ class Assembly:
         self.qlog: QueryLog | None = None
         self.counting: Counting | None = None
         self.api: HttpApi | None = None
+        self.control = WorkerControl(None, server.cache)  # the control API's actions, in this worker
         self._tasks: list[asyncio.Task] = []
 
     async def install(self) -> None:
@@ -143,6 +145,7 @@ class Assembly:
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
             srv.pool.observe = self.counting.upstream_observe
+        self.control.blocking = self.blocking
         srv.reload_hooks.append(self.on_sighup)
         srv.stop_hooks.append(self.stop)
         self._start_tasks()
@@ -153,6 +156,8 @@ class Assembly:
         loop = asyncio.get_running_loop()
         if self.blocking is not None and self.config.blocklist_reload_interval > 0:
             self._tasks.append(loop.create_task(self.blocking.poll(self.config.blocklist_reload_interval)))
+        if self.counting is not None:  # the control API is part of the HTTP endpoint
+            self._tasks.append(loop.create_task(self.control.follow(self.store.directory if self.store else None)))
         if self.store is not None and self.counting is not None:
             self._tasks.append(loop.create_task(
                 metrics.publish_forever(self.counting.mstats, self.store, PUBLISH_INTERVAL, self.counting.refresh)))
@@ -160,13 +165,14 @@ class Assembly:
     async def _start_http(self) -> None:
         addr = self.config.http_bind_addr
         assert addr is not None and self.counting is not None
-        collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
         if self.store is not None:
             store = self.store
-            self.api = HttpApi(store.merged, lambda: health_from_snapshot(store.merged()), addr.host, addr.port,
-                               collectors)
+            figures, health = store.merged, lambda: health_from_snapshot(store.merged())
         else:
-            self.api = HttpApi(self.counting.live_snapshot, self.counting.health, addr.host, addr.port, collectors)
+            figures, health = self.counting.live_snapshot, self.counting.health
+        collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
+        self.api = HttpApi(figures, health, addr.host, addr.port, collectors,
+                           control=Controller(self.control, self.store), token=self.config.api_token)
         try:
             await self.api.start()
         except OSError as exc:

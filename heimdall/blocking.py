@@ -16,7 +16,7 @@ import logging
 import time
 
 from heimdall import cachekey
-from heimdall.blocklist import Blocklist, BlocklistManager
+from heimdall.blocklist import EMPTY, Blocklist, BlocklistManager
 from heimdall.blockresponse import BlockResponder
 from heimdall.cache import LABEL_KEYS, Cache
 from heimdall.config import Config
@@ -35,6 +35,7 @@ class Blocking:
         self.ttl = config.blocking_ttl
         self.blocked = 0  # answered by this stage (hits on cached block answers are counted by label)
         self.reloads = 0
+        self.paused = False  # blocking disabled from the control API: nothing matches until resumed
         self._reloading: asyncio.Task | None = None
         self._again = False
 
@@ -67,7 +68,7 @@ class Blocking:
         while True:
             await asyncio.sleep(interval)
             try:
-                if self.lists.changed():
+                if self.manager.current.changed():
                     self.request_reload()
             except Exception as exc:  # noqa: BLE001 - polling must survive anything
                 log.error("blocklist check failed: %r", exc)
@@ -79,13 +80,24 @@ class Blocking:
             started = time.monotonic()
             ok = await asyncio.get_running_loop().run_in_executor(None, self.manager.reload)
             if ok:
-                self.lists = self.manager.current
-                purged = self.purge_cache(self.lists)
+                purged = 0 if self.paused else self.use(self.manager.current)
                 self.reloads += 1
                 log.info("blocklists reloaded in %.1fs: %d blocked, %d allowed; %d cached answers dropped",
-                         time.monotonic() - started, self.lists.entries, self.lists.allow_entries, purged)
+                         time.monotonic() - started, self.manager.current.entries, self.manager.current.allow_entries, purged)
             if not self._again:
                 return
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause: every name is allowed, cached block answers go; resume: the lists and their answers return."""
+        if paused != self.paused:
+            self.paused = paused
+            self.use(EMPTY if paused else self.manager.current)
+            log.info("blocking %s", "paused" if paused else "resumed")
+
+    def use(self, lists: Blocklist) -> int:
+        """Answer from `lists` from now on; cached answers they change are dropped (how many)."""
+        self.lists = lists
+        return self.purge_cache(lists)
 
     def purge_cache(self, lists: Blocklist) -> int:
         """Drop cached entries whose blocked state differs under `lists`."""

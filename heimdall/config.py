@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import ipaddress
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -102,6 +103,21 @@ def parse_ip_list(text: str) -> str:
 def parse_upstreams(text: str) -> tuple[HostPort, ...]:
     items = [t for t in (p.strip() for p in text.split(",")) if t]
     return tuple(parse_hostport(t, default_port=53) for t in items)
+
+
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "30s", "5m", "4h", "1h30m", "250ms" or a plain number of seconds."""
+    t = text.strip().lower()
+    parts = DURATION.findall(t)
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    if not t or "".join(n + u for n, u in parts) != t:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 4h, 1h30m)")
+    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
 
 
 def parse_redis_url(text: str) -> str:
@@ -224,6 +240,8 @@ class Config:
     # observers
     http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8053), parse_http_bind,
                                               "HTTP /metrics /health /stats address host:port, or disabled")
+    api_token: str = setting("", str.strip, "bearer token every /api call must carry; required when the HTTP "
+                             "address is not loopback")
     query_log: str = setting("", str.strip, "JSON-lines query log file (empty = off)")
     log_level: str = setting("info", choice(*LEVELS), "least severe level logged: debug, info, warning or error")
     log_format: str = setting("text", choice(*FORMATS), "log lines on stderr: text or json (one object per line)")
@@ -242,6 +260,10 @@ class Config:
             raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
         if self.blocking_mode == "custom_ip" and not self.blocking_custom_ip:
             raise ConfigError("HEIMDALL_BLOCKING_MODE=custom_ip needs HEIMDALL_BLOCKING_CUSTOM_IP")
+        http = self.http_bind_addr
+        if http is not None and not self.api_token and not ipaddress.ip_address(http.host).is_loopback:
+            raise ConfigError(f"HEIMDALL_HTTP_BIND_ADDR {http} is reachable beyond this machine: set HEIMDALL_API_TOKEN "
+                              "so that /api calls (pause blocking, flush the cache) need it")
         if self.redis_url and importlib.util.find_spec("redis") is None:
             raise ConfigError("HEIMDALL_REDIS_URL needs the redis package, which the server's install leaves out: "
                               "pip install 'heimdall-dns[redis]'")
@@ -260,7 +282,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
-    "observers": ("http_bind_addr", "query_log", "log_level", "log_format"),
+    "observers": ("http_bind_addr", "api_token", "query_log", "log_level", "log_format"),
     "process": ("config_file", "worker_threads", "shutdown_grace"),
 }
 

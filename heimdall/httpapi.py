@@ -1,4 +1,4 @@
-"""HTTP endpoints /metrics, /health and /stats on aiohttp.
+"""HTTP endpoints /metrics, /health, /stats and the control API (/api) on aiohttp.
 
 Runs on any asyncio (or uvloop) loop: ``await HttpApi(...).start()`` in the
 process that serves (N=1) or in the supervisor (N>1), or
@@ -15,9 +15,12 @@ HEIMDALL_HTTP_BIND_ADDR: ``host:port``, ``[v6]:port`` or ``disabled``
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -25,6 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from heimdall.config import parse_duration
+from heimdall.control import Controller
 from heimdall.metrics import Snapshot
 from heimdall.prometheus import HeimdallCollector
 
@@ -94,16 +99,24 @@ class HttpApi:
     """The aiohttp application and its site; start() and stop() on the caller's loop."""
 
     def __init__(self, snapshot_fn: Callable[[], Snapshot], health_fn: Callable[[], Health] | None = None,
-                 host: str = "127.0.0.1", port: int = 8053, collectors: Sequence[Collector] = ()) -> None:
+                 host: str = "127.0.0.1", port: int = 8053, collectors: Sequence[Collector] = (),
+                 control: Controller | None = None, token: str = "") -> None:
         self.snapshot_fn = snapshot_fn
         self.health_fn = health_fn or (lambda: health_from_snapshot(self.snapshot_fn()))
         self.host, self.port = host, port
         self.registry = CollectorRegistry()
         for collector in (HeimdallCollector(snapshot_fn), *collectors):
             self.registry.register(collector)
-        self.app = web.Application()
+        self.control, self.token = control, token
+        self.app = web.Application(middlewares=[self._authorize])
         self.app.add_routes([web.get("/metrics", self._metrics), web.get("/health", self._health),
                              web.get("/stats", self._stats)])
+        if control is not None:
+            self.app.add_routes([web.post("/api/blocking/disable", self._disable),
+                                 web.post("/api/blocking/enable", self._enable),
+                                 web.get("/api/blocking/status", self._status),
+                                 web.post("/api/cache/flush", self._flush),
+                                 web.post("/api/lists/refresh", self._refresh)])
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -121,6 +134,46 @@ class HttpApi:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(stats_document(self.snapshot_fn()), dumps=lambda o: json.dumps(o, indent=1))
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """With HEIMDALL_API_TOKEN set, every /api call carries `Authorization: Bearer <token>`."""
+        if self.token and request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="heimdall"'})
+        return await handler(request)
+
+    async def _act(self, **changes: float | int) -> web.Response:
+        assert self.control is not None
+        state, acked, live = await self.control.change(**changes)
+        body = {"generation": state.generation, "workers": live, "acknowledged": acked,
+                "blocking": self.control.status()}
+        return web.json_response(body, status=200 if acked >= live else 504)
+
+    async def _disable(self, request: web.Request) -> web.Response:
+        text = request.query.get("duration", "")
+        try:
+            seconds = parse_duration(text) if text else math.inf
+        except ValueError as exc:
+            return web.json_response({"error": f"duration: {exc}"}, status=400)
+        return await self._act(blocking_disabled_until=time.time() + seconds)
+
+    async def _enable(self, request: web.Request) -> web.Response:
+        return await self._act(blocking_disabled_until=0.0)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        assert self.control is not None
+        return web.json_response(self.control.status())
+
+    async def _flush(self, request: web.Request) -> web.Response:
+        assert self.control is not None
+        return await self._act(flush=self.control.state.generation + 1)
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        assert self.control is not None
+        return await self._act(refresh=self.control.state.generation + 1)
 
     async def start(self) -> None:
         """Bind and serve; raises OSError if the address is taken."""
