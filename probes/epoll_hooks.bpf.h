@@ -9,6 +9,8 @@
 #ifndef HEIMDALL_EPOLL_HOOKS_BPF_H
 #define HEIMDALL_EPOLL_HOOKS_BPF_H
 
+#include <linux/signal.h>   /* sigset_t, in the epoll_pwait tracepoints' arguments */
+
 TRACEPOINT_PROBE(syscalls, sys_enter_epoll_pwait) { return on_epoll_enter(args); }
 TRACEPOINT_PROBE(syscalls, sys_exit_epoll_pwait) { return on_epoll_exit(args); }
 #ifdef HAVE_EPOLL_WAIT

@@ -12,7 +12,6 @@
  * progress; user space reads it to catch a stall while it still runs.
  * Compiled with -DTHRESHOLD_NS=<ns>.
  */
-#include <linux/sched.h>
 #include "common.bpf.h"
 
 #define TOT_ITERATIONS 0
