@@ -123,7 +123,7 @@ class LoopProf(Probe):
         kernel = symbolize(self.bpf, ev["kstack"], ev["tgid"], kernel=True, limit=12) if ev["kstack"] >= 0 else []
         py = caught.stack if caught else None
         return {"pid": ev["tgid"], "tid": ev["tid"],
-                "start_ms": round((ev["start_ns"] - base_ns) / 1e6, 3),
+                "start_ms": round((ev["start_ns"] - base_ns) / 1e6, 3), "start_ns": ev["start_ns"],
                 "len_ms": round(ev["len_ns"] / 1e6, 3),
                 "off_cpu_ms": round((ev["blocked_ns"] + ev["runq_ns"]) / 1e6, 3),
                 "blocked_ms": round(ev["blocked_ns"] / 1e6, 3), "preempted_ms": round(ev["runq_ns"] / 1e6, 3),

@@ -1,0 +1,117 @@
+"""loopprof against an event loop blocked on purpose: 50 ms sleeps every 500 ms (off the CPU) and
+30 ms CPU spins every 700 ms (on it), under asyncio and uvloop (probes/targets/loop_stalls.py).
+
+The target prints each stall it made with its start and its own measured length: the truth. The
+probe's stalls are matched to it by time; counts come from the probe, never from the target."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import requires_bcc
+from probe_targets import CLI, TARGETS, Target
+
+pytestmark = requires_bcc
+
+SECONDS = 6.0
+
+
+def truth_of(report: dict[str, list[str]]) -> dict[str, list[tuple[int, float]]]:
+    """kind -> [(start ns, wall ms)] as the target measured them."""
+    out: dict[str, list[tuple[int, float]]] = {"sleep": [], "busy": []}
+    for kind in out:
+        for line in report.get(kind, []):
+            start, wall = line.split()
+            out[kind].append((int(start), float(wall)))
+    return out
+
+
+def profile(*extra: str) -> tuple[dict, dict]:
+    from probes.loopprof import LoopProf
+
+    target = Target([sys.executable, str(TARGETS / "loop_stalls.py"), str(SECONDS), *extra])
+    try:
+        with LoopProf(target.pid, threshold_ms=10.0) as probe:
+            probe.open_window()
+            report = target.go()
+            result = probe.collect()
+    finally:
+        target.finish()
+    return report, result
+
+
+def matched(stalls: list[dict], truth: list[tuple[int, float]]) -> list[tuple[dict, float]]:
+    """(probe stall, the target's wall ms) for each true stall inside one of the probe's stalls."""
+    out = []
+    for start, wall in truth:
+        hits = [s for s in stalls if s["start_ns"] <= start <= s["start_ns"] + s["len_ns_"]]
+        if len(hits) == 1:
+            out.append((hits[0], wall))
+    return out
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_stalls_match_what_the_loop_did(loop):
+    report, result = profile(*(["uvloop"] if loop == "uvloop" else []))
+    truth = truth_of(report)
+    # the target did what it was designed to (its schedule, not the probe, sets these)
+    assert abs(len(truth["sleep"]) - int(SECONDS / 0.5 - 1e-9)) <= 1, truth["sleep"]
+    assert abs(len(truth["busy"]) - int((SECONDS - 0.25) / 0.7)) <= 1, truth["busy"]
+    stalls = result["stalls"]["list"]
+    for s in stalls:
+        s["len_ns_"] = int(s["len_ms"] * 1e6)
+    loop_tid = int(report["loop_tid"][0])
+    assert {s["tid"] for s in stalls} == {loop_tid}, stalls
+    sleeps, spins = matched(stalls, truth["sleep"]), matched(stalls, truth["busy"])
+    n_sleep, n_busy = len(truth["sleep"]), len(truth["busy"])
+    assert abs(len(sleeps) - n_sleep) <= 0.1 * n_sleep, (len(sleeps), n_sleep)
+    assert abs(len(spins) - n_busy) <= 0.1 * n_busy, (len(spins), n_busy)
+    # kinds: every sleep off the CPU; the spins on it (a spin may be preempted on this shared machine)
+    assert all(s["kind"] == "off-cpu" for s, _ in sleeps), [s for s, _ in sleeps]
+    assert result["stalls"]["off-cpu"]["count"] <= n_sleep * 1.1
+    assert not [s for s, _ in spins if s["kind"] == "off-cpu"], spins
+    assert sum(s["kind"] == "on-cpu" for s, _ in spins) >= 0.7 * len(spins), spins
+    # lengths: the probe's stall holds the target's own measurement, and is at most 10 % longer
+    for s, wall in sleeps + spins:
+        assert wall * 0.98 <= s["len_ms"] <= wall * 1.10 + 1.0, (s, wall)
+    assert all(s["syscall"] == "clock_nanosleep" for s, _ in sleeps), sleeps
+    # names: where py-spy caught a stall while it ran, it names the function that blocked
+    named_sleeps = [s["function"] for s, _ in sleeps if s["function"]]
+    named_spins = [s["function"] for s, _ in spins if s["function"]]
+    assert len(named_sleeps) >= 0.5 * len(sleeps) and named_spins, result["stacks"]
+    assert all(f.startswith("block_in_sleep ") for f in named_sleeps), named_sleeps
+    assert all(f.startswith("spin_on_cpu ") for f in named_spins), named_spins
+    # totals agree with the list and the histogram
+    assert result["stalls"]["count"] == len(stalls) >= len(sleeps) + len(spins)
+    assert sum(b["count"] for b in result["iteration_histogram_us"]) == result["iterations"] > len(stalls)
+    assert result["overhead"]["measured"] and result["overhead"]["bpf_runs"] > result["iterations"]
+    assert all(v == 0 for v in result["lost"].values()), result["lost"]
+    json.dumps(result)
+
+
+ASYNC_PROGRAM = """
+import asyncio, time
+async def main():
+    for _ in range(20):
+        await asyncio.sleep(0.1)
+        time.sleep(0.02)
+asyncio.run(main())
+"""
+
+
+def test_cli_announces_its_window_and_keeps_a_partial_result(tmp_path):
+    out = tmp_path / "loop.json"
+    proc = subprocess.run([*CLI, "loopprof", "--duration", "30", "--threshold-ms", "15", "--json", str(out),
+                           "--", sys.executable, "-c", ASYNC_PROGRAM], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "loopprof: attached to pid" in proc.stderr and "window open for 30 s" in proc.stderr
+    result = json.loads(out.read_text())
+    assert result["partial"] is True and result["end_reason"] == "target-exited"
+    assert result["attach_s"] < 10
+    # 20 x 20 ms sleeps, some before the window opened: those in it are 15 ms+ stalls off the CPU
+    assert 5 <= result["stalls"]["off-cpu"]["count"] <= 20, result["stalls"]
+    assert "PARTIAL" in proc.stdout
