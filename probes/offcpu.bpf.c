@@ -7,12 +7,18 @@
  * state), split at its sched:sched_wakeup into blocked time and the wait for
  * a CPU after the wake-up. A thread that leaves the CPU inside an epoll wait
  * is an idle event loop, not a stalled one: that time goes to idle_ns only
- * (in_epoll, kept by the epoll syscall tracepoints). Counted while the
- * window is open: a stretch counts when it ends in the window.
+ * (in_epoll, kept by the epoll syscall tracepoints).
+ * Switch-outs are recorded from attach on, so a stretch that began before
+ * the window counts from the window's start (win_start[0], set by
+ * offcpu.py); a stretch that ends in the window is added here, one still
+ * running when it closes is added by offcpu.py from off_start (`back_at`:
+ * when a thread came back while the window was closed; 0 while still off).
+ * An exiting thread's last switch-out (prev_state Z or X) is not a stretch.
  */
 #include "common.bpf.h"
 
 #define PREEMPT_FLAG 0x100  /* TASK_REPORT_MAX in prev_state: switched out while runnable */
+#define EXIT_STATES 0x30    /* prev_state X (0x10) or Z (0x20): the thread's final switch-out */
 #define ST_RUNNABLE 0
 #define ST_SLEEPING 1
 #define ST_DISK 2
@@ -25,6 +31,7 @@
 struct off_start {
     u64 ts;
     u64 woken;        /* sched_wakeup time, 0 until woken */
+    u64 back_at;      /* switched in while the window was closed (0: still off the CPU) */
     u32 tgid;
     u32 state;
     int kstack;
@@ -59,6 +66,7 @@ BPF_HASH(off_start, u32, struct off_start, 10240);
 BPF_HASH(in_epoll, u32, u32, 10240);
 BPF_HASH(off_stats, struct off_key, struct off_val, 16384);
 BPF_HASH(threads, u32, struct thread_val, 4096);
+BPF_ARRAY(win_start, u64, 1);
 BPF_ARRAY(off_hist, u64, HIST_BUCKETS * 2);   /* slot 0: off-CPU stretches, 1: idle epoll waits (ns) */
 BPF_STACK_TRACE(stacks, 8192);
 
@@ -94,8 +102,12 @@ static __always_inline void switch_out(void *ctx, u32 tid, long prev_state, u64 
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!tid || !heimdall_tgid_is_target(tgid) || !heimdall_enabled())
+    if (!tid || !heimdall_tgid_is_target(tgid))
         return;
+    if (prev_state & EXIT_STATES) {
+        off_start.delete(&tid);
+        return;
+    }
     struct off_start s = {};
     s.ts = now;
     s.tgid = tgid;
@@ -129,10 +141,14 @@ static __always_inline void switch_in(u32 tid, u64 now, char *comm)
     if (!s)
         return;
     if (!heimdall_enabled()) {
-        off_start.delete(&tid);
+        if (!s->back_at)
+            s->back_at = now;
         return;
     }
-    u64 delta = now - s->ts;
+    int zero_key = 0;
+    u64 *win = win_start.lookup(&zero_key);
+    u64 begin = win && *win > s->ts ? *win : s->ts;
+    u64 delta = now - begin;
     add_thread(tid, s, delta);
     struct thread_val *t = threads.lookup(&tid);
     if (t)
@@ -145,9 +161,9 @@ static __always_inline void switch_in(u32 tid, u64 now, char *comm)
         struct off_val zero = {};
         struct off_val *v = off_stats.lookup_or_try_init(&k, &zero);
         if (v) {
-            u64 woke = s->woken && s->woken >= s->ts ? s->woken : s->ts;
+            u64 woke = s->woken && s->woken >= begin ? s->woken : begin;
             v->total_ns += delta;
-            v->blocked_ns += woke - s->ts;
+            v->blocked_ns += woke - begin;
             v->runq_ns += now - woke;
             v->count += 1;
             if (delta > v->max_ns) v->max_ns = delta;

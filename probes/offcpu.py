@@ -13,6 +13,11 @@ probes/flamegraph.py draws.
 
 from __future__ import annotations
 
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from probes.base import Probe
@@ -20,15 +25,72 @@ from probes.bpfcost import BpfCost
 from probes.doctor import tracepoint_exists
 from probes.flamegraph import render_svg, to_folded
 from probes.histogram import Histogram
+from probes.lockprof import thread_comm
 from probes.loopprof import syscall_of
-from probes.proctree import render_processes, tree_note
+from probes.proctree import render_processes, tree_note, watched
 from probes.stacks import symbolize
 
 STATES = ("preempted", "sleeping", "uninterruptible", "other")
+SEEDED = -1000   # kstack of a stretch that began before attach (seen asleep in /proc at window open)
 
 
 def ms(ns: float) -> float:
     return round(ns / 1e6, 3)
+
+
+@dataclass
+class OpenStretch:
+    """A thread still off the CPU when the window closed: counted from its start (or the window's) to the close."""
+
+    tgid: int
+    tid: int
+    kstack: int
+    state: int
+    idle: bool
+    begin_ns: int
+    woken_ns: int
+    end_ns: int
+
+    @property
+    def length(self) -> int:
+        return self.end_ns - self.begin_ns
+
+
+def open_stretches(table, win_start_ns: int, win_end_ns: int) -> list[OpenStretch]:
+    """The off_start entries of threads off the CPU at the close (back_at: came back after it, or 0)."""
+    out = []
+    for k, v in table.items():
+        back, ts = int(v.back_at), int(v.ts)
+        if ts >= win_end_ns or (back and back <= win_end_ns):
+            continue    # left after the close, or came back before it (counted by BPF, or before the window)
+        out.append(OpenStretch(int(v.tgid), k.value, int(v.kstack), int(v.state), bool(v.idle),
+                               max(ts, win_start_ns), int(v.woken), win_end_ns))
+    return out
+
+
+def epoll_syscalls() -> set[int]:
+    """Numbers of the epoll wait syscalls on this machine, as /proc/<tid>/syscall shows them."""
+    return {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}.get(platform.machine(), set())
+
+
+def asleep_threads(pids: list[int]) -> list[tuple[int, int, bool]]:
+    """(tgid, tid, in an epoll wait) of every thread of pids asleep now (state S or D)."""
+    epoll = epoll_syscalls()
+    out = []
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()[0]
+                call = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+            except (OSError, IndexError):
+                continue
+            if state in ("S", "D"):
+                out.append((pid, tid, bool(call) and call[0].lstrip("-").isdigit() and int(call[0]) in epoll))
+    return out
 
 
 class OffCpu(Probe):
@@ -37,13 +99,15 @@ class OffCpu(Probe):
     name = "offcpu"
     bpf_file = "offcpu.bpf.c"
     schema = "heimdall.offcpu/1"
-    window_tables = ("off_start", "off_stats", "threads", "off_hist")
+    window_tables = ("off_stats", "threads", "off_hist")   # off_start runs through: stretches begun before
     proc_slots = ("offcpu_ns", "switches", "idle_epoll_ns")
 
     def __init__(self, pid: int, top: int = 15, **opts: Any) -> None:
         super().__init__(pid, **opts)
         self.top = top
         self.cost = BpfCost()
+        self.win_start_ns = 0
+        self.open: list[OpenStretch] = []   # stretches still off the CPU when the window closed
 
     def cflags(self) -> list[str]:
         return [f"-DHAVE_{n.upper()}" for n in ("epoll_wait", "epoll_pwait2")
@@ -52,12 +116,28 @@ class OffCpu(Probe):
     def start_window(self) -> None:
         assert self.bpf is not None  # attach() ran
         self.cost.begin(self.bpf)
+        self.open = []
+        win = self.table("win_start")
+        self.win_start_ns = time.monotonic_ns()   # CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns
+        win[win.Key(0)] = win.Leaf(self.win_start_ns)
+        self._seed_sleepers()
         super().start_window()
+
+    def _seed_sleepers(self) -> None:
+        """Threads asleep since before attach never switched out under the probe: start their stretch at
+        the window's start (no kernel stack; idle when /proc shows them in an epoll wait)."""
+        table = self.table("off_start")
+        known = {k.value for k in table.keys()}
+        for tgid, tid, idle in asleep_threads(sorted(watched(self.bpf))):
+            if tid not in known:
+                table[table.Key(tid)] = table.Leaf(ts=self.win_start_ns, tgid=tgid, state=1, kstack=SEEDED,
+                                                   idle=int(idle))
 
     def close_window(self) -> None:
         if self.bpf is not None and self.window_end is None and self.window_start is not None:
             super().close_window()
             self.cost.finish(self.bpf)
+            self.open = open_stretches(self.table("off_start"), self.win_start_ns, time.monotonic_ns())
 
     def close(self) -> None:
         self.cost.close()
@@ -65,6 +145,10 @@ class OffCpu(Probe):
 
     def processes(self) -> dict[int, dict]:
         procs = super().processes()
+        for st in self.open:
+            if st.tgid in procs:
+                procs[st.tgid]["idle_epoll_ns" if st.idle else "offcpu_ns"] += st.length
+                procs[st.tgid]["switches"] += 0 if st.idle else 1
         for row in procs.values():
             row["offcpu_ms"] = ms(row.pop("offcpu_ns"))
             row["idle_epoll_ms"] = ms(row.pop("idle_epoll_ns"))
@@ -72,23 +156,44 @@ class OffCpu(Probe):
 
     # --- reading ---------------------------------------------------------------
     def _threads(self) -> list[dict]:
-        rows = []
+        acc: dict[int, dict] = {}
         for k, v in self.table("threads").items():
-            rows.append({"pid": int(v.tgid), "tid": k.value, "comm": v.comm.decode(errors="replace"),
-                         "offcpu_ms": ms(v.offcpu_ns), "switches": int(v.switches),
-                         "idle_epoll_ms": ms(v.idle_ns), "idle_epoll_waits": int(v.idle_waits)})
+            acc[k.value] = {"pid": int(v.tgid), "tid": k.value, "comm": v.comm.decode(errors="replace"),
+                            "offcpu_ns": int(v.offcpu_ns), "switches": int(v.switches),
+                            "idle_ns": int(v.idle_ns), "idle_waits": int(v.idle_waits)}
+        for st in self.open:
+            row = acc.setdefault(st.tid, {"pid": st.tgid, "tid": st.tid, "comm": thread_comm(st.tgid, st.tid),
+                                          "offcpu_ns": 0, "switches": 0, "idle_ns": 0, "idle_waits": 0})
+            row["idle_ns" if st.idle else "offcpu_ns"] += st.length
+            row["idle_waits" if st.idle else "switches"] += 1
+        rows = [{"pid": r["pid"], "tid": r["tid"], "comm": r["comm"], "offcpu_ms": ms(r["offcpu_ns"]),
+                 "switches": r["switches"], "idle_epoll_ms": ms(r["idle_ns"]), "idle_epoll_waits": r["idle_waits"]}
+                for r in acc.values()]
         return sorted(rows, key=lambda r: -r["offcpu_ms"])
 
     def _stack_rows(self, comms: dict[int, str]) -> list[dict]:
-        rows = []
+        acc: dict[tuple[int, int, int, int], list[int]] = {}   # key -> [total, blocked, runq, count, max]
         for k, v in self.table("off_stats").items():
-            frames = symbolize(self.bpf, k.kstack, k.tgid, kernel=True, limit=32) if k.kstack >= 0 else []
-            rows.append({"pid": int(k.tgid), "tid": int(k.tid), "comm": comms.get(int(k.tid), "?"),
-                         "state": STATES[min(int(k.state), 3)], "count": int(v.count),
-                         "total_ms": ms(v.total_ns), "blocked_ms": ms(v.blocked_ns), "runq_ms": ms(v.runq_ns),
-                         "max_ms": ms(v.max_ns), "syscall": syscall_of(frames),
+            acc[(int(k.tgid), int(k.tid), int(k.kstack), int(k.state))] = [
+                int(v.total_ns), int(v.blocked_ns), int(v.runq_ns), int(v.count), int(v.max_ns)]
+        for st in self.open:
+            if not st.idle:
+                a = acc.setdefault((st.tgid, st.tid, st.kstack, st.state), [0, 0, 0, 0, 0])
+                woke = min(max(st.woken_ns or st.end_ns, st.begin_ns), st.end_ns)
+                a[0] += st.length
+                a[1] += woke - st.begin_ns
+                a[2] += st.end_ns - woke
+                a[3] += 1
+                a[4] = max(a[4], st.length)
+        rows = []
+        for (tgid, tid, kstack, state), (total, blocked, runq, count, top) in acc.items():
+            frames = symbolize(self.bpf, kstack, tgid, kernel=True, limit=32) if kstack >= 0 else []
+            label = "[asleep since before the window]" if kstack == SEEDED else f"[stack error {kstack}]"
+            rows.append({"pid": tgid, "tid": tid, "comm": comms.get(tid, "?"), "state": STATES[min(state, 3)],
+                         "count": count, "total_ms": ms(total), "blocked_ms": ms(blocked), "runq_ms": ms(runq),
+                         "max_ms": ms(top), "syscall": syscall_of(frames),
                          "kernel_stack": [f.split("+", 1)[0] for f in frames] if frames else
-                         [f"[stack error {k.kstack}]"]})
+                         [label]})
         return sorted(rows, key=lambda r: -r["total_ms"])
 
     @staticmethod

@@ -13,6 +13,7 @@ nothing else touches the BPF object during the window.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import subprocess
@@ -127,10 +128,11 @@ class StallWatcher:
 
     def _check(self) -> None:
         now = time.monotonic_ns()     # CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns
-        targets = {k.value for k in self.bpf[b"heimdall_targets"].keys()}
         for tid, (tgid, seq, start) in self._inflight().items():
-            if now - start < self.threshold_ns or (tid, seq) in self.tried or tgid not in targets:
+            if now - start < self.threshold_ns or (tid, seq) in self.tried:
                 continue
+            if self.bpf[b"heimdall_targets"].get(ctypes.c_uint32(tgid)) is None:
+                continue    # a thread of a process that has left the tree
             self.tried.add((tid, seq))
             if self.stats.dumps >= self.max_dumps:
                 self.stats.skipped += 1

@@ -51,7 +51,10 @@ def test_sleep_is_counted_and_idle_epoll_is_not(tmp_path):
     assert threads[idler]["idle_epoll_ms"] >= 0.8 * idle_ms, (threads[idler], idle_ms)
     assert threads[idler]["offcpu_ms"] <= 0.05 * idle_ms, threads[idler]
     assert not [r for r in result["top"] if r["syscall"] and "epoll" in r["syscall"]], result["top"]
-    assert result["offcpu_ms"] < result["idle_epoll_ms"] + slept_ms * 1.2 + 2000
+    # stretches begun before the window or still running at its close are clipped to it
+    window_ms = result["duration_s"] * 1000
+    assert all(t["offcpu_ms"] + t["idle_epoll_ms"] <= window_ms + 5 for t in threads.values()), threads
+    assert threads[result["pid"]]["offcpu_ms"] >= 0.5 * window_ms   # the main thread waits on stdin and join
     # the folded stacks carry the same microseconds, and the flame graph is drawn from them
     from probes.flamegraph import parse_folded
 
