@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,3 +121,30 @@ def test_cli_announces_its_window_and_keeps_a_partial_result(tmp_path):
     # 20 x 20 ms sleeps, some before the window opened: those in it are 15 ms+ stalls off the CPU
     assert 5 <= result["stalls"]["off-cpu"]["count"] <= 20, result["stalls"]
     assert "PARTIAL" in proc.stdout
+
+
+def test_each_worker_loop_is_seen_through_the_supervisor(upstream):
+    """Heimdall with 2 SO_REUSEPORT workers under load, loopprof given the supervisor's pid."""
+    from closed_loop import ClosedLoop
+    from heimdall_server import HeimdallProcess
+    from probes.loopprof import LoopProf
+    from procs import children
+
+    def cached(client: int, seq: int) -> tuple[str, str]:
+        return f"p{(client * 31 + seq) % 300}.bench.test", "cached"
+
+    with HeimdallProcess([upstream.addr], args=["--worker-threads", "2"]) as h:
+        kids = children(h.pid)
+        with LoopProf(h.pid, threshold_ms=10.0, stacks=False) as probe:
+            probe.open_window()
+            with ClosedLoop(h.address, h.port, cached, clients=16, timeout=2.0, gap=0.0) as load:
+                time.sleep(2.0)
+            result = probe.collect()
+    answered = sum(1 for r in load.records if not r.lost)
+    per = {int(pid): row for pid, row in result["processes"].items()}
+    assert kids <= set(result["pids"]), result["pids"]
+    # every answer was read in some iteration of a worker's loop, and SO_REUSEPORT used both workers
+    assert all(per[k]["iterations"] > 0.02 * answered for k in kids), (per, answered)
+    assert sum(row["iterations"] for row in per.values()) == result["iterations"]
+    assert sum(row["stalls"] for row in per.values()) == result["stalls"]["count"]
+    assert result["lost"]["map_full"] == 0

@@ -76,3 +76,32 @@ def test_target_exiting_mid_window_gives_partial_result(tmp_path):
     result = json.loads(out.read_text())
     assert result["partial"] is True and result["end_reason"] == "target-exited"
     assert result["attach_s"] < 10 and result["duration_s"] < 10
+
+
+def test_each_worker_is_seen_through_the_supervisor(upstream):
+    """Heimdall with 2 workers, idle, then under load: every worker's loop thread shows idle epoll time."""
+    import time
+
+    from closed_loop import ClosedLoop
+    from heimdall_server import HeimdallProcess
+    from probes.offcpu import OffCpu
+    from procs import children
+
+    def cached(client: int, seq: int) -> tuple[str, str]:
+        return f"p{(client * 31 + seq) % 300}.bench.test", "cached"
+
+    with HeimdallProcess([upstream.addr], args=["--worker-threads", "2"]) as h:
+        kids = children(h.pid)
+        with OffCpu(h.pid) as probe:
+            probe.open_window()
+            time.sleep(1.0)
+            with ClosedLoop(h.address, h.port, cached, clients=8, timeout=2.0, gap=0.01):
+                time.sleep(1.0)
+            result = probe.collect()
+    per = {int(pid): row for pid, row in result["processes"].items()}
+    window_ms = result["duration_s"] * 1000
+    assert kids <= set(per), per
+    # each worker's loop waited in epoll for most of the idle second at least
+    assert all(per[k]["idle_epoll_ms"] >= 0.4 * window_ms for k in kids), per
+    assert abs(sum(row["offcpu_ms"] for row in per.values()) - result["offcpu_ms"]) <= 1.0
+    assert abs(sum(row["idle_epoll_ms"] for row in per.values()) - result["idle_epoll_ms"]) <= 1.0
