@@ -20,6 +20,7 @@ pytestmark = requires_bcc
 
 SECONDS = 6.0
 SPIN_MS = 30.0   # the target's spin: 30 ms of its thread's CPU time
+SLEEP_MS = 50.0  # the target's time.sleep
 
 
 def truth_of(report: dict[str, list[str]]) -> dict[str, list[tuple[int, float]]]:
@@ -72,18 +73,22 @@ def test_stalls_match_what_the_loop_did(loop):
     n_sleep, n_busy = len(truth["sleep"]), len(truth["busy"])
     assert abs(len(sleeps) - n_sleep) <= 0.1 * n_sleep, (len(sleeps), n_sleep)
     assert abs(len(spins) - n_busy) <= 0.1 * n_busy, (len(spins), n_busy)
-    # kinds: every sleep off the CPU (asleep); no spin asleep. On this shared machine a spin can wait
-    # for a CPU for most of its wall time (kind "preempted"), but its time on the CPU is the target's
-    # 30 ms of thread CPU time, and a spin the target saw take < 1.5 x that was mostly on the CPU.
-    assert all(s["kind"] == "off-cpu" for s, _ in sleeps), [s for s, _ in sleeps]
+    # kinds: every sleep off the CPU, 50 ms of it asleep (on this shared machine the wake-up may then
+    # wait for a CPU longer still: kind "preempted", off the CPU but runnable); no spin asleep. A spin
+    # can wait for a CPU for most of its wall time too, but its time on the CPU is the target's 30 ms
+    # of thread CPU time, and a spin the target saw take < 1.5 x that was mostly on the CPU.
+    for s, _ in sleeps:
+        assert s["kind"] in ("off-cpu", "preempted") and s["blocked_ms"] >= 0.9 * SLEEP_MS, s
     assert result["stalls"]["off-cpu"]["count"] <= n_sleep * 1.1
     assert all(s["kind"] in ("on-cpu", "preempted") and s["blocked_ms"] < 2.0 for s, _ in spins), spins
     for s, wall in spins:
         assert abs(s["len_ms"] - s["off_cpu_ms"] - SPIN_MS) <= 0.1 * SPIN_MS, s
         assert s["kind"] == "on-cpu" or wall > 1.5 * SPIN_MS, (s, wall)
-    # lengths: the probe's stall holds the target's own measurement, and is at most 10 % longer
+    # lengths: the probe's stall holds the target's own measurement, and is at most 10 % longer, but
+    # for the time the machine kept the thread from a CPU after the target's clock stopped (seen: 8 ms)
     for s, wall in sleeps + spins:
-        assert wall * 0.98 <= s["len_ms"] <= wall * 1.10 + 1.0, (s, wall)
+        assert wall * 0.98 <= s["len_ms"], (s, wall)
+        assert s["len_ms"] - s["preempted_ms"] <= wall * 1.10 + 1.0, (s, wall)
     assert all(s["syscall"] == "clock_nanosleep" for s, _ in sleeps), sleeps
     # names: where py-spy caught a stall while it ran, it names the function that blocked
     named_sleeps = [s["function"] for s, _ in sleeps if s["function"]]
@@ -119,7 +124,8 @@ def test_cli_announces_its_window_and_keeps_a_partial_result(tmp_path):
     assert result["partial"] is True and result["end_reason"] == "target-exited"
     assert result["attach_s"] < 10
     # 20 x 20 ms sleeps, some before the window opened: those in it are 15 ms+ stalls off the CPU
-    assert 5 <= result["stalls"]["off-cpu"]["count"] <= 20, result["stalls"]
+    st = result["stalls"]
+    assert 5 <= st["off-cpu"]["count"] + st["preempted"]["count"] <= 20 and st["on-cpu"]["count"] <= 2, st
     assert "PARTIAL" in proc.stdout
 
 
