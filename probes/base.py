@@ -323,7 +323,9 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
                 assert isinstance(target, list)  # proc exists only for a launched command
                 raise ToolError(f"{target[0]} exited (status {proc.returncode}) before the probe attached",
                                 EXIT_TARGET)
+            attach_start = time.monotonic()
             probe.attach()
+            attach_s = time.monotonic() - attach_start
             deadline = time.monotonic() + warmup
             while time.monotonic() < deadline and stopper.signalled is None:
                 if not alive():
@@ -332,6 +334,8 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
             if not alive():
                 raise ToolError(f"pid {pid} exited before the window opened", EXIT_TARGET)
             probe.open_window()
+            print(f"{probe.name}: attached to pid {pid} in {attach_s:.2f} s; window open for {duration:g} s",
+                  file=sys.stderr, flush=True)
             end = time.monotonic() + duration
             reason = "duration"
             while (left := end - time.monotonic()) > 0:
@@ -345,6 +349,7 @@ def run_probe_command(probe_cls: type[Probe], target: int | list[str], duration:
             probe.partial = reason != "duration"
             result = probe.collect(queries)
             result["end_reason"] = reason
+            result["attach_s"] = round(attach_s, 3)
     finally:
         probe.close()
         _stop_child(proc)

@@ -36,6 +36,11 @@ PROBE_TRACEPOINTS: dict[str, list[str]] = {
         # no epoll_wait syscall on arm64; epoll_pwait2 since Linux 5.11
         *[f"syscalls:sys_{d}_{s}?" for s in ("epoll_wait", "epoll_pwait2") for d in ("enter", "exit")],
     ],
+    "loopprof": ["sched:sched_switch", "syscalls:sys_enter_epoll_pwait", "syscalls:sys_exit_epoll_pwait",
+                 *[f"syscalls:sys_{d}_{s}?" for s in ("epoll_wait", "epoll_pwait2") for d in ("enter", "exit")]],
+    "offcpu": ["sched:sched_switch", "sched:sched_wakeup", "syscalls:sys_enter_epoll_pwait",
+               "syscalls:sys_exit_epoll_pwait",
+               *[f"syscalls:sys_{d}_{s}?" for s in ("epoll_wait", "epoll_pwait2") for d in ("enter", "exit")]],
 }
 
 # every probe follows its target's process tree with these (probes/common.bpf.h)

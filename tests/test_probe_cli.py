@@ -15,7 +15,7 @@ import pytest
 
 from probe_targets import CLI, REPO, dead_pid
 
-PROBES = ("lockprof", "memprof", "netprof")
+PROBES = ("lockprof", "memprof", "netprof", "loopprof", "offcpu")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,11 @@ def test_pid_that_does_not_exist_exits_4(no_bcc_env, probe):
     (["lockprof", "--pid", "1", "--duration", "1", "--", "true"], "--pid"),      # both
     (["memprof", "--pid", "1", "--sample", "0", "--duration", "1"], "--sample"),
     (["netprof", "--pid", "1", "--port", "70000", "--duration", "1"], "--port"),
+    (["loopprof", "--pid", "1", "--threshold-ms", "0", "--duration", "1"], "--threshold-ms"),
+    (["loopprof", "--pid", "1", "--threshold-ms", "-5", "--duration", "1"], "--threshold-ms"),
+    (["loopprof", "--duration", "1"], "--pid"),
+    (["offcpu", "--pid", "1", "--top", "0", "--duration", "1"], "--top"),
+    (["offcpu", "--pid", "1", "--duration", "-1"], "--duration"),
 ])
 def test_bad_options_exit_2(no_bcc_env, args, needle):
     assert_one_line(run(no_bcc_env, *args), 2, needle)

@@ -30,8 +30,10 @@ from tools.commands import (
     history,
     load,
     lockprof,
+    loopprof,
     memprof,
     netprof,
+    offcpu,
     upstream,
 )
 from tools.errors import EXIT_USAGE, ToolError
@@ -61,7 +63,8 @@ def tools_options(
 
 
 # in the order `--help` lists them (typer puts the groups, upstream and baseline, last)
-for _command in (load, upstream, netprof, cpuprof, doctor, lockprof, memprof, bench, baseline, check, compare, history):
+for _command in (load, upstream, netprof, cpuprof, doctor, lockprof, memprof, loopprof, offcpu, bench, baseline, check,
+                 compare, history):
     _command.register(app)
 
 
