@@ -135,6 +135,8 @@ class Assembly:
             pipeline.refuse_limited = cfg.rate_limit_action == "refused"
         if self.manager is not None:
             self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
+            if cfg.cname_cloaking:
+                pipeline.check_chain = self.blocking.check_chain
             await self.blocking.start()
         if cfg.query_log:
             self.qlog = QueryLog(cfg.query_log).start()

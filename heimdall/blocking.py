@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 
-from heimdall import cachekey
+from heimdall import cachekey, wire
 from heimdall.blocklist import EMPTY, Blocklist, BlocklistManager
 from heimdall.blockresponse import BlockResponder
 from heimdall.cache import LABEL_KEYS, Cache
@@ -34,6 +34,7 @@ class Blocking:
         self.responder = BlockResponder(config.blocking_mode, config.blocking_ttl, config.blocking_custom_ip)
         self.ttl = config.blocking_ttl
         self.blocked = 0  # answered by this stage (hits on cached block answers are counted by label)
+        self.cloaked = 0  # of which: allowed names whose CNAME chain led to a blocked one
         self.reloads = 0
         self.paused = False  # blocking disabled from the control API: nothing matches until resumed
         self._reloading: asyncio.Task | None = None
@@ -48,6 +49,24 @@ class Blocking:
             return None
         self.blocked += 1
         return Answer(reply, How.BLOCKED, self.ttl)
+
+    def check_chain(self, data: bytes, q: Query, reply: bytes) -> Answer | None:
+        """CNAME cloaking: the block answer when the answer's CNAME chain passes through a blocked name.
+
+        Runs on the miss path only (the result is cached, blocked, like any block answer).
+        """
+        try:
+            targets = wire.cname_targets(reply)
+        except wire.WireError:
+            return None
+        if not any(self.lists.match(t) for t in targets):
+            return None
+        block = self.responder.respond(data, q.qend)
+        if block is None:
+            return None
+        self.blocked += 1
+        self.cloaked += 1
+        return Answer(block, How.BLOCKED, self.ttl)
 
     async def start(self) -> None:
         """A worker (re)started after the files changed must not serve the lists loaded before fork."""

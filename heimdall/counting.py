@@ -75,8 +75,9 @@ class Counting:
             m.upstream_healthy[str(up.addr)] = up.fails == 0
         b = self.blocking
         m.blocked = (b.blocked if b is not None else 0) + blocked_fast
-        m.blocklist_entries = b.lists.entries if b is not None else 0
+        m.blocklist_entries = b.manager.current.entries if b is not None else 0  # also while paused
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
+        m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0
         if self.limiter is not None:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted
         if self.qlog is not None:

@@ -4,6 +4,7 @@
       1. admit         rate limit on the client address        ratelimit.py
       2. screen        malformed, opcode, AXFR, EDNS version   screen.py
       3. policy        blocking, then qtype ANY (RFC 8482)     blocking.py, anyquery.py
+                       (and, on what 6 finds, CNAME cloaking)
       4. cache         a fresh answer                          cache.py (its key: cachekey.py)
          --- a miss: coalesced per key, at most max_inflight at once ---
       5. shared tier   Redis, shared by a fleet                sharedtier.py
@@ -64,6 +65,7 @@ class Pipeline:
         self.admit: Callable[[bytes], bool] | None = None  # 1: rate limit on the packed client IP
         self.refuse_limited = False  # 1 said no: REFUSED (True) or drop (False)
         self.blocking: Policy | None = None  # 3
+        self.check_chain: Callable[[bytes, Query, bytes], Answer | None] | None = None  # 3, on what 6 found
         self.any_query: Policy | None = AnyQuery(config.any_mode, counters) if config.any_mode != "forward" else None
         self.cache = cache  # 4
         self.shared = shared  # 5
@@ -154,6 +156,8 @@ class Pipeline:
             try:
                 got = await self.fetch(miss, data)
                 if got is not None:
+                    if self.check_chain is not None:
+                        got = self.cloak(got, miss, data)
                     self.store(miss.key, got.entry, got.ttl)
                     entry = got.entry
             except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
@@ -174,6 +178,14 @@ class Pipeline:
         rcode = reply[3] & wire.RCODE_MASK
         self.counters.by_rcode[rcode] = self.counters.by_rcode.get(rcode, 0) + 1
         return Answer(reply, How.RESOLVED)
+
+    def cloak(self, got: Fetched, miss: Miss, data: bytes) -> Fetched:
+        """An answer whose CNAME chain passes through a blocked name becomes the block answer, cached as one."""
+        assert self.check_chain is not None
+        blocked = self.check_chain(data, miss.q, got.entry.reply(data))
+        if blocked is None:
+            return got
+        return Fetched(local_entry(blocked.reply, miss.q, int(time.monotonic()), blocked.ttl, True), blocked.ttl)
 
     def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
         """Stage 5, then stage 6 (without a shared tier, the upstream's awaitable itself: no extra frame)."""

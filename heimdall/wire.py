@@ -26,7 +26,7 @@ RCODE_MASK = 0x0F
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
-TYPE_SOA, TYPE_OPT, TYPE_IXFR, TYPE_AXFR = 6, 41, 251, 252
+TYPE_CNAME, TYPE_SOA, TYPE_OPT, TYPE_IXFR, TYPE_AXFR = 5, 6, 41, 251, 252
 DO_BIT = 0x8000
 OUR_UDP_SIZE = 1232  # DNS flag day 2020: no fragmentation
 STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
@@ -95,6 +95,48 @@ def name_end(msg: bytes, off: int) -> int:
         if length & 0xC0:
             raise WireError("unknown label type")
         off += length + 1
+
+
+def read_name(msg: bytes, off: int) -> bytes:
+    """The name at off, decompressed, in lower-case wire form (its labels and the root's zero byte).
+
+    Every pointer must point backwards (RFC 1035 compression only refers to
+    earlier names), which also rules out loops.
+    """
+    out, n, floor = bytearray(), len(msg), off
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        length = msg[off]
+        if length == 0:
+            out.append(0)
+            return bytes(out).lower()
+        if length & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | msg[off + 1]
+            if target >= floor:
+                raise WireError("compression pointer does not point backwards")
+            off = floor = target
+            continue
+        if length & 0xC0:
+            raise WireError("unknown label type")
+        out += msg[off:off + length + 1]
+        if len(out) > 255:
+            raise WireError("name longer than 255 octets")
+        off += length + 1
+
+
+def cname_targets(msg: bytes) -> list[bytes]:
+    """The targets of the CNAME records in a response's answer section (lower-case wire names)."""
+    an = _COUNTS.unpack_from(msg, 4)[1]
+    off, targets = question_end(msg), []
+    for _ in range(an):
+        end, fixed, rtype = rr_end(msg, off)
+        if rtype == TYPE_CNAME:
+            targets.append(read_name(msg, fixed + 10))
+        off = end
+    return targets
 
 
 def rr_end(msg: bytes, off: int) -> tuple[int, int, int]:
