@@ -12,6 +12,8 @@ per-hit write or a linked list per entry, and keeps an entry near 300 bytes.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+from typing import Callable
 
 from heimdall import bailiwick, wire
 from heimdall.wire import ResponseScan, WireError
@@ -51,10 +53,23 @@ def shared_int(value: int) -> int:
     return obj
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """Asked for in the last tenth of its TTL, an entry calls start(key) (Unbound's prefetch).
+
+    refresh() is where both hot paths, C and Python, look at an entry's age
+    (at most once a second per entry), so the hook costs a hit nothing else.
+    """
+
+    key: bytes
+    ttl: int
+    start: Callable[[bytes], None]
+
+
 class Entry:
     """One cached reply variant. Slots keep it ~100 bytes."""
 
-    __slots__ = ("head", "tail", "qend", "aged", "expires", "offsets", "mark", "lid")
+    __slots__ = ("head", "tail", "qend", "aged", "expires", "offsets", "mark", "lid", "prefetch")
 
     def __init__(self, head: bytes, tail: bytes, qend: int, now: int, ttl: int, offsets: tuple[int, ...],
                  lid: int = 0):
@@ -66,6 +81,7 @@ class Entry:
         self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
         self.mark = now
         self.lid = lid
+        self.prefetch: Prefetch | None = None  # with HEIMDALL_PREFETCH: how to refresh it, once
 
     def reply(self, msg: bytes) -> bytes:
         """The reply for a client message: its ID and question, our flags and records."""
@@ -79,6 +95,10 @@ class Entry:
         if elapsed > 0 and self.offsets:
             self.tail = wire.age_ttls(self.tail, self.offsets, elapsed)
         self.aged = shared_int(now)
+        hint = self.prefetch
+        if hint is not None and (self.expires - now) * 10 <= hint.ttl:
+            self.prefetch = None  # once: the refreshed answer is a new entry
+            hint.start(hint.key)
         return True
 
     def stale_reply(self, msg: bytes) -> bytes:

@@ -223,6 +223,8 @@ class Config:
     negative_ttl: int = setting(3600, int_in(0, 7 * DAY), "cap on NXDOMAIN/NODATA caching (SOA minimum otherwise)")
     serve_stale: int = setting(0, int_in(0, 7 * DAY),
                                "seconds past expiry an answer may be served when upstreams fail (0 = off)")
+    prefetch: bool = setting(False, parse_bool, "refetch an answer asked for in the last tenth of its TTL, "
+                             "before it expires (TTLs of 10 s and more)")
     cache_file: str = setting("", str.strip,
                               "cache snapshot file, restored at start (empty = off; N workers: FILE.<index>)")
     cache_snapshot_interval: float = setting(300.0, float_in(1, 86400), "seconds between cache snapshots")
@@ -280,7 +282,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "blocking": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
                "blocklist_reload_interval", "cname_cloaking", "any_mode"),
-    "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "cache_file",
+    "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),

@@ -21,6 +21,7 @@ class Counters:
     hits: int = 0  # pipeline cache hits
     misses: int = 0
     coalesced: int = 0
+    prefetches: int = 0  # popular entries refetched before they expired (HEIMDALL_PREFETCH)
     stale_served: int = 0
     servfail: int = 0
     formerr: int = 0

@@ -28,7 +28,7 @@ from typing import Awaitable, Callable, Protocol
 
 from heimdall import cachekey, wire
 from heimdall.anyquery import AnyQuery
-from heimdall.cache import Cache, Entry, local_entry
+from heimdall.cache import Cache, Entry, Prefetch, local_entry
 from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
@@ -40,6 +40,7 @@ from heimdall.wire import Query
 log = logging.getLogger("heimdall.pipeline")
 
 TCP_LIMIT = 65535
+PREFETCH_MIN_TTL = 10  # a tenth of less is under the second that entries are aged by
 Send = Callable[[bytes, object], None]  # send(reply, client): one reply to the client it came from
 
 
@@ -66,6 +67,7 @@ class Pipeline:
         self.refuse_limited = False  # 1 said no: REFUSED (True) or drop (False)
         self.blocking: Policy | None = None  # 3
         self.check_chain: Callable[[bytes, Query, bytes], Answer | None] | None = None  # 3, on what 6 found
+        self.prefetch = config.prefetch  # 4: an entry asked for in its last tenth of TTL is refetched
         self.any_query: Policy | None = AnyQuery(config.any_mode, counters) if config.any_mode != "forward" else None
         self.cache = cache  # 4
         self.shared = shared  # 5
@@ -158,6 +160,8 @@ class Pipeline:
                 if got is not None:
                     if self.check_chain is not None:
                         got = self.cloak(got, miss, data)
+                    if self.prefetch and got.ttl >= PREFETCH_MIN_TTL:
+                        got.entry.prefetch = Prefetch(miss.key, got.ttl, self.start_prefetch)
                     self.store(miss.key, got.entry, got.ttl)
                     entry = got.entry
             except Exception as exc:  # noqa: BLE001 - a miss must end in an answer, never a lost query
@@ -178,6 +182,19 @@ class Pipeline:
         rcode = reply[3] & wire.RCODE_MASK
         self.counters.by_rcode[rcode] = self.counters.by_rcode.get(rcode, 0) + 1
         return Answer(reply, How.RESOLVED)
+
+    def start_prefetch(self, key: bytes) -> None:
+        """Refetch a popular entry before it expires, in the background; its clients keep the cached answer."""
+        if key in self.inflight:
+            return
+        data = cachekey.query_for_key(key)
+        try:
+            q = wire.parse_query(data)
+        except wire.WireError:
+            return
+        limit = TCP_LIMIT if key[:1] == b"T" else wire.size_class(q)
+        self.counters.prefetches += 1
+        asyncio.ensure_future(self.resolve(Miss(key, q, limit, data[wire.HEADER_LEN:q.qend].lower()), data))
 
     def cloak(self, got: Fetched, miss: Miss, data: bytes) -> Fetched:
         """An answer whose CNAME chain passes through a blocked name becomes the block answer, cached as one."""

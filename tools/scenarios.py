@@ -21,7 +21,7 @@ from pathlib import Path
 from heimdall.atomic import atomic_write_text
 from tools.errors import EXIT_ENVIRONMENT, ToolError
 
-TEST_TYPES = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking")
+TEST_TYPES = ("cache-hit", "cache-miss", "mixed", "high-concurrency", "blocking", "zipf")
 DEFAULT_CLIENTS = {"high-concurrency": 256}
 DEFAULT_CLIENTS_OTHER = 20
 
@@ -169,6 +169,25 @@ class QueryStream:
         return q
 
 
+ZIPF_EXPONENT = 1.0    # web and DNS name popularity is close to Zipf with s near 1
+ZIPF_SEQUENCE = 100_000  # draws before the stream repeats
+ZIPF_SEED = 20_021     # the same popularity order in every run, so runs compare
+
+
+def zipf_sequence(questions: list[bytes], length: int = ZIPF_SEQUENCE, exponent: float = ZIPF_EXPONENT,
+                  seed: int = ZIPF_SEED) -> list[bytes]:
+    """`length` draws where the k-th question is asked in proportion to 1 / k**exponent.
+
+    A real resolver's traffic: a few names asked all the time, a long tail asked
+    now and then, so how long entries live decides the hit ratio (prefetch,
+    TTL caps, cache size). Nothing is primed: the tail misses as it would.
+    """
+    import random
+
+    weights = [1.0 / (rank ** exponent) for rank in range(1, len(questions) + 1)]
+    return random.Random(seed).choices(questions, weights=weights, k=length)
+
+
 def build_scenario(test_type: str, zone: str = "bench.test", warm_set: int = 1000,
                    blocklist_size: int = 1000, queries: list[bytes] | None = None,
                    run_tag: str | None = None) -> Scenario:
@@ -195,4 +214,7 @@ def build_scenario(test_type: str, zone: str = "bench.test", warm_set: int = 100
             inter.append((blocked[i % len(blocked)], KIND_BLOCKED))
             inter.append(warm[i % len(warm)])
         sc.fixed, sc.prime = inter, [q for q, _ in warm]
+    elif test_type == "zipf":
+        kind = KIND_FILE if queries else KIND_NORMAL
+        sc.fixed = [(q, kind) for q in zipf_sequence([q for q, _ in warm])]
     return sc

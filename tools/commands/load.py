@@ -21,6 +21,7 @@ class TestType(str, Enum):
     mixed = "mixed"
     high_concurrency = "high-concurrency"
     blocking = "blocking"
+    zipf = "zipf"
 
 
 class Engine(str, Enum):
