@@ -158,7 +158,7 @@ class Pipeline:
             try:
                 got = await self.fetch(miss, data)
                 if got is not None:
-                    if self.check_chain is not None:
+                    if self.check_chain is not None and wire.CNAME_IN in got.entry.tail:  # else no CNAME in it
                         got = self.cloak(got, miss, data)
                     if self.prefetch and got.ttl >= PREFETCH_MIN_TTL:
                         got.entry.prefetch = Prefetch(miss.key, got.ttl, self.start_prefetch)

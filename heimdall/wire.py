@@ -127,6 +127,11 @@ def read_name(msg: bytes, off: int) -> bytes:
         off += length + 1
 
 
+# A CNAME record's type and class (IN) as they follow its owner name: where these four bytes
+# do not occur, no CNAME record does (they may occur elsewhere: then a walk decides).
+CNAME_IN = b"\x00\x05\x00\x01"
+
+
 def cname_targets(msg: bytes) -> list[bytes]:
     """The targets of the CNAME records in a response's answer section (lower-case wire names)."""
     an = _COUNTS.unpack_from(msg, 4)[1]
