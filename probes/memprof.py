@@ -20,11 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from probes import outstanding as live
 from probes.base import Probe, per_query
 from probes.doctor import PROBE_UPROBES, resolve_uprobe
 from probes.histogram import Histogram
-from probes.outstanding import LIVE_MAX, RETURN_FNS, RETURN_HANDLER, GrowthSampler, read_outstanding, \
-    read_totals, render_outstanding
 from probes.proctree import render_processes, tree_note
 from probes.stacks import exe_name, stack_note, symbolize
 from probes.uprobetree import UprobeTree
@@ -134,11 +133,11 @@ class MemProf(Probe):
     name = "memprof"
     bpf_file = "memprof.bpf.c"
     schema = "heimdall.memprof/1"
-    window_tables = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
+    window_tables: tuple[str, ...] = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
     proc_slots = ("alloc_calls", "alloc_bytes", "frees", "pymalloc_calls")
 
     def __init__(self, pid: int, sample: int = 100, top: int = 10, pymalloc: bool = False,
-                 overhead: bool = True, outstanding: bool = False, live_max: int = LIVE_MAX, **opts) -> None:
+                 overhead: bool = True, outstanding: bool = False, live_max: int = live.LIVE_MAX, **opts) -> None:
         super().__init__(pid, **opts)
         self.sample = max(1, int(sample))
         self.top = top
@@ -150,10 +149,10 @@ class MemProf(Probe):
         self.uprobes = UprobeTree(self._attach_in)
         self.outstanding = outstanding
         self.live_max = max(1, int(live_max))
-        self.growth: GrowthSampler | None = None
+        self.growth: live.GrowthSampler | None = None
         if outstanding:
             self.window_tables = (*self.window_tables, "live", "pending", "live_totals")
-            self.growth = GrowthSampler(lambda: read_totals(self.bpf))
+            self.growth = live.GrowthSampler(lambda: live.read_totals(self.bpf))
 
     def cflags(self) -> list[str]:
         extra = ["-DOUTSTANDING", f"-DLIVE_MAX={self.live_max}"] if self.outstanding else []
@@ -177,8 +176,8 @@ class MemProf(Probe):
             try:
                 path = resolve_uprobe(lib, sym, pid)
                 bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=f"{sym}_enter".encode(), pid=pid)
-                if self.outstanding and sym in RETURN_FNS:
-                    bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=RETURN_HANDLER.encode(),
+                if self.outstanding and sym in live.RETURN_FNS:
+                    bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=live.RETURN_HANDLER.encode(),
                                          pid=pid)
                 attached.append(sym)
             except Exception as exc:
@@ -316,7 +315,7 @@ class MemProf(Probe):
         out["overhead"] = self._overhead(probed)
         if self.growth is not None:
             assert self.bpf is not None  # read() runs inside collect(), after attach()
-            out["outstanding"] = read_outstanding(self.bpf, self.growth.samples, self.duration_s, self.sample,
+            out["outstanding"] = live.read_outstanding(self.bpf, self.growth.samples, self.duration_s, self.sample,
                                                   self.top, self._frames, self.live_max)
         exe = exe_name(self.pid)
         notes = []
@@ -373,7 +372,7 @@ class MemProf(Probe):
                 st.add_row(f"{r['share'] * 100:.1f}%", str(r["est_calls"]), escape(" < ".join(r["stack"][:4])))
             console.print(st)
         if "outstanding" in result:
-            render_outstanding(result["outstanding"], console)
+            live.render_outstanding(result["outstanding"], console)
         o = result["overhead"]
         if o.get("measured"):
             console.print(f"probe overhead: {o['probe_cost_us_per_call']:.2f} us per probed call "
