@@ -339,3 +339,14 @@ def ramp_chart(result: dict, path) -> None:
     ax.set_title(f"capacity ramp against {result['server']} (limit: {result['limit']})", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def capacity_lines(capacity: dict | None) -> list[str]:
+    """The bench report's capacity table (bench --capacity): one row per scenario."""
+    if not capacity:
+        return ["Capacity: not measured (bench --capacity ramps each scenario's open-loop rate)."]
+    lines = ["| scenario | capacity | stopped on | who saturated |", "|---|---|---|---|"]
+    for scen, c in capacity.items():
+        cap = f"{c['capacity_qps']:,.0f} q/s" if c["capacity_qps"] else "no step held"
+        lines.append(f"| {scen} | {cap} | {c['limit']} | {c['saturation']} |")
+    return lines
