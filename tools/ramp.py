@@ -12,7 +12,8 @@ past the knee builds a queue, so p99 climbs within a step of a few seconds.
 Per step the server's CPU (its process tree, when its pid is known) and the
 generator's are recorded: a generator that cannot send the offered rate, or
 is busy near a whole core, is the limit, not the server, and the result says
-so (`limit`, `saturation`). After a failed step the ramp waits until one
+so (`limit`, `saturation`); such a rate bounds the search like a failed one,
+so the figure is the most the generator could show. After a failed step the ramp waits until one
 query is answered, so the server's backlog does not spill into the next step,
 and tries the rate once more unless it failed by far: on a shared machine a
 neighbour's burst fails a step now and then, and a rate fails only twice running.
@@ -246,7 +247,7 @@ def step_line(step: Step) -> str:
             + ("held" if step.held else f"failed ({', '.join(step.failed_on)})")
             + (f"  server {step.server_cpu_cores:.2f} cores" if step.server_cpu_cores is not None else "")
             + f"  generator {step.generator_cpu_cores:.2f} cores"
-            + ("  [generator-limited]" if step.generator_limited else ""))
+            + ("  (generator-limited: sent fewer than offered)" if step.generator_limited else ""))
 
 
 def saturation(failed: Step | None, limit: str) -> str:
@@ -273,11 +274,12 @@ def ramp(cfg: RampConfig, say: Callable[[str], None] = lambda _m: None) -> dict:
     held: float | None = None
     failed: float | None = None
     knee: Step | None = None
+    out_of_time = False
     rate: float | None = cfg.start_qps
     limit = "max-qps"
     while rate is not None:
         if steps and time.monotonic() - start + cfg.step_s + cfg.warmup_s + STEP_OVERHEAD_S > cfg.budget_s:
-            limit = "budget"
+            out_of_time = True
             break
         step = run_step(cfg, rate, first=not steps)
         steps.append(step)
@@ -288,15 +290,12 @@ def ramp(cfg: RampConfig, say: Callable[[str], None] = lambda _m: None) -> dict:
             step.repeat = True
             steps.append(step)
             say(step_line(step))
-        if step.generator_limited:
-            limit = "generator"
-            break
-        if step.held:
+        if step.held and not step.generator_limited:
             held = rate if held is None else max(held, rate)
-        else:
+        else:   # a rate the generator could not send bounds the search like one the server failed
             if failed is None or rate < failed:
                 failed, knee = rate, step
-            limit = "+".join(step.failed_on)
+                limit = "generator" if step.generator_limited else "+".join(step.failed_on)
             _drain(cfg)
         rate = next_rate(cfg, held, failed, rate)
     return {
@@ -305,6 +304,7 @@ def ramp(cfg: RampConfig, say: Callable[[str], None] = lambda _m: None) -> dict:
         "capacity_qps": round(held, 1) if held else None,
         "first_failed_qps": round(failed, 1) if failed else None,
         "limit": limit,
+        "out_of_time": out_of_time,    # --ramp-budget ended the search before the knee was this close
         "saturation": saturation(knee, limit),
         "knee": asdict(knee) if knee else None,
         "steps": [asdict(s) for s in steps],
@@ -318,7 +318,8 @@ def ramp_chart(result: dict, path) -> None:
     from tools.chart import _pyplot, _save
 
     plt = _pyplot()
-    steps = sorted(result["steps"], key=lambda s: s["offered_qps"])
+    last = {s["offered_qps"]: s for s in result["steps"]}    # a rate tried twice: its second try
+    steps = sorted(last.values(), key=lambda s: s["offered_qps"])
     x = [s["offered_qps"] for s in steps]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(x, [s["qps"] for s in steps], marker="o", label="answered q/s")

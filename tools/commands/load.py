@@ -157,13 +157,15 @@ def run_ramp(cfg, console: Console, json_out: Path | None, chart: Path | None) -
     console.print(f"ramping {cfg.test_type} against {cfg.server}: fail above {cfg.max_loss:.1%} loss or "
                   f"p99 {cfg.max_p99_ms:g} ms", highlight=False)
     try:
-        result = ramp(cfg, say=lambda m: console.print(m, highlight=False))
+        result = ramp(cfg, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         raise ToolError("interrupted: ramp not finished", 130) from None
     cap = result["capacity_qps"]
     console.print(f"capacity: {cap:,.0f} q/s" if cap else "capacity: no step held", highlight=False)
-    console.print(f"stopped on: {result['limit']}; {result['saturation']} ({result['elapsed_s']:.0f} s)",
-                  highlight=False)
+    console.print(f"stopped on: {result['limit']}"
+                  + (" (the time budget ran out before the search converged)" if result["out_of_time"] else "")
+                  + f"; {result['saturation']} ({result['elapsed_s']:.0f} s)",
+                  highlight=False, soft_wrap=True)
     if json_out is not None:
         write_json(json_out, result)
         console.print(f"result written to {json_out}")
