@@ -7,7 +7,8 @@
  * Per process (heimdall_procs): libc allocation calls and bytes, frees, and
  * CPython object allocations. Uprobes are attached per process (memprof.py
  * follows new ones); the tgid filter keeps the count to the watched tree.
- * Compiled with -DSAMPLE_N=<n>.
+ * Compiled with -DSAMPLE_N=<n>, and with -DOUTSTANDING for the blocks still
+ * live at the end of the window (outstanding.bpf.h).
  */
 #include <uapi/linux/ptrace.h>
 #include "common.bpf.h"
@@ -60,12 +61,15 @@ BPF_ARRAY(sample_ctr, u64, 2);
 BPF_HASH(stack_stats, struct stack_key, struct stack_stat, 8192);
 BPF_STACK_TRACE(stacks, 8192);
 
-static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 size, u32 tgid)
+/* Records the call's stack 1 time in SAMPLE_N; returns 1 when it did, and the
+ * key it used is then in *out. */
+static __always_inline int sample_stack(struct pt_regs *ctx, int layer, u64 size, u32 tgid,
+                                        struct stack_key *out)
 {
     u64 *n = sample_ctr.lookup(&layer);
-    if (!n) return;
+    if (!n) return 0;
     u64 seen = __sync_fetch_and_add(n, 1);
-    if (seen % SAMPLE_N) return;
+    if (seen % SAMPLE_N) return 0;
     struct stack_key k = {};
     k.stack_id = heimdall_stack_check(stacks.get_stackid(ctx, BPF_F_USER_STACK));
     k.layer = layer;
@@ -74,14 +78,21 @@ static __always_inline void sample_stack(struct pt_regs *ctx, int layer, u64 siz
 #else
     bpf_probe_read_user(&k.caller, sizeof(k.caller), (void *)PT_REGS_SP(ctx));
 #endif
+    *out = k;
     struct stack_stat zero = {.tgid = tgid};
     struct stack_stat *s = stack_stats.lookup_or_try_init(&k, &zero);
-    if (!s) { heimdall_lose(LOST_MAP_FULL); return; }
+    if (!s) { heimdall_lose(LOST_MAP_FULL); return 1; }
     __sync_fetch_and_add(&s->samples, 1);
     __sync_fetch_and_add(&s->bytes, size);
+    return 1;
 }
 
-static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 size)
+#ifdef OUTSTANDING
+#include "outstanding.bpf.h"
+#endif
+
+/* old: realloc's block; memptr: where posix_memalign stores the new block */
+static __always_inline int on_alloc_at(struct pt_regs *ctx, int fn, int layer, u64 size, u64 old, u64 memptr)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!heimdall_tgid_is_target(tgid) || !heimdall_enabled()) return 0;
@@ -98,8 +109,18 @@ static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 
     } else {
         heimdall_proc_add(tgid, PROC_PY_ALLOCS, 1);
     }
-    sample_stack(ctx, layer, size, tgid);
+    struct stack_key key = {};
+    int sampled = sample_stack(ctx, layer, size, tgid, &key);
+#ifdef OUTSTANDING
+    if (layer == LAYER_LIBC)
+        live_pending(fn, size, old, memptr, sampled ? &key : 0);
+#endif
     return 0;
+}
+
+static __always_inline int on_alloc(struct pt_regs *ctx, int fn, int layer, u64 size)
+{
+    return on_alloc_at(ctx, fn, layer, size, 0, 0);
 }
 
 static __always_inline int on_free(int fn, u64 ptr)
@@ -111,18 +132,25 @@ static __always_inline int on_free(int fn, u64 ptr)
         __sync_fetch_and_add(&st->calls, 1);
         if (!ptr) __sync_fetch_and_add(&st->null_or_zero, 1);
     }
-    if (fn == FN_FREE)
+    if (fn == FN_FREE) {
         heimdall_proc_add(tgid, PROC_FREES, 1);
+#ifdef OUTSTANDING
+        live_forget(tgid, ptr, LIVE_FREED);
+#endif
+    }
     return 0;
 }
 
 int malloc_enter(struct pt_regs *ctx, size_t size) { return on_alloc(ctx, FN_MALLOC, LAYER_LIBC, size); }
 int calloc_enter(struct pt_regs *ctx, size_t n, size_t size) { return on_alloc(ctx, FN_CALLOC, LAYER_LIBC, (u64)n * size); }
-int realloc_enter(struct pt_regs *ctx, void *ptr, size_t size) { return on_alloc(ctx, FN_REALLOC, LAYER_LIBC, size); }
+int realloc_enter(struct pt_regs *ctx, void *ptr, size_t size)
+{
+    return on_alloc_at(ctx, FN_REALLOC, LAYER_LIBC, size, (u64)ptr, 0);
+}
 int free_enter(struct pt_regs *ctx, void *ptr) { return on_free(FN_FREE, (u64)ptr); }
 int posix_memalign_enter(struct pt_regs *ctx, void **memptr, size_t align, size_t size)
 {
-    return on_alloc(ctx, FN_POSIX_MEMALIGN, LAYER_LIBC, size);
+    return on_alloc_at(ctx, FN_POSIX_MEMALIGN, LAYER_LIBC, size, 0, (u64)memptr);
 }
 int aligned_alloc_enter(struct pt_regs *ctx, size_t align, size_t size)
 {

@@ -7,7 +7,9 @@ target's tree, following processes that join it (probes/uprobetree.py).
 Uprobes trap into the kernel on every call (microseconds each), so before
 attaching to the target we time a malloc+free loop in a helper process with
 and without the same probes and report the per-call cost and the estimated
-share of the target's time (`overhead`).
+share of the target's time (`overhead`). With `outstanding=True` return
+probes on the allocating functions also track the blocks still live at the
+end of the window and their growth (probes/outstanding.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from probes import outstanding as live
 from probes.base import Probe, per_query
 from probes.doctor import PROBE_UPROBES, resolve_uprobe
 from probes.histogram import Histogram
@@ -78,8 +81,9 @@ class Calibrator:
     CPU time: a uprobe's trap and BPF program run on the probed thread and are charged to it, while
     wall time also counts the minutes another process held the core (seen here: 2x apart)."""
 
-    def __init__(self, sample: int, iterations: int = 20000, rounds: int = 3) -> None:
+    def __init__(self, sample: int, iterations: int = 20000, rounds: int = 3, outstanding: bool = False) -> None:
         self.sample = sample
+        self.outstanding = outstanding
         self.iterations = iterations
         self.rounds = rounds
 
@@ -97,7 +101,7 @@ class Calibrator:
             proc.stdout.readline()
             self._round(proc)  # warm caches and the allocator
             without = [self._round(proc) for _ in range(self.rounds)]
-            probe = MemProf(proc.pid, sample=self.sample, overhead=False)
+            probe = MemProf(proc.pid, sample=self.sample, overhead=False, outstanding=self.outstanding)
             probe.attach()
             try:
                 probe.open_window()
@@ -113,7 +117,8 @@ class Calibrator:
         expected = 2 * self.iterations * self.rounds
         return {
             "method": ("median CPU ns per malloc+free pair in a helper loop, without and with these uprobes "
-                       f"({self.rounds} rounds x {self.iterations} pairs each)"),
+                       + ("(and malloc's return probe) " if self.outstanding else "")
+                       + f"({self.rounds} rounds x {self.iterations} pairs each)"),
             "ns_per_pair_without": round(base, 1),
             "ns_per_pair_with": round(probed, 1),
             "probe_cost_us_per_call": round(max(probed - base, 0.0) / 2 / 1000.0, 3),
@@ -128,11 +133,11 @@ class MemProf(Probe):
     name = "memprof"
     bpf_file = "memprof.bpf.c"
     schema = "heimdall.memprof/1"
-    window_tables = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
+    window_tables: tuple[str, ...] = ("fn_stats", "size_hist", "sample_ctr", "stack_stats", "stacks")
     proc_slots = ("alloc_calls", "alloc_bytes", "frees", "pymalloc_calls")
 
     def __init__(self, pid: int, sample: int = 100, top: int = 10, pymalloc: bool = False,
-                 overhead: bool = True, **opts) -> None:
+                 overhead: bool = True, outstanding: bool = False, live_max: int = live.LIVE_MAX, **opts) -> None:
         super().__init__(pid, **opts)
         self.sample = max(1, int(sample))
         self.top = top
@@ -142,15 +147,22 @@ class MemProf(Probe):
         self.pymalloc_status = "not requested (--pymalloc)"
         self.calibration: dict | None = None
         self.uprobes = UprobeTree(self._attach_in)
+        self.outstanding = outstanding
+        self.live_max = max(1, int(live_max))
+        self.growth: live.GrowthSampler | None = None
+        if outstanding:
+            self.window_tables = (*self.window_tables, "live", "pending", "live_totals")
+            self.growth = live.GrowthSampler(lambda: live.read_totals(self.bpf))
 
     def cflags(self) -> list[str]:
-        return [f"-DSAMPLE_N={self.sample}"]
+        extra = ["-DOUTSTANDING", f"-DLIVE_MAX={self.live_max}"] if self.outstanding else []
+        return [f"-DSAMPLE_N={self.sample}", *extra]
 
     def attach(self) -> None:
         if self.want_overhead and self.calibration is None:
             from probes.doctor import ensure_ready
             ensure_ready(self.name, self.pid)
-            self.calibration = Calibrator(self.sample).measure()
+            self.calibration = Calibrator(self.sample, outstanding=self.outstanding).measure()
         super().attach()
         self.uprobes.start(self.bpf)
 
@@ -164,6 +176,9 @@ class MemProf(Probe):
             try:
                 path = resolve_uprobe(lib, sym, pid)
                 bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=f"{sym}_enter".encode(), pid=pid)
+                if self.outstanding and sym in live.RETURN_FNS:
+                    bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=live.RETURN_HANDLER.encode(),
+                                         pid=pid)
                 attached.append(sym)
             except Exception as exc:
                 if required:
@@ -183,12 +198,21 @@ class MemProf(Probe):
             attached.append(sym)
         return f"attached in {path}"
 
+    def start_window(self) -> None:
+        super().start_window()
+        if self.growth is not None:
+            self.growth.start()
+
     def close_window(self) -> None:
         self.uprobes.stop()
+        if self.growth is not None and self.window_end is None:
+            self.growth.stop()
         super().close_window()
 
     def close(self) -> None:
         self.uprobes.stop()
+        if self.growth is not None:
+            self.growth.stop()
         super().close()
 
     def processes(self) -> dict[int, dict]:
@@ -289,6 +313,10 @@ class MemProf(Probe):
         else:
             out["pymalloc"] = {"status": self.pymalloc_status}
         out["overhead"] = self._overhead(probed)
+        if self.growth is not None:
+            assert self.bpf is not None  # read() runs inside collect(), after attach()
+            out["outstanding"] = live.read_outstanding(self.bpf, self.growth.samples, self.duration_s, self.sample,
+                                                  self.top, self._frames, self.live_max)
         exe = exe_name(self.pid)
         notes = []
         if "python" in exe or self.pymalloc_status.startswith("attached"):
@@ -343,6 +371,8 @@ class MemProf(Probe):
             for r in m["top_stacks"]:
                 st.add_row(f"{r['share'] * 100:.1f}%", str(r["est_calls"]), escape(" < ".join(r["stack"][:4])))
             console.print(st)
+        if "outstanding" in result:
+            live.render_outstanding(result["outstanding"], console)
         o = result["overhead"]
         if o.get("measured"):
             console.print(f"probe overhead: {o['probe_cost_us_per_call']:.2f} us per probed call "

@@ -171,3 +171,12 @@ def test_sigterm_stops_the_started_server_and_keeps_finished_windows(tmp_path):
     assert (run_dir / "resource_usage.csv").is_file()
     for pid in server_pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_memory_growth_of_a_server_without_a_cache_is_not_judged(run):
+    # the responder keeps nothing per name: two fills of new names move its RSS by next to nothing
+    meta = json.loads((run["dir"] / "bench.json").read_text())
+    g = meta["memory_growth"]
+    assert g["answered"] == [5000, 5000] and g["linear"] is None, g
+    assert "## Memory growth" in run["report"] and "not measured (RSS moved" in run["report"]
+    assert "Capacity: not measured" in run["report"]

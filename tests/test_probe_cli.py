@@ -53,6 +53,7 @@ def test_pid_that_does_not_exist_exits_4(no_bcc_env, probe):
     (["lockprof", "--duration", "1"], "--pid"),                                   # neither pid nor command
     (["lockprof", "--pid", "1", "--duration", "1", "--", "true"], "--pid"),      # both
     (["memprof", "--pid", "1", "--sample", "0", "--duration", "1"], "--sample"),
+    (["memprof", "--pid", "1", "--outstanding", "--live-max", "0", "--duration", "1"], "--live-max"),
     (["netprof", "--pid", "1", "--port", "70000", "--duration", "1"], "--port"),
     (["loopprof", "--pid", "1", "--threshold-ms", "0", "--duration", "1"], "--threshold-ms"),
     (["loopprof", "--pid", "1", "--threshold-ms", "-5", "--duration", "1"], "--threshold-ms"),

@@ -178,6 +178,7 @@ class ProbeSet:
     names: list[str]
     port: int | None = None
     probes: dict[str, Any] = field(default_factory=dict)
+    outstanding: bool = False      # memprof also tracks blocks not freed by each window's end
 
     def attach(self) -> "ProbeSet":
         for name in self.names:
@@ -187,7 +188,10 @@ class ProbeSet:
             except (ImportError, AttributeError) as exc:
                 self.close()
                 raise ToolError(f"probes unavailable: {name} ({module}.{cls}: {exc})", EXIT_ENVIRONMENT) from None
-            probe = klass(self.pid, port=self.port) if name == "netprof" else klass(self.pid)
+            opts = {"port": self.port} if name == "netprof" else {}
+            if name == "memprof" and self.outstanding:
+                opts["outstanding"] = True
+            probe = klass(self.pid, **opts)
             try:
                 probe.attach()
             except ToolError as exc:
@@ -297,6 +301,10 @@ def _summarize_memprof(r: dict, q: int, out: dict) -> None:
         pq["malloc_bytes_per_query"] = nbytes / q
     facts["mallocs"] = calls
     facts["malloc_bytes"] = nbytes
+    live = r.get("outstanding")
+    if live:
+        facts["outstanding_bytes"] = live["bytes"]
+        facts["outstanding_bytes_per_s"] = live["growth"]["bytes_per_s"]
     over = r.get("overhead") or {}
     if over.get("measured"):
         facts["malloc_probe_us_per_call"] = over.get("probe_cost_us_per_call")

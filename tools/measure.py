@@ -51,6 +51,8 @@ class LabOptions:
     instructions: bool = False         # also count instructions per query under callgrind
     flame: bool = False
     results_dir: Path = Path("performance_results")
+    cache_fill: int = 0                # bench: RSS per cached entry after this many new names, and twice as many
+    capacity: bool = False             # bench: the open-loop capacity of each scenario (load --ramp)
 
     def load_params(self) -> dict:
         """The load parameters recorded in a baseline."""
@@ -232,12 +234,13 @@ def run_windows(opts: LabOptions, target: Target, probes: lab.ProbeSet | None,
 
 
 @contextlib.contextmanager
-def attached_probes(target: Target, names: list[str], required: bool) -> Iterator[tuple[lab.ProbeSet | None, str | None]]:
+def attached_probes(target: Target, names: list[str], required: bool,
+                    outstanding: bool = False) -> Iterator[tuple[lab.ProbeSet | None, str | None]]:
     """Attach the probe set; when not required, a failure becomes a reason in the results."""
     if not names:
         yield None, None
         return
-    probes = lab.ProbeSet(target.pid, names, port=lab.split_server(target.server)[1])
+    probes = lab.ProbeSet(target.pid, names, port=lab.split_server(target.server)[1], outstanding=outstanding)
     try:
         probes.attach()
     except ToolError as exc:
@@ -260,7 +263,7 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
         out = new_results_dir(opts.results_dir, "bench")
         say(f"bench: {', '.join(opts.scenarios)} against {target.server} (pid {target.pid}), "
             f"{opts.duration:g}s each; results in {out}")
-        with attached_probes(target, opts.probes, required=False) as (probes, unavailable):
+        with attached_probes(target, opts.probes, required=False, outstanding=True) as (probes, unavailable):
             if unavailable:
                 say(f"warning: {unavailable}; probe figures will read 'not measured'")
             def done(w: dict) -> None:
@@ -272,14 +275,39 @@ def run_bench(opts: LabOptions, say: Callable[[str], None] = print) -> Path:
             with ResourceSampler(target.pid) as sampler:
                 try:
                     windows = run_windows(opts, target, probes, sampler, out if opts.flame else None, on_window=done)
+                    extra = after_windows(opts, target, sampler, say)
                 finally:
                     sampler.write_csv(out / "resource_usage.csv")
-    meta = {"schema": "heimdall.bench/1", **provenance(), "target": target.info, "options": _jsonable(opts),
+    meta = {**extra, "schema": "heimdall.bench/1", **provenance(), "target": target.info, "options": _jsonable(opts),
             "probes_requested": opts.probes, "probes_unavailable": unavailable,
             "scenarios": [w["scenario"] for w in windows]}
     atomic_write_json(out / "bench.json", meta)
     write_report(out / "performance_report.md", windows, meta, resource_rows=sampler.rows)
     return out
+
+
+def after_windows(opts: LabOptions, target: Target, sampler: ResourceSampler, say: Callable[[str], None]) -> dict:
+    """The bench's phases after its windows: memory against cache fill, capacity per scenario."""
+    extra: dict = {}
+    if opts.cache_fill > 0:
+        from tools.memgrowth import cache_growth
+
+        sampler.scenario = "cache-fill"
+        extra["memory_growth"] = cache_growth(target.server, target.pid, opts.cache_fill, lab.ZONE)
+        say(f"  cache fill: {extra['memory_growth']['bytes_per_entry']} bytes per entry at "
+            f"{opts.cache_fill} and {2 * opts.cache_fill} names")
+    if opts.capacity:
+        from tools.ramp import RampConfig, ramp
+
+        extra["capacity"] = {}
+        for scenario in opts.scenarios:
+            sampler.scenario = f"capacity-{scenario}"
+            r = ramp(RampConfig(server=target.server, test_type=scenario, pid=target.pid, zone=lab.ZONE,
+                                clients=lab.clients_for(scenario, opts.clients), budget_s=60.0))
+            extra["capacity"][scenario] = {k: r[k] for k in ("capacity_qps", "limit", "saturation", "knee", "elapsed_s")}
+            say(f"  capacity {scenario}: {r['capacity_qps']} q/s ({r['limit']})")
+    sampler.scenario = ""
+    return extra
 
 
 def window_line(w: dict) -> str:

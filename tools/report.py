@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from heimdall.atomic import atomic_write_text
+from tools import memgrowth, ramp
 from tools.gate_metrics import error_rate
 
 # the performance guide's indicators
@@ -398,6 +399,8 @@ def render(windows: Sequence[dict], meta: dict, resource_rows: Sequence[dict] | 
     if meta.get("check"):
         lines += [f"Regression check: {meta['check']['reason']} (exit {meta['check']['exit_code']}); see check_report.md.", ""]
     lines += ["## Key performance indicators", ""] + indicators(rep) + [""]
+    lines += ["## Memory growth", ""] + memgrowth.report_lines(meta.get("memory_growth"), rep) + [""]
+    lines += ["## Capacity", ""] + ramp.capacity_lines(meta.get("capacity")) + [""]
     lines += ["## Bottleneck analysis", ""] + bottlenecks(rep, meta) + [""]
     lines += ["## Resources", ""] + resources_summary(resource_rows) + [""]
     lines += ["## Scenarios", ""]

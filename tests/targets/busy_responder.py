@@ -8,8 +8,13 @@ code its cost is instructions and reads slower when the machine is.
 every 100/P queries it does one more query's worth of work and one more
 send and receive (to a socket of its own), so the slowdown is a real share,
 not a fixed number of microseconds.
+--keep-bytes K makes it a cache whose memory is known: it keeps K bytes
+(written, so resident) for every name it has not seen before; with
+--keep-growing the nth new name keeps K * (1 + n // 500) bytes instead, so
+each entry costs more than the one before (memory growing faster than the cache).
 
     python busy_responder.py [--address 127.0.0.1] [--port 0] [--cost-us 50] [--slower-pct 0] [--drop]
+                             [--keep-bytes K [--keep-growing]]
 
 Environment BUSY_COST_US overrides the default cost. Prints "READY <port>" once
 bound. --drop binds the port but never answers (a server that does not answer).
@@ -63,7 +68,23 @@ def rounds_for(cost_us: float) -> int:
     return max(0, round(cost_us * 1000 / NS_PER_ROUND))
 
 
-def serve(address: str, port: int, cost_us: float, slower_pct: float, drop: bool) -> None:
+def keeper(keep_bytes: int, growing: bool):
+    """The per-query memory keeping of --keep-bytes: a function of the query, or None."""
+    if not keep_bytes:
+        return None
+    store: dict[bytes, bytes] = {}
+
+    def keep(query: bytes) -> None:
+        name = query[12:]
+        if name not in store:
+            size = keep_bytes * (1 + len(store) // 500) if growing else keep_bytes
+            store[name] = b"\x01" * size
+
+    return keep
+
+
+def serve(address: str, port: int, cost_us: float, slower_pct: float, drop: bool, keep_bytes: int = 0,
+          growing: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((address, port))
@@ -73,6 +94,7 @@ def serve(address: str, port: int, cost_us: float, slower_pct: float, drop: bool
     print(f"READY {sock.getsockname()[1]}", flush=True)
     recv, send, sink_addr, sink_recv = sock.recvfrom, sock.sendto, sink.getsockname(), sink.recv
     extra, owed = slower_pct / 100.0, 0.0
+    keep = keeper(keep_bytes, growing)
     while True:
         data, peer = recv(4096)
         if drop:
@@ -81,6 +103,8 @@ def serve(address: str, port: int, cost_us: float, slower_pct: float, drop: bool
         if answer is None:
             continue
         work(rounds)
+        if keep is not None:
+            keep(data)
         send(answer, peer)
         owed += extra
         while owed >= 1.0:   # one more query's worth of everything: work, a send and a receive
@@ -97,10 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cost-us", type=float, default=float(os.environ.get("BUSY_COST_US", "50")))
     ap.add_argument("--slower-pct", type=float, default=0.0, help="be this many percent slower per query")
     ap.add_argument("--drop", action="store_true", help="bind but never answer")
+    ap.add_argument("--keep-bytes", type=int, default=0, help="keep this many bytes per new name asked")
+    ap.add_argument("--keep-growing", action="store_true", help="each new name keeps more than the one before")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(args.address, args.port, args.cost_us, args.slower_pct, args.drop)
+        serve(args.address, args.port, args.cost_us, args.slower_pct, args.drop, args.keep_bytes, args.keep_growing)
     except KeyboardInterrupt:
         pass
 
@@ -116,8 +142,9 @@ class Responder:
     """Launch this responder as a child process (for tests): `with Responder(50) as r: r.port, r.pid`."""
 
     def __init__(self, cost_us: float = 50.0, drop: bool = False, address: str = "127.0.0.1",
-                 slower_pct: float = 0.0) -> None:
+                 slower_pct: float = 0.0, keep_bytes: int = 0, keep_growing: bool = False) -> None:
         self.cost_us, self.drop, self.address, self.slower_pct = cost_us, drop, address, slower_pct
+        self.keep = ["--keep-bytes", str(keep_bytes)] + (["--keep-growing"] if keep_growing else [])
         self.proc = None
         self.port = 0
 
@@ -136,6 +163,7 @@ class Responder:
                "--slower-pct", str(self.slower_pct)]
         if self.drop:
             cmd.append("--drop")
+        cmd += self.keep
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("READY "):

@@ -30,15 +30,22 @@ def bench(
     engine: str = typer.Option("builtin", "--engine", help="load engine: builtin or dnsperf"),
     timeout_ms: int = typer.Option(2000, "--timeout-ms", help="per-query timeout"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-bench directory"),
+    cache_fill: int = typer.Option(5000, "--cache-fill", help="after the windows, RSS per cached entry at N and 2N new names (0: off)"),
+    capacity: bool = typer.Option(False, "--capacity", help="then ramp each scenario's open-loop rate to its capacity (~1 min each)"),
 ) -> None:
     """Run the five load scenarios with the chosen probes; write JSON, resource_usage.csv and performance_report.md."""
+    from tools.errors import EXIT_USAGE, ToolError
     from tools.measure import LabOptions, parse_scenarios, run_bench
+
+    if cache_fill < 0:
+        raise ToolError(f"--cache-fill must be >= 0 (got {cache_fill})", EXIT_USAGE)
 
     probes = [name for name, on in (("lockprof", lockprof), ("memprof", memprof), ("netprof", netprof))
               if on or all_profiles]
     opts = LabOptions(scenarios=parse_scenarios(scenarios), duration=duration, warmup=warmup, clients=clients,
                       repeats=repeats, server=server, pid=pid, probes=probes, flame=cpuprof or all_profiles,
-                      engine=engine, timeout_ms=timeout_ms, results_dir=results_dir)
+                      engine=engine, timeout_ms=timeout_ms, results_dir=results_dir, cache_fill=cache_fill,
+                      capacity=capacity)
     with interruptible():
         out = run_bench(opts, say=say)
     print(f"report: {out / 'performance_report.md'}")

@@ -19,6 +19,7 @@ def compare(
     pid: Optional[List[int]] = typer.Option(None, "--pid", help="the --server's pid, same order (CPU and memory)"),
     concurrency: str = typer.Option("", "--concurrency", help="comma list of closed-loop client counts, e.g. 1000,10000"),
     fill: int = typer.Option(0, "--fill", min=0, help="then cache this many unique names: RSS per entry"),
+    capacity: bool = typer.Option(False, "--capacity", help="then ramp each server's cache-hit rate to its capacity (~1 min each)"),
     scaling: bool = typer.Option(False, "--scaling", help="add Heimdall with twice the workers as a contestant"),
     bare: bool = typer.Option(False, "--bare", help="add a bare uvloop echo responder (the Python floor)"),
     heimdall_env: Optional[List[str]] = typer.Option(
@@ -67,7 +68,7 @@ def compare(
         rounds=rounds, duration=duration, workers=workers, cache_entries=cache_entries,
         servers=list(server or []), pids=list(pid or []),
         concurrency=[int(x) for x in concurrency.split(",") if x.strip()],
-        fill=fill, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng,
+        fill=fill, capacity=capacity, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng,
         workloads=work, results_dir=results_dir)
     report = run_compare(opts, say=lambda m: print(m, file=sys.stderr, flush=True))
     print(render_markdown(report))

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tools.errors import EXIT_OK, EXIT_REGRESSION, ToolError
+from tools.errors import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, ToolError
 from tools.files import write_json
 from tools.latency import render_distribution
 
@@ -95,12 +95,35 @@ def load(
     kernel_timestamps: bool = typer.Option(False, "--kernel-timestamps",
                                            help="Also time replies by kernel arrival: shows the generator's own delay."),
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
+    ramp: bool = typer.Option(False, "--ramp", help="Raise the open-loop rate step by step to the capacity."),
+    max_loss: float = typer.Option(1.0, "--max-loss", help="--ramp: a step fails above this loss, percent."),
+    max_p99: float = typer.Option(50.0, "--max-p99", help="--ramp: a step fails above this p99, ms."),
+    ramp_start: float = typer.Option(500.0, "--ramp-start", help="--ramp: first offered rate, q/s."),
+    ramp_max: float = typer.Option(500_000.0, "--ramp-max", help="--ramp: highest offered rate, q/s."),
+    ramp_growth: float = typer.Option(2.0, "--ramp-growth", help="--ramp: rate factor per step before the knee."),
+    ramp_step: float = typer.Option(3.0, "--ramp-step", help="--ramp: measured seconds per step."),
+    ramp_budget: float = typer.Option(110.0, "--ramp-budget", help="--ramp: stop starting steps after this, s."),
+    pid: int = typer.Option(None, "--pid", help="--ramp: the server's pid, for its CPU per step."),
+    chart: Path = typer.Option(None, "--chart", help="--ramp: write the curve as PNG here."),
 ) -> None:
     """Drive a DNS server with a scenario; print the figures, optionally save them as JSON."""
     from tools.loadgen import LoadConfig, run_load
     from tools.scenarios import write_blocklist as write_list
 
     console = Console()
+    if ramp:
+        if qps is not None:
+            raise ToolError("--ramp chooses the rates itself: drop --qps", EXIT_USAGE)
+        from tools.ramp import RampConfig
+
+        cfg_r = RampConfig(server=server, test_type=test_type.value, max_loss=max_loss / 100.0, max_p99_ms=max_p99,
+                           start_qps=ramp_start, max_qps=ramp_max, growth=ramp_growth, step_s=ramp_step,
+                           budget_s=ramp_budget, timeout_ms=timeout, clients=clients, processes=processes,
+                           zone=zone, pid=pid)
+        run_ramp(cfg_r, console, json_out, chart)
+        return
+    if pid is not None or chart is not None:
+        raise ToolError("--pid and --chart go with --ramp", EXIT_USAGE)
     if write_blocklist is not None:
         try:
             write_list(write_blocklist, blocklist_size, zone)
@@ -123,6 +146,35 @@ def load(
     if result["received"] == 0:
         raise ToolError(f"no replies from {server}: {result['timeouts']:,} of {result['sent']:,} queries timed out",
                         EXIT_REGRESSION)
+
+
+def run_ramp(cfg, console: Console, json_out: Path | None, chart: Path | None) -> None:
+    """`load --ramp`: the steps as they finish, then the capacity and who saturated."""
+    from tools.loadgen import parse_server
+    from tools.ramp import ramp, ramp_chart
+
+    cfg.validate()
+    parse_server(cfg.server)
+    console.print(f"ramping {cfg.test_type} against {cfg.server}: fail above {cfg.max_loss:.1%} loss or "
+                  f"p99 {cfg.max_p99_ms:g} ms", highlight=False)
+    try:
+        result = ramp(cfg, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        raise ToolError("interrupted: ramp not finished", 130) from None
+    cap = result["capacity_qps"]
+    console.print(f"capacity: {cap:,.0f} q/s" if cap else "capacity: no step held", highlight=False)
+    console.print(f"stopped on: {result['limit']}"
+                  + (" (the time budget ran out before the search converged)" if result["out_of_time"] else "")
+                  + f"; {result['saturation']} ({result['elapsed_s']:.0f} s)",
+                  highlight=False, soft_wrap=True)
+    if json_out is not None:
+        write_json(json_out, result)
+        console.print(f"result written to {json_out}")
+    if chart is not None:
+        ramp_chart(result, chart)
+        console.print(f"chart written to {chart}")
+    if not any(s["qps"] for s in result["steps"]):
+        raise ToolError(f"no replies from {cfg.server}", EXIT_REGRESSION)
 
 
 def register(app: typer.Typer) -> None:

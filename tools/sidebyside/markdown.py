@@ -28,6 +28,12 @@ def render_markdown(report: dict) -> str:
             cells.append(cell)
         lines.append(f"| {meta['label']} ({meta['unit']}) | " + " | ".join(cells) + " |")
     lines += ["", "Cells: median (min-max over rounds); H/peer = Heimdall's median over the peer's.", ""]
+    for c in report["contestants"]:
+        cap = c.get("capacity")
+        if cap:
+            lines.append(f"- {c['name']} cache-hit capacity (open-loop ramp): "
+                         + (f"{cap['capacity_qps']:,.0f} q/s" if cap["capacity_qps"] else "no step held")
+                         + f", stopped on {cap['limit']}; {cap['saturation']}")
     for s in report["skipped"]:
         lines.append(f"- skipped {s['peer']}: {s['why']}")
     lines += ["", "## Goals", "", "| goal | measured | pass | how |", "|---|---|---|---|"]

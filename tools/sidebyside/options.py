@@ -36,6 +36,7 @@ class CompareOptions:
     pids: list[int] = field(default_factory=list)        # their pids, in the same order
     concurrency: list[int] = field(default_factory=list)
     fill: int = 0
+    capacity: bool = False                               # ramp each contestant's cache-hit rate to its capacity
     scaling: bool = False
     bare: bool = False                                   # add the Python + uvloop floor as a contestant
     variants: dict = field(default_factory=dict)         # name -> HEIMDALL_* (or PYTHONPATH) env: extra Heimdall contestants

@@ -107,11 +107,23 @@ def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path,
             except (ToolError, OSError) as exc:
                 c.extra.setdefault("concurrency", []).append({"clients": n, "error": str(exc)})
             say(f"{n} clients {c.name}: {c.extra['concurrency'][-1]}")
+    if opts.capacity:
+        for c in contestants:
+            c.extra["capacity"] = measure_capacity(c)
+            say(f"capacity {c.name}: {c.extra['capacity']['capacity_qps']} q/s ({c.extra['capacity']['limit']})")
     if opts.fill:
         for c in contestants:  # Heimdall only: the goal is its own, and dnsmasq fills at ~400 q/s
             if c.pid and c.name == "heimdall":
                 c.extra["fill"] = measure_fill(c, opts.fill, work)
                 say(f"fill {c.name}: {c.extra['fill']}")
+
+
+def measure_capacity(c: Contestant) -> dict:
+    """The contestant's cache-hit capacity by the open-loop ramp (tools/ramp.py), within a minute."""
+    from tools.ramp import RampConfig, ramp
+
+    r = ramp(RampConfig(server=c.addr, pid=c.pid, budget_s=60.0))
+    return {k: r[k] for k in ("capacity_qps", "limit", "saturation", "knee", "elapsed_s")}
 
 
 def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: list[dict], started: float) -> dict:
@@ -126,6 +138,7 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
         "options": {"peers": opts.peers, "rounds": opts.rounds, "duration_s": opts.duration,
                     "workers": opts.workers, "cache_entries": opts.cache_entries, "warm_set": opts.warm_set,
                     "offered_qps": OFFERED_QPS, "concurrency": opts.concurrency, "fill": opts.fill,
+                    "capacity": opts.capacity,
                     "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env,
                     "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers,
                     "workloads": list(opts.workloads)},
