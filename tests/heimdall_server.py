@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import dns.message
 import dns.query
@@ -126,3 +127,40 @@ class HeimdallProcess:
         self.stop()
         if self.log_path:
             self.log_path.unlink(missing_ok=True)
+
+
+def answers(port: int, address: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    """True when a server on port answers a query for www.example.test within timeout."""
+    import dns.exception
+
+    try:
+        dns.query.udp(dns.message.make_query("www.example.test", "A"), address, port=port, timeout=timeout)
+        return True
+    except (dns.exception.Timeout, OSError):
+        return False
+
+
+def serve_until_answered(upstream_addr: str, env: dict[str, str],
+                         meanwhile: Callable[[subprocess.Popen, int], None] | None = None) -> str:
+    """Run `heimdall serve` (stderr captured) until it answers, call meanwhile(proc, port), stop it with
+    SIGTERM; asserts it exited 0 and returns its stderr."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_") and k != "JOURNAL_STREAM"}
+    full.update({"HEIMDALL_HTTP_BIND_ADDR": "disabled"}, **env)
+    proc = subprocess.Popen([sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"127.0.0.1:{port}",
+                             "--upstream-servers", upstream_addr], env=full, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not answers(port, timeout=0.5):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        if meanwhile is not None:
+            meanwhile(proc, port)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return err

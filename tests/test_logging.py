@@ -4,45 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import dns.exception
-import dns.message
-import dns.query
-
-from heimdall_server import ROOT, HeimdallProcess
-from tools.nsd import free_port
-
-
-def serve_until_answered(upstream, env: dict[str, str]) -> str:
-    """Run `heimdall serve` until it answers one query, stop it with SIGTERM; its stderr."""
-    port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_") and k != "JOURNAL_STREAM"}
-    full.update({"HEIMDALL_HTTP_BIND_ADDR": "disabled"}, **env)
-    proc = subprocess.Popen([sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"127.0.0.1:{port}",
-                             "--upstream-servers", upstream.addr], env=full, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        q = dns.message.make_query("www.example.test", "A")
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5)
-                break
-            except (dns.exception.Timeout, OSError):
-                assert time.monotonic() < deadline, "heimdall did not answer"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    return err
+from heimdall_server import ROOT, HeimdallProcess, serve_until_answered
 
 
 def test_json_lines_carry_level_logger_pid_and_message(upstream, tmp_path):
@@ -60,14 +25,14 @@ def test_json_lines_carry_level_logger_pid_and_message(upstream, tmp_path):
 
 
 def test_log_level_warning_keeps_info_lines_out(upstream):
-    err = serve_until_answered(upstream, {"HEIMDALL_LOG_LEVEL": "warning"})
+    err = serve_until_answered(upstream.addr, {"HEIMDALL_LOG_LEVEL": "warning"})
     assert "listening on" not in err and "stopped:" not in err, err
-    chatty = serve_until_answered(upstream, {"HEIMDALL_LOG_LEVEL": "debug"})
+    chatty = serve_until_answered(upstream.addr, {"HEIMDALL_LOG_LEVEL": "debug"})
     assert "INFO: listening on" in chatty and "INFO: stopped:" in chatty, chatty
 
 
 def test_under_systemd_lines_start_with_the_journal_priority(upstream):
-    err = serve_until_answered(upstream, {"JOURNAL_STREAM": "8:12345"})
+    err = serve_until_answered(upstream.addr, {"JOURNAL_STREAM": "8:12345"})
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and all(line.startswith("<6>heimdall[") for line in lines), err
 

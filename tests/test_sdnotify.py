@@ -14,12 +14,9 @@ import subprocess
 import sys
 import time
 
-import dns.exception
-import dns.message
-import dns.query
 import pytest
+from heimdall_server import ROOT, answers, serve_until_answered
 
-from heimdall_server import ROOT
 from tools.nsd import free_port
 
 
@@ -36,14 +33,6 @@ class NotifySocket:
         pid = next(struct.unpack("iII", d)[0] for level, kind, d in anc
                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
         return pid, dict(line.split("=", 1) for line in data.decode().splitlines())
-
-
-def answers(port: int) -> bool:
-    try:
-        dns.query.udp(dns.message.make_query("www.example.test", "A"), "127.0.0.1", port=port, timeout=1)
-        return True
-    except (dns.exception.Timeout, OSError):
-        return False
 
 
 @pytest.mark.parametrize("workers, address", [(1, "file"), (2, "file"), (2, "@abstract")])
@@ -81,23 +70,9 @@ def test_ready_reloading_stopping_from_the_main_process(upstream, tmp_path, work
 
 
 def test_a_vanished_notify_socket_is_one_warning_not_a_failure(upstream, tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env.update(NOTIFY_SOCKET=str(tmp_path / "nobody-listens"), HEIMDALL_HTTP_BIND_ADDR="disabled")
-    proc = subprocess.Popen([sys.executable, "-m", "heimdall", "serve", "--bind-addr", f"127.0.0.1:{port}",
-                             "--upstream-servers", upstream.addr], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not answers(port):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+    def reload_and_answer(proc: subprocess.Popen, port: int) -> None:
         proc.send_signal(signal.SIGHUP)
         assert answers(port)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+
+    err = serve_until_answered(upstream.addr, {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")}, reload_and_answer)
     assert err.count("cannot notify the service manager") == 1, err
