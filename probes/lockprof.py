@@ -15,7 +15,7 @@ from typing import Any
 from probes.base import Probe, per_query
 from probes.doctor import tracepoint_exists
 from probes.histogram import Histogram
-from probes.proctree import render_processes, tree_note
+from probes.proctree import heading, render_processes
 from probes.stacks import stack_note, symbolize
 
 OP_NAMES = {0: "WAIT", 1: "WAKE", 3: "REQUEUE", 4: "CMP_REQUEUE", 5: "WAKE_OP", 6: "LOCK_PI",
@@ -216,8 +216,7 @@ class LockProf(Probe):
         from rich.table import Table
 
         f = result["futex"]
-        head = (f"lockprof pid {result['pid']} ({result['comm']}){tree_note(result)} window {result['duration_s']:.2f}s"
-                + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited") + "[/]" if result["partial"] else ""))
+        head = heading("lockprof", result)
         console.print(head, highlight=False)
         console.print(f"futex waits {f['waits']}  total {f['wait_us_total']:.0f} us  mean {f['wait_us_mean']:.1f} us  "
                       f"max {f['wait_us_max']:.0f} us  p50 {f['percentiles_us']['p50']:.1f}  "

@@ -20,7 +20,7 @@ from probes.base import Probe
 from probes.bpfcost import BpfCost
 from probes.doctor import tracepoint_exists
 from probes.histogram import Histogram
-from probes.proctree import render_processes, tree_note
+from probes.proctree import heading, render_processes
 from probes.stacks import symbolize
 from probes.stallstacks import StallWatcher
 
@@ -189,9 +189,7 @@ class LoopProf(Probe):
         from rich.markup import escape
         from rich.table import Table
 
-        head = (f"loopprof pid {result['pid']} ({result['comm']}){tree_note(result)} window "
-                f"{result['duration_s']:.2f}s" + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited")
-                                                  + "[/]" if result["partial"] else ""))
+        head = heading("loopprof", result)
         console.print(head, highlight=False)
         it, st = result["iteration_us"], result["stalls"]
         console.print(f"iterations {result['iterations']}  p50 {it['p50']:.1f} us  p99 {it['p99']:.1f} us  "

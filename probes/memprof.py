@@ -24,7 +24,7 @@ from probes import outstanding as live
 from probes.base import Probe, per_query
 from probes.doctor import PROBE_UPROBES, resolve_uprobe
 from probes.histogram import Histogram
-from probes.proctree import render_processes, tree_note
+from probes.proctree import heading, render_processes
 from probes.stacks import exe_name, stack_note, symbolize
 from probes.uprobetree import UprobeTree
 from tools.errors import EXIT_ENVIRONMENT, ToolError
@@ -339,8 +339,7 @@ class MemProf(Probe):
         from rich.markup import escape
         from rich.table import Table
 
-        head = (f"memprof pid {result['pid']} ({result['comm']}){tree_note(result)} window {result['duration_s']:.2f}s"
-                + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited") + "[/]" if result["partial"] else ""))
+        head = heading("memprof", result)
         console.print(head, highlight=False)
         render_processes(result, console, [("alloc calls", "alloc_calls"), ("bytes", "alloc_bytes"),
                                            ("frees", "frees")])

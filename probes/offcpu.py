@@ -27,7 +27,7 @@ from probes.flamegraph import render_svg, to_folded
 from probes.histogram import Histogram
 from probes.lockprof import thread_comm
 from probes.loopprof import syscall_of
-from probes.proctree import render_processes, tree_note, watched
+from probes.proctree import heading, render_processes, watched
 from probes.stacks import symbolize
 
 STATES = ("preempted", "sleeping", "uninterruptible", "other")
@@ -242,9 +242,7 @@ class OffCpu(Probe):
         from rich.markup import escape
         from rich.table import Table
 
-        head = (f"offcpu pid {result['pid']} ({result['comm']}){tree_note(result)} window "
-                f"{result['duration_s']:.2f}s" + (" [yellow]PARTIAL: " + result.get("end_reason", "target exited")
-                                                  + "[/]" if result["partial"] else ""))
+        head = heading("offcpu", result)
         console.print(head, highlight=False)
         console.print(f"off CPU {result['offcpu_ms']:.1f} ms in {result['switches']} stretches; idle in epoll "
                       f"(not counted) {result['idle_epoll_ms']:.1f} ms in {result['idle_epoll_waits']} waits",

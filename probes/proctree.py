@@ -122,6 +122,13 @@ def tree_note(result: dict) -> str:
     return f", {n} processes" if n > 1 else ""
 
 
+def heading(probe: str, result: dict) -> str:
+    """A result's first line: probe, pid, command, processes, window, and PARTIAL with why."""
+    partial = f" [yellow]PARTIAL: {result.get('end_reason', 'target exited')}[/]" if result["partial"] else ""
+    return (f"{probe} pid {result['pid']} ({result['comm']}){tree_note(result)} window "
+            f"{result['duration_s']:.2f}s{partial}")
+
+
 def render_processes(result: dict, console, columns: list[tuple[str, str]],
                      fmt: Callable[[Any], str] = str) -> None:
     """A row per process (pid, comm, the main figures) when the window saw more than one."""
