@@ -33,6 +33,7 @@ from heimdall import __version__, metrics
 from heimdall.blocking import Blocking
 from heimdall.blocklist import BlocklistError, BlocklistManager
 from heimdall.blockresponse import BlockResponder, BlockResponseError
+from heimdall.clientgroups import ClientGroup, GroupedBlocking, GroupTable
 from heimdall.config import Config, ConfigError, reload_config
 from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
@@ -59,7 +60,7 @@ class FeatureError(Exception):
 
 
 def wanted(config: Config) -> bool:
-    return bool(config.blocklists or config.allowlist or config.enable_rate_limiting
+    return bool(config.blocklists or config.allowlist or config.client_groups or config.enable_rate_limiting
                 or config.http_bind_addr is not None or config.query_log or config.config_file)
 
 
@@ -80,6 +81,7 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         except BlocklistError as exc:
             raise FeatureError(str(exc)) from None
         log.info("blocklists ready in %.1fs", time.monotonic() - started)
+    group_managers = [load_group_lists(config, group) for group in config.client_groups]
     store_dir = None
     if config.worker_threads > 1 and config.http_bind_addr is not None:
         store_dir = tempfile.mkdtemp(prefix="heimdall-stats-")
@@ -89,9 +91,22 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
     gc.freeze()  # the lists (and everything loaded so far) stay shared after fork
 
     def setup(server: "DnsServer"):
-        return Assembly(config, server, manager, store_dir).install()
+        return Assembly(config, server, manager, store_dir, group_managers).install()
 
     return setup
+
+
+def load_group_lists(config: Config, group: ClientGroup) -> BlocklistManager:
+    """A client group's lists, loaded before fork like the default ones; its block answer checked."""
+    try:
+        BlockResponder(group.blocking_mode or config.blocking_mode, config.blocking_ttl, config.blocking_custom_ip)
+        manager = BlocklistManager(group.blocklists, group.allowlist)
+        manager.load()
+    except (BlockResponseError, BlocklistError) as exc:
+        raise FeatureError(f"client group {group.name!r}: {exc}") from None
+    log.info("client group %s: %d clients' networks, %d names blocked", group.name, len(group.clients),
+             manager.current.entries)
+    return manager
 
 
 def remove_if_owner(directory: str, owner: int) -> None:
@@ -112,10 +127,12 @@ class Assembly:
     """One worker's optional stages and observers, and the tasks and API that go with them."""
 
     def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
-                 store_dir: str | None) -> None:
+                 store_dir: str | None, group_managers: list[BlocklistManager] | None = None) -> None:
         self.config = config
         self.server = server
         self.manager = manager
+        self.group_managers = group_managers or []
+        self.grouped: GroupedBlocking | None = None
         self.index = int(os.environ.get(WORKER_INDEX_ENV, "0") or 0)
         self.store = SnapshotStore(store_dir) if store_dir else None
         self.blocking: Blocking | None = None
@@ -138,21 +155,35 @@ class Assembly:
             if cfg.cname_cloaking:
                 pipeline.check_chain = self.blocking.check_chain
             await self.blocking.start()
+        if cfg.client_groups:
+            await self._install_groups()
         if cfg.query_log:
             self.qlog = QueryLog(cfg.query_log).start()
             pipeline.observers.append(self.qlog)
             pipeline.fast_path = False  # every query must reach the query log
         if cfg.http_bind_addr is not None:
-            self.counting = Counting(srv, self.blocking, limiter, self.qlog)
+            self.counting = Counting(srv, self.blocking, limiter, self.qlog,
+                                     self.grouped.stages[1:] if self.grouped else [])
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
             srv.pool.observe = self.counting.upstream_observe
-        self.control.blocking = self.blocking
+        self.control.blocking = self.grouped or self.blocking
         srv.reload_hooks.append(self.on_sighup)
         srv.stop_hooks.append(self.stop)
         self._start_tasks()
         if self.counting is not None and self.index == 0:
             await self._start_http()
+
+    async def _install_groups(self) -> None:
+        cfg, srv = self.config, self.server
+        stages = []
+        for group, manager in zip(cfg.client_groups, self.group_managers):
+            stage = Blocking(replace(cfg, blocking_mode=group.blocking_mode or cfg.blocking_mode), manager, srv.cache)
+            await stage.start()
+            stages.append(stage)
+        self.grouped = srv.pipeline.groups = GroupedBlocking(self.blocking, stages, GroupTable(cfg.client_groups),
+                                                             srv.cache)
+        self.grouped.purge()  # entries restored or cached before the groups were known
 
     def _start_tasks(self) -> None:
         loop = asyncio.get_running_loop()
@@ -193,8 +224,9 @@ class Assembly:
             self.reread_config_file()
         if self.qlog is not None:
             self.qlog.reopen()
-        if self.blocking is not None:
-            self.blocking.request_reload()
+        lists = self.grouped or self.blocking
+        if lists is not None:
+            lists.request_reload()
 
     def reread_config_file(self) -> None:
         """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""

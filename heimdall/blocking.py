@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 from heimdall import cachekey, wire
 from heimdall.blocklist import EMPTY, Blocklist, BlocklistManager
@@ -37,6 +38,7 @@ class Blocking:
         self.cloaked = 0  # of which: allowed names whose CNAME chain led to a blocked one
         self.reloads = 0
         self.paused = False  # blocking disabled from the control API: nothing matches until resumed
+        self.purger: Callable[[], int] | None = None  # with client groups: their purge (clientgroups.py)
         self._reloading: asyncio.Task | None = None
         self._again = False
 
@@ -116,7 +118,7 @@ class Blocking:
     def use(self, lists: Blocklist) -> int:
         """Answer from `lists` from now on; cached answers they change are dropped (how many)."""
         self.lists = lists
-        return self.purge_cache(lists)
+        return self.purger() if self.purger is not None else self.purge_cache(lists)
 
     def purge_cache(self, lists: Blocklist) -> int:
         """Drop cached entries whose blocked state differs under `lists`."""

@@ -10,7 +10,10 @@ That is only unambiguous when no byte outside the name is one that lower()
 changes or produces (e.g. qtype 65 = 'A'); such keys get an 'X' prefix, which
 the hot path can never produce (byte 2 of a query is 0 or 1 here), so they are
 only found through `cache_key`. TCP keys get 'T': a TCP answer may be larger
-than any UDP variant. The shared (Redis) tier keys on what changes the
+than any UDP variant. With client groups, a name whose answer differs between
+groups is cached per group under 'G' + the group's number + the key
+(`group_key`), which the hot path cannot produce either: those queries always
+reach the pipeline, which knows the client. The shared (Redis) tier keys on what changes the
 upstream's answer only, since every worker builds its own variants from it.
 """
 
@@ -41,13 +44,24 @@ def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
     return key
 
 
+def group_key(key: bytes, group: int) -> bytes:
+    """The key of one client group's own answer (group 1..255; 0, the default group, uses `key`)."""
+    return b"G" + bytes((group,)) + key
+
+
+def ungrouped(key: bytes) -> bytes:
+    return key[2:] if key[:1] == b"G" else key
+
+
 def query_for_key(key: bytes) -> bytes:
     """A client query (ID 0) whose cache key is `key`: the UDP key is the query from byte 2 on."""
+    key = ungrouped(key)
     return b"\x00\x00" + (key[1:] if key[:1] in PREFIXES else key)
 
 
 def qname(key: bytes) -> bytes:
     """The lower-cased wire qname in a key; b"" for a key that is not one of ours."""
+    key = ungrouped(key)
     start = HEADER_LEN - 1 if key[:1] in PREFIXES else HEADER_LEN - 2
     i = start
     try:

@@ -18,6 +18,7 @@ import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from heimdall.clientgroups import ClientGroup, parse_client_groups
 from heimdall.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "HEIMDALL_"
@@ -211,6 +212,9 @@ class Config:
     blocking_ttl: int = setting(300, int_in(0, 7 * DAY), "TTL of blocked answers")
     blocklist_reload_interval: float = setting(0.0, float_in(0, DAY),
                                                "seconds between list mtime checks (0 = only on SIGHUP)")
+    client_groups: tuple[ClientGroup, ...] = setting((), parse_client_groups,
+                                                     "JSON object of client groups, each with clients (IP/CIDR), "
+                                                     "blocklists, allowlist, blocking_mode (docs/blocking.md)")
     cname_cloaking: bool = setting(True, parse_bool, "block an allowed name whose answer's CNAME chain passes "
                                    "through a blocked name")
     any_mode: str = setting("minimal", choice("minimal", "refused", "forward"),
@@ -281,7 +285,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "blocking": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
-               "blocklist_reload_interval", "cname_cloaking", "any_mode"),
+               "blocklist_reload_interval", "client_groups", "cname_cloaking", "any_mode"),
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),

@@ -16,6 +16,7 @@ the text that follows TOML's table and key syntax for what this file uses
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, fields
@@ -23,7 +24,7 @@ from typing import Any
 
 from heimdall.config import SECTIONS, Config
 
-HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(#.*)?$")
+HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)((?:\.[A-Za-z0-9_-]+)*)\s*\]\s*(#.*)?$")
 KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 SYNTAX_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 PARSERS = {f.name: f.metadata["parser"] for f in fields(Config)}
@@ -54,6 +55,8 @@ def key_lines(text: str) -> dict[tuple[str, str], int]:
         if m := HEADER.match(line):
             section = m.group(1)
             lines.setdefault((section, ""), number)
+            if m.group(2):  # [blocking.client_groups.kids]: a table-valued setting starts here
+                lines.setdefault((section, m.group(2).split(".")[1]), number)
         elif m := KEY.match(line):
             lines.setdefault((section, m.group(1)), number)
     return lines
@@ -67,7 +70,9 @@ def as_setting_text(value: Any) -> str:
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
         return ",".join(map(str, value))
-    raise ValueError(f"{type(value).__name__} is not a setting's value (a number, boolean, string or array)")
+    if isinstance(value, dict):  # a table-valued setting (client_groups): its variable holds JSON
+        return json.dumps(value)
+    raise ValueError(f"{type(value).__name__} is not a setting's value (a number, boolean, string, array or table)")
 
 
 def home_of(key: str) -> str | None:

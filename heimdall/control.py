@@ -18,13 +18,12 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from heimdall.atomic import atomic_write_bytes
 from heimdall.metrics import SnapshotStore
 
 if TYPE_CHECKING:
-    from heimdall.blocking import Blocking
     from heimdall.cache import Cache
 
 POLL_INTERVAL = 0.25
@@ -52,10 +51,18 @@ class ControlState:
         return cls(int(d["generation"]), math.inf if until is None else float(until), int(d["flush"]), int(d["refresh"]))
 
 
+class Lists(Protocol):
+    """What the control API switches: a blocking stage, or every client group's (clientgroups.py)."""
+
+    def request_reload(self) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+
 class WorkerControl:
     """One worker's side: applies a state to its blocking stage and cache."""
 
-    def __init__(self, blocking: "Blocking | None", cache: "Cache") -> None:
+    def __init__(self, blocking: Lists | None, cache: "Cache") -> None:
         self.blocking = blocking
         self.cache = cache
         self.applied = ControlState()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from heimdall import metrics, wire
 from heimdall.cache import LABEL_KEYS
@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 
 class Counting:
     def __init__(self, server: "DnsServer", blocking: "Blocking | None", limiter: "RateLimiter | None",
-                 qlog: "QueryLog | None"):
+                 qlog: "QueryLog | None", group_stages: "Sequence[Blocking | None]" = ()):
         self.server = server
         self.blocking = blocking  # the stages and observers whose own counters are reported too
+        self.group_stages = [g for g in group_stages if g is not None]  # client groups' blocking stages
         self.limiter = limiter
         self.qlog = qlog
         self.mstats = metrics.Stats()
@@ -74,7 +75,7 @@ class Counting:
         for up in srv.pool.servers:
             m.upstream_healthy[str(up.addr)] = up.fails == 0
         b = self.blocking
-        m.blocked = (b.blocked if b is not None else 0) + blocked_fast
+        m.blocked = (b.blocked if b is not None else 0) + sum(g.blocked for g in self.group_stages) + blocked_fast
         m.blocklist_entries = b.manager.current.entries if b is not None else 0  # also while paused
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
         m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0

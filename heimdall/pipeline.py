@@ -29,6 +29,7 @@ from typing import Awaitable, Callable, Protocol
 from heimdall import cachekey, wire
 from heimdall.anyquery import AnyQuery
 from heimdall.cache import Cache, Entry, Prefetch, local_entry
+from heimdall.clientgroups import GroupedBlocking
 from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
@@ -66,6 +67,7 @@ class Pipeline:
         self.admit: Callable[[bytes], bool] | None = None  # 1: rate limit on the packed client IP
         self.refuse_limited = False  # 1 said no: REFUSED (True) or drop (False)
         self.blocking: Policy | None = None  # 3
+        self.groups: GroupedBlocking | None = None  # 3, per client group (clientgroups.py)
         self.check_chain: Callable[[bytes, Query, bytes], Answer | None] | None = None  # 3, on what 6 found
         self.prefetch = config.prefetch  # 4: an entry asked for in its last tenth of TTL is refetched
         self.any_query: Policy | None = AnyQuery(config.any_mode, counters) if config.any_mode != "forward" else None
@@ -84,7 +86,7 @@ class Pipeline:
                  done: Callable[[], None] | None = None) -> bool:
         """Answer `data` with `send(reply, client)`; True when a miss was started (`done` is called after it)."""
         t0 = time.perf_counter()
-        result = self.answer(data, now, tcp)
+        result = self.answer(data, now, tcp, client)
         if result is None:
             return False
         if isinstance(result, Answer):
@@ -109,18 +111,22 @@ class Pipeline:
 
     # --- stages 2-4: answered now, or a miss ---
 
-    def answer(self, data: bytes, now: int, tcp: bool) -> Answer | Miss | None:
+    def answer(self, data: bytes, now: int, tcp: bool, client: object = None) -> Answer | Miss | None:
         """Screen, policy, cache: an Answer to send now, a Miss to resolve, or None to drop."""
         q = screen(data, self.counters)
         if not isinstance(q, Query):
             return q
-        local = self.local(data, q)
+        placed = self.groups.place(data, q, client) if self.groups is not None else None
+        local = self.local(data, q, self.blocking if placed is None else placed.blocking)
         if local is not None:
             if local.ttl > 0:  # under the UDP key: the hot path serves it next time
                 entry = local_entry(local.reply, q, now, local.ttl, local.how == How.BLOCKED)
-                self.store(cachekey.cache_key(data, q, False), entry, local.ttl)
+                key = cachekey.cache_key(data, q, False)
+                self.store(key if placed is None else cachekey.group_key(key, placed.group), entry, local.ttl)
             return local
         key = cachekey.cache_key(data, q, tcp)
+        if placed is not None:  # a listed name: each client group has its own answer
+            key = cachekey.group_key(key, placed.group)
         e = self.cache.get_fresh(key, now)
         if e is not None:
             self.counters.hits += 1
@@ -128,14 +134,20 @@ class Pipeline:
         self.counters.misses += 1
         return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q), data[wire.HEADER_LEN:q.qend].lower())
 
-    def local(self, data: bytes, q: Query) -> Answer | None:
+    def local(self, data: bytes, q: Query, blocking: Policy | None) -> Answer | None:
         """Stage 3: the first policy that answers (blocking before ANY)."""
-        for policy in (self.blocking, self.any_query):
+        for policy in (blocking, self.any_query):
             if policy is not None:
                 local = policy.check(data, q)
                 if local is not None:
                     return local
         return None
+
+    def decided_locally(self, data: bytes, q: Query) -> bool:
+        """A policy stage answers this query now, or client groups may answer it differently per group."""
+        if self.groups is not None and self.groups.listed(data[12:q.qend - 4].lower()):
+            return True
+        return self.local(data, q, self.blocking) is not None
 
     def store(self, key: bytes, entry: Entry, ttl: int) -> None:
         """The one place the query path writes the cache: answers that may live (ttl > 0)."""

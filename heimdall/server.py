@@ -146,7 +146,7 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
         from heimdall.snapshot import Snapshotter
 
         saver = Snapshotter(server.cache, config.cache_file, config.cache_snapshot_interval)
-        saver.restore(server.pipeline.local)  # names a policy answers now are not restored
+        saver.restore(server.pipeline.decided_locally)  # names a policy answers now are not restored
     await server.start()
     if saver is not None:
         saver.start()

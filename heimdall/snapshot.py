@@ -62,8 +62,8 @@ def _records(items: list, now_mono: int, shift: int) -> tuple[list[bytes], int]:
     u16, u32, exp = _U16.pack, _U32.pack, _EXP.pack
     labels = LABEL_KEYS
     for key, e in items:
-        if e.expires <= now_mono or len(e.head) != HEAD_LEN or len(key) > 0xFFFF:
-            continue
+        if e.expires <= now_mono or len(e.head) != HEAD_LEN or len(key) > 0xFFFF or key[:1] == b"G":
+            continue  # (a client group's own answer: which group is which may differ at the next start)
         lid = getattr(e, "lid", 0)
         if lid < len(labels) and labels[lid][2]:  # a block answer: rebuilt from the lists in force
             continue
@@ -180,7 +180,7 @@ def restore(cache: Cache, path: str, local: Callable | None = None) -> int:
             continue  # not a key we wrote
         if local is not None:
             try:
-                answered = local(data, q) is not None
+                answered = bool(local(data, q))
             except Exception:  # noqa: BLE001 - a failing policy stage must not stop the worker from starting
                 answered = True
             if answered:
