@@ -7,8 +7,9 @@ runs in every worker and installs into that worker's pipeline:
 
 * stage 1, rate limit: RateLimiter.allow on the packed client address;
   a limited query is answered REFUSED or dropped;
-* stage 3, blocking (heimdall/blocking.py), with its reload on SIGHUP and
-  its mtime poll;
+* stage 3, local records (heimdall/localrecords.py), then blocking
+  (heimdall/blocking.py), each with its reload on SIGHUP (blocking also
+  with its mtime poll);
 * observers: the query log (while it is on, the hot path answers nothing
   itself, so that every query is logged) and metrics (heimdall/counting.py);
 * the HTTP API: with one worker it runs on the worker's loop and reads live
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from heimdall import __version__, metrics
 from heimdall.blocking import Blocking
@@ -38,6 +39,9 @@ from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
+from heimdall.localdata import LocalData, LocalDataError
+from heimdall.localrecords import LocalRecords, load_built
+from heimdall.localrecords import wanted as local_wanted
 from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
@@ -60,7 +64,8 @@ class FeatureError(Exception):
 
 def wanted(config: Config) -> bool:
     return bool(config.blocklists or config.allowlist or config.enable_rate_limiting
-                or config.http_bind_addr is not None or config.query_log or config.config_file)
+                or config.http_bind_addr is not None or config.query_log or config.config_file
+                or local_wanted(config))
 
 
 def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
@@ -80,6 +85,12 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         except BlocklistError as exc:
             raise FeatureError(str(exc)) from None
         log.info("blocklists ready in %.1fs", time.monotonic() - started)
+    local = None
+    if local_wanted(config):
+        try:
+            local = load_built(config)
+        except LocalDataError as exc:
+            raise FeatureError(f"local records: {exc}") from None
     store_dir = None
     if config.worker_threads > 1 and config.http_bind_addr is not None:
         store_dir = tempfile.mkdtemp(prefix="heimdall-stats-")
@@ -89,7 +100,7 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
     gc.freeze()  # the lists (and everything loaded so far) stay shared after fork
 
     def setup(server: "DnsServer"):
-        return Assembly(config, server, manager, store_dir).install()
+        return Assembly(config, server, manager, store_dir, local).install()
 
     return setup
 
@@ -112,8 +123,9 @@ class Assembly:
     """One worker's optional stages and observers, and the tasks and API that go with them."""
 
     def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
-                 store_dir: str | None) -> None:
+                 store_dir: str | None, local: tuple[LocalData, Any] | None = None) -> None:
         self.config = config
+        self.local: LocalRecords | None = LocalRecords(local[0], server.cache, local[1]) if local else None
         self.server = server
         self.manager = manager
         self.index = int(os.environ.get(WORKER_INDEX_ENV, "0") or 0)
@@ -133,6 +145,8 @@ class Assembly:
             allow, clock = limiter.allow, time.monotonic
             pipeline.admit = lambda ip: allow(ip, clock())
             pipeline.refuse_limited = cfg.rate_limit_action == "refused"
+        if self.local is not None:
+            pipeline.local_records = self.local
         if self.manager is not None:
             self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
             if cfg.cname_cloaking:
@@ -146,7 +160,8 @@ class Assembly:
             self.counting = Counting(srv, self.blocking, limiter, self.qlog)
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
-            srv.pool.observe = self.counting.upstream_observe
+            for pool in srv.pools:
+                pool.observe = self.counting.upstream_observe
         self.control.blocking = self.blocking
         srv.reload_hooks.append(self.on_sighup)
         srv.stop_hooks.append(self.stop)
@@ -195,6 +210,8 @@ class Assembly:
             self.qlog.reopen()
         if self.blocking is not None:
             self.blocking.request_reload()
+        if self.local is not None:
+            self.local.request_reload(self.config)
 
     def reread_config_file(self) -> None:
         """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""
@@ -206,7 +223,9 @@ class Assembly:
             return
         changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(self.config, f.name)]
         lists_live = self.manager is not None
-        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))]
+        local_live = self.local is not None
+        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))
+                and (local_live or not n.startswith("local_"))]
         restart = [n for n in changed if n not in live]
         if self.index == 0:  # before the new level applies: this line belongs to the old one
             log.info(f"{path} re-read: {', '.join(live) or 'nothing'} changed live"
