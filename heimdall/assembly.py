@@ -39,9 +39,6 @@ from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
-from heimdall.localdata import LocalData, LocalDataError
-from heimdall.localrecords import LocalRecords, load_built
-from heimdall.localrecords import wanted as local_wanted
 from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
@@ -50,6 +47,8 @@ from heimdall.ratelimit import RateLimitConfig, RateLimiter
 from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
+    from heimdall.localdata import LocalData
+    from heimdall.localrecords import LocalRecords
     from heimdall.server import DnsServer
 
 log = logging.getLogger("heimdall.assembly")
@@ -66,6 +65,10 @@ def wanted(config: Config) -> bool:
     return bool(config.blocklists or config.allowlist or config.enable_rate_limiting
                 or config.http_bind_addr is not None or config.query_log or config.config_file
                 or local_wanted(config))
+
+
+def local_wanted(config: Config) -> bool:
+    return bool(config.local_records or config.local_entries or config.local_zones)
 
 
 def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
@@ -86,7 +89,10 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
             raise FeatureError(str(exc)) from None
         log.info("blocklists ready in %.1fs", time.monotonic() - started)
     local = None
-    if local_wanted(config):
+    if local_wanted(config):  # imported only when used: dnspython stays out of a server without them
+        from heimdall.localdata import LocalDataError
+        from heimdall.localrecords import load_built
+
         try:
             local = load_built(config)
         except LocalDataError as exc:
@@ -123,9 +129,13 @@ class Assembly:
     """One worker's optional stages and observers, and the tasks and API that go with them."""
 
     def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
-                 store_dir: str | None, local: tuple[LocalData, Any] | None = None) -> None:
+                 store_dir: str | None, local: tuple["LocalData", Any] | None = None) -> None:
         self.config = config
-        self.local: LocalRecords | None = LocalRecords(local[0], server.cache, local[1]) if local else None
+        self.local: "LocalRecords | None" = None
+        if local is not None:
+            from heimdall.localrecords import LocalRecords
+
+            self.local = LocalRecords(local[0], server.cache, local[1])
         self.server = server
         self.manager = manager
         self.index = int(os.environ.get(WORKER_INDEX_ENV, "0") or 0)

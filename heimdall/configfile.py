@@ -31,6 +31,7 @@ from heimdall.config import SECTIONS, Config
 HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(#.*)?$")
 PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
 KEY = re.compile(rf"^\s*({PART}(?:\s*\.\s*{PART})*)\s*=")  # bare, quoted and dotted keys
+HEADER_KEY = "\0"  # no key is written so: "" is a key (a zone named "" in [forward])
 SYNTAX_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 PARSERS = {f.name: f.metadata["parser"] for f in fields(Config)}
 LIVE = ("log_level", "log_format", "blocklists", "allowlist",
@@ -54,13 +55,13 @@ class ConfigFileError(ValueError):
 
 
 def key_lines(text: str) -> dict[tuple[str, str], int]:
-    """(section, key) -> line number; section "" for keys before the first header; key "" for a header."""
+    """(section, key) -> line number; section "" for keys before the first header; key HEADER_KEY for a header."""
     lines: dict[tuple[str, str], int] = {}
     section = ""
     for number, line in enumerate(text.splitlines(), 1):
         if m := HEADER.match(line):
             section = m.group(1)
-            lines.setdefault((section, ""), number)
+            lines.setdefault((section, HEADER_KEY), number)
         elif m := KEY.match(line):
             lines.setdefault((section, key_text(m.group(1))), number)
     return lines
@@ -107,8 +108,7 @@ def as_setting_text(value: Any) -> str:
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
         return ",".join(map(str, value))
-    raise ValueError(f"{type(value).__name__} is not a setting's value (a number, boolean, string, array or "
-                     "a table of zones)")
+    raise ValueError(f"{type(value).__name__} is not a setting's value (a number, boolean, string or array)")
 
 
 def home_of(key: str) -> str | None:
@@ -125,6 +125,8 @@ def check_key(section: str, key: str, value: Any) -> str | None:
         return f"unknown setting {key!r}" + (f"; did you mean {near[0]!r} in [{home_of(near[0])}]?" if near else "")
     if home != section:
         return f"{key!r} belongs in [{home}]"
+    if isinstance(value, dict) and key != "forward_zones":
+        return f"[{section}] {key}: dict is not a setting's value (a number, boolean, string or array)"
     try:
         PARSERS[key](as_setting_text(value))
     except ValueError as exc:
@@ -154,7 +156,7 @@ def read(path: str) -> dict[str, str]:
             problems.append(Problem(path, lines.get(("", section), 0), f"{section!r} is outside any section{where}"))
             continue
         if section not in SECTIONS:
-            problems.append(Problem(path, lines.get((section, ""), 0),
+            problems.append(Problem(path, lines.get((section, HEADER_KEY), 0),
                                     f"unknown section [{section}]; sections: {', '.join(SECTIONS)}"))
             continue
         if section == "forward":

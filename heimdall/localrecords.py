@@ -33,10 +33,6 @@ log = logging.getLogger("heimdall.localrecords")
 IN = 1
 
 
-def wanted(config: Config) -> bool:
-    return bool(config.local_records or config.local_entries or config.local_zones)
-
-
 def load_config(config: Config) -> LocalData:
     """The records the configuration names; LocalDataError naming the file, line or entry."""
     return load(config.local_records, config.local_entries, config.local_zones, config.local_ttl)

@@ -166,3 +166,24 @@ def test_sighup_reloads_under_load_without_losing_a_query(tmp_path, upstream, wo
             assert answers(srv.query("www.lan"), "A") == ["192.0.2.99"]
         assert srv.stop() == 0
         assert "local records reloaded" in srv.log
+
+
+def test_the_config_files_local_section_changes_live_on_sighup(tmp_path, upstream):
+    conf = tmp_path / "h.toml"
+
+    def write(address: str) -> None:
+        conf.write_text(f'[upstream]\nupstream_servers = ["{upstream.addr}"]\n[local]\nlocal_zones = ["lan"]\n'
+                        f'local_entries = ["printer.lan A {address}", "info.lan TXT \\"hello, world\\""]\n')
+
+    write("192.0.2.50")
+    with HeimdallProcess([], args=["--config", str(conf)]) as srv:
+        assert answers(srv.query("printer.lan"), "A") == ["192.0.2.50"]
+        assert answers(srv.query("info.lan", "TXT"), "TXT") == ['"hello, world"']
+        write("192.0.2.51")
+        srv.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while answers(srv.query("printer.lan"), "A") != ["192.0.2.51"]:
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.05)
+        assert srv.stop() == 0
+        assert "local_entries changed live" in srv.log, srv.log
