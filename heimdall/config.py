@@ -11,6 +11,7 @@ CLI prints as one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import ipaddress
 import os
@@ -108,22 +109,9 @@ def parse_upstreams(text: str) -> tuple[HostPort, ...]:
     return tuple(parse_hostport(t, default_port=53) for t in items)
 
 
-def parse_local_entries(text: str) -> tuple[str, ...]:
-    from heimdall.localdata import parse_entries  # the records' own module (it needs dnspython)
-
-    return parse_entries(text)
-
-
-def parse_zones(text: str) -> tuple[str, ...]:
-    from heimdall.forwardzones import zone_name
-
-    return tuple(dict.fromkeys(zone_name(t) for t in text.split(",") if t.strip()))
-
-
-def parse_forward_zones(text: str) -> tuple["ForwardZone", ...]:
-    from heimdall.forwardzones import parse_forward_zones as parse
-
-    return parse(text)
+def imported(module: str, name: str) -> Callable[[str], Any]:
+    """A parser from a module imported only when its setting is given (dnspython stays out otherwise)."""
+    return lambda text: getattr(importlib.import_module(module), name)(text)
 
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -226,10 +214,12 @@ class Config:
     # local
     local_records: tuple[str, ...] = setting((), parse_paths, "comma list of hosts-format files answered "
                                              "authoritatively (IP name aliases...), with their PTRs")
-    local_entries: tuple[str, ...] = setting((), parse_local_entries, "comma list of records 'name TYPE data' "
-                                             "(A, AAAA, CNAME, TXT, PTR, MX, SRV) answered authoritatively")
-    local_zones: tuple[str, ...] = setting((), parse_zones, "comma list of zones served only from the local "
-                                           "records: other names in them are NXDOMAIN (with SOA)")
+    local_entries: tuple[str, ...] = setting((), imported("heimdall.localdata", "parse_entries"),
+                                             "comma list of records 'name TYPE data' (A, AAAA, CNAME, TXT, "
+                                             "PTR, MX, SRV) answered authoritatively")
+    local_zones: tuple[str, ...] = setting((), imported("heimdall.forwardzones", "parse_zone_list"),
+                                           "comma list of zones served only from the local records: other "
+                                           "names in them are NXDOMAIN (with SOA)")
     local_ttl: int = setting(60, int_in(0, 7 * DAY), "TTL of local records and of their negative answers")
     # blocking
     blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
@@ -271,8 +261,9 @@ class Config:
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
     # forward
-    forward_zones: tuple["ForwardZone", ...] = setting((), parse_forward_zones, "comma list of zone=host:port"
-                                                       "|host:port: names under a zone go only to its upstreams")
+    forward_zones: tuple["ForwardZone", ...] = setting((), imported("heimdall.forwardzones", "parse_forward_zones"),
+                                                       "comma list of zone=host:port|host:port: names under a "
+                                                       "zone go only to its upstreams")
     # observers
     http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8053), parse_http_bind,
                                               "HTTP /metrics /health /stats address host:port, or disabled")

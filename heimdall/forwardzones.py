@@ -47,6 +47,11 @@ def zone_name(text: str) -> str:
     return name
 
 
+def parse_zone_list(text: str) -> tuple[str, ...]:
+    """HEIMDALL_LOCAL_ZONES: a comma list of zones, each once."""
+    return tuple(dict.fromkeys(zone_name(t) for t in text.split(",") if t.strip()))
+
+
 def parse_zone_upstreams(text: str) -> tuple[HostPort, ...]:
     """`a|b|c` (or one address): the zone's upstreams, port 53 when omitted."""
     items = [t for t in (p.strip() for p in text.split("|")) if t]
