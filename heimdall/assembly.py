@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from heimdall import __version__, metrics
 from heimdall.blocking import Blocking
@@ -48,7 +48,7 @@ from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
     from heimdall.localdata import LocalData
-    from heimdall.localrecords import LocalRecords
+    from heimdall.localrecords import Built, LocalRecords
     from heimdall.server import DnsServer
 
 log = logging.getLogger("heimdall.assembly")
@@ -129,7 +129,7 @@ class Assembly:
     """One worker's optional stages and observers, and the tasks and API that go with them."""
 
     def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
-                 store_dir: str | None, local: tuple["LocalData", Any] | None = None) -> None:
+                 store_dir: str | None, local: "tuple[LocalData, Built] | None" = None) -> None:
         self.config = config
         self.local: "LocalRecords | None" = None
         if local is not None:
