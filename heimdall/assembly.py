@@ -7,8 +7,9 @@ runs in every worker and installs into that worker's pipeline:
 
 * stage 1, rate limit: RateLimiter.allow on the packed client address;
   a limited query is answered REFUSED or dropped;
-* stage 3, blocking (heimdall/blocking.py), with its reload on SIGHUP and
-  its mtime poll;
+* stage 3, local records (heimdall/localrecords.py), then blocking
+  (heimdall/blocking.py), each with its reload on SIGHUP (blocking also
+  with its mtime poll);
 * observers: the query log (while it is on, the hot path answers nothing
   itself, so that every query is logged) and metrics (heimdall/counting.py);
 * the HTTP API: with one worker it runs on the worker's loop and reads live
@@ -47,6 +48,8 @@ from heimdall.ratelimit import RateLimitConfig, RateLimiter
 from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
+    from heimdall.localdata import LocalData
+    from heimdall.localrecords import Built, LocalRecords
     from heimdall.server import DnsServer
 
 log = logging.getLogger("heimdall.assembly")
@@ -61,7 +64,12 @@ class FeatureError(Exception):
 
 def wanted(config: Config) -> bool:
     return bool(config.blocklists or config.allowlist or config.client_groups or config.enable_rate_limiting
-                or config.http_bind_addr is not None or config.query_log or config.config_file)
+                or config.http_bind_addr is not None or config.query_log or config.config_file
+                or local_wanted(config))
+
+
+def local_wanted(config: Config) -> bool:
+    return bool(config.local_records or config.local_entries or config.local_zones)
 
 
 def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
@@ -82,6 +90,15 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
             raise FeatureError(str(exc)) from None
         log.info("blocklists ready in %.1fs", time.monotonic() - started)
     group_managers = [load_group_lists(config, group) for group in config.client_groups]
+    local = None
+    if local_wanted(config):  # imported only when used: dnspython stays out of a server without them
+        from heimdall.localdata import LocalDataError
+        from heimdall.localrecords import load_built
+
+        try:
+            local = load_built(config)
+        except LocalDataError as exc:
+            raise FeatureError(f"local records: {exc}") from None
     store_dir = None
     if config.worker_threads > 1 and config.http_bind_addr is not None:
         store_dir = tempfile.mkdtemp(prefix="heimdall-stats-")
@@ -91,7 +108,7 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
     gc.freeze()  # the lists (and everything loaded so far) stay shared after fork
 
     def setup(server: "DnsServer"):
-        return Assembly(config, server, manager, store_dir, group_managers).install()
+        return Assembly(config, server, manager, store_dir, group_managers, local).install()
 
     return setup
 
@@ -127,8 +144,14 @@ class Assembly:
     """One worker's optional stages and observers, and the tasks and API that go with them."""
 
     def __init__(self, config: Config, server: "DnsServer", manager: BlocklistManager | None,
-                 store_dir: str | None, group_managers: list[BlocklistManager] | None = None) -> None:
+                 store_dir: str | None, group_managers: list[BlocklistManager] | None = None,
+                 local: "tuple[LocalData, Built] | None" = None) -> None:
         self.config = config
+        self.local: "LocalRecords | None" = None
+        if local is not None:
+            from heimdall.localrecords import LocalRecords
+
+            self.local = LocalRecords(local[0], server.cache, local[1])
         self.server = server
         self.manager = manager
         self.group_managers = group_managers or []
@@ -150,6 +173,8 @@ class Assembly:
             allow, clock = limiter.allow, time.monotonic
             pipeline.admit = lambda ip: allow(ip, clock())
             pipeline.refuse_limited = cfg.rate_limit_action == "refused"
+        if self.local is not None:
+            pipeline.local_records = self.local
         if self.manager is not None:
             self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
             if cfg.cname_cloaking:
@@ -166,7 +191,8 @@ class Assembly:
                                      self.grouped.stages[1:] if self.grouped else [])
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
-            srv.pool.observe = self.counting.upstream_observe
+            for pool in srv.pools:
+                pool.observe = self.counting.upstream_observe
         self.control.blocking = self.grouped or self.blocking
         srv.reload_hooks.append(self.on_sighup)
         srv.stop_hooks.append(self.stop)
@@ -227,6 +253,8 @@ class Assembly:
         lists = self.grouped or self.blocking
         if lists is not None:
             lists.request_reload()
+        if self.local is not None:
+            self.local.request_reload(self.config)
 
     def reread_config_file(self) -> None:
         """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""
@@ -238,7 +266,9 @@ class Assembly:
             return
         changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(self.config, f.name)]
         lists_live = self.manager is not None
-        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))]
+        local_live = self.local is not None
+        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))
+                and (local_live or not n.startswith("local_"))]
         restart = [n for n in changed if n not in live]
         if self.index == 0:  # before the new level applies: this line belongs to the old one
             log.info(f"{path} re-read: {', '.join(live) or 'nothing'} changed live"

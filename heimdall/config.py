@@ -11,15 +11,19 @@ CLI prints as one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import ipaddress
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from heimdall.clientgroups import ClientGroup, parse_client_groups
 from heimdall.logs import FORMATS, LEVELS
+
+if TYPE_CHECKING:
+    from heimdall.forwardzones import ForwardZone
 
 ENV_PREFIX = "HEIMDALL_"
 CONFIG_ALIAS = "HEIMDALL_CONFIG"  # --config, the short name of --config-file
@@ -104,6 +108,11 @@ def parse_ip_list(text: str) -> str:
 def parse_upstreams(text: str) -> tuple[HostPort, ...]:
     items = [t for t in (p.strip() for p in text.split(",")) if t]
     return tuple(parse_hostport(t, default_port=53) for t in items)
+
+
+def imported(module: str, name: str) -> Callable[[str], Any]:
+    """A parser from a module imported only when its setting is given (dnspython stays out otherwise)."""
+    return lambda text: getattr(importlib.import_module(module), name)(text)
 
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -203,6 +212,16 @@ class Config:
                                                "limit over all clients, split across workers (0 = off)")
     rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
     rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
+    # local
+    local_records: tuple[str, ...] = setting((), parse_paths, "comma list of hosts-format files answered "
+                                             "authoritatively (IP name aliases...), with their PTRs")
+    local_entries: tuple[str, ...] = setting((), imported("heimdall.localdata", "parse_entries"),
+                                             "comma list of records 'name TYPE data' (A, AAAA, CNAME, TXT, "
+                                             "PTR, MX, SRV) answered authoritatively")
+    local_zones: tuple[str, ...] = setting((), imported("heimdall.forwardzones", "parse_zone_list"),
+                                           "comma list of zones served only from the local records: other "
+                                           "names in them are NXDOMAIN (with SOA)")
+    local_ttl: int = setting(60, int_in(0, 7 * DAY), "TTL of local records and of their negative answers")
     # blocking
     blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
     allowlist: tuple[str, ...] = setting((), parse_paths, "comma list of allowlist files (win over blocks)")
@@ -245,6 +264,10 @@ class Config:
     max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
+    # forward
+    forward_zones: tuple["ForwardZone", ...] = setting((), imported("heimdall.forwardzones", "parse_forward_zones"),
+                                                       "comma list of zone=host:port|host:port: names under a "
+                                                       "zone go only to its upstreams")
     # observers
     http_bind_addr: HostPort | None = setting(HostPort("127.0.0.1", 8053), parse_http_bind,
                                               "HTTP /metrics /health /stats address host:port, or disabled")
@@ -284,12 +307,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections"),
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
+    "local": ("local_records", "local_entries", "local_zones", "local_ttl"),
     "blocking": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
                "blocklist_reload_interval", "client_groups", "cname_cloaking", "any_mode"),
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
+    "forward": ("forward_zones",),
     "observers": ("http_bind_addr", "api_token", "query_log", "log_level", "log_format"),
     "process": ("config_file", "worker_threads", "shutdown_grace"),
 }

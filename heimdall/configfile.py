@@ -8,6 +8,11 @@ turned into the text its environment variable would hold and parsed by the
 same parser, so the file cannot mean something the variable would not.
 Flags win over environment variables, which win over the file.
 
+[forward] also takes zones as keys: `lan = "192.168.1.1:53"`,
+`"corp.example" = ["10.0.0.53:53", "10.0.0.54:53"]` (a dotted key unquoted
+reads the same); they join `forward_zones`, whose value may also be such a
+table.
+
 tomllib gives no positions, so the line of each key is found by a scan of
 the text that follows TOML's table and key syntax for what this file uses
 (`[section]` headers, `key = value` lines).
@@ -25,10 +30,13 @@ from typing import Any
 from heimdall.config import SECTIONS, Config
 
 HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)((?:\.[A-Za-z0-9_-]+)*)\s*\]\s*(#.*)?$")
-KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+KEY = re.compile(rf"^\s*({PART}(?:\s*\.\s*{PART})*)\s*=")  # bare, quoted and dotted keys
+HEADER_KEY = "\0"  # no key is written so: "" is a key (a zone named "" in [forward])
 SYNTAX_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 PARSERS = {f.name: f.metadata["parser"] for f in fields(Config)}
-LIVE = ("log_level", "log_format", "blocklists", "allowlist")  # what a SIGHUP changes without a restart
+LIVE = ("log_level", "log_format", "blocklists", "allowlist",
+        "local_records", "local_entries", "local_zones", "local_ttl")  # what a SIGHUP changes without a restart
 
 
 @dataclass(frozen=True)
@@ -48,30 +56,66 @@ class ConfigFileError(ValueError):
 
 
 def key_lines(text: str) -> dict[tuple[str, str], int]:
-    """(section, key) -> line number; section "" for keys before the first header; key "" for a header."""
+    """(section, key) -> line number; section "" for keys before the first header; key HEADER_KEY for a header."""
     lines: dict[tuple[str, str], int] = {}
     section = ""
     for number, line in enumerate(text.splitlines(), 1):
         if m := HEADER.match(line):
             section = m.group(1)
-            lines.setdefault((section, ""), number)
+            lines.setdefault((section, HEADER_KEY), number)
             if m.group(2):  # [blocking.client_groups.kids]: a table-valued setting starts here
                 lines.setdefault((section, m.group(2).split(".")[1]), number)
         elif m := KEY.match(line):
-            lines.setdefault((section, m.group(1)), number)
+            lines.setdefault((section, key_text(m.group(1))), number)
     return lines
 
 
-def as_setting_text(value: Any) -> str:
+def key_text(key: str) -> str:
+    """A key as written (`"corp.example"`, `corp . example`, `lan`) as the dotted name tomllib gives it."""
+    return ".".join(part.strip().strip("\"'") for part in re.findall(PART, key))
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted names: a dotted key (`corp.example = ...`) reads as nested tables."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def zone_text(zone: str, value: Any) -> str:
+    """`zone = "addr"` or `zone = ["addr", "addr"]` as HEIMDALL_FORWARD_ZONES writes it; ValueError if bad."""
+    from heimdall.forwardzones import parse_zone_upstreams, zone_name
+
+    addrs = value if isinstance(value, list) else [value]
+    if not addrs or not all(isinstance(a, str) for a in addrs):
+        raise ValueError(f"zone {zone!r}: want an upstream \"host:port\" or an array of them")
+    text = "|".join(addrs)
+    try:
+        return f"{zone_name(zone)}={'|'.join(map(str, parse_zone_upstreams(text)))}"
+    except ValueError as exc:
+        raise ValueError(f"zone {zone!r}: {exc}") from None
+
+
+TABLES = ("forward_zones", "client_groups")  # the settings a TOML table may give
+
+
+def as_setting_text(value: Any, key: str = "") -> str:
     """A TOML value as the text of the environment variable it stands for."""
+    if isinstance(value, dict) and key == "client_groups":  # HEIMDALL_CLIENT_GROUPS holds JSON
+        return json.dumps(value)
+    if isinstance(value, dict):  # a table of zone = upstream(s): HEIMDALL_FORWARD_ZONES
+        return ",".join(zone_text(zone, v) for zone, v in flatten(value).items())
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
         return ",".join(map(str, value))
-    if isinstance(value, dict):  # a table-valued setting (client_groups): its variable holds JSON
-        return json.dumps(value)
     raise ValueError(f"{type(value).__name__} is not a setting's value (a number, boolean, string, array or table)")
 
 
@@ -89,8 +133,10 @@ def check_key(section: str, key: str, value: Any) -> str | None:
         return f"unknown setting {key!r}" + (f"; did you mean {near[0]!r} in [{home_of(near[0])}]?" if near else "")
     if home != section:
         return f"{key!r} belongs in [{home}]"
+    if isinstance(value, dict) and key not in TABLES:
+        return f"[{section}] {key}: dict is not a setting's value (a number, boolean, string or array)"
     try:
-        PARSERS[key](as_setting_text(value))
+        PARSERS[key](as_setting_text(value, key))
     except ValueError as exc:
         return f"[{section}] {key}: {exc}"
     return None
@@ -118,18 +164,36 @@ def read(path: str) -> dict[str, str]:
             problems.append(Problem(path, lines.get(("", section), 0), f"{section!r} is outside any section{where}"))
             continue
         if section not in SECTIONS:
-            problems.append(Problem(path, lines.get((section, ""), 0),
+            problems.append(Problem(path, lines.get((section, HEADER_KEY), 0),
                                     f"unknown section [{section}]; sections: {', '.join(SECTIONS)}"))
             continue
+        if section == "forward":
+            table, zones = forward_zones(path, table, lines, problems)
+            if zones:
+                values["forward_zones"] = zones
         for key, value in table.items():
             problem = check_key(section, key, value)
             if problem:
                 problems.append(Problem(path, lines.get((section, key), 0), problem))
             else:
-                values[key] = as_setting_text(value)
+                values[key] = ",".join(filter(None, (values.get(key, ""), as_setting_text(value, key))))
     if problems:
         raise ConfigFileError(sorted(problems, key=lambda p: p.line))
     return values
+
+
+def forward_zones(path: str, table: dict[str, Any], lines: dict[tuple[str, str], int],
+                  problems: list[Problem]) -> tuple[dict[str, Any], str]:
+    """[forward]: its settings, and its other keys as zones (`lan = "192.168.1.1:53"`,
+    `"corp.example" = ["10.0.0.53", "10.0.0.54"]`) in HEIMDALL_FORWARD_ZONES's text."""
+    settings = {k: v for k, v in table.items() if k in SECTIONS["forward"]}
+    zones = []
+    for zone, value in flatten({k: v for k, v in table.items() if k not in settings}).items():
+        try:
+            zones.append(zone_text(zone, value))
+        except ValueError as exc:
+            problems.append(Problem(path, lines.get(("forward", zone), 0), f"[forward] {exc}"))
+    return settings, ",".join(zones)
 
 
 def toml_value(value: Any) -> str:

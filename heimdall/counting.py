@@ -52,7 +52,7 @@ class Counting:
             m.hit_sum += seconds
 
     def upstream_observe(self, up, result: str, seconds: float) -> None:
-        self.mstats.record_upstream(str(up.addr), result, seconds)
+        self.mstats.record_upstream(up.label, result, seconds)
 
     def refresh(self, m: metrics.Stats) -> None:
         """Copy the worker's plain-int counters into the metrics Stats."""
@@ -72,8 +72,9 @@ class Counting:
         m.cache_evictions = srv.cache.evictions
         m.cache_entries = len(srv.cache)
         m.rate_limited = st.rate_limited
-        for up in srv.pool.servers:
-            m.upstream_healthy[str(up.addr)] = up.fails == 0
+        for pool in srv.pools:
+            for up in pool.servers:
+                m.upstream_healthy[up.label] = up.fails == 0
         b = self.blocking
         m.blocked = (b.blocked if b is not None else 0) + sum(g.blocked for g in self.group_stages) + blocked_fast
         m.blocklist_entries = b.manager.current.entries if b is not None else 0  # also while paused
@@ -97,6 +98,6 @@ class Counting:
 
     def health(self) -> Health:
         srv = self.server
-        ups = srv.pool.servers
+        ups = [up for pool in srv.pools for up in pool.servers]
         return Health(not srv.stopping, sum(1 for u in ups if u.fails == 0), len(ups),
                       srv.shared.redis.state if srv.shared is not None else "disabled")

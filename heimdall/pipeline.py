@@ -3,12 +3,14 @@
     listener: udp.py (hot path: _hotpath.c, or hotpath.py) | tcp.py
       1. admit         rate limit on the client address        ratelimit.py
       2. screen        malformed, opcode, AXFR, EDNS version   screen.py
-      3. policy        blocking, then qtype ANY (RFC 8482)     blocking.py, anyquery.py
+      3. policy        local records, blocking, then qtype     localrecords.py, blocking.py,
+                       ANY (RFC 8482)                          anyquery.py
                        (and, on what 6 finds, CNAME cloaking)
       4. cache         a fresh answer                          cache.py (its key: cachekey.py)
          --- a miss: coalesced per key, at most max_inflight at once ---
       5. shared tier   Redis, shared by a fleet                sharedtier.py
-      6. upstream      forward, validate, build the entry      forward.py (sockets: upstream.py)
+      6. upstream      forward, validate, build the entry      forward.py (sockets: upstream.py;
+                       (per zone when forward zones are set)   zones: forwardzones.py)
          nobody answered: a stale answer (RFC 8767) or SERVFAIL
     observers: counting.py (metrics), querylog.py, each told the reply and How it was made
 
@@ -33,6 +35,7 @@ from heimdall.clientgroups import GroupedBlocking
 from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
+from heimdall.forwardzones import ZoneRouter
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
@@ -60,12 +63,13 @@ class Observer(Protocol):
 class Pipeline:
     """One worker's stages, in query order; `dispatch` is the entry for every transport."""
 
-    def __init__(self, config: Config, cache: Cache, counters: Counters, upstream: Forward,
+    def __init__(self, config: Config, cache: Cache, counters: Counters, upstream: Forward | ZoneRouter,
                  shared: SharedTier | None = None):
         self.config = config
         self.counters = counters
         self.admit: Callable[[bytes], bool] | None = None  # 1: rate limit on the packed client IP
         self.refuse_limited = False  # 1 said no: REFUSED (True) or drop (False)
+        self.local_records: Policy | None = None  # 3, first
         self.blocking: Policy | None = None  # 3
         self.groups: GroupedBlocking | None = None  # 3, per client group (clientgroups.py)
         self.check_chain: Callable[[bytes, Query, bytes], Answer | None] | None = None  # 3, on what 6 found
@@ -135,8 +139,8 @@ class Pipeline:
         return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q), data[wire.HEADER_LEN:q.qend].lower())
 
     def local(self, data: bytes, q: Query, blocking: Policy | None) -> Answer | None:
-        """Stage 3: the first policy that answers (blocking before ANY)."""
-        for policy in (blocking, self.any_query):
+        """Stage 3: the first policy that answers (local records, then blocking, then ANY)."""
+        for policy in (self.local_records, blocking, self.any_query):
             if policy is not None:
                 local = policy.check(data, q)
                 if local is not None:

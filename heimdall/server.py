@@ -21,6 +21,7 @@ from heimdall.cache import Cache
 from heimdall.config import Config, HostPort
 from heimdall.counters import Counters
 from heimdall.forward import Forward
+from heimdall.forwardzones import router, zone_pools
 from heimdall.pipeline import Pipeline
 from heimdall.sdnotify import Notifier
 from heimdall.sharedtier import open_shared_tier
@@ -71,13 +72,21 @@ class DnsServer:
         self.pool = UpstreamPool.from_config(config.upstream_servers, config.upstream_timeout)
         self.pool.use_0x20 = config.use_0x20
         self.shared = open_shared_tier(config)
-        self.pipeline = Pipeline(config, self.cache, self.stats, Forward(self.pool, config), self.shared)
+        self.zone_pools = zone_pools(config)  # forward zones: each its own pool, health and failover
+        forward = Forward(self.pool, config)
+        upstream = router(config, forward, self.zone_pools) if self.zone_pools else forward
+        self.pipeline = Pipeline(config, self.cache, self.stats, upstream, self.shared)
         self.udp_listener = UdpListener(udp, self.pipeline, config)
         self.tcp_listener = TcpListener(self.pipeline, config)
         self.reload_hooks: list[Callable[[], object]] = []  # run on SIGHUP (e.g. reload blocklists)
         self.stop_hooks: list[Callable[[], object]] = []  # run at the end of stop()
         self.stopping = False
         self._tcp_server: asyncio.AbstractServer | None = None
+
+    @property
+    def pools(self) -> list[UpstreamPool]:
+        """Every upstream pool: the default one, then each forward zone's."""
+        return [self.pool, *self.zone_pools.values()]
 
     def reload(self) -> None:
         """SIGHUP: run the reload hooks; a failing hook is logged, never fatal."""

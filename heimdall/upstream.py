@@ -191,6 +191,12 @@ class Upstream:
     fails: int = 0
     down_until: float = 0.0
     channels: ChannelSet | None = None
+    zone: str = ""  # a forward zone's upstream (heimdall/forwardzones.py); "" for the default upstreams
+
+    @property
+    def label(self) -> str:
+        """How metrics name it: host:port, or zone=host:port for a forward zone's."""
+        return f"{self.zone}={self.addr}" if self.zone else str(self.addr)
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
@@ -218,8 +224,8 @@ class UpstreamPool:
     observe: Callable[[Upstream, str, float], None] | None = None
 
     @classmethod
-    def from_config(cls, addrs: tuple[HostPort, ...], timeout: float) -> "UpstreamPool":
-        return cls([Upstream(a) for a in addrs], timeout)
+    def from_config(cls, addrs: tuple[HostPort, ...], timeout: float, zone: str = "") -> "UpstreamPool":
+        return cls([Upstream(a, zone=zone) for a in addrs], timeout)
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in configured order, then down ones, soonest retry first."""

@@ -133,6 +133,7 @@ class LocalUpstream:
     address: str = "127.0.0.1"
     workdir: Path | None = None
     tied: bool = True
+    zones: dict[str, Callable[[], str]] = field(default_factory=lambda: dict(ZONES))  # origin -> zone text
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -152,7 +153,7 @@ class LocalUpstream:
             self._own_dir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         zone_blocks = []
-        for origin, text in ZONES.items():
+        for origin, text in self.zones.items():
             name = origin.rstrip(".")
             (self.workdir / f"{name}.zone").write_text(text())
             zone_blocks.append(f"zone:\n  name: {name}\n  zonefile: {name}.zone\n")

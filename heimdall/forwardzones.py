@@ -1,0 +1,120 @@
+"""Conditional forwarding: queries under a zone go to that zone's own upstreams.
+
+HEIMDALL_FORWARD_ZONES is a comma list of `zone=upstream`, several upstreams
+of one zone separated by `|`: `lan=192.168.1.1:53,corp.example=10.0.0.53|10.0.0.54:53`
+(port 53 when omitted). Reverse zones are zones like any other
+(`1.168.192.in-addr.arpa=192.168.1.1`). The longest zone that is a suffix of
+the query name wins. Each zone has its own UpstreamPool, so its own health,
+backoff and failover; a query under a zone never goes to the default
+upstreams, even when every upstream of its zone is down (SERVFAIL then):
+internal names do not leak.
+
+`ZoneRouter` stands in for stage 6 only when zones are configured; without
+them the pipeline holds the default `Forward` itself, so nothing is added to
+any query's path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable
+
+from heimdall.config import Config, HostPort, parse_hostport
+from heimdall.forward import Forward
+from heimdall.outcome import Fetched, Miss
+from heimdall.upstream import UpstreamPool
+
+
+@dataclass(frozen=True)
+class ForwardZone:
+    name: str  # lower case, no trailing dot
+    upstreams: tuple[HostPort, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}={'|'.join(map(str, self.upstreams))}"
+
+
+def zone_name(text: str) -> str:
+    """A zone as the setting writes it: lower case, no trailing dot; ValueError if it is no DNS name."""
+    name = text.strip().lower().rstrip(".")
+    if not name:
+        raise ValueError("the root zone is the default upstreams' (HEIMDALL_UPSTREAM_SERVERS), not a forward zone")
+    labels = name.split(".")
+    if any(not 0 < len(label) < 64 for label in labels) or len(name) > 253:
+        raise ValueError(f"{text.strip()!r} is not a domain name")
+    if not name.isascii() or any(c.isspace() or c in "=|,\"\\" for c in name):
+        raise ValueError(f"{text.strip()!r} is not a domain name")
+    return name
+
+
+def parse_zone_list(text: str) -> tuple[str, ...]:
+    """HEIMDALL_LOCAL_ZONES: a comma list of zones, each once."""
+    return tuple(dict.fromkeys(zone_name(t) for t in text.split(",") if t.strip()))
+
+
+def parse_zone_upstreams(text: str) -> tuple[HostPort, ...]:
+    """`a|b|c` (or one address): the zone's upstreams, port 53 when omitted."""
+    items = [t for t in (p.strip() for p in text.split("|")) if t]
+    if not items:
+        raise ValueError("a zone needs at least one upstream host:port")
+    return tuple(parse_hostport(t, default_port=53) for t in items)
+
+
+def parse_forward_zones(text: str) -> tuple[ForwardZone, ...]:
+    """`zone=addr|addr,zone=addr` -> zones; a zone given twice is an error (which one would win?)."""
+    zones: dict[str, ForwardZone] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        zone, eq, addrs = item.partition("=")
+        if not eq:
+            raise ValueError(f"{item!r} is not zone=host:port (e.g. lan=192.168.1.1:53)")
+        name = zone_name(zone)
+        if name in zones:
+            raise ValueError(f"zone {name!r} is given twice")
+        try:
+            zones[name] = ForwardZone(name, parse_zone_upstreams(addrs))
+        except ValueError as exc:
+            raise ValueError(f"zone {name!r}: {exc}") from None
+    return tuple(zones.values())
+
+
+def wire_name(name: str) -> bytes:
+    """'corp.example' -> b'\\x04corp\\x07example\\x00' (the form of a Miss's lower-cased question)."""
+    return b"".join(bytes((len(label),)) + label.encode("ascii", "replace") for label in name.split(".")) + b"\x00"
+
+
+class ZoneRouter:
+    """Stage 6 with zones: the Forward of the longest zone the name is under, else the default one."""
+
+    def __init__(self, default: Forward, zones: dict[bytes, Forward]):
+        self.default = default
+        self.zones = zones
+
+    def route(self, name: bytes) -> Forward:
+        """The Forward for a lower-cased wire name: one dict lookup per label, longest suffix first."""
+        zones = self.zones
+        i = 0
+        while name[i]:
+            forward = zones.get(name[i:])
+            if forward is not None:
+                return forward
+            i += name[i] + 1
+        return self.default
+
+    def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
+        return self.route(miss.question[:-4]).fetch(miss, data)
+
+
+def zone_pools(config: Config) -> dict[str, UpstreamPool]:
+    """One pool per configured zone, named so that metrics tell its upstreams apart (zone=host:port)."""
+    pools = {}
+    for zone in config.forward_zones:
+        pool = UpstreamPool.from_config(zone.upstreams, config.upstream_timeout, zone=zone.name)
+        pool.use_0x20 = config.use_0x20
+        pools[zone.name] = pool
+    return pools
+
+
+def router(config: Config, default: Forward, pools: dict[str, UpstreamPool]) -> ZoneRouter:
+    return ZoneRouter(default, {wire_name(name): Forward(pool, config) for name, pool in pools.items()})
