@@ -1,14 +1,16 @@
 """Which optional stages and observers a worker runs, built from the configuration.
 
-`prepare(config)` runs once before fork: it loads the blocklists (so their
-frozensets' pages are shared copy-on-write; `gc.freeze()` keeps the collector
-from touching them) and checks the blocking settings. The `Setup` it returns
+`prepare(config)` runs once before fork: it downloads the list URLs (once,
+for every worker; a URL that fails falls back on its saved copy), loads the
+blocklists (so their frozensets' pages are shared copy-on-write; `gc.freeze()`
+keeps the collector from touching them) and checks the blocking settings. The `Setup` it returns
 runs in every worker and installs into that worker's pipeline:
 
 * stage 1, rate limit: RateLimiter.allow on the packed client address;
   a limited query is answered REFUSED or dropped;
-* stage 3, blocking (heimdall/blocking.py), with its reload on SIGHUP and
-  its mtime poll;
+* stage 3, blocking (heimdall/blocking.py), with its reload on SIGHUP, its
+  mtime poll, and the list URLs' refresh: worker 0 downloads, the others
+  follow the saved copies;
 * observers: the query log (while it is on, the hot path answers nothing
   itself, so that every query is logged) and metrics (heimdall/counting.py);
 * the HTTP API: with one worker it runs on the worker's loop and reads live
@@ -38,11 +40,13 @@ from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
+from heimdall.liststore import ListStore, check_writable, default_state_dir
 from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
 from heimdall.querylog import QueryLog
 from heimdall.ratelimit import RateLimitConfig, RateLimiter
+from heimdall.subscriptions import Subscriptions
 from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
@@ -73,8 +77,10 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         raise FeatureError(str(exc)) from None
     manager = None
     if config.blocklists or config.allowlist:
-        manager = BlocklistManager(config.blocklists, config.allowlist)
+        manager = BlocklistManager(config.blocklists, config.allowlist, subscriptions(config))
         started = time.monotonic()
+        if manager.urls:
+            fetch_at_start(config, manager)
         try:
             manager.load()
         except BlocklistError as exc:
@@ -92,6 +98,26 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         return Assembly(config, server, manager, store_dir).install()
 
     return setup
+
+
+def subscriptions(config: Config) -> Subscriptions:
+    """Downloads of list URLs into the state directory (made when the first one is saved)."""
+    store = ListStore(config.state_dir or default_state_dir())
+    return Subscriptions(store, config.blocklist_refresh, config.blocklist_max_bytes, config.blocklist_fetch_timeout)
+
+
+def fetch_at_start(config: Config, manager: BlocklistManager) -> None:
+    """Every list URL once, before fork; a failure leaves the saved copy, which manager.load() then reads."""
+    assert manager.subscriptions is not None
+    directory = manager.subscriptions.store.directory
+    try:
+        check_writable(directory)
+    except OSError as exc:
+        raise FeatureError(f"cannot keep list downloads in {directory} (HEIMDALL_STATE_DIR="
+                           f"{manager.subscriptions.store.state_dir}): {exc.strerror or exc}") from None
+    log.info(f"downloading {len(manager.urls)} list URLs into {directory}; "
+             f"then every {config.blocklist_refresh:g}s (HEIMDALL_BLOCKLIST_REFRESH)")
+    manager.fetch(force=True)
 
 
 def remove_if_owner(directory: str, owner: int) -> None:
@@ -134,7 +160,7 @@ class Assembly:
             pipeline.admit = lambda ip: allow(ip, clock())
             pipeline.refuse_limited = cfg.rate_limit_action == "refused"
         if self.manager is not None:
-            self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
+            self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache, leader=self.index == 0)
             await self.blocking.start()
         if cfg.query_log:
             self.qlog = QueryLog(cfg.query_log).start()
@@ -156,6 +182,10 @@ class Assembly:
         loop = asyncio.get_running_loop()
         if self.blocking is not None and self.config.blocklist_reload_interval > 0:
             self._tasks.append(loop.create_task(self.blocking.poll(self.config.blocklist_reload_interval)))
+        if self.blocking is not None and self.manager is not None and self.manager.subscriptions is not None:
+            # list URLs (also ones a re-read config file adds): worker 0 downloads, the others follow
+            lists = self.blocking.refresh_forever() if self.index == 0 else self.blocking.follow_copies()
+            self._tasks.append(loop.create_task(lists))
         if self.counting is not None:  # the control API is part of the HTTP endpoint
             self._tasks.append(loop.create_task(self.control.follow(self.store.directory if self.store else None)))
         if self.store is not None and self.counting is not None:
@@ -171,8 +201,9 @@ class Assembly:
         else:
             figures, health = self.counting.live_snapshot, self.counting.health
         collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
+        fetch_lists = self.blocking.fetch_lists if self.blocking is not None else None
         self.api = HttpApi(figures, health, addr.host, addr.port, collectors,
-                           control=Controller(self.control, self.store), token=self.config.api_token)
+                           control=Controller(self.control, self.store, fetch_lists), token=self.config.api_token)
         try:
             await self.api.start()
         except OSError as exc:
@@ -192,7 +223,7 @@ class Assembly:
         if self.qlog is not None:
             self.qlog.reopen()
         if self.blocking is not None:
-            self.blocking.request_reload()
+            self.blocking.on_sighup()
 
     def reread_config_file(self) -> None:
         """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""

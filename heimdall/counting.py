@@ -77,6 +77,7 @@ class Counting:
         m.blocked = (b.blocked if b is not None else 0) + blocked_fast
         m.blocklist_entries = b.lists.entries if b is not None else 0
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
+        m.lists = b.list_figures() if b is not None else {}
         if self.limiter is not None:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted
         if self.qlog is not None:
