@@ -211,7 +211,7 @@ class BlocklistManager:
         self.subscriptions = subscriptions
         self.current: Blocklist = EMPTY
         self.last_error: str | None = None
-        self._copies_tried: tuple[tuple[str, int | None], ...] = ()
+        self._copies_tried: tuple[tuple[str, int], ...] = ()
 
     @property
     def urls(self) -> list[str]:
@@ -234,22 +234,22 @@ class BlocklistManager:
             return {}
         return self.subscriptions.refresh_urls(self.urls, force)
 
-    def _copies(self) -> tuple[tuple[str, int | None], ...]:
-        """Each URL with its saved copy's mtime (None: no copy yet)."""
+    def _copies(self) -> tuple[tuple[str, int], ...]:
+        """Each URL that has a saved copy, with the copy's mtime."""
         if self.subscriptions is None:
             return ()
         store = self.subscriptions.store
-        out: list[tuple[str, int | None]] = []
+        out: list[tuple[str, int]] = []
         for url in self.urls:
             try:
                 out.append((url, os.stat(store.copy_path(url)).st_mtime_ns))
             except OSError:
-                out.append((url, None))
+                pass  # not downloaded yet: nothing to load until its copy appears
         return tuple(out)
 
     def copies_changed(self) -> bool:
-        """True when a saved copy was replaced (or appeared, or the URLs changed) since the last
-        load was tried: a reload that failed is not tried again until something changes."""
+        """True when a saved copy was replaced or appeared (or a URL with a copy left the config)
+        since the last load was tried: a reload that failed is not tried again until one does."""
         return self._copies() != self._copies_tried
 
     def load(self) -> Blocklist:

@@ -49,14 +49,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._answer(self.server.owner, self.path.split("?")[0])
+
+    def _record(self, status: int) -> None:
+        """Before the answer goes out, so that a client that has it finds its request here."""
         web = self.server.owner
-        path = self.path.split("?")[0]
-        status = self._answer(web, path)
         with web.lock:
-            web.requests.append(Seen(path, status, self.headers.get("If-None-Match"),
+            web.requests.append(Seen(self.path.split("?")[0], status, self.headers.get("If-None-Match"),
                                      self.headers.get("If-Modified-Since"), time.monotonic()))
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, length: int | None = None) -> None:
+        self._record(status)
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -94,6 +97,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, body, length=len(body) if mode == "oversized" else None)
             return 200
         if mode == "hang":
+            self._record(0)
             web.stopping.wait(30)
             return 0
         if served.validators:

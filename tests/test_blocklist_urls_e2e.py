@@ -210,8 +210,10 @@ def test_a_url_added_to_the_config_file_is_downloaded_on_sighup(upstream, web, t
         conf.write_text(f'[blocking]\nblocklists = ["{web.url("/block.txt")}", "{web.url("/more.txt")}"]\n')
         srv.signal(signal.SIGHUP)
         until(lambda: blocked(srv, "more.bench.test") and blocked(srv, "ads.bench.test"))
-        assert len(web.seen("/more.txt")) == 1
-        assert "reload failed" not in srv.log
+        seen = web.seen("/more.txt")
+        # worker 0's timer may find the new URL due just before the SIGHUP's round: then the second is a 304
+        assert seen[0].status == 200 and all(r.status == 304 for r in seen[1:2]) and len(seen) <= 2, seen
+        assert "reload failed" not in srv.log  # the other workers waited for worker 0's copy
 
 
 def pid_of(line: str) -> int:

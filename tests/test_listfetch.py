@@ -292,12 +292,15 @@ def test_copies_changed_follows_new_copies_and_does_not_retry_a_failed_reload(we
     manager.fetch()
     assert manager.copies_changed() and manager.reload() and not manager.copies_changed()
     assert manager.current.match_name("other.bench.test")
-    missing = "http://127.0.0.1:9/missing.txt"
-    manager.block_files.append(missing)  # as a re-read config file may do
-    assert manager.copies_changed()
-    assert not manager.reload()  # no copy of the new URL: the old lists stay ...
-    assert not manager.copies_changed()  # ... and it is not tried again every second
+    web.set("/new.txt", b"new.bench.test\n")
+    new = web.url("/new.txt")
+    manager.block_files.append(new)  # as a re-read config file may do
+    assert not manager.copies_changed()  # nothing to load before its first download
+    assert not manager.reload()  # (a SIGHUP now: no copy of the new URL, so the old lists stay ...)
+    assert not manager.copies_changed()  # ... and that is not tried again every second
     assert manager.current.match_name("other.bench.test")
+    manager.fetch()
+    assert manager.copies_changed() and manager.reload() and manager.current.match_name("new.bench.test")
 
 
 def test_adopt_saved_takes_figures_and_schedule_from_disk(web, tmp_path):
