@@ -22,8 +22,11 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
 # Run: the same Python, the venv, nothing else.
 FROM python:3.12-slim-bookworm
 COPY --from=build /opt/heimdall /opt/heimdall
-RUN useradd --system --no-create-home --uid 10053 heimdall
+RUN useradd --system --no-create-home --uid 10053 heimdall \
+ && install -d -o heimdall -g heimdall -m 700 /var/lib/heimdall
 USER heimdall
+# The saved copies of list URLs (HEIMDALL_STATE_DIR defaults to it: writable by the server's user)
+VOLUME ["/var/lib/heimdall"]
 # HTTP stays inside the container (the health check reaches it); to scrape it from outside, set
 # HEIMDALL_HTTP_BIND_ADDR=0.0.0.0:8053 and HEIMDALL_API_TOKEN (the server refuses the first alone).
 ENV PATH=/opt/heimdall/bin:$PATH \

@@ -1,15 +1,17 @@
 """Which optional stages and observers a worker runs, built from the configuration.
 
-`prepare(config)` runs once before fork: it loads the blocklists (so their
-frozensets' pages are shared copy-on-write; `gc.freeze()` keeps the collector
-from touching them) and checks the blocking settings. The `Setup` it returns
+`prepare(config)` runs once before fork: it downloads the list URLs (once,
+for every worker; a URL that fails falls back on its saved copy), loads the
+blocklists (so their frozensets' pages are shared copy-on-write; `gc.freeze()`
+keeps the collector from touching them) and checks the blocking settings. The `Setup` it returns
 runs in every worker and installs into that worker's pipeline:
 
 * stage 1, rate limit: RateLimiter.allow on the packed client address;
   a limited query is answered REFUSED or dropped;
 * stage 3, local records (heimdall/localrecords.py), then blocking
-  (heimdall/blocking.py), each with its reload on SIGHUP (blocking also
-  with its mtime poll);
+  (heimdall/blocking.py), each with its reload on SIGHUP; blocking also with
+  its mtime poll and the list URLs' refresh (worker 0 downloads, the others
+  follow the saved copies), and per client group (heimdall/clientgroups.py);
 * observers: the query log (while it is on, the hot path answers nothing
   itself, so that every query is logged) and metrics (heimdall/counting.py);
 * the HTTP API: with one worker it runs on the worker's loop and reads live
@@ -40,11 +42,13 @@ from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
+from heimdall.liststore import ListStore, check_writable, default_state_dir
 from heimdall.logs import setup_logging
 from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
 from heimdall.querylog import QueryLog
 from heimdall.ratelimit import RateLimitConfig, RateLimiter
+from heimdall.subscriptions import Subscriptions
 from heimdall.udp import hot_path_in_use
 
 if TYPE_CHECKING:
@@ -82,8 +86,10 @@ def prepare(config: Config) -> Callable[["DnsServer"], object] | None:
         raise FeatureError(str(exc)) from None
     manager = None
     if config.blocklists or config.allowlist:
-        manager = BlocklistManager(config.blocklists, config.allowlist)
+        manager = BlocklistManager(config.blocklists, config.allowlist, subscriptions(config))
         started = time.monotonic()
+        if manager.urls:
+            fetch_at_start(config, manager)
         try:
             manager.load()
         except BlocklistError as exc:
@@ -124,6 +130,26 @@ def load_group_lists(config: Config, group: ClientGroup) -> BlocklistManager:
     log.info("client group %s: %d clients' networks, %d names blocked", group.name, len(group.clients),
              manager.current.entries)
     return manager
+
+
+def subscriptions(config: Config) -> Subscriptions:
+    """Downloads of list URLs into the state directory (made when the first one is saved)."""
+    store = ListStore(config.state_dir or default_state_dir())
+    return Subscriptions(store, config.blocklist_refresh, config.blocklist_max_bytes, config.blocklist_fetch_timeout)
+
+
+def fetch_at_start(config: Config, manager: BlocklistManager) -> None:
+    """Every list URL once, before fork; a failure leaves the saved copy, which manager.load() then reads."""
+    assert manager.subscriptions is not None
+    directory = manager.subscriptions.store.directory
+    try:
+        check_writable(directory)
+    except OSError as exc:
+        raise FeatureError(f"cannot keep list downloads in {directory} (HEIMDALL_STATE_DIR="
+                           f"{manager.subscriptions.store.state_dir}): {exc.strerror or exc}") from None
+    log.info(f"downloading {len(manager.urls)} list URLs into {directory}; "
+             f"then every {config.blocklist_refresh:g}s (HEIMDALL_BLOCKLIST_REFRESH)")
+    manager.fetch(force=True)
 
 
 def remove_if_owner(directory: str, owner: int) -> None:
@@ -176,7 +202,7 @@ class Assembly:
         if self.local is not None:
             pipeline.local_records = self.local
         if self.manager is not None:
-            self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache)
+            self.blocking = pipeline.blocking = Blocking(cfg, self.manager, srv.cache, leader=self.index == 0)
             if cfg.cname_cloaking:
                 pipeline.check_chain = self.blocking.check_chain
             await self.blocking.start()
@@ -215,6 +241,10 @@ class Assembly:
         loop = asyncio.get_running_loop()
         if self.blocking is not None and self.config.blocklist_reload_interval > 0:
             self._tasks.append(loop.create_task(self.blocking.poll(self.config.blocklist_reload_interval)))
+        if self.blocking is not None and self.manager is not None and self.manager.subscriptions is not None:
+            # list URLs (also ones a re-read config file adds): worker 0 downloads, the others follow
+            lists = self.blocking.refresh_forever() if self.index == 0 else self.blocking.follow_copies()
+            self._tasks.append(loop.create_task(lists))
         if self.counting is not None:  # the control API is part of the HTTP endpoint
             self._tasks.append(loop.create_task(self.control.follow(self.store.directory if self.store else None)))
         if self.store is not None and self.counting is not None:
@@ -230,8 +260,9 @@ class Assembly:
         else:
             figures, health = self.counting.live_snapshot, self.counting.health
         collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
+        fetch_lists = self.blocking.fetch_lists if self.blocking is not None else None
         self.api = HttpApi(figures, health, addr.host, addr.port, collectors,
-                           control=Controller(self.control, self.store), token=self.config.api_token)
+                           control=Controller(self.control, self.store, fetch_lists), token=self.config.api_token)
         try:
             await self.api.start()
         except OSError as exc:
@@ -250,9 +281,11 @@ class Assembly:
             self.reread_config_file()
         if self.qlog is not None:
             self.qlog.reopen()
-        lists = self.grouped or self.blocking
-        if lists is not None:
-            lists.request_reload()
+        if self.blocking is not None:
+            self.blocking.on_sighup()
+        for stage in self.grouped.stages[1:] if self.grouped else ():
+            if stage is not None:
+                stage.request_reload()
         if self.local is not None:
             self.local.request_reload(self.config)
 

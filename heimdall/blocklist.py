@@ -2,7 +2,9 @@
 
 The files' formats are heimdall/listformat.py's. Allowlist files use the same
 formats and win over blocks; invalid lines are logged with file:line, never
-fatal.
+fatal. An entry may also be an http(s) URL: it is read from its last good
+download (heimdall/subscriptions.py keeps it under the state directory), and
+a URL with no download yet fails the load as a missing file would.
 
 Matching (the hot path) takes the *lower-cased wire-format qname*, e.g.
 ``b"\\x03www\\x07example\\x03com\\x00"``: the server already has it as part of
@@ -16,9 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
+from heimdall.listfetch import is_url, redact
 from heimdall.listformat import BlocklistError, InvalidLine, ParseResult, parse_file, to_wire
+
+if TYPE_CHECKING:
+    from heimdall.subscriptions import Subscriptions
 
 __all__ = ["Blocklist", "BlocklistError", "BlocklistManager", "load_blocklists", "to_wire"]
 
@@ -32,7 +38,7 @@ class Source:
     path: str
     mtime_ns: int
     kind: str  # "block" or "allow"
-
+    url: str = ""  # the list's URL when `path` is its saved copy
 
 
 class Blocklist:
@@ -127,9 +133,14 @@ class Blocklist:
         """Convenience for a dotted name in any case (not for the hot path)."""
         return self.match(to_wire(name.lower()))
 
-    def changed(self) -> bool:
-        """True when a source file's mtime differs from the one loaded (or it vanished)."""
+    def changed(self, copies: bool = True) -> bool:
+        """True when a source file's mtime differs from the one loaded (or it vanished).
+
+        `copies=False` looks at list files only, not at the saved copies of URLs.
+        """
         for s in self.sources:
+            if s.url and not copies:
+                continue
             try:
                 if os.stat(s.path).st_mtime_ns != s.mtime_ns:
                     return True
@@ -145,9 +156,15 @@ def _mtime(path: str) -> int:
         raise BlocklistError(f"cannot read list file {path}: {e.strerror or e}") from e
 
 
-def load_blocklists(block_files: Iterable[str], allow_files: Iterable[str] = ()) -> Blocklist:
+def no_urls(url: str) -> str:
+    raise BlocklistError(f"{redact(url)}: a list URL needs the server's downloads (heimdall serve)")
+
+
+def load_blocklists(block_files: Iterable[str], allow_files: Iterable[str] = (),
+                    copy_of: Callable[[str], str] = no_urls) -> Blocklist:
     """Load every list; raises BlocklistError (old lists stay in use) if one is unreadable.
 
+    A URL entry is read from the file `copy_of(url)` names (its saved copy).
     Invalid lines are logged (the first MAX_LOGGED_INVALID with file:line,
     then a count) and skipped.
     """
@@ -155,10 +172,12 @@ def load_blocklists(block_files: Iterable[str], allow_files: Iterable[str] = ())
     sources: list[Source] = []
     r = ParseResult()
     for kind, files in (("block", block_files), ("allow", allow_files)):
-        for path in files:
+        for entry in files:
+            url = entry if is_url(entry) else ""
+            path = copy_of(url) if url else entry
             mtime = _mtime(path)  # before reading: a write during the read shows as a change
-            parse_file(path, allow_file=(kind == "allow"), result=r)
-            sources.append(Source(path, mtime, kind))
+            parse_file(path, allow_file=(kind == "allow"), result=r, name=redact(url) if url else None)
+            sources.append(Source(path, mtime, kind, url))
     for bad in r.invalid:
         log.warning("%s:%d: ignored invalid line (%s): %r", bad.path, bad.lineno, bad.reason, bad.text.rstrip())
     if r.invalid_count > len(r.invalid):
@@ -166,8 +185,10 @@ def load_blocklists(block_files: Iterable[str], allow_files: Iterable[str] = ())
     bl = Blocklist(r.exact, r.wildcard, r.exceptions, r.exception_wildcards,
                    r.invalid_count, tuple(r.invalid), tuple(sources))
     r.exact.clear()  # free the build sets now, not at the caller's leisure
-    log.info("blocklists loaded: %d blocked, %d allowed, %d invalid lines, from %d files",
-             bl.entries, bl.allow_entries, bl.invalid_lines, len(sources))
+    urls = sum(1 for s in sources if s.url)
+    log.info("blocklists loaded: %d blocked, %d allowed, %d invalid lines, from %d files%s",
+             bl.entries, bl.allow_entries, bl.invalid_lines, len(sources) - urls,
+             f" and {urls} URLs" if urls else "")
     return bl
 
 
@@ -178,25 +199,73 @@ class BlocklistManager:
     """Holds the current Blocklist; reloads keep the old one when a file is unreadable or empty.
 
     The server reads ``manager.current`` per query (one attribute load) or
-    copies it into its own attribute after each successful reload.
+    copies it into its own attribute after each successful reload. With
+    `subscriptions`, URL entries are read from their saved copies;
+    ``fetch()`` downloads them (blocking: call it in a thread).
     """
 
-    def __init__(self, block_files: Iterable[str], allow_files: Iterable[str] = ()) -> None:
+    def __init__(self, block_files: Iterable[str], allow_files: Iterable[str] = (),
+                 subscriptions: "Subscriptions | None" = None) -> None:
         self.block_files = list(block_files)
         self.allow_files = list(allow_files)
+        self.subscriptions = subscriptions
         self.current: Blocklist = EMPTY
         self.last_error: str | None = None
+        self._copies_tried: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def urls(self) -> list[str]:
+        """The URL entries of both kinds, each once."""
+        return list(dict.fromkeys(e for e in self.block_files + self.allow_files if is_url(e)))
+
+    def copy_of(self, url: str) -> str:
+        """The file a URL's list is read from: its last good download."""
+        if self.subscriptions is None:
+            return no_urls(url)
+        store = self.subscriptions.store
+        if not store.has_copy(url):
+            raise BlocklistError(f"{redact(url)}: not downloaded and no saved copy in {store.directory} "
+                                 "(the fetch error is logged above)")
+        return store.copy_path(url)
+
+    def fetch(self, force: bool = True) -> dict[str, str]:
+        """Download the URL lists (those due, or all with `force`); url -> result. Blocking."""
+        if self.subscriptions is None or not self.urls:
+            return {}
+        return self.subscriptions.refresh_urls(self.urls, force)
+
+    def _copies(self) -> tuple[tuple[str, int], ...]:
+        """Each URL that has a saved copy, with the copy's mtime."""
+        if self.subscriptions is None:
+            return ()
+        store = self.subscriptions.store
+        out: list[tuple[str, int]] = []
+        for url in self.urls:
+            try:
+                out.append((url, os.stat(store.copy_path(url)).st_mtime_ns))
+            except OSError:
+                pass  # not downloaded yet: nothing to load until its copy appears
+        return tuple(out)
+
+    def copies_changed(self) -> bool:
+        """True when a saved copy was replaced or appeared (or a URL with a copy left the config)
+        since the last load was tried: a reload that failed is not tried again until one does."""
+        return self._copies() != self._copies_tried
 
     def load(self) -> Blocklist:
         """First load: errors propagate (a missing list at start is a config error)."""
-        self.current = load_blocklists(self.block_files, self.allow_files)
+        self._copies_tried = self._copies()
+        self.current = load_blocklists(self.block_files, self.allow_files, self.copy_of)
         return self.current
 
     def reload(self) -> bool:
         """True if new lists are in use; False (old lists kept, reason logged) otherwise."""
+        self._copies_tried = self._copies()
         try:
             if self.current.entries:
                 for path in self.block_files:
+                    if is_url(path):
+                        continue  # a saved copy is never empty: an empty download is refused
                     try:
                         empty = os.path.getsize(path) == 0
                     except OSError:
@@ -204,7 +273,7 @@ class BlocklistManager:
                     if empty:  # a list updater's `> file` before it writes: not a request to unblock all
                         raise BlocklistError(f"list file {path} is empty (truncated?); "
                                              "to clear it on purpose, leave a comment line in it")
-            new = load_blocklists(self.block_files, self.allow_files)
+            new = load_blocklists(self.block_files, self.allow_files, self.copy_of)
         except BlocklistError as e:
             self.last_error = str(e)
             log.error("blocklist reload failed, keeping the %d entries loaded before: %s",
@@ -215,4 +284,4 @@ class BlocklistManager:
 
     def reload_if_changed(self) -> bool:
         """For HEIMDALL_BLOCKLIST_RELOAD_INTERVAL: reload when a file's mtime moved."""
-        return self.current.changed() and self.reload()
+        return (self.current.changed() or self.copies_changed()) and self.reload()

@@ -130,6 +130,42 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
 
 
+def duration_in(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = parse_duration(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"{text.strip()} is out of range {lo:g}s..{hi:g}s")
+        return value
+    return parse
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+              "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def size_in(lo: int, hi: int) -> Callable[[str], int]:
+    """Bytes from "67108864", "64MiB", "500kB" (k/M/G are powers of 1000, KiB/MiB/GiB of 1024)."""
+    def parse(text: str) -> int:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip().lower())
+        if m is None or m.group(2) not in SIZE_UNITS:
+            raise ValueError(f"{text!r} is not a size (e.g. 67108864, 64MiB, 500kB)")
+        value = int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} bytes is out of range {lo}..{hi}")
+        return value
+    return parse
+
+
+def parse_list_entries(text: str) -> tuple[str, ...]:
+    """Comma list of list files and http(s) URLs."""
+    entries = parse_paths(text)
+    for e in entries:
+        scheme = e.partition("://")[0].lower() if "://" in e else ""
+        if scheme and scheme not in ("http", "https"):
+            raise ValueError(f"{e!r}: only http:// and https:// URLs can be fetched (or give a file path)")
+    return entries
+
+
 def parse_redis_url(text: str) -> str:
     text = text.strip()
     if text and not text.startswith(("redis://", "rediss://", "unix://")):
@@ -223,8 +259,9 @@ class Config:
                                            "names in them are NXDOMAIN (with SOA)")
     local_ttl: int = setting(60, int_in(0, 7 * DAY), "TTL of local records and of their negative answers")
     # blocking
-    blocklists: tuple[str, ...] = setting((), parse_paths, "comma list of blocklist files")
-    allowlist: tuple[str, ...] = setting((), parse_paths, "comma list of allowlist files (win over blocks)")
+    blocklists: tuple[str, ...] = setting((), parse_list_entries, "comma list of blocklist files and http(s) URLs")
+    allowlist: tuple[str, ...] = setting((), parse_list_entries,
+                                         "comma list of allowlist files and http(s) URLs (win over blocks)")
     blocking_mode: str = setting("zero_ip", choice("zero_ip", "nxdomain", "refused", "custom_ip"),
                                  "answer for blocked names: zero_ip, nxdomain, refused, custom_ip")
     blocking_custom_ip: str = setting("", parse_ip_list, "custom_ip mode: an IPv4 and/or IPv6 address")
@@ -236,6 +273,12 @@ class Config:
                                                      "blocklists, allowlist, blocking_mode (docs/blocking.md)")
     cname_cloaking: bool = setting(True, parse_bool, "block an allowed name whose answer's CNAME chain passes "
                                    "through a blocked name")
+    blocklist_refresh: float = setting(4 * 3600.0, duration_in(1, 30 * DAY),
+                                       "how often list URLs are fetched again (30s, 5m, 4h), conditionally")
+    blocklist_max_bytes: int = setting(64 << 20, size_in(1, 1 << 40),
+                                       "largest list download accepted (bytes, or 64MiB, 500kB)")
+    blocklist_fetch_timeout: float = setting(120.0, duration_in(0.1, 3600),
+                                             "seconds a list download may take, and may wait for the network")
     any_mode: str = setting("minimal", choice("minimal", "refused", "forward"),
                             "qtype ANY: minimal (RFC 8482 HINFO), refused, or forward")
     # cache
@@ -280,6 +323,8 @@ class Config:
     config_file: str = setting("", str.strip, "TOML file with every other setting (heimdall.example.toml); flags and "
                                "environment win over it; SIGHUP re-reads it", aliases=(CONFIG_ALIAS,))
     worker_threads: int = setting(1, int_in(1, 64), "worker processes (1 = serve in this process)")
+    state_dir: str = setting("", str.strip, "directory for downloaded lists (empty: $STATE_DIRECTORY, else "
+                             "/var/lib/heimdall when writable, else ~/.local/state/heimdall)")
     shutdown_grace: float = setting(5.0, float_in(0, 300), "seconds to finish in-flight queries on SIGTERM")
 
     @classmethod
@@ -309,14 +354,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "local": ("local_records", "local_entries", "local_zones", "local_ttl"),
     "blocking": ("blocklists", "allowlist", "blocking_mode", "blocking_custom_ip", "blocking_ttl",
-               "blocklist_reload_interval", "client_groups", "cname_cloaking", "any_mode"),
+               "blocklist_reload_interval", "blocklist_refresh", "blocklist_max_bytes", "blocklist_fetch_timeout",
+               "client_groups", "cname_cloaking", "any_mode"),
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
     "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
     "forward": ("forward_zones",),
     "observers": ("http_bind_addr", "api_token", "query_log", "log_level", "log_format"),
-    "process": ("config_file", "worker_threads", "shutdown_grace"),
+    "process": ("config_file", "worker_threads", "state_dir", "shutdown_grace"),
 }
 
 

@@ -1,5 +1,9 @@
 """Operator actions that act on every worker: pause blocking, flush the cache, refresh the lists.
 
+A list refresh first downloads the list URLs in the worker serving the API
+(which is the one that downloads them, heimdall/blocking.py), then every
+worker reloads its lists from the files and saved copies.
+
 The HTTP API runs in one worker. With several, the others learn of an action
 through `control.json` in the directory where workers publish their figures
 (heimdall/metrics.py: SnapshotStore), replaced atomically. Each worker looks
@@ -18,7 +22,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from heimdall.atomic import atomic_write_bytes
 from heimdall.metrics import SnapshotStore
@@ -123,9 +127,11 @@ def read_state(path: str) -> ControlState:
 class Controller:
     """The API's side: change the state, make every worker apply it, report."""
 
-    def __init__(self, local: WorkerControl, store: SnapshotStore | None) -> None:
+    def __init__(self, local: WorkerControl, store: SnapshotStore | None,
+                 fetch_lists: "Callable[[], Awaitable[dict[str, str]]] | None" = None) -> None:
         self.local = local  # this worker's (it serves the API)
         self.store = store
+        self.fetch_lists = fetch_lists  # downloads the list URLs before a refresh (url -> result)
         self.state = read_state(self.path) if store else ControlState()
 
     @property

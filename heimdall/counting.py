@@ -81,6 +81,7 @@ class Counting:
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
         m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0
         m.counters["prefetches"] = st.prefetches
+        m.lists = b.list_figures() if b is not None else {}
         if self.limiter is not None:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted
         if self.qlog is not None:

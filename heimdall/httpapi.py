@@ -89,7 +89,8 @@ def stats_document(s: Snapshot) -> dict:
                   "hit_ratio": round(s.cache_hits / lookups, 4) if lookups else None,
                   "evictions": s.cache_evictions, "entries": s.cache_entries},
         "upstreams": upstreams,
-        "blocking": {"blocked": s.blocked, "blocklist_entries": s.blocklist_entries},
+        "blocking": {"blocked": s.blocked, "blocklist_entries": s.blocklist_entries,
+                     **({"urls": s.lists} if s.lists else {})},
         "rate_limit": {"rate_limited": s.rate_limited},
         "counters": s.counters,
     }
@@ -145,11 +146,11 @@ class HttpApi:
                                          headers={"WWW-Authenticate": 'Bearer realm="heimdall"'})
         return await handler(request)
 
-    async def _act(self, **changes: float | int) -> web.Response:
+    async def _act(self, extra: dict | None = None, **changes: float | int) -> web.Response:
         assert self.control is not None
         state, acked, live = await self.control.change(**changes)
         body = {"generation": state.generation, "workers": live, "acknowledged": acked,
-                "blocking": self.control.status()}
+                "blocking": self.control.status(), **(extra or {})}
         return web.json_response(body, status=200 if acked >= live else 504)
 
     async def _disable(self, request: web.Request) -> web.Response:
@@ -172,8 +173,10 @@ class HttpApi:
         return await self._act(flush=self.control.state.generation + 1)
 
     async def _refresh(self, request: web.Request) -> web.Response:
+        """List URLs are downloaded first (here, in the worker that downloads), then every worker reloads."""
         assert self.control is not None
-        return await self._act(refresh=self.control.state.generation + 1)
+        fetched = await self.control.fetch_lists() if self.control.fetch_lists is not None else {}
+        return await self._act({"urls": fetched} if fetched else None, refresh=self.control.state.generation + 1)
 
     async def start(self) -> None:
         """Bind and serve; raises OSError if the address is taken."""

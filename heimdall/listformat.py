@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 MAX_LOGGED_INVALID = 20  # per load: this many invalid lines individually, then a count
 
@@ -187,14 +188,29 @@ def parse_line(c: _Collector, lineno: int, text: str) -> None:
             c.add(lineno, text, token, False)
 
 
-def parse_file(path: str, allow_file: bool = False, result: ParseResult | None = None) -> ParseResult:
-    """Parse one list file; raises BlocklistError when it cannot be read."""
+def parse_lines(lines: Iterable[str], name: str, allow_file: bool = False,
+                result: ParseResult | None = None) -> ParseResult:
+    """Parse lines of one list; `name` (a path or URL) is what invalid lines are reported with."""
     result = result if result is not None else ParseResult()
-    c = _Collector(path, allow_file, result)
+    c = _Collector(name, allow_file, result)
+    for lineno, text in enumerate(lines, 1):
+        parse_line(c, lineno, text)
+    return result
+
+
+def parse_file(path: str, allow_file: bool = False, result: ParseResult | None = None,
+               name: str | None = None) -> ParseResult:
+    """Parse one list file; raises BlocklistError when it cannot be read.
+
+    `name` replaces the path in invalid-line reports (a URL's saved copy is reported by its URL).
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, text in enumerate(f, 1):
-                parse_line(c, lineno, text)
+            return parse_lines(f, name or path, allow_file, result)
     except OSError as e:
         raise BlocklistError(f"cannot read list file {path}: {e.strerror or e}") from e
-    return result
+
+
+def names_in(result: ParseResult) -> int:
+    """How many names (blocked, wildcard and allowed) a parse found."""
+    return len(result.exact) + len(result.wildcard) + len(result.exceptions) + len(result.exception_wildcards)

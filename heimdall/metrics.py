@@ -8,7 +8,8 @@ a small JSON file into a shared directory (``SnapshotStore``: write to a temp
 file, ``os.replace``, so readers never see half a file). The HTTP side reads
 the files of live workers, merges them (``merge()``: counters and histograms
 add, cache entries add, blocklist entries take the max, an upstream is
-healthy if any worker finds it so) and ``HeimdallCollector`` turns the result
+healthy if any worker finds it so, a list URL's figures are those of the one
+worker that downloads it, never a sum) and ``HeimdallCollector`` turns the result
 into metric families. With one process the HTTP side may instead call
 ``stats.snapshot()`` directly.
 
@@ -105,6 +106,9 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)  # extra heimdall_<name>_total (e.g. redis)
     redis_duration: Hist | None = None  # shared Redis tier round trips (None when it is off)
     redis_state: str = "disabled"       # "up", "down" or "disabled"
+    # list URL -> {"fetches": {result: n}, "bytes", "entries", "last_success", "last_result"}: reported
+    # by the worker that downloads (worker 0) and empty in the others (heimdall/subscriptions.py)
+    lists: dict[str, dict] = field(default_factory=dict)
     workers: int = 1
     pid: int = 0
     time: float = 0.0
@@ -121,7 +125,7 @@ class Snapshot:
             "upstream_duration": {k: h.to_json() for k, h in self.upstream_duration.items()},
             "upstream_healthy": self.upstream_healthy, "counters": self.counters,
             "redis_duration": self.redis_duration.to_json() if self.redis_duration else None,
-            "redis_state": self.redis_state,
+            "redis_state": self.redis_state, "lists": self.lists,
             "workers": self.workers, "pid": self.pid, "time": self.time,
         })
 
@@ -140,7 +144,7 @@ class Snapshot:
             upstream_healthy={k: bool(v) for k, v in d["upstream_healthy"].items()},
             counters=dict(d.get("counters", {})), workers=d.get("workers", 1),
             redis_duration=Hist.from_json(d["redis_duration"]) if d.get("redis_duration") else None,
-            redis_state=d.get("redis_state", "disabled"),
+            redis_state=d.get("redis_state", "disabled"), lists=dict(d.get("lists", {})),
             pid=d.get("pid", 0), time=d.get("time", 0.0),
         )
 
@@ -164,10 +168,16 @@ def _worse_state(a: str, b: str) -> str:
     return max(a, b, key=lambda x: order.index(x) if x in order else 0)
 
 
+def _list_rank(figures: dict) -> tuple[int, float]:
+    return sum(figures.get("fetches", {}).values()), float(figures.get("last_success", 0.0))
+
+
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     """Sum workers: counters, histograms and cache entries add; blocklist entries
     take the max (every worker loads the same lists); an upstream is healthy if
-    any worker finds it healthy."""
+    any worker finds it healthy. A list URL's figures are one worker's (the one
+    that downloads; should two report a URL, the one with more fetches), so
+    per-URL gauges and counters are never multiplied by the number of workers."""
     out = Snapshot(workers=0, time=time.time())
     for s in snapshots:
         _add_counts(out.queries, s.queries)
@@ -190,6 +200,9 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             else:
                 out.redis_duration.add(s.redis_duration)
         out.redis_state = _worse_state(out.redis_state, s.redis_state)
+        for url, figures in s.lists.items():
+            if url not in out.lists or _list_rank(figures) > _list_rank(out.lists[url]):
+                out.lists[url] = figures
         out.workers += s.workers
     return out
 
@@ -205,7 +218,7 @@ class Stats:
     __slots__ = ("queries", "cache_hits", "cache_misses", "cache_evictions", "cache_entries",
                  "blocked", "rate_limited", "blocklist_entries", "upstream_requests",
                  "upstream_hist", "upstream_healthy", "counters",
-                 "hit_counts", "hit_sum", "miss_counts", "miss_sum", "redis_hist", "redis_state")
+                 "hit_counts", "hit_sum", "miss_counts", "miss_sum", "redis_hist", "redis_state", "lists")
 
     def __init__(self) -> None:
         self.queries: defaultdict[tuple[str, int, int], int] = defaultdict(int)
@@ -220,6 +233,7 @@ class Stats:
         self.counters: defaultdict[str, int] = defaultdict(int)
         self.redis_hist: Hist | None = None
         self.redis_state = "disabled"
+        self.lists: dict[str, dict] = {}  # list URL figures, set by the worker that downloads
 
     def record(self, key: tuple[str, int, int], seconds: float, cache_hit: bool) -> None:
         """Hot path: one answered query; `key` is (protocol, qtype, rcode), ideally a
@@ -272,6 +286,7 @@ class Stats:
             upstream_duration={k: h.copy() for k, h in self.upstream_hist.items()},
             upstream_healthy=dict(self.upstream_healthy), counters=dict(self.counters),
             redis_duration=self.redis_hist.copy() if self.redis_hist else None, redis_state=self.redis_state,
+            lists={url: {**f, "fetches": dict(f.get("fetches", {}))} for url, f in self.lists.items()},
             workers=1, pid=os.getpid(), time=time.time(),
         )
 

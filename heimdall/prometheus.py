@@ -73,6 +73,7 @@ class HeimdallCollector(Collector):
                                 value=s.blocklist_entries)
         yield GaugeMetricFamily("heimdall_workers", "Worker processes whose figures are included",
                                 value=s.workers)
+        yield from list_families(s)
         if s.redis_duration is not None:
             for name in ("heimdall_redis_duration_seconds", REDIS_DURATION_OLD_NAME):
                 rd = HistogramMetricFamily(name, "Shared Redis tier round-trip time")
@@ -80,3 +81,21 @@ class HeimdallCollector(Collector):
                 yield rd
         for name, n in sorted(s.counters.items()):
             yield CounterMetricFamily(f"heimdall_{name}", f"{name} (extra counter)", value=n)
+
+
+def list_families(s: Snapshot) -> Iterator:
+    """Lists subscribed by URL: one worker downloads, so these are its figures (never a sum)."""
+    fetches = CounterMetricFamily("heimdall_blocklist_fetch", "List URL downloads by result (updated, "
+                                  "not_modified, unchanged, error, http_error, truncated, oversized, empty)",
+                                  labels=["url", "result"])
+    size = GaugeMetricFamily("heimdall_blocklist_bytes", "Size of the list copy in use", labels=["url"])
+    entries = GaugeMetricFamily("heimdall_blocklist_url_entries", "Names in the list copy in use", labels=["url"])
+    success = GaugeMetricFamily("heimdall_blocklist_last_success_timestamp_seconds",
+                                "When a download last confirmed or replaced the copy (0: never)", labels=["url"])
+    for url, f in sorted(s.lists.items()):
+        for result, n in sorted(f.get("fetches", {}).items()):
+            fetches.add_metric([url, result], n)
+        size.add_metric([url], f.get("bytes", 0))
+        entries.add_metric([url], f.get("entries", 0))
+        success.add_metric([url], f.get("last_success", 0.0))
+    yield from (fetches, size, entries, success)
