@@ -59,7 +59,7 @@ def isolated(body: str, env: dict[str, str] | None = None) -> str:
 class Mimic:
     """Not an Entry, but holding Entry's own slot descriptors, over slots of its own at the same offsets."""
 
-    __slots__ = ("x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7")
+    __slots__ = tuple(f"x{i}" for i in range(len(Entry.__slots__)))
     head, tail, qend, aged, lid = (Entry.__dict__[f] for f in FIELDS)
 
     def refresh(self, now: int) -> bool:
