@@ -61,6 +61,24 @@ class Target:
                 self.proc.wait()
 
 
+def profile_target(probe: str, argv: list[str], **opts) -> tuple[dict, dict]:
+    """Start a known-truth target, watch it with `probe` ("module:Class", imported here so that
+    collecting the tests needs no BCC), let it run, collect: (what the target reported, the result)."""
+    import importlib
+
+    module, cls = probe.split(":")
+    probe_cls = getattr(importlib.import_module(module), cls)
+    target = Target(argv)
+    try:
+        with probe_cls(target.pid, **opts) as watching:
+            watching.open_window()
+            report = target.go()
+            result = watching.collect()
+    finally:
+        target.finish()
+    return report, result
+
+
 def dead_pid() -> int:
     """A pid that existed a moment ago and does not now."""
     proc = subprocess.Popen(["true"])

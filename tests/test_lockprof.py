@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import requires_bcc
-from probe_targets import CLI, TARGETS, Target, compile_target
+from probe_targets import CLI, TARGETS, compile_target, profile_target
 
 pytestmark = requires_bcc
 
@@ -23,17 +23,7 @@ def mutex_wait(tmp_path_factory):
 
 
 def profile(argv: list[str], **opts) -> tuple[dict, dict]:
-    from probes.lockprof import LockProf
-
-    target = Target(argv)
-    try:
-        with LockProf(target.pid, **opts) as probe:
-            probe.open_window()
-            report = target.go()
-            result = probe.collect()
-    finally:
-        target.finish()
-    return report, result
+    return profile_target("probes.lockprof:LockProf", argv, **opts)
 
 
 def test_mutex_waits_match_what_the_program_measured(mutex_wait):

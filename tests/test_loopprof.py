@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import requires_bcc
-from probe_targets import CLI, TARGETS, Target
+from probe_targets import CLI, TARGETS, profile_target
 
 pytestmark = requires_bcc
 
@@ -34,17 +34,8 @@ def truth_of(report: dict[str, list[str]]) -> dict[str, list[tuple[int, float]]]
 
 
 def profile(*extra: str) -> tuple[dict, dict]:
-    from probes.loopprof import LoopProf
-
-    target = Target([sys.executable, str(TARGETS / "loop_stalls.py"), str(SECONDS), *extra])
-    try:
-        with LoopProf(target.pid, threshold_ms=10.0) as probe:
-            probe.open_window()
-            report = target.go()
-            result = probe.collect()
-    finally:
-        target.finish()
-    return report, result
+    argv = [sys.executable, str(TARGETS / "loop_stalls.py"), str(SECONDS), *extra]
+    return profile_target("probes.loopprof:LoopProf", argv, threshold_ms=10.0)
 
 
 def matched(stalls: list[dict], truth: list[tuple[int, float]]) -> list[tuple[dict, float]]:

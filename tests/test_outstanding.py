@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from conftest import requires_bcc
-from probe_targets import CLI, Target, compile_target
+from probe_targets import CLI, compile_target, profile_target
 
 pytestmark = requires_bcc
 
@@ -23,17 +23,7 @@ def leak_n(tmp_path_factory):
 
 
 def profile(argv: list[str], **opts) -> tuple[dict, dict]:
-    from probes.memprof import MemProf
-
-    target = Target(argv)
-    try:
-        with MemProf(target.pid, overhead=False, outstanding=True, **opts) as probe:
-            probe.open_window()
-            report = target.go()
-            result = probe.collect()
-    finally:
-        target.finish()
-    return report, result
+    return profile_target("probes.memprof:MemProf", argv, overhead=False, outstanding=True, **opts)
 
 
 def test_reports_exactly_the_leaked_blocks(leak_n):
