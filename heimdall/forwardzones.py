@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable
 
+from heimdall import wire
 from heimdall.config import Config, HostPort, parse_hostport
 from heimdall.forward import Forward
 from heimdall.outcome import Fetched, Miss
@@ -93,14 +94,8 @@ class ZoneRouter:
 
     def route(self, name: bytes) -> Forward:
         """The Forward for a lower-cased wire name: one dict lookup per label, longest suffix first."""
-        zones = self.zones
-        i = 0
-        while name[i]:
-            forward = zones.get(name[i:])
-            if forward is not None:
-                return forward
-            i += name[i] + 1
-        return self.default
+        forward = wire.longest_suffix(self.zones, name)
+        return self.default if forward is None else forward
 
     def fetch(self, miss: Miss, data: bytes) -> Awaitable[Fetched | None]:
         return self.route(miss.question[:-4]).fetch(miss, data)

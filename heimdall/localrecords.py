@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 
-from heimdall import cachekey
+from heimdall import cachekey, wire
 from heimdall.cache import Cache
 from heimdall.config import Config
 from heimdall.localanswers import Builder, Template, render
@@ -79,14 +79,7 @@ class LocalRecords:
 
     def in_zone(self, name: bytes) -> Template | None:
         """The NXDOMAIN of the longest local zone `name` is under, else None."""
-        zones = self.zones
-        i = 0
-        while name[i]:
-            t = zones.get(name[i:])
-            if t is not None:
-                return t
-            i += name[i] + 1
-        return None
+        return wire.longest_suffix(self.zones, name)
 
     def use(self, data: LocalData, built: Built | None = None) -> int:
         """Answer from `data` (its templates: `built`) from now on; how many cached answers were dropped."""
@@ -101,9 +94,10 @@ class LocalRecords:
             return 0
         m = self.cache.map
         dropped = 0
+        zone_table = dict.fromkeys(zones, True)
         for key in list(m):
             name = cachekey.qname(key)
-            if name and (name in names or (zones and under(name, zones))):
+            if name and (name in names or (zone_table and wire.longest_suffix(zone_table, name))):
                 del m[key]
                 dropped += 1
         return dropped
@@ -133,12 +127,3 @@ class LocalRecords:
         self.reloads += 1
         log.info("local records reloaded in %.2fs: %d names, %d zones; %d cached answers dropped",
                  time.monotonic() - started, len(data.records), len(data.zones), dropped)
-
-
-def under(name: bytes, zones: set[bytes]) -> bool:
-    i = 0
-    while name[i]:
-        if name[i:] in zones:
-            return True
-        i += name[i] + 1
-    return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Mapping, TypeVar
 
 HEADER_LEN = 12
 # byte 2 of the header
@@ -38,6 +39,9 @@ _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
 PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+
+
+T = TypeVar("T")
 
 
 class WireError(ValueError):
@@ -130,6 +134,18 @@ def read_name(msg: bytes, off: int) -> bytes:
 # A CNAME record's type and class (IN) as they follow its owner name: where these four bytes
 # do not occur, no CNAME record does (they may occur elsewhere: then a walk decides).
 CNAME_IN = b"\x00\x05\x00\x01"
+
+
+def longest_suffix(table: Mapping[bytes, T], name: bytes) -> T | None:
+    """The value of the longest of a wire name and the names it is under (the root left out) that
+    `table` holds: the zone a name is in, the forwarding rule that applies to it."""
+    i = 0
+    while name[i]:
+        value = table.get(name[i:])
+        if value is not None:
+            return value
+        i += name[i] + 1
+    return None
 
 
 def cname_targets(msg: bytes) -> list[bytes]:
