@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from heimdall import cachekey
+from heimdall.cache import LABEL_KEYS
 
 if TYPE_CHECKING:
     from heimdall.blocking import Blocking
@@ -140,8 +141,6 @@ class GroupedBlocking:
 
     def purge(self) -> int:
         """After any list change: drop each cached answer that the lists in force would not give."""
-        from heimdall.cache import LABEL_KEYS
-
         m, dropped = self.cache.map, 0
         for key, e in list(m.items()):
             name = cachekey.qname(key)
