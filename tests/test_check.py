@@ -328,7 +328,12 @@ def test_check_with_probes_judges_per_query_counts(target, tmp_path):
     assert rows["syscalls_per_query"]["verdict"] == "ok" and rows["syscalls_per_query"]["kind"] == "count"
     assert rows["syscalls_per_query"]["threshold_pct"] == 3.0
     assert rows["futex_waits_per_query"]["verdict"] == "ok"
-    assert proc.returncode in (0, 2), proc.stdout
+    # counted rows never regress against the same responder; a timed row may, on a busy machine
+    # (seen in CI: cpu_us_per_query +13 % while the machine's rate fell by a third), and then
+    # the exit status says so
+    regressed = [r for r in v["rows"] if r["verdict"] == "regression"]
+    assert all(r["kind"] != "count" for r in regressed), regressed
+    assert proc.returncode == 1 if regressed else proc.returncode in (0, 2), proc.stdout
 
 
 @pytest.mark.parametrize("args, needle", [

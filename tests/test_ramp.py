@@ -42,7 +42,7 @@ def cli_ramp(server: str, pid: int, tmp_path, start: float) -> dict:
 @requires_dnsperf
 def test_capacity_matches_the_closed_loop_maximum(tmp_path):
     with Responder(COST_US) as responder:
-        for attempt in range(2):   # a neighbour's burst can spoil one pair; never both in a row
+        for attempt in range(3):   # a neighbour's burst can spoil a pair; never three in a row
             before = closed_loop_max(responder.server)
             result = cli_ramp(responder.server, responder.pid, tmp_path, start=before / 2)
             truth = max(before, closed_loop_max(responder.server))
