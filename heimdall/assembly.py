@@ -29,16 +29,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
-from heimdall import __version__, metrics
+from heimdall import __version__, metrics, reconfigure
 from heimdall.blocking import Blocking
 from heimdall.blocklist import BlocklistError, BlocklistManager
 from heimdall.blockresponse import BlockResponder, BlockResponseError
-from heimdall.clientgroups import ClientGroup, GroupedBlocking, GroupTable
+from heimdall.clientgroups import DEFAULT_GROUP, ClientGroup, GroupedBlocking, GroupTable, drop_group_entries
 from heimdall.config import Config, ConfigError, reload_config
-from heimdall.configfile import LIVE
 from heimdall.control import Controller, WorkerControl
 from heimdall.counting import Counting
 from heimdall.httpapi import HttpApi, health_from_snapshot
@@ -189,16 +188,12 @@ class Assembly:
         self.counting: Counting | None = None
         self.api: HttpApi | None = None
         self.control = WorkerControl(None, server.cache)  # the control API's actions, in this worker
+        self.limiter: RateLimiter | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def install(self) -> None:
         cfg, srv, pipeline = self.config, self.server, self.server.pipeline
-        limiter = None
-        if cfg.enable_rate_limiting:
-            limiter = rate_limiter(cfg)
-            allow, clock = limiter.allow, time.monotonic
-            pipeline.admit = lambda ip: allow(ip, clock())
-            pipeline.refuse_limited = cfg.rate_limit_action == "refused"
+        self.set_rate_limit()
         if self.local is not None:
             pipeline.local_records = self.local
         if self.manager is not None:
@@ -207,13 +202,13 @@ class Assembly:
                 pipeline.check_chain = self.blocking.check_chain
             await self.blocking.start()
         if cfg.client_groups:
-            await self._install_groups()
+            await self.set_groups(cfg.client_groups, self.group_managers)
         if cfg.query_log:
             self.qlog = QueryLog(cfg.query_log).start()
             pipeline.observers.append(self.qlog)
             pipeline.fast_path = False  # every query must reach the query log
         if cfg.http_bind_addr is not None:
-            self.counting = Counting(srv, self.blocking, limiter, self.qlog,
+            self.counting = Counting(srv, self.blocking, self.limiter, self.qlog,
                                      self.grouped.stages[1:] if self.grouped else [])
             pipeline.observers.append(self.counting)
             pipeline.time_hits = self.counting.mstats.observe_hits
@@ -226,16 +221,39 @@ class Assembly:
         if self.counting is not None and self.index == 0:
             await self._start_http()
 
-    async def _install_groups(self) -> None:
+    def set_rate_limit(self) -> None:
+        """Stage 1 as configured: a limiter with fresh buckets, or none."""
+        cfg, pipeline = self.config, self.server.pipeline
+        old, self.limiter = self.limiter, rate_limiter(cfg) if cfg.enable_rate_limiting else None
+        pipeline.admit = None
+        if self.limiter is not None:
+            allow, clock = self.limiter.allow, time.monotonic
+            pipeline.admit = lambda ip: allow(ip, clock())
+            self.limiter.evicted = old.evicted if old is not None else 0  # a counter never goes back
+        pipeline.refuse_limited = cfg.rate_limit_action == "refused"
+        if self.counting is not None:
+            self.counting.limiter = self.limiter
+
+    async def set_groups(self, groups: tuple[ClientGroup, ...], managers: list[BlocklistManager]) -> None:
+        """Client groups from now on, one blocking stage per group over `managers` (its lists)."""
         cfg, srv = self.config, self.server
         stages = []
-        for group, manager in zip(cfg.client_groups, self.group_managers):
+        for group, manager in zip(groups, managers):
             stage = Blocking(replace(cfg, blocking_mode=group.blocking_mode or cfg.blocking_mode), manager, srv.cache)
             await stage.start()
             stages.append(stage)
-        self.grouped = srv.pipeline.groups = GroupedBlocking(self.blocking, stages, GroupTable(cfg.client_groups),
-                                                             srv.cache)
-        self.grouped.purge()  # entries restored or cached before the groups were known
+        if self.blocking is not None:
+            self.blocking.purger = None  # the groups' purge, when there are groups, takes over below
+        self.grouped = GroupedBlocking(self.blocking, stages, GroupTable(groups), srv.cache) if stages else None
+        srv.pipeline.groups = self.grouped
+        self.control.blocking = self.grouped or self.blocking
+        self.control.tick(time.time())  # a pause in force covers the new stages too
+        if self.counting is not None:
+            self.counting.set_group_stages(stages)
+        if self.grouped is not None:
+            self.grouped.purge()  # entries cached before these groups were known
+        else:
+            drop_group_entries(srv.cache)
 
     def _start_tasks(self) -> None:
         loop = asyncio.get_running_loop()
@@ -262,13 +280,17 @@ class Assembly:
         collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
         fetch_lists = self.blocking.fetch_lists if self.blocking is not None else None
         self.api = HttpApi(figures, health, addr.host, addr.port, collectors,
-                           control=Controller(self.control, self.store, fetch_lists), token=self.config.api_token)
+                           control=Controller(self.control, self.store, fetch_lists, self.group_names),
+                           token=self.config.api_token)
         try:
             await self.api.start()
         except OSError as exc:
             self.api = None
             reason = "address already in use" if exc.errno == 98 else (exc.strerror or str(exc))
             raise FeatureError(f"cannot bind HTTP API {addr} (HEIMDALL_HTTP_BIND_ADDR): {reason}") from None
+
+    def group_names(self) -> tuple[str, ...]:
+        return (DEFAULT_GROUP, *(g.name for g in self.config.client_groups))
 
     def process_tree(self) -> list[tuple[int, str]]:
         """The server's processes: this one alone, or the supervisor and every live worker."""
@@ -293,23 +315,43 @@ class Assembly:
         """SIGHUP with a config file: apply what can change live, name in one line what needs a restart."""
         path = self.config.config_file
         try:
-            new = reload_config()
+            new = reconfigure.as_running(self.config, reload_config())
         except ConfigError as exc:
             log.error(f"{path} not applied, the running configuration stays: {exc}")
             return
-        changed = [f.name for f in fields(Config) if getattr(new, f.name) != getattr(self.config, f.name)]
-        lists_live = self.manager is not None
-        local_live = self.local is not None
-        live = [n for n in changed if n in LIVE and (lists_live or n not in ("blocklists", "allowlist"))
-                and (local_live or not n.startswith("local_"))]
-        restart = [n for n in changed if n not in live]
+        live, restart = reconfigure.split(reconfigure.changed(self.config, new), self.manager is not None,
+                                          self.local is not None)
         if self.index == 0:  # before the new level applies: this line belongs to the old one
             log.info(f"{path} re-read: {', '.join(live) or 'nothing'} changed live"
                      + (f"; needs a restart: {', '.join(restart)}" if restart else ""))
-        self.config = replace(self.config, **{n: getattr(new, n) for n in live})
+        old, self.config = self.config, replace(self.config, **{n: getattr(new, n) for n in live})
         setup_logging(self.config.log_level, self.config.log_format)
         if self.manager is not None:
             self.manager.block_files, self.manager.allow_files = list(self.config.blocklists), list(self.config.allowlist)
+        if any(n in reconfigure.FORWARDING for n in live):
+            zones = self.server.set_forwarding(self.config)
+            if zones and self.index == 0:
+                log.info(f"forward zones changed: {', '.join(sorted(zones))} (their cached answers dropped)")
+        if any(n in reconfigure.RATE_LIMIT for n in live):
+            self.set_rate_limit()
+            self.server.rearm_udp()
+        if "client_groups" in live:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.regroup(old.client_groups)))
+
+    async def regroup(self, previous: tuple[ClientGroup, ...]) -> None:
+        """The re-read file's client groups, their lists loaded in a thread; lists that do not load
+        leave the groups in force as they were."""
+        cfg, groups = self.config, self.config.client_groups
+        try:
+            managers = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: [load_group_lists(cfg, g) for g in groups])
+        except FeatureError as exc:
+            log.error(f"client groups not changed: {exc}")
+            self.config = replace(self.config, client_groups=previous)
+            return
+        await self.set_groups(groups, managers)
+        if self.index == 0:
+            log.info(f"client groups now: {', '.join(g.name for g in groups) or 'none'}")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -28,6 +28,7 @@ from heimdall import cachekey, wire
 from heimdall.blocklist import EMPTY, Blocklist, BlocklistManager
 from heimdall.blockresponse import BlockResponder
 from heimdall.cache import LABEL_KEYS, Cache
+from heimdall.clientgroups import DEFAULT_GROUP
 from heimdall.config import Config
 from heimdall.outcome import Answer, How
 from heimdall.wire import Query
@@ -212,6 +213,10 @@ class Blocking:
                          time.monotonic() - started, self.manager.current.entries, self.manager.current.allow_entries, purged)
             if not self._again:
                 return
+
+    def pause(self, paused: Callable[[str], bool]) -> None:
+        """The control API's pause: this stage serves the clients in no group."""
+        self.set_paused(paused(DEFAULT_GROUP))
 
     def set_paused(self, paused: bool) -> None:
         """Pause: every name is allowed, cached block answers go; resume: the lists and their answers return."""

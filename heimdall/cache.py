@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from heimdall import bailiwick, wire
+from heimdall import bailiwick, cachekey, wire
 from heimdall.wire import ResponseScan, WireError
 
 _HEADS: dict[bytes, bytes] = {}  # interned: most entries share a few heads ...
@@ -171,6 +171,13 @@ class Cache:
             del m[key]
             self.evictions += 1
             return
+
+    def drop_where(self, name_matches: Callable[[bytes], bool]) -> int:
+        """Drop every entry whose question name (lower-cased wire form) `name_matches`; how many."""
+        doomed = [key for key in self.map if name_matches(cachekey.qname(key))]
+        for key in doomed:
+            del self.map[key]
+        return len(doomed)
 
     def clear(self) -> None:
         """Drop everything (e.g. when a blocklist reload must take effect for cached names)."""

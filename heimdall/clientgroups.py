@@ -20,7 +20,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from heimdall import cachekey
 from heimdall.cache import LABEL_KEYS
@@ -34,6 +34,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MODES = ("zero_ip", "nxdomain", "refused", "custom_ip")
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MAX_GROUPS = 255  # a group's number is one byte of its cache keys; 0 is the default group
+DEFAULT_GROUP = "default"  # the clients in no group: its name in the control API
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 def parse_group(name: str, spec: Any) -> ClientGroup:
-    if not GROUP_NAME.fullmatch(name) or name == "default":
-        raise ValueError(f"group name {name!r}: lower-case letters, digits, - and _, not 'default'")
+    if not GROUP_NAME.fullmatch(name) or name == DEFAULT_GROUP:
+        raise ValueError(f"group name {name!r}: lower-case letters, digits, - and _, not {DEFAULT_GROUP!r}")
     if not isinstance(spec, dict):
         raise ValueError(f"group {name!r} must be a table of clients, blocklists, allowlist, blocking_mode")
     unknown = set(spec) - {"clients", "blocklists", "allowlist", "blocking_mode"}
@@ -91,6 +92,7 @@ class GroupTable:
     """Which group a client address is in: 0 for the default group, i for groups[i - 1]."""
 
     def __init__(self, groups: tuple[ClientGroup, ...]) -> None:
+        self.names = (DEFAULT_GROUP, *(g.name for g in groups))  # by group number
         nets = [(net, i + 1) for i, g in enumerate(groups) for net in g.clients]
         self.nets = sorted(nets, key=lambda n: -n[0].prefixlen)  # the most specific first
         self._known: dict[str, int] = {}
@@ -160,7 +162,15 @@ class GroupedBlocking:
             if stage is not None:
                 stage.request_reload()
 
-    def set_paused(self, paused: bool) -> None:
-        for stage in self.stages:
+    def pause(self, paused: Callable[[str], bool]) -> None:
+        for stage, name in zip(self.stages, self.table.names):
             if stage is not None:
-                stage.set_paused(paused)
+                stage.set_paused(paused(name))
+
+
+def drop_group_entries(cache: "Cache") -> int:
+    """Without groups no query carries a group key: drop every entry cached under one."""
+    doomed = [key for key in cache.map if key[:1] == b"G"]
+    for key in doomed:
+        del cache.map[key]
+    return len(doomed)

@@ -35,8 +35,6 @@ KEY = re.compile(rf"^\s*({PART}(?:\s*\.\s*{PART})*)\s*=")  # bare, quoted and do
 HEADER_KEY = "\0"  # no key is written so: "" is a key (a zone named "" in [forward])
 SYNTAX_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 PARSERS = {f.name: f.metadata["parser"] for f in fields(Config)}
-LIVE = ("log_level", "log_format", "blocklists", "allowlist",
-        "local_records", "local_entries", "local_zones", "local_ttl")  # what a SIGHUP changes without a restart
 
 
 @dataclass(frozen=True)

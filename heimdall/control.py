@@ -11,7 +11,9 @@ at it four times a second, applies what changed and writes the generation it
 applied to `ack-<pid>.json`; the API answers once every live worker has
 acknowledged, so "flushed" means flushed everywhere. With one process the API
 applies the action itself. A pause is a wall-clock deadline, so every worker
-resumes blocking at the same moment, also one restarted meanwhile.
+resumes blocking at the same moment, also one restarted meanwhile. A pause
+covers every client group, or one (`?group=NAME`; "default" is the clients in
+no group).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from heimdall.atomic import atomic_write_bytes
 from heimdall.metrics import SnapshotStore
@@ -34,25 +36,40 @@ POLL_INTERVAL = 0.25
 ACK_TIMEOUT = 5.0
 
 
+def until_json(until: float) -> float | None:
+    return None if math.isinf(until) else until
+
+
+def until_value(until: float | None) -> float:
+    return math.inf if until is None else float(until)
+
+
 @dataclass(frozen=True)
 class ControlState:
     generation: int = 0
     blocking_disabled_until: float = 0.0  # epoch seconds; math.inf: until enabled again; 0: enabled
     flush: int = 0    # generation of the last cache flush
     refresh: int = 0  # generation of the last list refresh
+    groups_disabled_until: dict[str, float] = field(default_factory=dict)  # one client group's pause
 
-    def blocking_enabled(self, now: float) -> bool:
-        return self.blocking_disabled_until <= now
+    def blocking_enabled(self, now: float, group: str | None = None) -> bool:
+        """Whether blocking is on (for `group`: neither every group's pause nor its own is in force)."""
+        return self.blocking_disabled_until <= now and (
+            group is None or self.groups_disabled_until.get(group, 0.0) <= now)
+
+    def group_until(self, group: str) -> float:
+        return max(self.blocking_disabled_until, self.groups_disabled_until.get(group, 0.0))
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["blocking_disabled_until"] = None if math.isinf(self.blocking_disabled_until) else self.blocking_disabled_until
-        return d
+        return {"generation": self.generation, "blocking_disabled_until": until_json(self.blocking_disabled_until),
+                "flush": self.flush, "refresh": self.refresh,
+                "groups_disabled_until": {g: until_json(u) for g, u in self.groups_disabled_until.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> "ControlState":
-        until = d.get("blocking_disabled_until", 0.0)
-        return cls(int(d["generation"]), math.inf if until is None else float(until), int(d["flush"]), int(d["refresh"]))
+        groups = {str(g): until_value(u) for g, u in (d.get("groups_disabled_until") or {}).items()}
+        return cls(int(d["generation"]), until_value(d.get("blocking_disabled_until", 0.0)), int(d["flush"]),
+                   int(d["refresh"]), groups)
 
 
 class Lists(Protocol):
@@ -60,7 +77,8 @@ class Lists(Protocol):
 
     def request_reload(self) -> None: ...
 
-    def set_paused(self, paused: bool) -> None: ...
+    def pause(self, paused: Callable[[str], bool]) -> None:
+        """Pause the stage of each group that `paused(group name)` names; resume the others."""
 
 
 class WorkerControl:
@@ -77,8 +95,8 @@ class WorkerControl:
         if self.blocking is not None:
             if state.refresh != self.applied.refresh:
                 self.blocking.request_reload()
-            self.blocking.set_paused(not state.blocking_enabled(now))
         self.applied = state
+        self.tick(now)
 
     def acknowledge(self, directory: str) -> None:
         atomic_write_bytes(os.path.join(directory, f"ack-{os.getpid()}.json"),
@@ -87,7 +105,8 @@ class WorkerControl:
     def tick(self, now: float) -> None:
         """A pause ends on time even when nothing else changes."""
         if self.blocking is not None:
-            self.blocking.set_paused(not self.applied.blocking_enabled(now))
+            state = self.applied
+            self.blocking.pause(lambda group: not state.blocking_enabled(now, group))
 
     async def follow(self, directory: str | None) -> None:
         """Run as a task in each worker: end a pause on time and, under a supervisor (`directory`
@@ -128,10 +147,12 @@ class Controller:
     """The API's side: change the state, make every worker apply it, report."""
 
     def __init__(self, local: WorkerControl, store: SnapshotStore | None,
-                 fetch_lists: "Callable[[], Awaitable[dict[str, str]]] | None" = None) -> None:
+                 fetch_lists: "Callable[[], Awaitable[dict[str, str]]] | None" = None,
+                 groups: Callable[[], Sequence[str]] = lambda: ()) -> None:
         self.local = local  # this worker's (it serves the API)
         self.store = store
         self.fetch_lists = fetch_lists  # downloads the list URLs before a refresh (url -> result)
+        self.groups = groups  # the client groups' names as configured now, "default" first
         self.state = read_state(self.path) if store else ControlState()
 
     @property
@@ -162,11 +183,28 @@ class Controller:
         return acked, len(pids)
 
     def status(self, now: Callable[[], float] = time.time) -> dict:
-        until = self.state.blocking_disabled_until
-        enabled = self.state.blocking_enabled(now())
-        return {"enabled": enabled,
-                "disabled_until": None if enabled or math.isinf(until) else until,
-                "remaining_s": None if enabled or math.isinf(until) else round(until - now(), 1)}
+        """Blocking for every client (enabled: no pause covers them all), then for each group."""
+        t, state = now(), self.state
+        doc = pause_status(state.blocking_enabled(t), state.blocking_disabled_until, t)
+        doc["groups"] = {g: pause_status(state.blocking_enabled(t, g), state.group_until(g), t) for g in self.groups()}
+        return doc
+
+    def pause_changes(self, group: str | None, until: float) -> dict[str, Any]:
+        """The state change that pauses (until > now) or resumes (until 0) every group, or `group`;
+        ValueError for a group that is not configured."""
+        if group is None:
+            return {"blocking_disabled_until": until, "groups_disabled_until": {}}
+        if group not in self.groups():
+            raise ValueError(f"no client group {group!r} (groups: {', '.join(self.groups())})")
+        groups = {g: u for g, u in self.state.groups_disabled_until.items() if g != group}
+        if until:
+            groups[group] = until
+        return {"groups_disabled_until": groups}
+
+
+def pause_status(enabled: bool, until: float, now: float) -> dict:
+    return {"enabled": enabled, "disabled_until": None if enabled or math.isinf(until) else until,
+            "remaining_s": None if enabled or math.isinf(until) else round(until - now, 1)}
 
 
 def ack_of(directory: str, pid: int) -> int:

@@ -32,10 +32,16 @@ class Counting:
         self.server = server
         self.blocking = blocking  # the stages and observers whose own counters are reported too
         self.group_stages = [g for g in group_stages if g is not None]  # client groups' blocking stages
+        self.retired_blocked = 0  # answered by group stages a re-read config file replaced
         self.limiter = limiter
         self.qlog = qlog
         self.mstats = metrics.Stats()
         self.slow: defaultdict[tuple[str, int, int], int] = defaultdict(int)  # pipeline replies by label
+
+    def set_group_stages(self, stages: "Sequence[Blocking]") -> None:
+        """New client groups: the old stages' answers stay in the blocked total."""
+        self.retired_blocked += sum(g.blocked for g in self.group_stages)
+        self.group_stages = list(stages)
 
     def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None:
         """A labelled count and a duration: misses in the miss histogram, the rest in the hit one."""
@@ -76,7 +82,8 @@ class Counting:
             for up in pool.servers:
                 m.upstream_healthy[up.label] = up.fails == 0
         b = self.blocking
-        m.blocked = (b.blocked if b is not None else 0) + sum(g.blocked for g in self.group_stages) + blocked_fast
+        m.blocked = ((b.blocked if b is not None else 0) + sum(g.blocked for g in self.group_stages) + blocked_fast
+                     + self.retired_blocked)
         m.blocklist_entries = b.manager.current.entries if b is not None else 0  # also while paused
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
         m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0

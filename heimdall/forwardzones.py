@@ -17,7 +17,7 @@ any query's path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from heimdall import wire
 from heimdall.config import Config, HostPort, parse_hostport
@@ -101,15 +101,44 @@ class ZoneRouter:
         return self.route(miss.question[:-4]).fetch(miss, data)
 
 
-def zone_pools(config: Config) -> dict[str, UpstreamPool]:
-    """One pool per configured zone, named so that metrics tell its upstreams apart (zone=host:port)."""
-    pools = {}
-    for zone in config.forward_zones:
-        pool = UpstreamPool.from_config(zone.upstreams, config.upstream_timeout, zone=zone.name)
-        pool.use_0x20 = config.use_0x20
-        pools[zone.name] = pool
-    return pools
+@dataclass
+class Forwarding:
+    """Stage 6 as configured: the default upstreams' pool, one pool per zone, and the stage itself."""
+
+    pool: UpstreamPool
+    zone_pools: dict[str, UpstreamPool]
+    stage: Forward | ZoneRouter
+
+    @classmethod
+    def build(cls, config: Config, reuse: "Forwarding | None" = None) -> "Forwarding":
+        """The pools `config` names; a pool whose upstreams did not change is `reuse`'s own, so it
+        keeps its sockets, health and backoff across a SIGHUP."""
+        def pool(addrs: tuple[HostPort, ...], zone: str, old: UpstreamPool | None) -> UpstreamPool:
+            if old is not None and tuple(u.addr for u in old.servers) == addrs:
+                return old
+            fresh = UpstreamPool.from_config(addrs, config.upstream_timeout, zone=zone)
+            fresh.use_0x20 = config.use_0x20
+            fresh.observe = old.observe if old is not None else (reuse.pool.observe if reuse else None)
+            return fresh
+
+        old_zones = reuse.zone_pools if reuse is not None else {}
+        default = pool(config.upstream_servers, "", reuse.pool if reuse is not None else None)
+        zones = {z.name: pool(z.upstreams, z.name, old_zones.get(z.name)) for z in config.forward_zones}
+        forward = Forward(default, config)
+        stage = ZoneRouter(forward, {wire_name(n): Forward(p, config) for n, p in zones.items()}) if zones else forward
+        return cls(default, zones, stage)
+
+    @property
+    def pools(self) -> list[UpstreamPool]:
+        return [self.pool, *self.zone_pools.values()]
+
+    def changed_zones(self, other: "Forwarding") -> set[str]:
+        """Zones added, removed or sent elsewhere between `other` and this."""
+        return {z for z in self.zone_pools.keys() | other.zone_pools.keys()
+                if self.zone_pools.get(z) is not other.zone_pools.get(z)}
 
 
-def router(config: Config, default: Forward, pools: dict[str, UpstreamPool]) -> ZoneRouter:
-    return ZoneRouter(default, {wire_name(name): Forward(pool, config) for name, pool in pools.items()})
+def under(zones: set[str]) -> Callable[[bytes], bool]:
+    """Whether a lower-cased wire name is in one of `zones`."""
+    table = {wire_name(z): True for z in zones}
+    return lambda name: bool(name) and wire.longest_suffix(table, name) is not None

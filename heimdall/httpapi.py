@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -146,7 +146,7 @@ class HttpApi:
                                          headers={"WWW-Authenticate": 'Bearer realm="heimdall"'})
         return await handler(request)
 
-    async def _act(self, extra: dict | None = None, **changes: float | int) -> web.Response:
+    async def _act(self, extra: dict | None = None, **changes: Any) -> web.Response:
         assert self.control is not None
         state, acked, live = await self.control.change(**changes)
         body = {"generation": state.generation, "workers": live, "acknowledged": acked,
@@ -154,15 +154,26 @@ class HttpApi:
         return web.json_response(body, status=200 if acked >= live else 504)
 
     async def _disable(self, request: web.Request) -> web.Response:
+        """Every client group's blocking, or `?group=NAME`'s, off for `?duration=` (else until enabled)."""
+        assert self.control is not None
         text = request.query.get("duration", "")
         try:
             seconds = parse_duration(text) if text else math.inf
         except ValueError as exc:
             return web.json_response({"error": f"duration: {exc}"}, status=400)
-        return await self._act(blocking_disabled_until=time.time() + seconds)
+        return await self._pause(request, time.time() + seconds)
 
     async def _enable(self, request: web.Request) -> web.Response:
-        return await self._act(blocking_disabled_until=0.0)
+        """Blocking back on for every group (every pause ends), or for `?group=NAME` (its own pause ends)."""
+        return await self._pause(request, 0.0)
+
+    async def _pause(self, request: web.Request, until: float) -> web.Response:
+        assert self.control is not None
+        try:
+            changes = self.control.pause_changes(request.query.get("group"), until)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return await self._act(**changes)
 
     async def _status(self, request: web.Request) -> web.Response:
         assert self.control is not None

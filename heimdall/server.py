@@ -20,8 +20,7 @@ from typing import Callable
 from heimdall.cache import Cache
 from heimdall.config import Config, HostPort
 from heimdall.counters import Counters
-from heimdall.forward import Forward
-from heimdall.forwardzones import router, zone_pools
+from heimdall.forwardzones import Forwarding, under
 from heimdall.pipeline import Pipeline
 from heimdall.sdnotify import Notifier
 from heimdall.sharedtier import open_shared_tier
@@ -69,13 +68,9 @@ class DnsServer:
         self.tcp = tcp
         self.cache = Cache(config.cache_capacity, config.serve_stale)
         self.stats = Counters()
-        self.pool = UpstreamPool.from_config(config.upstream_servers, config.upstream_timeout)
-        self.pool.use_0x20 = config.use_0x20
         self.shared = open_shared_tier(config)
-        self.zone_pools = zone_pools(config)  # forward zones: each its own pool, health and failover
-        forward = Forward(self.pool, config)
-        upstream = router(config, forward, self.zone_pools) if self.zone_pools else forward
-        self.pipeline = Pipeline(config, self.cache, self.stats, upstream, self.shared)
+        self.forwarding = Forwarding.build(config)  # forward zones: each its own pool, health and failover
+        self.pipeline = Pipeline(config, self.cache, self.stats, self.forwarding.stage, self.shared)
         self.udp_listener = UdpListener(udp, self.pipeline, config)
         self.tcp_listener = TcpListener(self.pipeline, config)
         self.reload_hooks: list[Callable[[], object]] = []  # run on SIGHUP (e.g. reload blocklists)
@@ -86,7 +81,30 @@ class DnsServer:
     @property
     def pools(self) -> list[UpstreamPool]:
         """Every upstream pool: the default one, then each forward zone's."""
-        return [self.pool, *self.zone_pools.values()]
+        return self.forwarding.pools
+
+    def set_forwarding(self, config: Config) -> set[str]:
+        """SIGHUP: forward by `config`'s upstreams and zones from the next miss on; the zones that changed.
+
+        Pools whose upstreams stayed keep their sockets and health; the others are retired
+        (each socket closes when its last query is answered). Cached answers under a changed
+        zone are dropped: they came from upstreams that no longer answer for it."""
+        old, new = self.forwarding, Forwarding.build(config, self.forwarding)
+        self.forwarding = new
+        self.pipeline.upstream = new.stage
+        for pool in old.pools:
+            if all(pool is not p for p in new.pools):
+                pool.retire()
+        changed = new.changed_zones(old)
+        if changed:
+            self.cache.drop_where(under(changed))
+        return changed
+
+    def rearm_udp(self) -> None:
+        """Serve UDP with a reader built from the pipeline's stages as they are now (stage 1 changed)."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.udp.fileno())
+        loop.add_reader(self.udp.fileno(), self.udp_listener.reader())
 
     def reload(self) -> None:
         """SIGHUP: run the reload hooks; a failing hook is logged, never fatal."""

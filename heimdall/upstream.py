@@ -227,6 +227,16 @@ class UpstreamPool:
     def from_config(cls, addrs: tuple[HostPort, ...], timeout: float, zone: str = "") -> "UpstreamPool":
         return cls([Upstream(a, zone=zone) for a in addrs], timeout)
 
+    def retire(self) -> None:
+        """No new queries come to this pool: its sockets close once the ones in flight are over
+        (a query never takes longer than the pool's timeout, failover included)."""
+        asyncio.get_running_loop().call_later(self.timeout + 1.0, self.close)
+
+    def close(self) -> None:
+        for up in self.servers:
+            if up.channels is not None:
+                up.channels.close()
+
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in configured order, then down ones, soonest retry first."""
         if all(u.down_until <= now for u in self.servers):

@@ -100,6 +100,36 @@ def test_pausing_blocking_pauses_every_group(server):
     assert ask(srv, "games.bench.test", KID) == "NXDOMAIN" and ask(srv, "ads.bench.test", ADULT) == "0.0.0.0"
 
 
+def test_pausing_one_group_leaves_the_others_blocking(server):
+    srv, hp, _ = server
+    assert ask(srv, "games.bench.test", KID) == "NXDOMAIN" and ask(srv, "ads.bench.test", ADULT) == "0.0.0.0"
+    status, body = call(hp, "POST", "/api/blocking/disable?group=kids&duration=1h")
+    assert status == 200 and body["acknowledged"] == body["workers"], body
+    groups = body["blocking"]["groups"]
+    assert body["blocking"]["enabled"] and groups["default"]["enabled"], body
+    assert not groups["kids"]["enabled"] and 3590 < groups["kids"]["remaining_s"] <= 3600, body
+    for _ in range(3):  # every worker: the kids' list is off, the default list is not
+        assert ask(srv, "games.bench.test", KID) == "192.0.2.1"
+        assert ask(srv, "ads.bench.test", ADULT) == "0.0.0.0"
+    assert call(hp, "POST", "/api/blocking/disable?group=default")[0] == 200
+    assert ask(srv, "ads.bench.test", ADULT) == "192.0.2.1"
+    status = call(hp, "GET", "/api/blocking/status")[1]
+    assert status["enabled"] and not status["groups"]["default"]["enabled"], status  # not every group is paused
+    assert status["groups"]["default"]["disabled_until"] is None  # until enabled again
+    assert call(hp, "POST", "/api/blocking/enable?group=kids")[0] == 200
+    assert ask(srv, "games.bench.test", KID) == "NXDOMAIN" and ask(srv, "ads.bench.test", ADULT) == "192.0.2.1"
+    assert call(hp, "POST", "/api/blocking/enable")[0] == 200  # every pause ends
+    assert ask(srv, "ads.bench.test", ADULT) == "0.0.0.0"
+    assert call(hp, "GET", "/api/blocking/status")[1]["groups"] == {
+        g: {"enabled": True, "disabled_until": None, "remaining_s": None} for g in ("default", "kids")}
+
+
+def test_pausing_a_group_that_does_not_exist_is_a_400(server):
+    _, hp, _ = server
+    status, body = call(hp, "POST", "/api/blocking/disable?group=teens&duration=5m")
+    assert status == 400 and "no client group 'teens'" in body["error"] and "default, kids" in body["error"], body
+
+
 @pytest.mark.parametrize("groups, words", [
     ('{"kids": {"clients": ["10.0.0.300/8"]}}', "10.0.0.300"),
     ('{"kids": {"clients": []}}', "has no clients"),

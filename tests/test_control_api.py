@@ -72,7 +72,8 @@ def test_pause_without_a_deadline_lasts_until_enabled(server):
     srv, hp, _, _ = server
     assert call(hp, "POST", "/api/blocking/disable")[0] == 200
     status = call(hp, "GET", "/api/blocking/status")[1]
-    assert status == {"enabled": False, "disabled_until": None, "remaining_s": None}
+    paused = {"enabled": False, "disabled_until": None, "remaining_s": None}
+    assert status == {**paused, "groups": {"default": paused}}  # without client groups: the default one
     assert rcodes(srv, "www.example.test") == {dns.rcode.NOERROR}
     assert call(hp, "POST", "/api/blocking/enable")[0] == 200
     assert rcodes(srv, "www.example.test") == {dns.rcode.NXDOMAIN}

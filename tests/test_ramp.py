@@ -5,6 +5,14 @@ right after it (the higher of the two: a neighbour's burst only ever lowers a ra
 At ~1 ms per query the generator needs under a tenth of a core at the knee, so on this shared 2-core
 machine it is never the limit; neither process is pinned, so a neighbour's burst on one core does not
 hold the responder there.
+
+An open-loop rate cannot quite reach the closed-loop maximum: with 20 queries always waiting, dnsperf
+keeps the responder reading without ever sleeping, while paced queries wake it for each one, and a
+wakeup costs CPU in this VM. Measured here (`load --ramp --pid` beside dnsperf, twice): 862 us of
+responder CPU per query at 1,114 q/s open-loop against 722 us at the closed-loop maximum of 1,384 q/s,
+so the knee sits at 0.77-0.88 of that maximum, and the bisection stops within 5 % below it. The ramp
+must land between 0.70 and 1.15 of it: a ramp that stopped at half the capacity, or claimed more
+than the server can answer, fails.
 """
 
 from __future__ import annotations
@@ -42,15 +50,15 @@ def cli_ramp(server: str, pid: int, tmp_path, start: float) -> dict:
 @requires_dnsperf
 def test_capacity_matches_the_closed_loop_maximum(tmp_path):
     with Responder(COST_US) as responder:
-        for attempt in range(3):   # a neighbour's burst can spoil a pair; never three in a row
+        for attempt in range(2):   # a neighbour's burst can spoil one pair; never both in a row
             before = closed_loop_max(responder.server)
             result = cli_ramp(responder.server, responder.pid, tmp_path, start=before / 2)
             truth = max(before, closed_loop_max(responder.server))
             ratio = (result["capacity_qps"] or 0) / truth
             print(f"attempt {attempt}: dnsperf {truth:.0f} q/s, ramp {result['capacity_qps']} q/s")
-            if 0.85 < ratio < 1.15:
+            if 0.70 < ratio < 1.15:
                 break
-    assert 0.85 < ratio < 1.15, (truth, result["steps"])
+    assert 0.70 < ratio < 1.15, (truth, result["steps"])
     assert result["schema"] == "heimdall.ramp/1"
     assert result["limit"] in ("p99", "loss", "loss+p99")
     steps = result["steps"]
