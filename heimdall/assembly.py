@@ -47,8 +47,10 @@ from heimdall.metrics import SnapshotStore
 from heimdall.processmetrics import BuildInfoCollector, ProcessTreeCollector
 from heimdall.querylog import QueryLog
 from heimdall.ratelimit import RateLimitConfig, RateLimiter
+from heimdall.steering import spread, steer
 from heimdall.subscriptions import Subscriptions
 from heimdall.udp import hot_path_in_use
+from heimdall.workershare import WorkerShare
 
 if TYPE_CHECKING:
     from heimdall.localdata import LocalData
@@ -157,12 +159,12 @@ def remove_if_owner(directory: str, owner: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def rate_limiter(config: Config) -> RateLimiter:
-    """Per-IP buckets as configured; the global rate is split across the workers."""
+def rate_limiter(config: Config, share: WorkerShare | None) -> RateLimiter:
+    """Per-IP buckets as configured; the global bucket is the workers' shared one when there are several."""
     return RateLimiter(RateLimitConfig(
         per_ip_qps=config.queries_per_second_per_ip, per_ip_burst=config.burst_size_per_ip,
-        global_qps=config.global_queries_per_second / config.worker_threads,
-        aggregate=config.rate_limit_aggregate), now=time.monotonic())
+        global_qps=config.global_queries_per_second, aggregate=config.rate_limit_aggregate),
+        now=time.monotonic(), share=share)
 
 
 class Assembly:
@@ -189,6 +191,7 @@ class Assembly:
         self.api: HttpApi | None = None
         self.control = WorkerControl(None, server.cache)  # the control API's actions, in this worker
         self.limiter: RateLimiter | None = None
+        self.steered = False  # the reuseport group picks a worker by client address (steering.py)
         self._tasks: list[asyncio.Task] = []
 
     async def install(self) -> None:
@@ -224,7 +227,8 @@ class Assembly:
     def set_rate_limit(self) -> None:
         """Stage 1 as configured: a limiter with fresh buckets, or none."""
         cfg, pipeline = self.config, self.server.pipeline
-        old, self.limiter = self.limiter, rate_limiter(cfg) if cfg.enable_rate_limiting else None
+        share = self.server.share[0] if self.server.share is not None else None
+        old, self.limiter = self.limiter, rate_limiter(cfg, share) if cfg.enable_rate_limiting else None
         pipeline.admit = None
         if self.limiter is not None:
             allow, clock = self.limiter.allow, time.monotonic
@@ -233,6 +237,22 @@ class Assembly:
         pipeline.refuse_limited = cfg.rate_limit_action == "refused"
         if self.counting is not None:
             self.counting.limiter = self.limiter
+        if cfg.worker_threads > 1 and (self.limiter is not None or self.steered):
+            self.steer_clients(self.limiter is not None)
+
+    def steer_clients(self, on: bool) -> None:
+        """With N workers and a limiter: each client to one worker, so its buckets are in one place."""
+        cfg, srv = self.config, self.server
+        try:
+            for sock in (srv.udp, srv.tcp):
+                if on:
+                    steer(sock, cfg.worker_threads, cfg.rate_limit_aggregate)
+                else:
+                    spread(sock)
+            self.steered = on
+        except OSError as exc:
+            log.warning(f"cannot steer clients to workers by address ({exc.strerror or exc}): "
+                        "the per-client rate limit applies per worker")
 
     async def set_groups(self, groups: tuple[ClientGroup, ...], managers: list[BlocklistManager]) -> None:
         """Client groups from now on, one blocking stage per group over `managers` (its lists)."""

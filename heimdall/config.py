@@ -81,10 +81,10 @@ class Config:
     tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
     # ratelimit
     enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
-    queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (per worker)")
-    burst_size_per_ip: float = setting(200.0, float_in(1, 1e9), "bucket size per client (per worker)")
+    queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (its queries reach one worker)")
+    burst_size_per_ip: float = setting(200.0, float_in(1, 1e9), "bucket size per client")
     global_queries_per_second: float = setting(0.0, float_in(0, 1e9),
-                                               "limit over all clients, split across workers (0 = off)")
+                                               "limit over all clients, all workers together (0 = off)")
     rate_limit_action: str = setting("refused", choice("refused", "drop"), "limited queries: refused or drop")
     rate_limit_aggregate: bool = setting(False, parse_bool, "one bucket per IPv4 /24 and IPv6 /56")
     # local
@@ -143,7 +143,8 @@ class Config:
     upstream_servers: tuple[HostPort, ...] = setting((), parse_upstreams,
                                                      "comma list of upstream host:port (port 53 if omitted)")
     upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
-    max_inflight: int = setting(10_000, int_in(1, 1_000_000), "upstream queries in flight per worker")
+    max_inflight: int = setting(10_000, int_in(1, 1_000_000),
+                                "client queries waiting on upstreams, all workers together")
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
     # forward

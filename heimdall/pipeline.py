@@ -40,6 +40,7 @@ from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
 from heimdall.wire import Query
+from heimdall.workershare import WorkerShare
 
 log = logging.getLogger("heimdall.pipeline")
 
@@ -83,6 +84,12 @@ class Pipeline:
         self.fast_path = True  # False: every query must reach the observers (the query log is on)
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
+        self.share: WorkerShare | None = None  # with N workers: max_inflight holds for their sum
+        self.slot = 0
+
+    def share_inflight(self, share: WorkerShare, slot: int) -> None:
+        self.share, self.slot = share, slot
+        share.publish(slot, 0)
 
     # --- the entry for every transport ---
 
@@ -98,11 +105,13 @@ class Pipeline:
             if self.observers:
                 self.observe(data, result, client, tcp, t0)
             return False
-        if self.pending >= self.config.max_inflight:
+        if self.pending + (self.share.others(self.slot) if self.share else 0) >= self.config.max_inflight:
             self.counters.overload += 1
             send(self.servfail(data, result.q), client)
             return False
         self.pending += 1
+        if self.share is not None:
+            self.share.publish(self.slot, self.pending)
         asyncio.ensure_future(self._finish(result, data, client, tcp, t0, send, done))
         return True
 
@@ -245,6 +254,8 @@ class Pipeline:
                 self.observe(data, answer, client, tcp, t0)
         finally:
             self.pending -= 1
+            if self.share is not None:
+                self.share.publish(self.slot, self.pending)
             if done is not None:
                 done()
 

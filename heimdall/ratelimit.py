@@ -11,10 +11,10 @@ burst are removed (a full bucket is the same as no bucket, so nothing is
 lost). If the table is still full, the oldest-created bucket is evicted, which
 at worst grants that client a fresh burst.
 
-State lives in one process: with N workers each has its own buckets, so the
-per-IP limit applies per worker (a client spread over workers by
-SO_REUSEPORT hashing of its source port can get up to N times the rate), and
-the global limit too unless the integrator divides it by N.
+Per-client buckets live in one process. With N workers the server steers each
+client (its address, or its /24 or /56) to one worker (heimdall/steering.py),
+so its bucket is in one place whatever source ports it uses. The global bucket
+is shared by the workers (heimdall/workershare.py) when one is given.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from __future__ import annotations
 import itertools
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from heimdall.workershare import WorkerShare
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class RateLimitConfig:
 class RateLimiter:
     """``allow(ip, now)`` on the hot path; counters say why queries were limited."""
 
-    def __init__(self, config: RateLimitConfig, now: float = 0.0) -> None:
+    def __init__(self, config: RateLimitConfig, now: float = 0.0, share: "WorkerShare | None" = None) -> None:
         if config.per_ip_qps <= 0 or config.per_ip_burst < 1:
             raise ValueError("per-IP rate must be > 0 and burst >= 1")
         self.config = config
@@ -52,6 +56,9 @@ class RateLimiter:
         self._g_burst = float(config.global_burst or config.global_qps)
         self._g_tokens = self._g_burst
         self._g_last = now
+        self._share = share  # N workers: the global bucket is theirs together
+        if share is not None:
+            share.reset_bucket(self._g_burst, now)
         self._next_sweep = now + config.sweep_interval
         self._last_full_sweep = now - 1.0
         self._v4_keep = config.v4_prefix // 8 if config.aggregate else 0
@@ -103,6 +110,11 @@ class RateLimiter:
         return True
 
     def _allow_global(self, now: float) -> bool:
+        if self._share is not None:
+            if self._share.take(self._g_rate, self._g_burst, now):
+                return True
+            self.limited_global += 1
+            return False
         tokens = self._g_tokens + (now - self._g_last) * self._g_rate
         self._g_tokens = tokens if tokens < self._g_burst else self._g_burst
         self._g_last = now

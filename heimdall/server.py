@@ -27,6 +27,7 @@ from heimdall.sharedtier import open_shared_tier
 from heimdall.tcp import TcpListener
 from heimdall.udp import UdpListener
 from heimdall.upstream import UpstreamPool
+from heimdall.workershare import WorkerShare
 
 log = logging.getLogger("heimdall.server")
 
@@ -62,7 +63,8 @@ def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket
 class DnsServer:
     """UDP + TCP service for one worker process."""
 
-    def __init__(self, config: Config, udp: socket.socket, tcp: socket.socket):
+    def __init__(self, config: Config, udp: socket.socket, tcp: socket.socket,
+                 share: tuple[WorkerShare, int] | None = None):
         self.config = config
         self.udp = udp
         self.tcp = tcp
@@ -71,6 +73,9 @@ class DnsServer:
         self.shared = open_shared_tier(config)
         self.forwarding = Forwarding.build(config)  # forward zones: each its own pool, health and failover
         self.pipeline = Pipeline(config, self.cache, self.stats, self.forwarding.stage, self.shared)
+        self.share = share  # with N workers: what they count together, and this worker's slot in it
+        if share is not None:
+            self.pipeline.share_inflight(*share)
         self.udp_listener = UdpListener(udp, self.pipeline, config)
         self.tcp_listener = TcpListener(self.pipeline, config)
         self.reload_hooks: list[Callable[[], object]] = []  # run on SIGHUP (e.g. reload blocklists)
@@ -154,7 +159,8 @@ Setup = Callable[["DnsServer"], object]  # may return a coroutine (awaited befor
 
 async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
                         on_ready: Callable[[DnsServer], None] | None = None,
-                        setup: Setup | None = None, notifier: Notifier | None = None) -> int:
+                        setup: Setup | None = None, notifier: Notifier | None = None,
+                        share: tuple[WorkerShare, int] | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit status.
 
     `setup(server)` runs in the worker before it serves: the place to install
@@ -163,7 +169,7 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
     """
     import signal
 
-    server = DnsServer(config, udp, tcp)
+    server = DnsServer(config, udp, tcp, share)
     if setup is not None:
         pending = setup(server)
         if asyncio.iscoroutine(pending):  # async setup: e.g. bind the HTTP API before "ready"
@@ -202,11 +208,11 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
 
 def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
                on_ready: Callable[[DnsServer], None] | None = None, setup: Setup | None = None,
-               notifier: Notifier | None = None) -> int:
+               notifier: Notifier | None = None, share: tuple[WorkerShare, int] | None = None) -> int:
     """Run a worker on a fresh uvloop."""
     import uvloop
 
-    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier))
+    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier, share))
 
 
 def bind_error_message(addr: HostPort, exc: OSError) -> str:

@@ -22,6 +22,7 @@ from heimdall.logs import setup_logging
 from heimdall.sdnotify import Notifier
 from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
 from heimdall.udp import hot_path_built
+from heimdall.workershare import WorkerShare
 
 log = logging.getLogger("heimdall.supervisor")
 
@@ -78,6 +79,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self.ready_r, self.ready_w = os.pipe()
         self.slots = [Slot(i) for i in range(self.config.worker_threads)]
+        self.share = WorkerShare(self.config.worker_threads)  # before fork: every worker maps it
         try:
             for slot in self.slots:
                 self._spawn(slot)
@@ -101,7 +103,7 @@ class Supervisor:
                 config = self.config
                 if config.cache_file:  # each worker snapshots its own cache (heimdall/snapshot.py)
                     config = replace(config, cache_file=f"{config.cache_file}.{slot.index}")
-                code = worker_main(config, self.ready_w, self.setup)
+                code = worker_main(config, self.ready_w, self.setup, (self.share, slot.index))
             except BaseException:  # noqa: BLE001 - report and exit, never return into the supervisor
                 traceback.print_exc()
             finally:
@@ -172,6 +174,7 @@ class Supervisor:
                     slot.failures = slot.failures + 1 if lived < 10 else 1
                     delay = min(10.0, 0.1 * 2 ** (slot.failures - 1))
                     slot.pid, slot.restart_at = 0, now + delay
+                    self.share.publish(slot.index, 0)  # its queries in flight died with it
                     log.warning(f"worker {pid} exited with status {code}; restarting in {delay:.1f}s")
             if not slot.pid and now >= slot.restart_at:
                 self._spawn(slot)
@@ -195,7 +198,8 @@ class Supervisor:
             os.waitpid(slot.pid, 0)
 
 
-def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> int:
+def worker_main(config: Config, ready_fd: int, setup: Setup | None = None,
+                share: tuple[WorkerShare, int] | None = None) -> int:
     """A forked worker: bind with SO_REUSEPORT, signal readiness, serve."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
@@ -210,7 +214,7 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None) -> in
     from heimdall.assembly import FeatureError
 
     try:
-        return run_worker(config, udp, tcp, on_ready=ready, setup=setup)
+        return run_worker(config, udp, tcp, on_ready=ready, setup=setup, share=share)
     except FeatureError as exc:
         log.error(str(exc))
         return EXIT_STARTUP

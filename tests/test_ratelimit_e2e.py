@@ -143,3 +143,4 @@ def test_tcp_queries_share_the_clients_bucket(upstream):
         codes = [srv.query("tcp.bench.test", tcp=True).rcode() for _ in range(5)]
         assert codes == [0, 0, 0, dns.rcode.REFUSED, dns.rcode.REFUSED], codes
         assert ask(c, srv.port, "tcp.bench.test") == dns.rcode.REFUSED
+
