@@ -78,7 +78,10 @@ class Config:
                             "UDP cache hits: c (built-in C reader), python, or auto (c when built and "
                             "the query log is off)")
     tcp_idle_timeout: float = setting(10.0, float_in(0.1, 3600), "seconds an idle TCP connection is kept")
-    tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker")
+    tcp_max_connections: int = setting(512, int_in(1, 100_000), "open TCP connections per worker; at the limit "
+                                       "a new one closes the oldest idle one")
+    tcp_max_connections_per_ip: int = setting(0, int_in(0, 100_000), "open TCP connections per client address "
+                                              "and worker (0 = no limit of its own)")
     # ratelimit
     enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
     queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (its queries reach one worker)")
@@ -189,7 +192,8 @@ class Config:
 # Each setting belongs to one section, named after the part of the server it configures
 # (the stages of heimdall/pipeline.py, then the process); `heimdall serve --help` groups by them.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections"),
+    "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections",
+                  "tcp_max_connections_per_ip"),
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "local": ("local_records", "local_entries", "local_zones", "local_ttl"),

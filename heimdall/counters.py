@@ -33,7 +33,8 @@ class Counters:
     tcp_connections: int = 0
     udp_wakeups: int = 0  # reader callbacks: udp_datagrams / udp_wakeups = batch size
     udp_datagrams: int = 0
-    tcp_rejected: int = 0
+    tcp_rejected: int = 0  # refused at a connection limit: no idle connection to close instead
+    tcp_evicted: int = 0  # idle connections closed to make room for a new one
     by_qtype: dict[int, int] = field(default_factory=dict)  # pipeline queries only
     by_rcode: dict[int, int] = field(default_factory=dict)  # miss replies
     miss_latency_ms: list[int] = field(default_factory=lambda: [0] * 16)  # log2 buckets of ms

@@ -88,6 +88,10 @@ class Counting:
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
         m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0
         m.counters["prefetches"] = st.prefetches
+        m.counters["tcp_connections"] = st.tcp_connections
+        m.counters["tcp_rejected"] = st.tcp_rejected
+        m.counters["tcp_evicted"] = st.tcp_evicted
+        m.counters["inflight_overload"] = st.overload
         m.lists = b.list_figures() if b is not None else {}
         if self.limiter is not None:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted

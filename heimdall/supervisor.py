@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import select
 import signal
 import time
@@ -243,9 +244,26 @@ def prepare_shared(config: Config) -> Setup | None:
         raise StartupError(str(exc)) from None
 
 
+def raise_fd_limit(config: Config) -> int:
+    """Every TCP connection is a descriptor: the soft limit goes up to the hard one; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < config.tcp_max_connections + 256:
+        log.warning(f"open files limit {soft} is below HEIMDALL_TCP_MAX_CONNECTIONS ({config.tcp_max_connections}) "
+                    "+ 256 per worker: raise it (LimitNOFILE= in the unit, ulimit -n)")
+    return soft
+
+
 def serve(config: Config) -> int:
     """`heimdall serve`: demo upstream if needed, shared state, then one process or a supervisor."""
     setup_logging(config.log_level, config.log_format)
+    raise_fd_limit(config)
     notifier = Notifier.from_environment()  # before any fork: workers must not notify
     if config.hot_path == "c" and not hot_path_built():
         raise StartupError("HEIMDALL_HOT_PATH=c but the C hot path is not built "

@@ -3,6 +3,15 @@
 Each message goes through the rate limit and then the pipeline, like a UDP
 datagram; a connection stops reading while 32 of its queries are unanswered
 or while its client does not read its answers, so memory stays bounded.
+
+Connections cannot be hoarded. A connection is active when a whole query
+arrives or an answer is sent; bytes of a message that never completes do not
+count, so a slow-loris client (half a length prefix, half a message) is closed
+after HEIMDALL_TCP_IDLE_TIMEOUT like an idle one. At HEIMDALL_TCP_MAX_CONNECTIONS
+(per worker) or HEIMDALL_TCP_MAX_CONNECTIONS_PER_IP (per client address) a new
+connection closes the oldest idle one (no query of its own unanswered) to take
+its place, and is refused only when none is idle: thousands of idle
+connections cannot keep a new client out.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ class TcpListener:
         self.config = config
         self.counters = pipeline.counters
         self.conns: set[TcpConnection] = set()
+        self.by_ip: dict[bytes, int] = {}  # open connections per client address
 
     def protocol(self) -> "TcpConnection":
         return TcpConnection(self)
@@ -36,6 +46,27 @@ class TcpListener:
     def close_all(self) -> None:
         for conn in list(self.conns):
             conn.transport.close()
+
+    def make_room(self, ip: bytes) -> bool:
+        """Room for one more connection from `ip`: the oldest idle one goes if a limit is reached
+        (its client's own when the per-client limit is the one); False when none is idle."""
+        cfg = self.config
+        per_ip = cfg.tcp_max_connections_per_ip
+        if per_ip and self.by_ip.get(ip, 0) >= per_ip:
+            return self._evict_oldest_idle(ip)
+        if len(self.conns) >= cfg.tcp_max_connections:
+            return self._evict_oldest_idle(None)
+        return True
+
+    def _evict_oldest_idle(self, ip: bytes | None) -> bool:
+        idle = [c for c in self.conns if c.outstanding == 0 and (ip is None or c.peer_ip == ip)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.last_active)
+        oldest.forget()
+        oldest.transport.close()
+        self.counters.tcp_evicted += 1
+        return True
 
 
 class TcpConnection(asyncio.Protocol):
@@ -57,14 +88,16 @@ class TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         lst = self.listener
-        if len(lst.conns) >= lst.config.tcp_max_connections:
+        self.peer = transport.get_extra_info("peername")
+        ip = packed_ip(self.peer)
+        if not lst.make_room(ip):
             lst.counters.tcp_rejected += 1
             transport.close()
             return
+        self.peer_ip = ip
         lst.conns.add(self)
+        lst.by_ip[ip] = lst.by_ip.get(ip, 0) + 1
         lst.counters.tcp_connections += 1
-        self.peer = transport.get_extra_info("peername")
-        self.peer_ip = packed_ip(self.peer)
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self._arm()
 
@@ -92,25 +125,37 @@ class TcpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.conns.discard(self)
+        self.forget()
         if self._timer is not None:
             self._timer.cancel()
+
+    def forget(self) -> None:
+        """No longer one of the listener's connections (closed, or being closed to make room)."""
+        lst = self.listener
+        if self in lst.conns:
+            lst.conns.discard(self)
+            left = lst.by_ip[self.peer_ip] - 1
+            if left:
+                lst.by_ip[self.peer_ip] = left
+            else:
+                del lst.by_ip[self.peer_ip]
 
     def eof_received(self) -> bool:
         self.eof = True
         return self.outstanding > 0  # keep open to send pending answers, else close now
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
         buf = self.buf
         buf += data
-        now = int(self.last_active)
+        mono = time.monotonic()
+        now = int(mono)
         while len(buf) >= 2:
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
                 break
             msg = bytes(buf[2:2 + size])
             del buf[:2 + size]
+            self.last_active = mono  # a whole query: the bytes of one that never ends do not count
             self._query(msg, now)
         if self.outstanding >= self.MAX_PIPELINE:
             self.transport.pause_reading()

@@ -52,5 +52,4 @@ class WorkerShare:
 
     def others(self, slot: int) -> int:
         """Client queries the other workers have waiting for the miss path."""
-        f = self.f
-        return int(sum(f[SLOTS + i] for i in range(self.workers) if i != slot))
+        return int(sum(self.f[SLOTS:]) - self.f[SLOTS + slot])
