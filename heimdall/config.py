@@ -148,6 +148,10 @@ class Config:
     upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000),
                                 "client queries waiting on upstreams, all workers together")
+    max_inflight_per_zone: int = setting(100, int_in(0, 1_000_000), "of those, per worker, for names with the "
+                                         "same parent (a random-subdomain flood's zone); 0 = no bound")
+    max_inflight_per_client: int = setting(0, int_in(0, 1_000_000), "of those, per worker, from one client "
+                                           "address; 0 = no bound")
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")
     demo: bool = setting(False, parse_bool, "start a demo NSD upstream on loopback and forward to it")
     # forward
@@ -203,7 +207,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
-    "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "use_0x20", "demo"),
+    "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "max_inflight_per_zone",
+                 "max_inflight_per_client", "use_0x20", "demo"),
     "forward": ("forward_zones",),
     "observers": ("http_bind_addr", "api_token", "query_log", "log_level", "log_format"),
     "process": ("config_file", "worker_threads", "state_dir", "shutdown_grace"),

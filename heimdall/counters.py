@@ -28,7 +28,8 @@ class Counters:
     notimp: int = 0
     refused: int = 0
     dropped: int = 0
-    overload: int = 0
+    overload: int = 0  # turned away at HEIMDALL_MAX_INFLIGHT
+    inflight_limited: dict[str, int] = field(default_factory=lambda: {"zone": 0, "client": 0})  # inflight.py
     internal_errors: int = 0
     tcp_connections: int = 0
     udp_wakeups: int = 0  # reader callbacks: udp_datagrams / udp_wakeups = batch size

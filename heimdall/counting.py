@@ -92,6 +92,8 @@ class Counting:
         m.counters["tcp_rejected"] = st.tcp_rejected
         m.counters["tcp_evicted"] = st.tcp_evicted
         m.counters["inflight_overload"] = st.overload
+        m.counters["inflight_limited_zone"] = st.inflight_limited["zone"]
+        m.counters["inflight_limited_client"] = st.inflight_limited["client"]
         m.lists = b.list_figures() if b is not None else {}
         if self.limiter is not None:
             m.counters["rate_limit_buckets_evicted"] = self.limiter.evicted

@@ -36,6 +36,7 @@ from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
 from heimdall.forwardzones import ZoneRouter
+from heimdall.inflight import InflightLimits
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
@@ -85,6 +86,8 @@ class Pipeline:
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
         self.share: WorkerShare | None = None  # with N workers: max_inflight holds for their sum
+        self.bounds = (InflightLimits(config.max_inflight_per_client, config.max_inflight_per_zone)
+                       if config.max_inflight_per_client or config.max_inflight_per_zone else None)
         self.slot = 0
 
     def share_inflight(self, share: WorkerShare, slot: int) -> None:
@@ -107,6 +110,10 @@ class Pipeline:
             return False
         if self.pending + (self.share.others(self.slot) if self.share else 0) >= self.config.max_inflight:
             self.counters.overload += 1
+            send(self.servfail(data, result.q), client)
+            return False
+        if self.bounds is not None and (turned := self.bounds.enter(result.question, client)) is not None:
+            self.counters.inflight_limited[turned] += 1
             send(self.servfail(data, result.q), client)
             return False
         self.pending += 1
@@ -254,6 +261,8 @@ class Pipeline:
                 self.observe(data, answer, client, tcp, t0)
         finally:
             self.pending -= 1
+            if self.bounds is not None:
+                self.bounds.leave(miss.question, client)
             if self.share is not None:
                 self.share.publish(self.slot, self.pending)
             if done is not None:

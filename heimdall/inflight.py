@@ -1,0 +1,62 @@
+"""Bounded upstream work per client and per zone: what a random-subdomain flood can hold.
+
+A water-torture flood asks `<random>.victim.example` as fast as it can: every
+query is a miss, and when victim.example's servers are slow every one of them
+waits upstream, until HEIMDALL_MAX_INFLIGHT is full and everybody's misses get
+SERVFAIL. These two bounds stop it earlier, per worker:
+
+* HEIMDALL_MAX_INFLIGHT_PER_ZONE: client queries waiting upstream for names
+  with the same parent (the name less its first label: `victim.example` for
+  `x7f3k.victim.example`). A forwarder does not know where zones are cut; the
+  parent is what a random first label cannot change.
+* HEIMDALL_MAX_INFLIGHT_PER_CLIENT: client queries waiting upstream from one
+  client address.
+
+A query beyond either gets SERVFAIL at once, as beyond HEIMDALL_MAX_INFLIGHT,
+and is counted (`heimdall_inflight_limited_zone_total`,
+`heimdall_inflight_limited_client_total`). Cache hits are never counted or
+refused: names already cached keep being answered.
+"""
+
+from __future__ import annotations
+
+
+def parent(question: bytes) -> bytes:
+    """A lower-cased wire question's name less its first label (b"" for a name under the root)."""
+    return question[question[0] + 1:-4] if question and question[0] else b""
+
+
+def client_key(client: object) -> object:
+    return client[0] if isinstance(client, tuple) else client
+
+
+class InflightLimits:
+    def __init__(self, per_client: int, per_zone: int) -> None:
+        self.per_client = per_client  # 0: no bound
+        self.per_zone = per_zone
+        self.clients: dict[object, int] = {}
+        self.zones: dict[bytes, int] = {}
+
+    def enter(self, question: bytes, client: object) -> str | None:
+        """Count one more waiting query; None, or which bound ("zone", "client") turns it away."""
+        zone, who = parent(question), client_key(client)
+        if self.per_zone and self.zones.get(zone, 0) >= self.per_zone:
+            return "zone"
+        if self.per_client and self.clients.get(who, 0) >= self.per_client:
+            return "client"
+        self.zones[zone] = self.zones.get(zone, 0) + 1
+        self.clients[who] = self.clients.get(who, 0) + 1
+        return None
+
+    def leave(self, question: bytes, client: object) -> None:
+        drop(self.zones, parent(question))
+        drop(self.clients, client_key(client))
+
+
+def drop(table: dict, key: object) -> None:
+    """One less for `key`; a key at zero is removed, so the tables hold only what waits."""
+    left = table[key] - 1
+    if left:
+        table[key] = left
+    else:
+        del table[key]

@@ -1,0 +1,71 @@
+"""A random-subdomain flood: unique names under one zone whose servers never answer, while
+legitimate clients ask cached names.
+
+Real parts: `heimdall serve` with the session's NSD as the default upstream and `victim.test`
+forwarded to a silent upstream (every miss there waits the whole upstream timeout, the worst
+case of water torture), the project's load generator for both the flood (a `heimdall-tools load`
+process) and the legitimate clients, /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+
+from heimdall_server import HeimdallProcess
+from probe_targets import CLI, REPO
+from test_http_e2e import free_tcp_port, scrape, total
+from tools.loadgen import LoadConfig, run_load
+from udp_responder import UdpResponder
+
+PER_ZONE = 50
+TIMEOUT_S = 2.0
+FLOOD_S = 6.0
+
+
+class CountingSilent(UdpResponder):
+    """The victim zone's servers: they receive every query and answer none."""
+
+    def __enter__(self):
+        self.received = 0
+        self.lock = threading.Lock()
+        return super().__enter__()
+
+    def handle(self, data: bytes, src: tuple) -> None:
+        with self.lock:
+            self.received += 1
+
+
+def test_a_flood_under_one_zone_holds_its_share_of_upstream_work_and_no_cached_answer(upstream, tmp_path):
+    hp = free_tcp_port()
+    with CountingSilent() as victim:
+        env = {"HEIMDALL_FORWARD_ZONES": f"victim.test={victim.addr}", "HEIMDALL_UPSTREAM_TIMEOUT": str(TIMEOUT_S),
+               "HEIMDALL_MAX_INFLIGHT_PER_ZONE": str(PER_ZONE), "HEIMDALL_HTTP_BIND_ADDR": f"127.0.0.1:{hp}"}
+        with HeimdallProcess([upstream.addr], env=env) as srv:
+            server = f"127.0.0.1:{srv.port}"
+            flood_json = tmp_path / "flood.json"
+            flood = subprocess.Popen([*CLI, "load", "--test-type", "cache-miss", "--zone", "victim.test",
+                                      "--server", server, "--qps", "4000", "--duration", str(FLOOD_S),
+                                      "--warmup", "0.5", "--clients", "50", "--timeout", "3000", "--quiet",
+                                      "--json", str(flood_json)], cwd=REPO, stdout=subprocess.DEVNULL)
+            try:
+                legit = run_load(LoadConfig(test_type="cache-hit", server=server, qps=2000, clients=20,
+                                            duration=FLOOD_S - 2, warmup=1.0))
+            finally:
+                assert flood.wait(timeout=60) == 0
+            attack = json.loads(flood_json.read_text())
+            metrics = scrape(hp)
+            assert srv.stop() == 0
+        received = victim.received
+    lost = legit["sent"] - legit["received"]
+    print(f"legitimate: {legit['received']} of {legit['sent']} answered, p99 {legit['latency_us']['p99']} us; "
+          f"flood: {attack['sent']} sent, rcodes {attack['rcodes']}; victim's servers saw {received}; "
+          f"{total(metrics, 'heimdall_inflight_limited_zone_total'):.0f} turned away at the zone bound")
+    assert lost <= 0.01 * legit["sent"], legit
+    assert legit["rcodes"] == {"NOERROR": legit["received"]}, legit["rcodes"]
+    # the victim zone never had more than PER_ZONE queries waiting: each waits TIMEOUT_S at most
+    windows = (FLOOD_S + 1) / TIMEOUT_S + 1
+    assert received <= PER_ZONE * windows, (received, PER_ZONE * windows)
+    assert attack["rcodes"].get("SERVFAIL", 0) > 0.9 * attack["received"], attack["rcodes"]
+    assert total(metrics, "heimdall_inflight_limited_zone_total") > 0.8 * attack["sent"]
