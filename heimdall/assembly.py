@@ -53,6 +53,7 @@ from heimdall.udp import hot_path_in_use
 from heimdall.workershare import WorkerShare
 
 if TYPE_CHECKING:
+    from heimdall.fleet import Fleet
     from heimdall.localdata import LocalData
     from heimdall.localrecords import Built, LocalRecords
     from heimdall.server import DnsServer
@@ -192,6 +193,7 @@ class Assembly:
         self.control = WorkerControl(None, server.cache)  # the control API's actions, in this worker
         self.limiter: RateLimiter | None = None
         self.steered = False  # the reuseport group picks a worker by client address (steering.py)
+        self.fleet: "Fleet | None" = None
         self._tasks: list[asyncio.Task] = []
 
     async def install(self) -> None:
@@ -218,6 +220,11 @@ class Assembly:
             for pool in srv.pools:
                 pool.observe = self.counting.upstream_observe
         self.control.blocking = self.grouped or self.blocking
+        if srv.shared is not None:  # a fleet sharing Redis: flushes and list reloads reach every instance
+            from heimdall.fleet import Fleet
+
+            self.fleet = Fleet(srv.shared.redis, srv.cache, self.reload_lists)
+            self.fleet.start()
         srv.reload_hooks.append(self.on_sighup)
         srv.stop_hooks.append(self.stop)
         self._start_tasks()
@@ -300,7 +307,7 @@ class Assembly:
         collectors = (ProcessTreeCollector(self.process_tree), BuildInfoCollector(__version__, hot_path_in_use(self.config)))
         fetch_lists = self.blocking.fetch_lists if self.blocking is not None else None
         self.api = HttpApi(figures, health, addr.host, addr.port, collectors,
-                           control=Controller(self.control, self.store, fetch_lists, self.group_names),
+                           control=Controller(self.control, self.store, fetch_lists, self.group_names, self.fleet),
                            token=self.config.api_token)
         try:
             await self.api.start()
@@ -323,6 +330,12 @@ class Assembly:
             self.reread_config_file()
         if self.qlog is not None:
             self.qlog.reopen()
+        self.reload_lists()
+        if self.fleet is not None and self.index == 0 and (self.blocking or self.grouped):
+            self._tasks.append(asyncio.get_running_loop().create_task(self.fleet.lists_reloaded()))
+
+    def reload_lists(self) -> None:
+        """Blocklists, group lists and local records from their files (SIGHUP, or the fleet's word)."""
         if self.blocking is not None:
             self.blocking.on_sighup()
         for stage in self.grouped.stages[1:] if self.grouped else ():

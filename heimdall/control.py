@@ -31,6 +31,7 @@ from heimdall.metrics import SnapshotStore
 
 if TYPE_CHECKING:
     from heimdall.cache import Cache
+    from heimdall.fleet import Fleet
 
 POLL_INTERVAL = 0.25
 ACK_TIMEOUT = 5.0
@@ -148,11 +149,12 @@ class Controller:
 
     def __init__(self, local: WorkerControl, store: SnapshotStore | None,
                  fetch_lists: "Callable[[], Awaitable[dict[str, str]]] | None" = None,
-                 groups: Callable[[], Sequence[str]] = lambda: ()) -> None:
+                 groups: Callable[[], Sequence[str]] = lambda: (), fleet: "Fleet | None" = None) -> None:
         self.local = local  # this worker's (it serves the API)
         self.store = store
         self.fetch_lists = fetch_lists  # downloads the list URLs before a refresh (url -> result)
         self.groups = groups  # the client groups' names as configured now, "default" first
+        self.fleet = fleet  # other instances sharing Redis, told of flushes and list refreshes
         self.state = read_state(self.path) if store else ControlState()
 
     @property

@@ -180,14 +180,21 @@ class HttpApi:
         return web.json_response(self.control.status())
 
     async def _flush(self, request: web.Request) -> web.Response:
+        """Every worker's cache, then (with Redis) the fleet's keys there and the other instances' caches."""
         assert self.control is not None
-        return await self._act(flush=self.control.state.generation + 1)
+        response = await self._act(flush=self.control.state.generation + 1)
+        if self.control.fleet is not None:
+            await self.control.fleet.flushed()
+        return response
 
     async def _refresh(self, request: web.Request) -> web.Response:
         """List URLs are downloaded first (here, in the worker that downloads), then every worker reloads."""
         assert self.control is not None
         fetched = await self.control.fetch_lists() if self.control.fetch_lists is not None else {}
-        return await self._act({"urls": fetched} if fetched else None, refresh=self.control.state.generation + 1)
+        response = await self._act({"urls": fetched} if fetched else None, refresh=self.control.state.generation + 1)
+        if self.control.fleet is not None:
+            await self.control.fleet.lists_reloaded()
+        return response
 
     async def start(self) -> None:
         """Bind and serve; raises OSError if the address is taken."""

@@ -21,15 +21,6 @@ refused: names already cached keep being answered.
 from __future__ import annotations
 
 
-def parent(question: bytes) -> bytes:
-    """A lower-cased wire question's name less its first label (b"" for a name under the root)."""
-    return question[question[0] + 1:-4] if question and question[0] else b""
-
-
-def client_key(client: object) -> object:
-    return client[0] if isinstance(client, tuple) else client
-
-
 class InflightLimits:
     def __init__(self, per_client: int, per_zone: int) -> None:
         self.per_client = per_client  # 0: no bound
@@ -39,18 +30,27 @@ class InflightLimits:
 
     def enter(self, question: bytes, client: object) -> str | None:
         """Count one more waiting query; None, or which bound ("zone", "client") turns it away."""
-        zone, who = parent(question), client_key(client)
-        if self.per_zone and self.zones.get(zone, 0) >= self.per_zone:
-            return "zone"
-        if self.per_client and self.clients.get(who, 0) >= self.per_client:
-            return "client"
-        self.zones[zone] = self.zones.get(zone, 0) + 1
-        self.clients[who] = self.clients.get(who, 0) + 1
+        zones, clients = self.zones, self.clients
+        if self.per_zone:
+            zone = question[question[0] + 1:-4]
+            n = zones.get(zone, 0)
+            if n >= self.per_zone:
+                return "zone"
+        if self.per_client:
+            who = client[0] if isinstance(client, tuple) else client
+            m = clients.get(who, 0)
+            if m >= self.per_client:
+                return "client"
+            clients[who] = m + 1
+        if self.per_zone:
+            zones[zone] = n + 1
         return None
 
     def leave(self, question: bytes, client: object) -> None:
-        drop(self.zones, parent(question))
-        drop(self.clients, client_key(client))
+        if self.per_zone:
+            drop(self.zones, question[question[0] + 1:-4])
+        if self.per_client:
+            drop(self.clients, client[0] if isinstance(client, tuple) else client)
 
 
 def drop(table: dict, key: object) -> None:

@@ -50,6 +50,7 @@ from heimdall.sharedvalue import (  # noqa: F401 - re-exported
 log = logging.getLogger("heimdall.sharedcache")
 
 UP, DOWN, DISABLED = "up", "down", "disabled"
+FLUSH, LISTS = "flush", "lists"  # what an invalidation says changed in the instance that sent it
 
 # Upper bounds (seconds) of the latency histogram: fine below the default
 # 50 ms timeout, where a loopback or LAN Redis lives.
@@ -289,17 +290,17 @@ class SharedCache:
 
     # ---- cross-instance invalidation ----------------------------------------
 
-    async def publish_invalidate(self) -> bool:
-        """Tell the other instances to flush local state (blocklists reloaded)."""
+    async def publish_invalidate(self, kind: str = FLUSH) -> bool:
+        """Tell the other instances what changed here: FLUSH (the cache) or LISTS (the blocklists)."""
         if self._client is None or not self._may_try():
             return False
-        ok, _ = await self._command("PUBLISH", self.channel, self.instance_id)
+        ok, _ = await self._command("PUBLISH", self.channel, self.instance_id + b" " + kind.encode())
         if ok:
             self.counters.invalidations_sent += 1
         return ok
 
-    def subscribe_invalidate(self, callback: Callable[[], None]) -> asyncio.Task | None:
-        """Run `callback()` whenever another instance publishes an invalidation.
+    def subscribe_invalidate(self, callback: Callable[[str], None]) -> asyncio.Task | None:
+        """Run `callback(kind)` whenever another instance publishes an invalidation.
 
         The listener keeps one pub/sub connection, reconnecting with the
         same backoff after errors; cancel via close().  Our own messages
@@ -311,7 +312,7 @@ class SharedCache:
             self._listener = asyncio.get_running_loop().create_task(self._listen(callback))
         return self._listener
 
-    async def _listen(self, callback: Callable[[], None]) -> None:
+    async def _listen(self, callback: Callable[[str], None]) -> None:
         delay = self.base_backoff
         assert self._client is not None  # subscribe_invalidate checks first
         while True:
@@ -321,10 +322,13 @@ class SharedCache:
                 delay = self.base_backoff
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg and msg.get("type") == "message" and msg.get("data") != self.instance_id:
+                    if not msg or msg.get("type") != "message":
+                        continue
+                    sender, _, kind = bytes(msg.get("data") or b"").partition(b" ")
+                    if sender != self.instance_id:
                         self.counters.invalidations_received += 1
                         try:
-                            callback()
+                            callback(kind.decode(errors="replace") or FLUSH)
                         except Exception:  # noqa: BLE001 - a bad callback must not kill the listener
                             log.exception("invalidation callback failed")
             except (RedisError, OSError, TimeoutError, asyncio.TimeoutError):
@@ -335,6 +339,24 @@ class SharedCache:
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
                 except (RedisError, OSError, TimeoutError, asyncio.TimeoutError):
                     pass
+
+    async def flush_keys(self, batch: int = 1000) -> int:
+        """Remove every key under the prefix (a cache flush that the shared tier must not undo);
+        how many. Stops, with what it removed so far, when Redis fails or goes down."""
+        removed, cursor = 0, 0
+        while self._client is not None and self._may_try():
+            ok, reply = await self._command("SCAN", cursor, "MATCH", self.key_prefix + b"*", "COUNT", batch)
+            if not ok:
+                break
+            cursor, keys = int(reply[0]), [k for k in reply[1] if k != self.channel]
+            if keys:
+                ok, n = await self._command("UNLINK", *keys)
+                if not ok:
+                    break
+                removed += int(n)
+            if cursor == 0:
+                break
+        return removed
 
     # ---- lifecycle and metrics ---------------------------------------------
 

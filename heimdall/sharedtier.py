@@ -9,6 +9,8 @@ nothing and the miss goes upstream.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -58,5 +60,13 @@ def open_shared_tier(config: Config) -> SharedTier | None:
         return None
     from heimdall.sharedcache import SharedCache
 
-    return SharedTier(SharedCache(config.redis_url, config.redis_key_prefix, config.redis_timeout), config)
+    return SharedTier(SharedCache(config.redis_url, config.redis_key_prefix, config.redis_timeout,
+                                  instance_id=instance_id()), config)
+
+
+def instance_id() -> str:
+    """This server on this host, the same in each of its workers (the supervisor's pid), so that sibling
+    workers ignore each other's invalidations: they act on every change together anyway."""
+    under_supervisor = os.environ.get("HEIMDALL_WORKER_INDEX") is not None
+    return f"{socket.gethostname()}:{os.getppid() if under_supervisor else os.getpid()}"
 

@@ -338,15 +338,17 @@ def test_invalidation_reaches_other_instances_only(redis_server):
         a2 = SharedCache(redis_server.url, timeout=1.0, instance_id="host1:100")  # a's sibling worker
         b = SharedCache(redis_server.url, timeout=1.0)
         flushed = {"a": 0, "a2": 0, "b": 0}
+        kinds = []
         got_b = asyncio.Event()
 
-        def on_b():
+        def on_b(kind):
             flushed["b"] += 1
+            kinds.append(kind)
             got_b.set()
 
         try:
-            a.subscribe_invalidate(lambda: flushed.__setitem__("a", flushed["a"] + 1))
-            a2.subscribe_invalidate(lambda: flushed.__setitem__("a2", flushed["a2"] + 1))
+            a.subscribe_invalidate(lambda kind: flushed.__setitem__("a", flushed["a"] + 1))
+            a2.subscribe_invalidate(lambda kind: flushed.__setitem__("a2", flushed["a2"] + 1))
             b.subscribe_invalidate(on_b)
             for _ in range(100):                             # all listeners subscribed
                 if r.pubsub_numsub(a.channel)[0][1] == 3:
@@ -355,7 +357,7 @@ def test_invalidation_reaches_other_instances_only(redis_server):
             assert await a.publish_invalidate() is True
             await asyncio.wait_for(got_b.wait(), 3)
             await asyncio.sleep(0.2)
-            assert flushed == {"a": 0, "a2": 0, "b": 1}
+            assert flushed == {"a": 0, "a2": 0, "b": 1} and kinds == ["flush"]
             assert a.stats()["invalidations_sent"] == 1 and b.stats()["invalidations_received"] == 1
         finally:
             for sc in (a, a2, b):
@@ -372,7 +374,7 @@ def test_disabled_when_no_url():
         assert await sc.get(b"k") is None
         assert sc.put_nowait(b"k", b"x", 60) is False
         assert await sc.publish_invalidate() is False
-        assert sc.subscribe_invalidate(lambda: None) is None
+        assert sc.subscribe_invalidate(lambda kind: None) is None
         await sc.close()
         s = sc.stats()
         assert (s["state"], s["errors"], s["misses"], s["skipped"]) == ("disabled", 0, 0, 0)
