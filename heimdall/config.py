@@ -148,8 +148,8 @@ class Config:
     upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000),
                                 "client queries waiting on upstreams, all workers together")
-    max_inflight_per_zone: int = setting(100, int_in(0, 1_000_000), "of those, per worker, for names with the "
-                                         "same parent (a random-subdomain flood's zone); 0 = no bound")
+    max_inflight_per_zone: int = setting(100, int_in(0, 1_000_000), "upstream fetches per worker for names with "
+                                         "the same parent (a random-subdomain flood's zone); 0 = no bound")
     max_inflight_per_client: int = setting(0, int_in(0, 1_000_000), "of those, per worker, from one client "
                                            "address; 0 = no bound")
     use_0x20: bool = setting(False, parse_bool, "randomise upstream query name case, require it echoed exactly")

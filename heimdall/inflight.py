@@ -5,10 +5,12 @@ query is a miss, and when victim.example's servers are slow every one of them
 waits upstream, until HEIMDALL_MAX_INFLIGHT is full and everybody's misses get
 SERVFAIL. These two bounds stop it earlier, per worker:
 
-* HEIMDALL_MAX_INFLIGHT_PER_ZONE: client queries waiting upstream for names
-  with the same parent (the name less its first label: `victim.example` for
+* HEIMDALL_MAX_INFLIGHT_PER_ZONE: upstream fetches in flight for names with
+  the same parent (the name less its first label: `victim.example` for
   `x7f3k.victim.example`). A forwarder does not know where zones are cut; the
-  parent is what a random first label cannot change.
+  parent is what a random first label cannot change. Clients asking the same
+  question wait on one fetch (coalescing), so a burst of popular names counts
+  once per name; a flood of unique names counts every one.
 * HEIMDALL_MAX_INFLIGHT_PER_CLIENT: client queries waiting upstream from one
   client address.
 
@@ -28,27 +30,33 @@ class InflightLimits:
         self.clients: dict[object, int] = {}
         self.zones: dict[bytes, int] = {}
 
-    def enter(self, question: bytes, client: object) -> str | None:
-        """Count one more waiting query; None, or which bound ("zone", "client") turns it away."""
-        zones, clients = self.zones, self.clients
-        if self.per_zone:
-            zone = question[question[0] + 1:-4]
-            n = zones.get(zone, 0)
-            if n >= self.per_zone:
-                return "zone"
-        if self.per_client:
-            who = client[0] if isinstance(client, tuple) else client
-            m = clients.get(who, 0)
-            if m >= self.per_client:
-                return "client"
-            clients[who] = m + 1
-        if self.per_zone:
-            zones[zone] = n + 1
-        return None
+    def enter_zone(self, question: bytes) -> bool:
+        """One more upstream fetch for the question's parent; False (not counted) at the bound."""
+        if not self.per_zone:
+            return True
+        zone = question[question[0] + 1:-4]
+        n = self.zones.get(zone, 0)
+        if n >= self.per_zone:
+            return False
+        self.zones[zone] = n + 1
+        return True
 
-    def leave(self, question: bytes, client: object) -> None:
+    def leave_zone(self, question: bytes) -> None:
         if self.per_zone:
             drop(self.zones, question[question[0] + 1:-4])
+
+    def enter_client(self, client: object) -> bool:
+        """One more query of this client waiting upstream; False (not counted) at the bound."""
+        if not self.per_client:
+            return True
+        who = client[0] if isinstance(client, tuple) else client
+        n = self.clients.get(who, 0)
+        if n >= self.per_client:
+            return False
+        self.clients[who] = n + 1
+        return True
+
+    def leave_client(self, client: object) -> None:
         if self.per_client:
             drop(self.clients, client[0] if isinstance(client, tuple) else client)
 

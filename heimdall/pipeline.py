@@ -112,8 +112,8 @@ class Pipeline:
             self.counters.overload += 1
             send(self.servfail(data, result.q), client)
             return False
-        if self.bounds is not None and (turned := self.bounds.enter(result.question, client)) is not None:
-            self.counters.inflight_limited[turned] += 1
+        if self.bounds is not None and not self.bounds.enter_client(client):
+            self.counters.inflight_limited["client"] += 1
             send(self.servfail(data, result.q), client)
             return False
         self.pending += 1
@@ -185,6 +185,9 @@ class Pipeline:
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
         else:
+            if self.bounds is not None and not self.bounds.enter_zone(miss.question):
+                self.counters.inflight_limited["zone"] += 1
+                return Answer(self.servfail(data, miss.q), How.FAILED)
             fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
             entry = None
             try:
@@ -202,6 +205,8 @@ class Pipeline:
             finally:
                 del self.inflight[miss.key]
                 fut.set_result(entry)
+                if self.bounds is not None:
+                    self.bounds.leave_zone(miss.question)
         ms = int((time.monotonic() - started) * 1000)
         self.counters.miss_latency_ms[min(15, ms.bit_length())] += 1
         if entry is None:
@@ -262,7 +267,7 @@ class Pipeline:
         finally:
             self.pending -= 1
             if self.bounds is not None:
-                self.bounds.leave(miss.question, client)
+                self.bounds.leave_client(client)
             if self.share is not None:
                 self.share.publish(self.slot, self.pending)
             if done is not None:

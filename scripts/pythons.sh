@@ -5,7 +5,8 @@
 # extension built in place for that interpreter (heimdall/_hotpath.cpython-3X-*.so beside
 # the others), and the fast tests, the hot path's property tests among them.
 # Interpreters come from PATH or pyenv. A missing one is skipped with a line saying so,
-# unless HEIMDALL_REQUIRE_PYTHONS=1 (.ci/run sets it): then it is a failure.
+# unless HEIMDALL_REQUIRE_PYTHONS=1 (.ci/run sets it): then it is a failure. The version
+# of the project's own .venv is skipped: the whole suite runs on it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -29,7 +30,11 @@ deps() {
 }
 
 failed=0
+main=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
 for v in "${VERSIONS[@]}"; do
+  if [ "$v" = "$main" ]; then
+    echo "[pythons] Python $v: the whole suite runs on it (.venv)"; continue
+  fi
   if ! py=$(find_python "$v"); then
     if [ "${HEIMDALL_REQUIRE_PYTHONS:-0}" = 1 ]; then
       echo "[pythons] Python $v not found (PATH, ~/.pyenv/versions); install it, e.g. pyenv install $v" >&2

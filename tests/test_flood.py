@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 
 from heimdall_server import HeimdallProcess
 from probe_targets import CLI, REPO
@@ -21,7 +22,7 @@ from udp_responder import UdpResponder
 
 PER_ZONE = 50
 TIMEOUT_S = 2.0
-FLOOD_S = 6.0
+FLOOD_S = 5.0
 
 
 class CountingSilent(UdpResponder):
@@ -69,3 +70,38 @@ def test_a_flood_under_one_zone_holds_its_share_of_upstream_work_and_no_cached_a
     assert received <= PER_ZONE * windows, (received, PER_ZONE * windows)
     assert attack["rcodes"].get("SERVFAIL", 0) > 0.9 * attack["received"], attack["rcodes"]
     assert total(metrics, "heimdall_inflight_limited_zone_total") > 0.8 * attack["sent"]
+
+
+def immediate_servfails(port: int, source: str, names: list[str], wait: float = 1.5) -> int:
+    """Each name asked once from its own socket on `source`: how many SERVFAILs come back at once."""
+    import select
+    import socket
+
+    import dns.message
+
+    socks = []
+    for name in names:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((source, 0))
+        s.sendto(dns.message.make_query(name, "A").to_wire(), ("127.0.0.1", port))
+        socks.append(s)
+    got, deadline, waiting = 0, time.monotonic() + wait, list(socks)
+    while (left := deadline - time.monotonic()) > 0:
+        for s in select.select(waiting, [], [], left)[0]:
+            got += s.recv(512)[3] & 0x0F == 2
+            waiting.remove(s)
+    for s in socks:
+        s.close()
+    return got
+
+
+def test_one_client_holds_at_most_its_share_of_queries_waiting_upstream():
+    """HEIMDALL_MAX_INFLIGHT_PER_CLIENT=10, a silent upstream: of 30 new names from one client 20 get
+    SERVFAIL at once; another client's 5 still wait upstream like any miss."""
+    env = {"HEIMDALL_MAX_INFLIGHT_PER_CLIENT": "10", "HEIMDALL_MAX_INFLIGHT_PER_ZONE": "0",
+           "HEIMDALL_UPSTREAM_TIMEOUT": "5"}
+    with CountingSilent() as silent, HeimdallProcess([silent.addr], env=env) as srv:
+        greedy = immediate_servfails(srv.port, "127.0.0.2", [f"g{i}.bench.test" for i in range(30)])
+        other = immediate_servfails(srv.port, "127.0.0.3", [f"o{i}.bench.test" for i in range(5)], wait=0.5)
+        assert (greedy, other) == (20, 0)
+        assert srv.stop() == 0

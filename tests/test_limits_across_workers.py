@@ -29,15 +29,15 @@ def servers(upstream: str, env: dict[str, str]):
 
 
 def test_the_per_client_limit_holds_whatever_the_source_ports(upstream):
-    """A client on 127.0.0.1 spraying 2,000 q/s from 1,000 source ports, limited to 200 q/s."""
+    """A client on 127.0.0.1 spraying 2,000 q/s from 1,000 source ports for 3 s, limited to 200 q/s."""
     env = dict(RATE_LIMITED, HEIMDALL_QUERIES_PER_SECOND_PER_IP="200", HEIMDALL_BURST_SIZE_PER_IP="50")
     rates = {}
     for workers, proc in servers(upstream.addr, env):
         with proc as srv:
-            r = run_load(LoadConfig(test_type="cache-hit", server=f"127.0.0.1:{srv.port}", duration=4, warmup=1,
+            r = run_load(LoadConfig(test_type="cache-hit", server=f"127.0.0.1:{srv.port}", duration=3, warmup=0.5,
                                     clients=1000, qps=2000, prime=False, timeout_ms=500))
-            rates[workers] = r["rcodes"].get("NOERROR", 0) / 4
-            assert r["rcodes"].get("REFUSED", 0) > 5000, r["rcodes"]  # the rest was turned down, not lost
+            rates[workers] = r["rcodes"].get("NOERROR", 0) / 3
+            assert r["rcodes"].get("REFUSED", 0) > 4000, r["rcodes"]  # the rest was turned down, not lost
             assert "cannot steer" not in srv.log, srv.log
     assert 180 <= rates["1"] <= 220 and 180 <= rates["2"] <= 220, rates
     assert 0.9 <= rates["2"] / rates["1"] <= 1.1, rates

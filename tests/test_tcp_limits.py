@@ -136,7 +136,7 @@ def test_a_slow_loris_connection_is_closed_like_an_idle_one(upstream):
         assert srv.stop() == 0
 
 
-HOLD_S = float(os.environ.get("HEIMDALL_TEST_HOLD_S", "5"))  # docs/reliability.md quotes a 30 s run
+HOLD_S = float(os.environ.get("HEIMDALL_TEST_HOLD_S", "3"))  # docs/reliability.md quotes a 30 s run
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_thousands_of_idle_and_slow_connections_keep_no_client_out(upstream, man
             rss, fds = server.memory_info().rss, server.num_fds()
         recs = udp.stop()
         assert recs and not [r for r in recs if r.lost], f"UDP: {sum(r.lost for r in recs)} of {len(recs)} lost"
-        assert tcp_answers > 22
+        assert tcp_answers > 22  # every one answered (asserted one by one), during the hold too
         evicted = total(scrape(hp), "heimdall_tcp_evicted_total")
         print(f"{tcp_answers} new TCP clients answered; RSS {rss0 / 2**20:.1f} -> {rss / 2**20:.1f} MB, {fds} open files; {evicted:.0f} idle connections "
               f"closed to make room; {len(recs)} UDP queries answered")
