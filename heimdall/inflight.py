@@ -23,42 +23,44 @@ refused: names already cached keep being answered.
 from __future__ import annotations
 
 
-class InflightLimits:
-    def __init__(self, per_client: int, per_zone: int) -> None:
-        self.per_client = per_client  # 0: no bound
-        self.per_zone = per_zone
-        self.clients: dict[object, int] = {}
-        self.zones: dict[bytes, int] = {}
+class ZoneBound:
+    """HEIMDALL_MAX_INFLIGHT_PER_ZONE: upstream fetches in flight per parent name."""
 
-    def enter_zone(self, question: bytes) -> bool:
-        """One more upstream fetch for the question's parent; False (not counted) at the bound."""
-        if not self.per_zone:
-            return True
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.counts: dict[bytes, int] = {}
+
+    def enter(self, question: bytes) -> bytes | None:
+        """The parent counted for one more fetch (give it to leave()), or None at the bound."""
         zone = question[question[0] + 1:-4]
-        n = self.zones.get(zone, 0)
-        if n >= self.per_zone:
-            return False
-        self.zones[zone] = n + 1
-        return True
+        n = self.counts.get(zone, 0)
+        if n >= self.bound:
+            return None
+        self.counts[zone] = n + 1
+        return zone
 
-    def leave_zone(self, question: bytes) -> None:
-        if self.per_zone:
-            drop(self.zones, question[question[0] + 1:-4])
+    def leave(self, zone: bytes) -> None:
+        drop(self.counts, zone)
 
-    def enter_client(self, client: object) -> bool:
-        """One more query of this client waiting upstream; False (not counted) at the bound."""
-        if not self.per_client:
-            return True
+
+class ClientBound:
+    """HEIMDALL_MAX_INFLIGHT_PER_CLIENT: queries of one client address waiting upstream."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.counts: dict[object, int] = {}
+
+    def enter(self, client: object) -> bool:
+        """One more waiting query of this client; False (not counted) at the bound."""
         who = client[0] if isinstance(client, tuple) else client
-        n = self.clients.get(who, 0)
-        if n >= self.per_client:
+        n = self.counts.get(who, 0)
+        if n >= self.bound:
             return False
-        self.clients[who] = n + 1
+        self.counts[who] = n + 1
         return True
 
-    def leave_client(self, client: object) -> None:
-        if self.per_client:
-            drop(self.clients, client[0] if isinstance(client, tuple) else client)
+    def leave(self, client: object) -> None:
+        drop(self.counts, client[0] if isinstance(client, tuple) else client)
 
 
 def drop(table: dict, key: object) -> None:

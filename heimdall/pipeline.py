@@ -36,7 +36,7 @@ from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
 from heimdall.forwardzones import ZoneRouter
-from heimdall.inflight import InflightLimits
+from heimdall.inflight import ClientBound, ZoneBound
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
@@ -86,8 +86,8 @@ class Pipeline:
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
         self.share: WorkerShare | None = None  # with N workers: max_inflight holds for their sum
-        self.bounds = (InflightLimits(config.max_inflight_per_client, config.max_inflight_per_zone)
-                       if config.max_inflight_per_client or config.max_inflight_per_zone else None)
+        self.zone_bound = ZoneBound(config.max_inflight_per_zone) if config.max_inflight_per_zone else None
+        self.client_bound = ClientBound(config.max_inflight_per_client) if config.max_inflight_per_client else None
         self.slot = 0
 
     def share_inflight(self, share: WorkerShare, slot: int) -> None:
@@ -112,7 +112,7 @@ class Pipeline:
             self.counters.overload += 1
             send(self.servfail(data, result.q), client)
             return False
-        if self.bounds is not None and not self.bounds.enter_client(client):
+        if self.client_bound is not None and not self.client_bound.enter(client):
             self.counters.inflight_limited["client"] += 1
             send(self.servfail(data, result.q), client)
             return False
@@ -185,7 +185,8 @@ class Pipeline:
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
         else:
-            if self.bounds is not None and not self.bounds.enter_zone(miss.question):
+            zone = None
+            if self.zone_bound is not None and (zone := self.zone_bound.enter(miss.question)) is None:
                 self.counters.inflight_limited["zone"] += 1
                 return Answer(self.servfail(data, miss.q), How.FAILED)
             fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
@@ -205,8 +206,8 @@ class Pipeline:
             finally:
                 del self.inflight[miss.key]
                 fut.set_result(entry)
-                if self.bounds is not None:
-                    self.bounds.leave_zone(miss.question)
+                if zone is not None and self.zone_bound is not None:
+                    self.zone_bound.leave(zone)
         ms = int((time.monotonic() - started) * 1000)
         self.counters.miss_latency_ms[min(15, ms.bit_length())] += 1
         if entry is None:
@@ -266,8 +267,8 @@ class Pipeline:
                 self.observe(data, answer, client, tcp, t0)
         finally:
             self.pending -= 1
-            if self.bounds is not None:
-                self.bounds.leave_client(client)
+            if self.client_bound is not None:
+                self.client_bound.leave(client)
             if self.share is not None:
                 self.share.publish(self.slot, self.pending)
             if done is not None:
