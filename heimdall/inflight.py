@@ -30,6 +30,10 @@ class ZoneBound:
         self.bound = bound
         self.counts: dict[bytes, int] = {}
 
+    def full(self, question: bytes) -> bool:
+        """No room for another fetch under the question's parent (a look, nothing counted)."""
+        return self.counts.get(question[question[0] + 1:-4], 0) >= self.bound
+
     def enter(self, question: bytes) -> bytes | None:
         """The parent counted for one more fetch (give it to leave()), or None at the bound."""
         zone = question[question[0] + 1:-4]

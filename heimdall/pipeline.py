@@ -112,6 +112,10 @@ class Pipeline:
             self.counters.overload += 1
             send(self.servfail(data, result.q), client)
             return False
+        if self.zone_bound is not None and result.key not in self.inflight and self.zone_bound.full(result.question):
+            self.counters.inflight_limited["zone"] += 1  # turned away here, before a task is made for it
+            send(self.servfail(data, result.q), client)
+            return False
         if self.client_bound is not None and not self.client_bound.enter(client):
             self.counters.inflight_limited["client"] += 1
             send(self.servfail(data, result.q), client)

@@ -4,10 +4,11 @@
 Starts NSD (bench.test, example.test) and a silent upstream for victim.test (it counts what it
 receives and answers nothing: the worst case of water torture), then the server under test
 forwarding victim.test to the silent one and the rest to NSD: Heimdall (`heimdall serve` with
-HEIMDALL_FORWARD_ZONES) or Unbound (a forward-zone). dnsperf offers --flood-qps of unique names
-under victim.test while the project's load generator asks 1,000 cached names from 20 clients at
---legit-qps; prints what the legitimate clients lost, their p99, the server's RSS and how many
-queries the victim's servers received.
+HEIMDALL_FORWARD_ZONES) or Unbound (a forward-zone). The project's load generator offers
+--flood-qps of unique names under victim.test (open loop: it keeps sending whatever the server
+does with them) while it also asks 1,000 cached names from 20 clients at --legit-qps; prints
+what the legitimate clients lost, their p99, the server's RSS and how many queries the
+victim's servers received.
 
     .venv/bin/python scripts/flood.py --server heimdall --flood-qps 20000 --seconds 10
     .venv/bin/python scripts/flood.py --server unbound  --flood-qps 20000 --seconds 10
@@ -16,7 +17,7 @@ queries the victim's servers received.
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import socket
 import subprocess
 import sys
@@ -68,15 +69,13 @@ class UnboundWithVictim(UnboundServer):
         return super().config_text() + f'forward-zone:\n  name: "victim.test."\n  forward-addr: {host}@{port}\n'
 
 
-def flood(server: str, qps: int, seconds: float, workdir: Path) -> subprocess.Popen:
-    names = workdir / "flood.txt"
-    with names.open("w") as f:
-        for i in range(int(qps * seconds * 1.2) + 1000):
-            f.write(f"r{i:x}-{i * 7919 % 104729:x}.victim.test A\n")
-    host, port = server.split(":")
-    return subprocess.Popen(["dnsperf", "-s", host, "-p", port, "-d", str(names), "-Q", str(qps),
-                             "-l", str(seconds), "-c", "20", "-q", "20000", "-t", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def flood(server: str, qps: int, seconds: float, out: Path) -> subprocess.Popen:
+    """The project's load generator, open loop: it keeps sending whatever the server does with the
+    queries (dnsperf stops sending when its outstanding queries pile up at a server that holds them)."""
+    return subprocess.Popen([sys.executable, "-m", "tools.cli", "load", "--test-type", "cache-miss", "--zone",
+                             "victim.test", "--server", server, "--qps", str(qps), "--duration", str(seconds),
+                             "--warmup", "0", "--clients", "200", "--timeout", "1000", "--quiet", "--json", str(out)],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL)
 
 
 def main() -> int:
@@ -98,17 +97,17 @@ def main() -> int:
             proc = psutil.Process(target.pid)
             run_load(LoadConfig(test_type="cache-hit", server=target.addr, duration=1, warmup=0.5, clients=20))
             rss0 = proc.memory_info().rss
-            attacker = flood(target.addr, args.flood_qps, args.seconds, Path(tmp))
+            attacker = flood(target.addr, args.flood_qps, args.seconds, Path(tmp) / "flood.json")
             time.sleep(0.5)
             legit = run_load(LoadConfig(test_type="cache-hit", server=target.addr, duration=args.seconds - 1.5,
                                         warmup=0.5, clients=20, qps=args.legit_qps))
             rss = proc.memory_info().rss
-            out, _ = attacker.communicate(timeout=args.seconds + 60)
+            attacker.wait(timeout=args.seconds + 60)
+            attack = json.loads((Path(tmp) / "flood.json").read_text())
     silent.stop.set()
-    sent = int(re.search(r"Queries sent:\s+(\d+)", out).group(1)) if "Queries sent" in out else 0
     lost = legit["sent"] - legit["received"]
-    print(f"{args.server}: flood {sent:,} queries at {args.flood_qps:,} q/s offered for {args.seconds:g} s; "
-          f"victim's servers received {silent.received:,}")
+    print(f"{args.server}: flood {attack['sent']:,} queries ({attack['sent'] / args.seconds:,.0f} q/s) for {args.seconds:g} s, "
+          f"answered {attack['received']:,} {attack['rcodes']}; victim's servers received {silent.received:,}")
     print(f"  legitimate clients: {legit['received']:,} of {legit['sent']:,} answered ({100 * lost / legit['sent']:.2f} % "
           f"lost), p50 {legit['latency_us']['p50']:.0f} us, p99 {legit['latency_us']['p99']:.0f} us, "
           f"rcodes {legit['rcodes']}")
