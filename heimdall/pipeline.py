@@ -112,7 +112,8 @@ class Pipeline:
             self.counters.overload += 1
             send(self.servfail(data, result.q), client)
             return False
-        if self.zone_bound is not None and result.key not in self.inflight and self.zone_bound.full(result.question):
+        zb = self.zone_bound  # a zone can be full only while that many fetches are in flight in all
+        if zb is not None and len(self.inflight) >= zb.bound and result.key not in self.inflight and zb.full(result.question):
             self.counters.inflight_limited["zone"] += 1  # turned away here, before a task is made for it
             send(self.servfail(data, result.q), client)
             return False
