@@ -23,54 +23,39 @@ refused: names already cached keep being answered.
 from __future__ import annotations
 
 
-class ZoneBound:
-    """HEIMDALL_MAX_INFLIGHT_PER_ZONE: upstream fetches in flight per parent name."""
-
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self.counts: dict[bytes, int] = {}
-
-    def full(self, question: bytes) -> bool:
-        """No room for another fetch under the question's parent (a look, nothing counted)."""
-        return self.counts.get(question[question[0] + 1:-4], 0) >= self.bound
-
-    def enter(self, question: bytes) -> bytes | None:
-        """The parent counted for one more fetch (give it to leave()), or None at the bound."""
-        zone = question[question[0] + 1:-4]
-        n = self.counts.get(zone, 0)
-        if n >= self.bound:
-            return None
-        self.counts[zone] = n + 1
-        return zone
-
-    def leave(self, zone: bytes) -> None:
-        drop(self.counts, zone)
-
-
-class ClientBound:
-    """HEIMDALL_MAX_INFLIGHT_PER_CLIENT: queries of one client address waiting upstream."""
+class Bound:
+    """At most `bound` at once per key: fetches per parent name, or waiting queries per client."""
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self.counts: dict[object, int] = {}
 
-    def enter(self, client: object) -> bool:
-        """One more waiting query of this client; False (not counted) at the bound."""
-        who = client[0] if isinstance(client, tuple) else client
-        n = self.counts.get(who, 0)
+    def full(self, key: object) -> bool:
+        """No room for one more under `key` (a look, nothing counted)."""
+        return self.counts.get(key, 0) >= self.bound
+
+    def enter(self, key: object) -> bool:
+        """One more under `key`; False (not counted) at the bound."""
+        n = self.counts.get(key, 0)
         if n >= self.bound:
             return False
-        self.counts[who] = n + 1
+        self.counts[key] = n + 1
         return True
 
-    def leave(self, client: object) -> None:
-        drop(self.counts, client[0] if isinstance(client, tuple) else client)
+    def leave(self, key: object) -> None:
+        """One less under `key`; a key at zero is removed, so the table holds only what waits."""
+        left = self.counts[key] - 1
+        if left:
+            self.counts[key] = left
+        else:
+            del self.counts[key]
 
 
-def drop(table: dict, key: object) -> None:
-    """One less for `key`; a key at zero is removed, so the tables hold only what waits."""
-    left = table[key] - 1
-    if left:
-        table[key] = left
-    else:
-        del table[key]
+def parent(question: bytes) -> bytes:
+    """A lower-cased wire question's name less its first label: the zone key of a fetch."""
+    return question[question[0] + 1:-4]
+
+
+def client_key(client: object) -> object:
+    """The client's address (a UDP or TCP peer is (host, port, ...))."""
+    return client[0] if isinstance(client, tuple) else client

@@ -7,7 +7,8 @@
                        ANY (RFC 8482)                          anyquery.py
                        (and, on what 6 finds, CNAME cloaking)
       4. cache         a fresh answer                          cache.py (its key: cachekey.py)
-         --- a miss: coalesced per key, at most max_inflight at once ---
+         --- a miss: coalesced per key; at most max_inflight waiting (all workers), so many
+             per client, so many fetches per parent name (a flood's zone): inflight.py ---
       5. shared tier   Redis, shared by a fleet                sharedtier.py
       6. upstream      forward, validate, build the entry      forward.py (sockets: upstream.py;
                        (per zone when forward zones are set)   zones: forwardzones.py)
@@ -36,7 +37,7 @@ from heimdall.config import Config
 from heimdall.counters import Counters
 from heimdall.forward import Forward
 from heimdall.forwardzones import ZoneRouter
-from heimdall.inflight import ClientBound, ZoneBound
+from heimdall.inflight import Bound, client_key, parent
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
@@ -86,8 +87,8 @@ class Pipeline:
         self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
         self.pending = 0  # client queries waiting for the miss path
         self.share: WorkerShare | None = None  # with N workers: max_inflight holds for their sum
-        self.zone_bound = ZoneBound(config.max_inflight_per_zone) if config.max_inflight_per_zone else None
-        self.client_bound = ClientBound(config.max_inflight_per_client) if config.max_inflight_per_client else None
+        self.zone_bound = Bound(config.max_inflight_per_zone) if config.max_inflight_per_zone else None  # fetches
+        self.client_bound = Bound(config.max_inflight_per_client) if config.max_inflight_per_client else None
         self.slot = 0
 
     def share_inflight(self, share: WorkerShare, slot: int) -> None:
@@ -113,11 +114,12 @@ class Pipeline:
             send(self.servfail(data, result.q), client)
             return False
         zb = self.zone_bound  # a zone can be full only while that many fetches are in flight in all
-        if zb is not None and len(self.inflight) >= zb.bound and result.key not in self.inflight and zb.full(result.question):
+        if zb is not None and len(self.inflight) >= zb.bound and result.key not in self.inflight \
+                and zb.full(parent(result.question)):
             self.counters.inflight_limited["zone"] += 1  # turned away here, before a task is made for it
             send(self.servfail(data, result.q), client)
             return False
-        if self.client_bound is not None and not self.client_bound.enter(client):
+        if self.client_bound is not None and not self.client_bound.enter(client_key(client)):
             self.counters.inflight_limited["client"] += 1
             send(self.servfail(data, result.q), client)
             return False
@@ -190,8 +192,8 @@ class Pipeline:
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
         else:
-            zone = None
-            if self.zone_bound is not None and (zone := self.zone_bound.enter(miss.question)) is None:
+            zone = parent(miss.question) if self.zone_bound is not None else None
+            if self.zone_bound is not None and not self.zone_bound.enter(zone):
                 self.counters.inflight_limited["zone"] += 1
                 return Answer(self.servfail(data, miss.q), How.FAILED)
             fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
@@ -273,7 +275,7 @@ class Pipeline:
         finally:
             self.pending -= 1
             if self.client_bound is not None:
-                self.client_bound.leave(client)
+                self.client_bound.leave(client_key(client))
             if self.share is not None:
                 self.share.publish(self.slot, self.pending)
             if done is not None:
