@@ -57,7 +57,7 @@ typedef struct {
 /* Where cache.Entry keeps its __slots__, so a hit reads them without attribute lookups. */
 typedef struct {
     PyTypeObject *type;   /* heimdall.cache.Entry (a strong reference); only this exact type is read */
-    Py_ssize_t head, tail, qend, aged, lid;
+    Py_ssize_t head, tail, qend, aged, lid, mark;
 } EntryLayout;
 
 typedef struct {
@@ -79,7 +79,7 @@ typedef struct {
     double last;          /* monotonic time of the previous batch */
 } HotPath;
 
-static PyObject *s_head, *s_tail, *s_qend, *s_aged, *s_lid, *s_refresh;
+static PyObject *s_head, *s_tail, *s_qend, *s_aged, *s_lid, *s_mark, *s_refresh;
 static PyObject *s_hits_fast, *s_udp_wakeups, *s_udp_datagrams, *s_formerr, *s_dropped;
 
 static double monotonic(void)
@@ -179,7 +179,7 @@ static int learn_layout(EntryLayout *layout)
     EntryLayout l = {NULL};
     if (slot_offset(t, s_head, &l.head) < 0 || slot_offset(t, s_tail, &l.tail) < 0 ||
         slot_offset(t, s_qend, &l.qend) < 0 || slot_offset(t, s_aged, &l.aged) < 0 ||
-        slot_offset(t, s_lid, &l.lid) < 0) {
+        slot_offset(t, s_lid, &l.lid) < 0 || slot_offset(t, s_mark, &l.mark) < 0) {
         Py_DECREF(type);
         return -1;
     }
@@ -227,6 +227,12 @@ static PyObject *fresh_entry(HotPath *self, const unsigned char *data, Py_ssize_
             Py_DECREF(e);
             return NULL;
         }
+    }
+    PyObject **mark = (PyObject **)((char *)e + self->layout.mark);
+    if (*mark != Py_True) {  /* asked for: the CLOCK hand gives it a second chance (cache.py) */
+        PyObject *old = *mark;
+        *mark = Py_NewRef(Py_True);
+        Py_XDECREF(old);
     }
     return e;
 }
@@ -608,7 +614,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__hotpath(void)
 {
     struct { PyObject **slot; const char *name; } names[] = {
-        {&s_head, "head"}, {&s_tail, "tail"}, {&s_qend, "qend"}, {&s_aged, "aged"}, {&s_lid, "lid"},
+        {&s_head, "head"}, {&s_tail, "tail"}, {&s_qend, "qend"}, {&s_aged, "aged"}, {&s_lid, "lid"}, {&s_mark, "mark"},
         {&s_refresh, "refresh"}, {&s_hits_fast, "hits_fast"}, {&s_udp_wakeups, "udp_wakeups"},
         {&s_udp_datagrams, "udp_datagrams"}, {&s_formerr, "formerr"}, {&s_dropped, "dropped"},
     };

@@ -4,9 +4,16 @@ An entry is what a hit sends, pre-built: reply = client ID + `head` (flags and
 counts) + client's question bytes + `tail` (all records, plus our OPT for EDNS
 clients). TTLs inside `tail` are re-aged at most once per second (`aged`),
 at offsets found when the answer was stored. Eviction is CLOCK (second
-chance): a deque of keys in insertion order; an entry re-aged since the hand
-last passed it gets another round, others go. This approximates LRU without a
-per-hit write or a linked list per entry, and keeps an entry near 300 bytes.
+chance): a deque of keys in insertion order; an entry asked for since the hand
+last passed it (every hit, in C or Python, sets its `mark`) gets another
+round, others go. This approximates LRU without a linked list per entry, and
+keeps an entry near 300 bytes.
+
+Admission: a full cache takes a new name only when it is asked for the second
+time within a while (a "doorkeeper", as in TinyLFU): the first time only its
+hash is remembered. A flood of one-off names (random subdomains) then evicts
+nothing, and a name asked twice is cached from its second miss on. The
+remembered hashes are bounded (half the capacity, then forgotten at once).
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ class Entry:
         self.aged = now = shared_int(now)
         self.expires = shared_int(now + ttl)
         self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
-        self.mark = now
+        self.mark = False  # asked for since the CLOCK hand last passed: set by every hit, C and Python
         self.lid = lid
         self.prefetch: Prefetch | None = None  # with HEIMDALL_PREFETCH: how to refresh it, once
 
@@ -121,6 +128,8 @@ class Cache:
         self.evictions = 0
         self.expired = 0
         self.inserts = 0
+        self.not_admitted = 0  # new names a full cache did not take: asked for once so far
+        self._seen: set[int] = set()  # the doorkeeper: hashes of names a full cache did not take
 
     def __len__(self) -> int:
         return len(self.map)
@@ -131,6 +140,7 @@ class Cache:
         if e is None:
             return None
         if e.aged == now or e.refresh(now):
+            e.mark = True
             return e
         if now >= e.expires + self.serve_stale:
             del self.map[key]
@@ -149,6 +159,8 @@ class Cache:
             return
         m = self.map
         if key not in m:
+            if len(m) >= self.capacity and not self._admit(key):
+                return
             self._order.append(key)
             self.inserts += 1
         m[key] = entry
@@ -157,6 +169,19 @@ class Cache:
         if len(self._order) > 2 * self.capacity + 1024:
             self._order = deque(m)  # drop keys of entries that expired or were replaced
 
+    def _admit(self, key: bytes) -> bool:
+        """A full cache takes a new name the second time it comes within the doorkeeper's memory."""
+        h = hash(key)
+        seen = self._seen
+        if h in seen:
+            seen.discard(h)
+            return True
+        if len(seen) >= self.capacity // 2:
+            seen.clear()
+        seen.add(h)
+        self.not_admitted += 1
+        return False
+
     def _evict_one(self) -> None:
         m, order = self.map, self._order
         for _ in range(2 * len(order) + 1):
@@ -164,8 +189,8 @@ class Cache:
             e = m.get(key)
             if e is None:
                 continue
-            if e.mark != e.aged:  # used since the hand last passed: second chance
-                e.mark = e.aged
+            if e.mark:  # asked for since the hand last passed: second chance
+                e.mark = False
                 order.append(key)
                 continue
             del m[key]

@@ -88,6 +88,7 @@ class Counting:
         m.counters["blocklist_reloads"] = b.reloads if b is not None else 0
         m.counters["blocked_cname_cloaking"] = b.cloaked if b is not None else 0
         m.counters["prefetches"] = st.prefetches
+        m.counters["cache_not_admitted"] = srv.cache.not_admitted
         m.counters["tcp_connections"] = st.tcp_connections
         m.counters["tcp_rejected"] = st.tcp_rejected
         m.counters["tcp_evicted"] = st.tcp_evicted

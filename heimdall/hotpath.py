@@ -84,6 +84,7 @@ class PyHotPath:
             if fast:
                 e = get(data[2:].lower())
                 if e is not None and (e.aged == now or e.refresh(now)):
+                    e.mark = True
                     try:
                         sendto(data[:2] + e.head + data[12:e.qend] + e.tail, addr)
                     except OSError:
@@ -135,6 +136,7 @@ class PyHotPath:
                 if fast:
                     e = get(data[2:].lower())
                     if e is not None and (e.aged == now or e.refresh(now)):
+                        e.mark = True
                         queue(i, data[:2] + e.head + data[12:e.qend] + e.tail)
                         labels[e.lid] += 1
                         hits += 1

@@ -143,7 +143,7 @@ def load(data: bytes, now_mono: int, now_wall: float) -> tuple[list[tuple[bytes,
                 continue
             entry = Entry(head, tail, qend, now_mono, expires - wall, offsets)
             # TTLs in tail are as of `aged`: the first refresh() ages them by the downtime too
-            entry.aged = entry.mark = now_mono - max(0, wall - aged)
+            entry.aged = now_mono - max(0, wall - aged)
             out.append((key, entry))
         if off != len(body):
             raise SnapshotError("trailing bytes")

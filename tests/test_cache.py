@@ -100,25 +100,44 @@ def make_entry(now: int = 0, ttl: int = 10**6) -> Entry:
     return Entry(b"\x81\x80" + b"\x00" * 8, b"tail", 20, now, ttl, ())
 
 
+def put_twice(c: Cache, key: bytes) -> None:
+    """A full cache takes a new name the second time it comes (the doorkeeper)."""
+    c.put(key, make_entry())
+    c.put(key, make_entry())
+
+
 def test_clock_eviction_gives_used_entries_a_second_chance():
     c = Cache(3)
     for k in (b"a", b"b", b"c"):
         c.put(k, make_entry())
-    assert c.get_fresh(b"a", 5) is not None  # re-aged in a later second: 'used'
-    c.put(b"d", make_entry())
+    assert c.get_fresh(b"a", 0) is not None  # asked for: 'used'
+    put_twice(c, b"d")
     assert set(c.map) == {b"a", b"c", b"d"} and c.evictions == 1
-    c.put(b"e", make_entry())
+    put_twice(c, b"e")
     assert set(c.map) == {b"a", b"d", b"e"}
-    c.put(b"f", make_entry())  # a went to the back of the queue, so d goes first
+    put_twice(c, b"f")  # a went to the back of the queue, so d goes first
     assert set(c.map) == {b"a", b"e", b"f"}
-    c.put(b"g", make_entry())  # a was not used again: its second chance is spent
+    put_twice(c, b"g")  # a was not used again: its second chance is spent
     assert set(c.map) == {b"e", b"f", b"g"}
+
+
+def test_a_full_cache_takes_a_new_name_only_the_second_time():
+    c = Cache(3)
+    for k in (b"a", b"b", b"c"):
+        c.put(k, make_entry())
+    for i in range(100):  # one-off names: none is taken, nothing is evicted
+        c.put(b"once%d" % i, make_entry())
+    assert set(c.map) == {b"a", b"b", b"c"} and c.evictions == 0 and c.not_admitted == 100
+    c.put(b"twice", make_entry())
+    c.put(b"twice", make_entry())
+    assert b"twice" in c.map and c.evictions == 1
+    assert len(c._seen) <= 1  # bounded: half the capacity, then forgotten
 
 
 def test_capacity_is_never_exceeded_and_zero_disables():
     c = Cache(100)
     for i in range(1000):
-        c.put(b"k%d" % i, make_entry())
+        put_twice(c, b"k%d" % i)
         if i % 3 == 0:
             c.get_fresh(b"k%d" % (i // 2), i)
         assert len(c) <= 100
