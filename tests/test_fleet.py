@@ -68,10 +68,10 @@ def test_a_flush_and_a_list_reload_reach_every_worker_of_the_other_instance(redi
         assert a.stop() == 0 and b.stop() == 0
 
 
-def test_redis_slow_then_full_under_load_loses_no_query(redis_server, upstream):
-    """Redis stalls for a second twice (DEBUG SLEEP), then refuses every write (maxmemory, noeviction)
-    while 2 workers answer a closed loop of cached and new names: nothing is lost, the failures are
-    counted, and the server keeps answering from its own cache and the upstream."""
+def test_redis_slow_full_then_gone_under_load_loses_no_query(redis_server, upstream):
+    """Redis stalls for a second twice (DEBUG SLEEP), then refuses every write (maxmemory, noeviction),
+    then is killed, while 2 workers answer a closed loop of cached and new names: nothing is lost, the
+    failures are counted, and the server keeps answering from its own cache and the upstream."""
     from closed_loop import ClosedLoop
 
     hp = free_tcp_port()
@@ -87,7 +87,9 @@ def test_redis_slow_then_full_under_load_loses_no_query(redis_server, upstream):
                 time.sleep(0.5)
             r.config_set("maxmemory-policy", "noeviction")
             r.config_set("maxmemory", "1")  # every write is refused: OOM
-            time.sleep(2.0)
+            time.sleep(1.5)
+            redis_server.stop()  # then gone
+            time.sleep(1.5)
         recs = load.stop()
         figures = scrape(hp)
         assert srv.stop() == 0
