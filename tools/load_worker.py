@@ -26,6 +26,7 @@ PROGRESS_NS = 100_000_000      # how often a process publishes its counters
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: kernel receive time, CLOCK_REALTIME
 MAX_BURST = 2000               # open loop: sends per iteration before reading replies
 EXPIRED_KEEP = 200_000         # timed-out keys remembered to tell late replies from mismatched ones
+FD_SETSIZE = 1024              # select() takes descriptors below it only
 
 # counter slots inside a worker (a list is the cheapest mutable counter in CPython)
 SENT, RECEIVED, TIMEOUTS, LATE, MISMATCHED, SEND_ERRORS, ICMP_ERRORS, SUCCESSES, BLOCK_ZERO, BLOCK_FWD = range(10)
@@ -112,11 +113,12 @@ def _wait_for_start(start: Any, stop: Any) -> None:
 
 def run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: Any) -> dict:  # noqa: C901
     """Run the window; returns this process's counters, rcodes, latency counts and CPU figures."""
+    ep = select.epoll()  # before the sockets: the lowest free descriptor, which select() can take
     socks = _open_sockets(spec)
-    ep = select.epoll(max(len(socks), 1))
     sends, recvs = _register(spec, socks, ep)
     fds = [s.fileno() for s in socks]
     epfd, select_ = ep.fileno(), select.select
+    fine_waits = epfd < FD_SETSIZE  # select() takes no descriptor beyond it (a parent holding many)
     ids = [int.from_bytes(os.urandom(2), "big") for _ in range(len(sends))]
     ready.put(spec.index)
     _wait_for_start(start, stop)
@@ -219,7 +221,7 @@ def run_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: An
             if now < t_measure:
                 due = min(due, t_measure)
         wait = max(due - now, 0) / 1e9
-        if 0 < wait < 0.002 and not closed:
+        if 0 < wait < 0.002 and not closed and fine_waits:
             # epoll's timeout is whole milliseconds; select's is microseconds, and an epoll fd is
             # itself pollable, so short waits keep the open-loop schedule even instead of bursty
             events = ep.poll(0) if select_([epfd], (), (), wait)[0] else ()
