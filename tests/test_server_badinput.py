@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
 
 import dns.message
 import dns.rcode
@@ -145,11 +146,20 @@ def test_tcp_garbage_and_abrupt_close(srv):
 
 
 def test_tcp_connections_are_bounded(srv):
-    socks = [socket.create_connection((srv.address, srv.port), timeout=3) for _ in range(4)]
+    """At the limit of 4 a fifth connection is served and the oldest idle one is closed for it."""
+    socks = []
+    for _ in range(4):
+        socks.append(socket.create_connection((srv.address, srv.port), timeout=3))
+        time.sleep(0.01)
     try:
-        extra = socket.create_connection((srv.address, srv.port), timeout=3)
-        with extra:
-            assert extra.recv(10) == b""  # closed at once: over the limit of 4
+        with socket.create_connection((srv.address, srv.port), timeout=3) as extra:
+            q = query_wire("www.example.test")
+            extra.sendall(struct.pack("!H", len(q)) + q)
+            assert len(extra.recv(4096)) > 12  # answered
+            assert socks[0].recv(10) == b""  # the oldest idle one made way
+            socks[1].settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                socks[1].recv(10)  # the others stay open
     finally:
         for s in socks:
             s.close()
