@@ -197,12 +197,16 @@ class Cache:
             self.evictions += 1
             return
 
-    def drop_where(self, name_matches: Callable[[bytes], bool]) -> int:
-        """Drop every entry whose question name (lower-cased wire form) `name_matches`; how many."""
-        doomed = [key for key in self.map if name_matches(cachekey.qname(key))]
+    def drop_keys(self, key_matches: Callable[[bytes], bool]) -> int:
+        """Drop every entry whose key `key_matches`; how many."""
+        doomed = [key for key in self.map if key_matches(key)]
         for key in doomed:
             del self.map[key]
         return len(doomed)
+
+    def drop_where(self, name_matches: Callable[[bytes], bool]) -> int:
+        """Drop every entry whose question name (lower-cased wire form) `name_matches`; how many."""
+        return self.drop_keys(lambda key: name_matches(cachekey.qname(key)))
 
     def clear(self) -> None:
         """Drop everything (e.g. when a blocklist reload must take effect for cached names)."""

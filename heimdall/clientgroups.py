@@ -170,7 +170,4 @@ class GroupedBlocking:
 
 def drop_group_entries(cache: "Cache") -> int:
     """Without groups no query carries a group key: drop every entry cached under one."""
-    doomed = [key for key in cache.map if key[:1] == b"G"]
-    for key in doomed:
-        del cache.map[key]
-    return len(doomed)
+    return cache.drop_keys(lambda key: key[:1] == b"G")

@@ -192,8 +192,9 @@ class Pipeline:
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
         else:
-            zone = parent(miss.question) if self.zone_bound is not None else None
-            if self.zone_bound is not None and not self.zone_bound.enter(zone):
+            zb = self.zone_bound
+            zone = parent(miss.question) if zb is not None else b""
+            if zb is not None and not zb.enter(zone):
                 self.counters.inflight_limited["zone"] += 1
                 return Answer(self.servfail(data, miss.q), How.FAILED)
             fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
@@ -213,8 +214,8 @@ class Pipeline:
             finally:
                 del self.inflight[miss.key]
                 fut.set_result(entry)
-                if zone is not None and self.zone_bound is not None:
-                    self.zone_bound.leave(zone)
+                if zb is not None:
+                    zb.leave(zone)
         ms = int((time.monotonic() - started) * 1000)
         self.counters.miss_latency_ms[min(15, ms.bit_length())] += 1
         if entry is None:

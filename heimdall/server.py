@@ -92,8 +92,9 @@ class DnsServer:
         """SIGHUP: forward by `config`'s upstreams and zones from the next miss on; the zones that changed.
 
         Pools whose upstreams stayed keep their sockets and health; the others are retired
-        (each socket closes when its last query is answered). Cached answers under a changed
-        zone are dropped: they came from upstreams that no longer answer for it."""
+        (their sockets close once no query in them can still be waiting: UpstreamPool.retire).
+        Cached answers under a changed zone are dropped: they came from upstreams that no
+        longer answer for it."""
         old, new = self.forwarding, Forwarding.build(config, self.forwarding)
         self.forwarding = new
         self.pipeline.upstream = new.stage

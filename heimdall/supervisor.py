@@ -244,8 +244,8 @@ def prepare_shared(config: Config) -> Setup | None:
         raise StartupError(str(exc)) from None
 
 
-def raise_fd_limit(config: Config) -> int:
-    """Every TCP connection is a descriptor: the soft limit goes up to the hard one; the limit now."""
+def raise_fd_limit(config: Config) -> None:
+    """Every TCP connection is a descriptor: the soft limit goes up to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -257,7 +257,6 @@ def raise_fd_limit(config: Config) -> int:
     if soft != resource.RLIM_INFINITY and soft < config.tcp_max_connections + 256:
         log.warning(f"open files limit {soft} is below HEIMDALL_TCP_MAX_CONNECTIONS ({config.tcp_max_connections}) "
                     "+ 256 per worker: raise it (LimitNOFILE= in the unit, ulimit -n)")
-    return soft
 
 
 def serve(config: Config) -> int:
