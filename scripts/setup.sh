@@ -27,6 +27,8 @@ COMMON_PACKAGES=(
   bpfcc-tools python3-bpfcc bpftool
   # real DNS peers and clients for tests and benchmarks
   dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server
+  # certificates for the encrypted transports' tests (a CA the tests make)
+  openssl ca-certificates
   # the gate's instruction counts (callgrind)
   valgrind
   # building the probes' C target programs and the venv

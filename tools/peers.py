@@ -131,10 +131,25 @@ class UnboundServer(PeerServer):
     name = "unbound"
 
     def __init__(self, upstream_addr: str, port: int = 0, threads: int = 1, cache_entries: int = 100_000,
-                 address: str = "127.0.0.1") -> None:
+                 address: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> None:
         super().__init__(upstream_addr, port, address)
         self.threads = threads
         self.cache_entries = cache_entries
+        self.tls = tls  # (certificate, key): also serve DNS over TLS and over HTTPS (/dns-query)
+        self.tls_port = 0
+        self.https_port = 0
+
+    def encrypted_text(self) -> str:
+        """Unbound's DoT (tls-port) and DoH (https-port) listeners, on ports of their own."""
+        if self.tls is None:
+            return ""
+        self.tls_port = self.tls_port or free_port(self.address)
+        self.https_port = self.https_port or free_port(self.address)
+        cert, key = self.tls
+        return (f"  interface: {self.address}@{self.tls_port}\n  interface: {self.address}@{self.https_port}\n"
+                f"  tls-port: {self.tls_port}\n  https-port: {self.https_port}\n"
+                f"  tls-service-pem: \"{cert}\"\n  tls-service-key: \"{key}\"\n"
+                "  http-endpoint: \"/dns-query\"\n  incoming-num-tcp: 1000\n")
 
     def config_text(self) -> str:
         d = self.workdir
@@ -144,6 +159,7 @@ class UnboundServer(PeerServer):
             "server:\n"
             f"  interface: {self.address}@{self.port}\n"
             f"  port: {self.port}\n"
+            + self.encrypted_text() +
             f"  num-threads: {self.threads}\n"
             "  do-ip6: no\n  do-tcp: yes\n  do-daemonize: no\n"
             "  username: \"\"\n  chroot: \"\"\n"
