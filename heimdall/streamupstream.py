@@ -75,10 +75,11 @@ class Connection(asyncio.Protocol):
         self.waiting: dict[int, tuple[bytes, asyncio.Future[bytes], bool]] = {}
         self.closed = False
         self.idle: asyncio.TimerHandle | None = None
+        self.queued = 0  # queries that picked this connection and wait for it to be up
 
     @property
     def load(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + self.queued
 
     def usable(self) -> bool:
         return not self.closed and self.load < MAX_INFLIGHT
@@ -252,7 +253,11 @@ class StreamPool:
         deadline = loop.time() + budget
         conn = self.pick()
         if not conn.ready.done():
-            await asyncio.wait_for(asyncio.shield(conn.ready), budget)
+            conn.queued += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.ready), budget)
+            finally:
+                conn.queued -= 1
         conn.ready.result()  # the attempt's StreamError, if it failed
         if not conn.usable():
             raise StreamError(f"connection to {self.addr} closed")
