@@ -66,10 +66,14 @@ class Http2(Connection):
         self._flush()
 
     def write(self, qid: int, message: bytes) -> None:
-        sid = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
-                                   (":path", self.addr.path), ("content-type", CONTENT_TYPE),
-                                   ("accept", CONTENT_TYPE), ("content-length", str(len(message)))])
+        try:
+            sid = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
+                                       (":path", self.addr.path), ("content-type", CONTENT_TYPE),
+                                       ("accept", CONTENT_TYPE), ("content-length", str(len(message)))])
+        except h2.exceptions.H2Error as exc:  # e.g. stream IDs used up, or the session is over
+            self._abandon(f"no new HTTP/2 stream to {self.addr}: {exc}")
+            raise StreamError(f"no new HTTP/2 stream to {self.addr}") from None
         self.streams[sid] = Exchange(qid, unsent=message)
         self.by_qid[qid] = sid
         self._send_bodies()

@@ -380,7 +380,12 @@ class UpstreamPool:
             up.streams = stream_pool(addr, self.ca_file, IDS.next, self._mismatched)
         if self.use_0x20:
             question = mix_case(question)
-        setattr(self.stats, f"sent_{addr.transport}", getattr(self.stats, f"sent_{addr.transport}") + 1)
+        if addr.transport == "tls":
+            self.stats.sent_tls += 1
+        elif addr.transport == "https":
+            self.stats.sent_https += 1
+        else:
+            self.stats.sent_tcp += 1
         try:
             return await up.streams.query(question, lambda qid: wire.make_query(qid, rd, cd, question, do),
                                           self.use_0x20, budget)

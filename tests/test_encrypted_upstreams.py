@@ -10,6 +10,7 @@ query that the second upstream can answer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -23,8 +24,10 @@ import dns.message
 import dns.rcode
 import pytest
 
+from heimdall import streamupstream
 from heimdall.parsers import HostPort
 from heimdall.streamupstream import MAX_CONNECTIONS
+from heimdall.upstream import UpstreamPool
 from heimdall.upstreamurl import UpstreamUrl, parse_upstream, parse_upstream_list, transport
 from tests.heimdall_server import HeimdallProcess
 from tests.tls_ca import make_pki
@@ -162,6 +165,39 @@ def test_doh_without_name_verifies_the_ip_address(unbound, pki):
     """The test certificate also carries 127.0.0.1, so no #name is needed to reach it by address."""
     with heimdall([f"https://127.0.0.1:{unbound.https_port}/dns-query"], pki[0].ca) as srv:
         assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
+
+
+def test_doh_error_status_is_an_upstream_failure(unbound, pki):
+    """Unbound answers 404 for a path it does not serve: SERVFAIL, never an empty NOERROR."""
+    with heimdall([f"https://127.0.0.1:{unbound.https_port}/no-such-path#{NAME}"], pki[0].ca) as srv:
+        r = srv.query("www.example.test", timeout=5)
+    assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
+
+
+def test_idle_connection_closes_and_the_next_query_reconnects(unbound, pki, monkeypatch):
+    """In-process pool against the real Unbound, with a short idle timeout so the test stays short."""
+    monkeypatch.setattr(streamupstream, "IDLE_TIMEOUT", 0.3)
+    question = dns.message.make_query("www.example.test", "A").to_wire()[12:]
+    pool = UpstreamPool.from_config((parse_upstream(f"tls://127.0.0.1:{unbound.tls_port}#{NAME}"),), 3.0,
+                                    ca_file=str(pki[0].ca))
+
+    async def run() -> list[int]:
+        seen = []
+        for _ in range(2):
+            reply = await pool.query(question, True, False, False)
+            assert reply is not None and reply[3] & 0xF == 0
+            seen.append(established(unbound.tls_port))
+            await asyncio.sleep(0.8)
+            seen.append(established(unbound.tls_port))
+        await pool.query(question, True, False, False)
+        seen.append(established(unbound.tls_port))
+        pool.close()
+        await asyncio.sleep(0.2)
+        seen.append(established(unbound.tls_port))
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(run(), 20)) == [1, 0, 1, 0, 1, 0]
+    assert pool.stats.sent_tls == 3 and pool.stats.ok == 3
 
 
 @pytest.mark.parametrize("case", ["wrong name", "unknown CA"])
