@@ -106,6 +106,7 @@ class Http2(Connection):
             self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.H2Error as exc:

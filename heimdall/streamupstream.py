@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle: asyncio.TimerHandle | None = None
         self.queued = 0  # queries that picked this connection and wait for it to be up
+        self.reads = 0   # data_received calls: a connection silent for a whole query's wait is dead
 
     @property
     def load(self) -> int:
@@ -148,6 +149,13 @@ class Connection(asyncio.Protocol):
             self.ready.set_exception(StreamError(f"connection to {self.addr} closed"))
 
 
+    def abort(self) -> None:
+        """Close at once, without the TLS goodbye a silent peer would never answer."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class LengthPrefixed(Connection):
     """DNS over TCP or TLS: each message with its two-byte length (RFC 1035 4.2.2), pipelined."""
 
@@ -162,6 +170,7 @@ class LengthPrefixed(Connection):
         self.transport.write(len(message).to_bytes(2, "big") + message)
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         buf = self.buffer
         buf += data
         while len(buf) >= 2:
@@ -264,9 +273,14 @@ class StreamPool:
         qid = self.ids()
         while qid in conn.waiting:
             qid = self.ids()
+        reads = conn.reads
         fut = conn.send(qid, question, build(qid), exact)
         try:
             return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            if conn.reads == reads:  # nothing at all came back (peer gone without a FIN): reconnect next time
+                conn.abort()
+            raise
         finally:
             conn.done(qid)
 
