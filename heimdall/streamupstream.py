@@ -197,6 +197,7 @@ class StreamPool:
         self.retry_at = 0.0
         self.last_error = ""
         self.closed = False
+        self.connecting: set[asyncio.Task] = set()  # held here: the loop keeps only weak references
 
     def pick(self) -> Connection:
         """The least busy usable connection, or a new one when all are busy and the bound allows."""
@@ -217,7 +218,9 @@ class StreamPool:
     def _open(self) -> Connection:
         conn = self.factory(self)
         self.connections.append(conn)
-        asyncio.get_running_loop().create_task(self._connect(conn))
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
         return conn
 
     async def _connect(self, conn: Connection) -> None:
@@ -233,8 +236,8 @@ class StreamPool:
             return
         if self.closed:
             conn.close()
-            return
-        self.failures = 0
+        elif not conn.closed:  # not refused after the handshake (failed_after_connect)
+            self.failures = 0
 
     def _failed(self, conn: Connection, reason: str) -> None:
         self.failures += 1
