@@ -31,6 +31,7 @@ from heimdall.parsers import (  # noqa: F401 - re-exported: callers import them 
     int_in,
     parse_bind,
     parse_bool,
+    parse_ca_file,
     parse_duration,
     parse_hostport,
     parse_http_bind,
@@ -39,9 +40,9 @@ from heimdall.parsers import (  # noqa: F401 - re-exported: callers import them 
     parse_optional_bind,
     parse_paths,
     parse_redis_url,
-    parse_upstreams,
     size_in,
 )
+from heimdall.upstreamurl import parse_upstream_list
 
 if TYPE_CHECKING:
     from heimdall.forwardzones import ForwardZone
@@ -143,8 +144,12 @@ class Config:
     redis_timeout: float = setting(0.05, float_in(0.001, 10),
                                    "seconds per Redis command before Redis counts as down")
     # upstream
-    upstream_servers: tuple[HostPort, ...] = setting((), parse_upstreams,
-                                                     "comma list of upstream host:port (port 53 if omitted)")
+    upstream_servers: tuple[HostPort, ...] = setting((), parse_upstream_list,
+                                                     "comma list of upstreams: host:port (UDP, port 53 if omitted), "
+                                                     "tcp://host:port, tls://host:port#name, "
+                                                     "https://host:port/dns-query#name")
+    upstream_ca_file: str = setting("", parse_ca_file, "PEM file of CA certificates trusted for tls:// and https:// "
+                                    "upstreams besides the system's")
     upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000),
                                 "client queries waiting on upstreams, all workers together")
@@ -207,7 +212,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "cache": ("cache_capacity", "min_ttl", "max_ttl", "negative_ttl", "serve_stale", "prefetch", "cache_file",
               "cache_snapshot_interval"),
     "shared": ("redis_url", "redis_key_prefix", "redis_timeout"),
-    "upstream": ("upstream_servers", "upstream_timeout", "max_inflight", "max_inflight_per_zone",
+    "upstream": ("upstream_servers", "upstream_ca_file", "upstream_timeout", "max_inflight", "max_inflight_per_zone",
                  "max_inflight_per_client", "use_0x20", "demo"),
     "forward": ("forward_zones",),
     "observers": ("http_bind_addr", "api_token", "query_log", "log_level", "log_format"),

@@ -2,7 +2,7 @@
 
 HEIMDALL_FORWARD_ZONES is a comma list of `zone=upstream`, several upstreams
 of one zone separated by `|`: `lan=192.168.1.1:53,corp.example=10.0.0.53|10.0.0.54:53`
-(port 53 when omitted). Reverse zones are zones like any other
+(port 53 when omitted; tcp://, tls:// and https:// upstreams as in HEIMDALL_UPSTREAM_SERVERS). Reverse zones are zones like any other
 (`1.168.192.in-addr.arpa=192.168.1.1`). The longest zone that is a suffix of
 the query name wins. Each zone has its own UpstreamPool, so its own health,
 backoff and failover; a query under a zone never goes to the default
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from heimdall import wire
-from heimdall.config import Config, HostPort, parse_hostport
+from heimdall.config import Config, HostPort
 from heimdall.forward import Forward
 from heimdall.outcome import Fetched, Miss
 from heimdall.upstream import UpstreamPool
+from heimdall.upstreamurl import parse_upstream_list
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ def parse_zone_list(text: str) -> tuple[str, ...]:
 
 
 def parse_zone_upstreams(text: str) -> tuple[HostPort, ...]:
-    """`a|b|c` (or one address): the zone's upstreams, port 53 when omitted."""
-    items = [t for t in (p.strip() for p in text.split("|")) if t]
-    if not items:
+    """`a|b|c` (or one upstream): the zone's upstreams, each as HEIMDALL_UPSTREAM_SERVERS writes one."""
+    addrs = parse_upstream_list(text, sep="|")
+    if not addrs:
         raise ValueError("a zone needs at least one upstream host:port")
-    return tuple(parse_hostport(t, default_port=53) for t in items)
+    return addrs
 
 
 def parse_forward_zones(text: str) -> tuple[ForwardZone, ...]:
@@ -114,9 +115,9 @@ class Forwarding:
         """The pools `config` names; a pool whose upstreams did not change is `reuse`'s own, so it
         keeps its sockets, health and backoff across a SIGHUP."""
         def pool(addrs: tuple[HostPort, ...], zone: str, old: UpstreamPool | None) -> UpstreamPool:
-            if old is not None and tuple(u.addr for u in old.servers) == addrs:
+            if old is not None and tuple(u.addr for u in old.servers) == addrs and old.ca_file == config.upstream_ca_file:
                 return old
-            fresh = UpstreamPool.from_config(addrs, config.upstream_timeout, zone=zone)
+            fresh = UpstreamPool.from_config(addrs, config.upstream_timeout, zone=zone, ca_file=config.upstream_ca_file)
             fresh.use_0x20 = config.use_0x20
             fresh.observe = old.observe if old is not None else (reuse.pool.observe if reuse else None)
             return fresh

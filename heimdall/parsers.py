@@ -85,9 +85,17 @@ def parse_ip_list(text: str) -> str:
     return text.strip()
 
 
-def parse_upstreams(text: str) -> tuple[HostPort, ...]:
-    items = [t for t in (p.strip() for p in text.split(",")) if t]
-    return tuple(parse_hostport(t, default_port=53) for t in items)
+def parse_ca_file(text: str) -> str:
+    """A PEM file of CA certificates to trust besides the system's; checked now, not at the first query."""
+    import ssl
+
+    path = text.strip()
+    if path:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{path!r} is not a readable PEM file of CA certificates ({exc})") from None
+    return path
 
 
 def imported(module: str, name: str) -> Callable[[str], Any]:

@@ -8,7 +8,9 @@ Every query gets a random 16-bit ID; a reply counts only if address, port,
 ID, QR and question match, anything else is counted and ignored while we
 keep waiting. (A socket per query cost ~100 us of syscalls per miss here;
 the set keeps a miss near 35 us.) TC=1 over UDP retries the same upstream
-over TCP. An upstream that times out or errors is marked down for an
+over TCP. tcp://, tls:// and https:// upstreams go over persistent,
+pipelined connections instead (heimdall/streamupstream.py, dohupstream.py),
+with the same failover and health rules. An upstream that times out or errors is marked down for an
 exponentially growing backoff; healthy ones are tried first, down ones only
 as a last resort.
 """
@@ -24,6 +26,8 @@ from typing import Any, Callable
 
 from heimdall import wire
 from heimdall.config import HostPort
+from heimdall.streamupstream import StreamError, StreamPool, stream_pool
+from heimdall.upstreamurl import UpstreamUrl
 from heimdall.wire import WireError
 
 BACKOFF_START = 0.5
@@ -35,7 +39,9 @@ class UpstreamStats:
     """Plain-int counters: upstream requests by result."""
 
     sent_udp: int = 0
-    sent_tcp: int = 0
+    sent_tcp: int = 0  # TC=1 retries and tcp:// upstreams
+    sent_tls: int = 0
+    sent_https: int = 0
     ok: int = 0
     timeouts: int = 0
     errors: int = 0
@@ -191,6 +197,7 @@ class Upstream:
     fails: int = 0
     down_until: float = 0.0
     channels: ChannelSet | None = None
+    streams: StreamPool | None = None  # tcp://, tls://, https:// upstreams' connections
     zone: str = ""  # a forward zone's upstream (heimdall/forwardzones.py); "" for the default upstreams
 
     @property
@@ -222,10 +229,12 @@ class UpstreamPool:
     use_0x20: bool = False  # HEIMDALL_USE_0X20: random name case upstream, echoed exactly or rejected
     # observe(upstream, result, seconds) per exchange: result ok/servfail/timeout/error (metrics)
     observe: Callable[[Upstream, str, float], None] | None = None
+    ca_file: str = ""  # HEIMDALL_UPSTREAM_CA_FILE: trusted for tls:// and https:// besides the system's CAs
 
     @classmethod
-    def from_config(cls, addrs: tuple[HostPort, ...], timeout: float, zone: str = "") -> "UpstreamPool":
-        return cls([Upstream(a, zone=zone) for a in addrs], timeout)
+    def from_config(cls, addrs: tuple[HostPort, ...], timeout: float, zone: str = "",
+                    ca_file: str = "") -> "UpstreamPool":
+        return cls([Upstream(a, zone=zone) for a in addrs], timeout, ca_file=ca_file)
 
     def retire(self) -> None:
         """No new queries come to this pool: its sockets close once the ones in flight are over
@@ -236,6 +245,8 @@ class UpstreamPool:
         for up in self.servers:
             if up.channels is not None:
                 up.channels.close()
+            if up.streams is not None:
+                up.streams.close()
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in configured order, then down ones, soonest retry first."""
@@ -264,7 +275,7 @@ class UpstreamPool:
             budget = remaining / (len(cands) - i)
             try:
                 reply = await self._ask(up, question, rd, cd, do, budget)
-            except (asyncio.TimeoutError, OSError, UpstreamError) as exc:
+            except (asyncio.TimeoutError, OSError, UpstreamError, StreamError) as exc:
                 up.mark_down(time.monotonic())
                 if self.observe is not None:
                     self.observe(up, "timeout" if isinstance(exc, asyncio.TimeoutError) else "error",
@@ -296,6 +307,8 @@ class UpstreamPool:
         return fallback
 
     async def _ask(self, up: Upstream, question: bytes, rd: bool, cd: bool, do: bool, budget: float) -> bytes:
+        if isinstance(up.addr, UpstreamUrl):
+            return await self._stream(up, up.addr, question, rd, cd, do, budget)
         reply = await self._udp(up, question, rd, cd, do, budget)
         if reply[2] & wire.TC:
             self.stats.truncated += 1
@@ -360,3 +373,28 @@ class UpstreamPool:
             raise UpstreamError("upstream closed the TCP connection") from None
         finally:
             writer.close()
+
+    async def _stream(self, up: Upstream, addr: UpstreamUrl, question: bytes, rd: bool, cd: bool, do: bool,
+                      budget: float) -> bytes:
+        if up.streams is None:
+            up.streams = stream_pool(addr, self.ca_file, IDS.next, self._mismatched)
+        if self.use_0x20:
+            question = mix_case(question)
+        if addr.transport == "tls":
+            self.stats.sent_tls += 1
+        elif addr.transport == "https":
+            self.stats.sent_https += 1
+        else:
+            self.stats.sent_tcp += 1
+        try:
+            return await up.streams.query(question, lambda qid: wire.make_query(qid, rd, cd, question, do),
+                                          self.use_0x20, budget)
+        except asyncio.TimeoutError:
+            self.stats.timeouts += 1
+            raise
+        except StreamError:
+            self.stats.errors += 1
+            raise
+
+    def _mismatched(self) -> None:
+        self.stats.mismatched += 1
