@@ -40,7 +40,7 @@ def compare_chart(report: dict, path: Path) -> Path:
             lo.append(s["median"] - s["min"] if s else 0.0)
             hi.append(s["max"] - s["median"] if s else 0.0)
         bars = ax.bar(names, med, yerr=[lo, hi], capsize=4,
-                      color=[colors.get(n, "#7f7f7f") for n in names])
+                      color=[colors.get(n.split("/")[0], "#7f7f7f") for n in names])
         for b, n in zip(bars, names):
             r = report["ratios_to_heimdall"].get(n, {}).get(m)
             if r:

@@ -12,6 +12,9 @@ time (from RUSAGE_CHILDREN) is reported so a saturated dnsperf shows.
 Mapping: `--clients N` -> `-c min(N, 256) -q N` (N queries outstanding, as N
 closed-loop clients), `--qps` -> `-Q`, `--timeout` -> `-t`, `--processes` ->
 `-T`. Warm-up is a separate unmeasured dnsperf run before the measured one.
+`--transport tcp|dot|doh` -> `-m` (DoH: `-O doh-uri=https://NAME:PORT/dns-query
+-O doh-method=POST`), `--queries-per-connection N` -> `-O num-queries-per-conn=N`.
+dnsperf verifies no certificate: over DoT and DoH it trusts any server.
 """
 
 from __future__ import annotations
@@ -75,9 +78,24 @@ def _command(run: Any, qfile: Path, seconds: float, verbose: bool) -> list[str]:
            "-T", str(run.processes), "-W"]
     if cfg.qps:
         cmd += ["-Q", f"{cfg.qps:g}"]
+    cmd += transport_args(cfg.transport, cfg.queries_per_connection, cfg.tls_server_name or host, port)
     if verbose:
         cmd.append("-v")
     return cmd
+
+
+def transport_args(transport: str, per_connection: int, server_name: str, port: int) -> list[str]:
+    """dnsperf's flags for a transport: `-m`, DoH's URI and method (POST, as the built-in engine), the
+    queries per connection. dnsperf checks no certificate, so --ca-file means nothing to it."""
+    if transport == "udp":
+        return []
+    args = ["-m", transport]
+    if transport == "doh":
+        host = f"[{server_name}]" if ":" in server_name else server_name
+        args += ["-O", f"doh-uri=https://{host}:{port}/dns-query", "-O", "doh-method=POST"]
+    if per_connection:
+        args += ["-O", f"num-queries-per-conn={per_connection}"]
+    return args
 
 
 def _run(cmd: list[str], out: Path, seconds: float, timeout_s: float) -> tuple[int, float]:
@@ -155,12 +173,13 @@ def parse_verbose(path: Path, kinds: dict[str, int]) -> tuple[dict[int, int], li
 def run_dnsperf(run: Any, progress: bool = False) -> dict:
     """Prime, warm up, run dnsperf for the window, and fold its output into heimdall.load/1."""
     from tools.load_result import build_result
+    from tools.loadgen import primes_over_udp
     from tools.priming import prime
 
     cfg = run.cfg
     work = Path(tempfile.mkdtemp(prefix="heimdall-dnsperf-"))
     try:
-        if cfg.prime and run.scenario.prime:
+        if primes_over_udp(cfg) and run.scenario.prime:
             run.primed = prime(run.family, run.sockaddr, run.scenario.prime, min(cfg.timeout_ms / 1000, 2.0))
         stream = run.scenario.stream(0, 1)
         if cfg.warmup > 0:

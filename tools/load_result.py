@@ -16,10 +16,21 @@ from tools.load_worker import COUNTER_NAMES
 from tools.scenarios import KIND_NAMES, RCODE_NAMES
 
 if TYPE_CHECKING:
-    from tools.loadgen import LoadRun
+    from tools.loadgen import LoadConfig, LoadRun
 
 SCHEMA = "heimdall.load/1"
 BUSY_SATURATED = 0.90          # a process busy this much of the window is the bottleneck
+
+
+def connection_totals(cfg: "LoadConfig", parts: list[dict]) -> dict | None:
+    """The stream clients' connection counts over every process (None over UDP or from dnsperf)."""
+    stats = [p["connections"] for p in parts if p.get("connections")]
+    if not stats:
+        return None
+    out: dict[str, Any] = {k: sum(s[k] for s in stats) for k in stats[0]}
+    out["queries_per_connection"] = cfg.queries_per_connection
+    out["first_error"] = next((p["first_error"] for p in parts if p.get("first_error")), None)
+    return out
 
 
 def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | None = None) -> dict:
@@ -65,6 +76,10 @@ def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | N
         warnings.extend(extra.pop("warnings", []))
     if run.bad_lines:
         warnings.append(f"{len(run.bad_lines)} bad lines skipped in {cfg.queries_file}")
+    conns = connection_totals(cfg, parts)
+    if conns and conns["handshake_failures"] + conns["connect_failures"]:
+        warnings.append(f"{conns['handshake_failures']} TLS handshakes and {conns['connect_failures']} connects "
+                        f"failed (first: {conns['first_error']})")
     if sent and received == 0:
         warnings.append(f"no replies from {cfg.server}: is the server running?")
     result: dict[str, Any] = {
@@ -72,6 +87,7 @@ def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | N
         "engine": engine,
         "test_type": cfg.test_type,
         "server": cfg.server,
+        "transport": cfg.transport,
         "mode": "closed" if cfg.qps is None else "open",
         "offered_qps": cfg.qps,
         "duration_s": round(duration, 6),
@@ -103,6 +119,7 @@ def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | N
             "busy_per_process": busy,
             "runqueue_wait_per_process": waited,
             "cpu_percent": round(100 * sum(p["cpu_s"] for p in parts) / window, 1) if window else 0.0,
+            "cpu_us_per_query": round(1e6 * sum(p["cpu_s"] for p in parts) / received, 2) if received else None,
             "max_schedule_lag_ms": round(max((p["max_lag_ms"] for p in parts), default=0.0), 3),
             "host_cpu_percent": run.host_cpu_percent,
         },
@@ -115,6 +132,8 @@ def build_result(run: "LoadRun", parts: list[dict], engine: str, extra: dict | N
         "interrupted": interrupted,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
+    if conns:
+        result["connections"] = conns
     if cfg.kernel_timestamps and engine == "builtin":
         kcounts = latency.merge_counts([p.get("kernel_latency_counts", {}) for p in parts])
         klat = latency.summarize(kcounts)

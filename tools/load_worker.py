@@ -17,10 +17,13 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tools import latency
 from tools.scenarios import HEADER_TAIL, KIND_BLOCKED, KIND_NAMES, SUCCESS_RCODES, Scenario
+
+if TYPE_CHECKING:
+    from tools.stream_clients import StreamOptions
 
 PROGRESS_NS = 100_000_000      # how often a process publishes its counters
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: kernel receive time, CLOCK_REALTIME
@@ -47,6 +50,7 @@ class WorkerSpec:
     duration_ns: int
     scenario: Scenario
     kernel_timestamps: bool = False
+    stream: "StreamOptions | None" = None   # TCP, DoT or DoH clients (tools/stream_worker.py); None: UDP
 
 
 def runqueue_wait_s() -> float:
@@ -63,7 +67,12 @@ def worker_entry(spec: WorkerSpec, progress: Any, start: Any, stop: Any, ready: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     try:
-        result = run_worker(spec, progress, start, stop, ready)
+        if spec.stream is not None and spec.stream.stream:
+            from tools.stream_worker import run_stream_worker
+
+            result = run_stream_worker(spec, progress, start, stop, ready)
+        else:
+            result = run_worker(spec, progress, start, stop, ready)
         if os.getppid() != parent:  # nobody will read it: do not wait on a full pipe at exit
             results.cancel_join_thread()
             return

@@ -54,6 +54,7 @@ from tools.scenarios import (
     build_scenario,
     read_queries_file,
 )
+from tools.stream_clients import TRANSPORTS, StreamOptions
 
 CLIENTS_PER_PROCESS = 2500     # auto: one more process per this many clients (closed loop)
 QPS_PER_PROCESS = 25000        # auto: one more process per this offered rate (open loop)
@@ -79,6 +80,15 @@ class LoadConfig:
     prime: bool = True                # ask the warm set once before the window
     kernel_timestamps: bool = False   # also time replies by their kernel arrival (SO_TIMESTAMPNS)
     start_at_ns: int | None = None    # CLOCK_MONOTONIC instant the processes start (two runs in step)
+    transport: str = "udp"            # udp | tcp | dot | doh
+    queries_per_connection: int = 0   # stream transports: queries per connection, 0 = persistent
+    tls_server_name: str | None = None  # dot/doh: SNI and the name verified (default: the server's address)
+    ca_file: Path | None = None       # dot/doh: the CA to trust (default: the system's)
+    insecure: bool = False            # dot/doh, lab only: no certificate check
+
+    def stream_options(self) -> StreamOptions:
+        return StreamOptions(self.transport, self.queries_per_connection, self.tls_server_name,
+                             str(self.ca_file) if self.ca_file else None, self.insecure)
 
     def resolved_clients(self) -> int:
         if self.clients is not None:
@@ -156,6 +166,7 @@ def prepare(cfg: LoadConfig) -> LoadRun:
         raise ToolError("clients must be at least 1")
     if cfg.qps is not None and not cfg.qps > 0:
         raise ToolError("qps must be positive")
+    check_transport(cfg)
     family, sockaddr = parse_server(cfg.server)
     queries, bad = None, []
     if cfg.queries_file is not None:
@@ -165,6 +176,28 @@ def prepare(cfg: LoadConfig) -> LoadRun:
     processes = cfg.processes or auto_processes(clients, cfg.qps)
     processes = max(1, min(processes, clients))
     return LoadRun(cfg, family, sockaddr, sc, clients, processes, bad)
+
+
+def check_transport(cfg: LoadConfig) -> None:
+    """The transport options make sense together; ToolError naming the fix if not."""
+    if cfg.transport not in TRANSPORTS:
+        raise ToolError(f"unknown transport {cfg.transport!r}: choose from {', '.join(TRANSPORTS)}")
+    if cfg.queries_per_connection < 0:
+        raise ToolError("queries per connection must be 0 (persistent) or more")
+    if cfg.transport == "udp" and cfg.queries_per_connection:
+        raise ToolError("--queries-per-connection needs a connection: --transport tcp, dot or doh")
+    if cfg.transport in ("udp", "tcp") and (cfg.tls_server_name or cfg.ca_file or cfg.insecure):
+        raise ToolError("--tls-server-name, --ca-file and --insecure go with --transport dot or doh")
+    if cfg.transport != "udp" and cfg.kernel_timestamps:
+        raise ToolError("--kernel-timestamps times UDP datagrams only")
+    if cfg.ca_file is not None and not Path(cfg.ca_file).is_file():
+        raise ToolError(f"--ca-file {cfg.ca_file}: no such file", EXIT_ENVIRONMENT)
+
+
+def primes_over_udp(cfg: LoadConfig) -> bool:
+    """Priming asks the warm set over UDP on the server's port: DoT and DoH ports take no UDP, so
+    there the warm-up alone fills the cache."""
+    return cfg.prime and cfg.transport in ("udp", "tcp")
 
 
 def run_load(cfg: LoadConfig, progress: bool = False) -> dict:
@@ -177,8 +210,8 @@ def run_load(cfg: LoadConfig, progress: bool = False) -> dict:
     if cfg.engine != "builtin":
         raise ToolError(f"unknown engine {cfg.engine!r}: builtin or dnsperf")
     per = math.ceil(run.clients / run.processes)
-    raise_fd_limit(per + 64)
-    if cfg.prime and run.scenario.prime:
+    raise_fd_limit(per * (2 if cfg.transport != "udp" else 1) + 64)  # a retiring connection and its successor
+    if primes_over_udp(cfg) and run.scenario.prime:
         run.primed = prime(run.family, run.sockaddr, run.scenario.prime, min(cfg.timeout_ms / 1000, 2.0))
     parts = _run_workers(run, progress)
     return build_result(run, parts, engine="builtin")
@@ -201,7 +234,8 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
     try:  # a Ctrl-C while the processes start must stop those already started, too
         for i, n in enumerate(_split(run.clients, run.processes)):
             spec = WorkerSpec(i, run.processes, run.family, run.sockaddr, n, rate, int(cfg.timeout_ms * 1e6),
-                              int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario, cfg.kernel_timestamps)
+                              int(cfg.warmup * 1e9), int(cfg.duration * 1e9), run.scenario, cfg.kernel_timestamps,
+                              cfg.stream_options() if cfg.transport != "udp" else None)
             p = ctx.Process(target=worker_entry, args=(spec, prog, start, stop, ready, results), daemon=True)
             p.start()
             procs.append(p)

@@ -39,6 +39,15 @@ def _check_port_free(address: str, port: int) -> None:
             raise ToolError(f"cannot start on {address}:{port}: {exc.strerror}", EXIT_ENVIRONMENT) from None
 
 
+def heimdall_serves_encrypted() -> bool:
+    """Whether this checkout's Heimdall has the DoT/DoH listeners (it declares HEIMDALL_TLS_BIND_ADDR)."""
+    from dataclasses import fields
+
+    from heimdall.config import Config
+
+    return any(f.name == "tls_bind_addr" for f in fields(Config))
+
+
 def stop_session(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to the session a server was started in (start_new_session=True), SIGKILL after grace_s."""
     if proc.poll() is not None:
@@ -214,9 +223,13 @@ class HeimdallServer(PeerServer):
     name = "heimdall"
 
     def __init__(self, upstream_addr: str, port: int = 0, env: dict | None = None, workers: int = 1,
-                 address: str = "127.0.0.1", python: str | None = None, wrapper: list[str] | None = None) -> None:
+                 address: str = "127.0.0.1", python: str | None = None, wrapper: list[str] | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
         super().__init__(upstream_addr, port, address)
         self.extra_env = dict(env or {})
+        self.tls = tls  # (certificate, key): also serve DNS over TLS and over HTTPS (/dns-query)
+        self.tls_port = 0
+        self.https_port = 0
         self.workers = workers
         self.python = python or sys.executable
         self.wrapper = list(wrapper or [])   # a command prefix, e.g. valgrind's
@@ -229,6 +242,12 @@ class HeimdallServer(PeerServer):
             "HEIMDALL_WORKER_THREADS": str(self.workers),
             "HEIMDALL_HTTP_BIND_ADDR": "disabled",  # several servers at once: no shared :8053 unless asked
         })
+        if self.tls is not None:
+            self.tls_port = self.tls_port or free_port(self.address)
+            self.https_port = self.https_port or free_port(self.address)
+            env.update({"HEIMDALL_TLS_BIND_ADDR": f"{self.address}:{self.tls_port}",
+                        "HEIMDALL_HTTPS_BIND_ADDR": f"{self.address}:{self.https_port}",
+                        "HEIMDALL_TLS_CERT_FILE": self.tls[0], "HEIMDALL_TLS_KEY_FILE": self.tls[1]})
         env.update({k: str(v) for k, v in self.extra_env.items()})
         return env
 

@@ -33,6 +33,10 @@ def compare(
     engines: str = typer.Option("dnsperf,builtin", "--engines", help="load generators: dnsperf,builtin"),
     workloads: str = typer.Option("hit", "--workloads",
                                   help="comma list of hit, miss, mixed (miss and mixed: dnsperf, every name once)"),
+    transports: str = typer.Option(
+        "udp", "--transports",
+        help="comma list of udp, tcp, dot, doh: every server measured over each it serves (persistent "
+             "connections; DoT/DoH with a throwaway CA); the others are skipped for it with a note"),
     results_dir: Path = typer.Option(Path("performance_results"), "--results-dir", help="parent of the run's <UTC stamp>-compare dir"),
 ) -> None:
     """Side by side: Heimdall vs Unbound vs dnsmasq, same upstream, same cache, interleaved rounds."""
@@ -41,6 +45,7 @@ def compare(
     from tools.sidebyside.markdown import render_markdown
     from tools.sidebyside.options import WORKLOADS, CompareOptions
     from tools.sidebyside.run import run_compare
+    from tools.stream_clients import TRANSPORTS
 
     eng = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not eng or set(eng) - {"dnsperf", "builtin"}:
@@ -50,6 +55,9 @@ def compare(
         raise ToolError(f"bad --workloads {workloads!r}: a comma list of {', '.join(WORKLOADS)}", EXIT_ENVIRONMENT)
     if set(work) & {"miss", "mixed"} and "dnsperf" not in eng:
         raise ToolError("--workloads miss and mixed are measured with dnsperf: add it to --engines", EXIT_ENVIRONMENT)
+    tr = tuple(dict.fromkeys(t.strip() for t in transports.split(",") if t.strip()))
+    if not tr or set(tr) - set(TRANSPORTS):
+        raise ToolError(f"bad --transports {transports!r}: a comma list of {', '.join(TRANSPORTS)}", EXIT_ENVIRONMENT)
     env = {}
     for kv in heimdall_env or []:
         k, sep, v = kv.partition("=")
@@ -69,7 +77,7 @@ def compare(
         servers=list(server or []), pids=list(pid or []),
         concurrency=[int(x) for x in concurrency.split(",") if x.strip()],
         fill=fill, capacity=capacity, scaling=scaling, bare=bare, heimdall_env=env, variants=variants, engines=eng,
-        workloads=work, results_dir=results_dir)
+        workloads=work, transports=tr, results_dir=results_dir)
     report = run_compare(opts, say=lambda m: print(m, file=sys.stderr, flush=True))
     print(render_markdown(report))
     print(f"results: {report['results_dir']}")

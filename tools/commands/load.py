@@ -24,6 +24,13 @@ class TestType(str, Enum):
     zipf = "zipf"
 
 
+class Transport(str, Enum):
+    udp = "udp"
+    tcp = "tcp"
+    dot = "dot"
+    doh = "doh"
+
+
 class Engine(str, Enum):
     builtin = "builtin"
     dnsperf = "dnsperf"
@@ -32,7 +39,8 @@ class Engine(str, Enum):
 def print_summary(r: dict, console: Console) -> None:
     """The human summary: counts, rates, rcodes, latency figures and the distribution."""
     lat = r["latency_us"]
-    t = Table(title=f"{r['test_type']} against {r['server']} ({r['engine']}, {r['mode']} loop"
+    t = Table(title=f"{r['test_type']} against {r['server']} over {r.get('transport', 'udp')} "
+                    f"({r['engine']}, {r['mode']} loop"
                     + (f", offered {r['offered_qps']:,.0f} q/s" if r["offered_qps"] else "") + ")",
               show_header=False, box=None)
     t.add_column(style="bold")
@@ -42,6 +50,12 @@ def print_summary(r: dict, console: Console) -> None:
     t.add_row("queries", f"sent {r['sent']:,}  received {r['received']:,}  timeouts {r['timeouts']:,}  "
               f"errors {r['errors']:,}  late {r['late']:,}  mismatched {r['mismatched']:,}")
     t.add_row("throughput", f"{r['qps']:,.1f} q/s")
+    c = r.get("connections")
+    if c:
+        t.add_row("connections", f"opened {c['opened']:,}  handshake failures {c['handshake_failures']:,}  "
+                  f"connect failures {c['connect_failures']:,}  closed by server {c['closed_by_server']:,}  "
+                  f"queries lost with a connection {c['lost_with_connection']:,}"
+                  + (f"  HTTP errors {c['http_errors']:,}" if c["http_errors"] else ""))
     t.add_row("rates", f"response {r['response_rate']:.2%}  success {r['success_rate']:.2%}  "
               f"error {r['error_rate']:.2%}")
     t.add_row("rcodes", ", ".join(f"{k} {v:,}" for k, v in sorted(r["rcodes"].items())) or "-")
@@ -94,6 +108,16 @@ def load(
     warm_set: int = typer.Option(1000, "--warm-set", min=1, help="Names in the cache-hit/mixed warm set."),
     kernel_timestamps: bool = typer.Option(False, "--kernel-timestamps",
                                            help="Also time replies by kernel arrival: shows the generator's own delay."),
+    transport: Transport = typer.Option(Transport.udp, "--transport",
+                                        help="udp, tcp, dot (DNS over TLS) or doh (DNS over HTTPS, HTTP/2 POST)."),
+    queries_per_connection: int = typer.Option(
+        0, "--queries-per-connection", min=0,
+        help="tcp/dot/doh: queries a connection carries before the client opens a new one; 0 = persistent."),
+    tls_server_name: str = typer.Option(None, "--tls-server-name",
+                                        help="dot/doh: name sent (SNI) and verified; default the server address."),
+    ca_file: Path = typer.Option(None, "--ca-file", help="dot/doh: CA certificate(s) to trust (default: the system's)."),
+    insecure: bool = typer.Option(False, "--insecure",
+                                  help="dot/doh, lab only: accept any certificate (no verification)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
     ramp: bool = typer.Option(False, "--ramp", help="Raise the open-loop rate step by step to the capacity."),
     max_loss: float = typer.Option(1.0, "--max-loss", help="--ramp: a step fails above this loss, percent."),
@@ -114,6 +138,8 @@ def load(
     if ramp:
         if qps is not None:
             raise ToolError("--ramp chooses the rates itself: drop --qps", EXIT_USAGE)
+        if transport != Transport.udp:
+            raise ToolError("--ramp measures over UDP: drop --transport", EXIT_USAGE)
         from tools.ramp import RampConfig
 
         cfg_r = RampConfig(server=server, test_type=test_type.value, max_loss=max_loss / 100.0, max_p99_ms=max_p99,
@@ -134,7 +160,9 @@ def load(
     cfg = LoadConfig(test_type=test_type.value, server=server, duration=duration, clients=clients,
                      timeout_ms=timeout, qps=qps, warmup=warmup, zone=zone, queries_file=queries,
                      processes=processes, engine=engine.value, warm_set=warm_set, blocklist_size=blocklist_size,
-                     kernel_timestamps=kernel_timestamps)
+                     kernel_timestamps=kernel_timestamps, transport=transport.value,
+                     queries_per_connection=queries_per_connection, tls_server_name=tls_server_name,
+                     ca_file=ca_file, insecure=insecure)
     try:
         result = run_load(cfg, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
@@ -144,6 +172,11 @@ def load(
         write_json(json_out, result)
         console.print(f"result written to {json_out}")
     if result["received"] == 0:
+        conns = result.get("connections") or {}
+        if conns.get("handshake_failures") or conns.get("connect_failures"):
+            raise ToolError(f"no replies from {server} over {transport.value}: {conns['handshake_failures']:,} TLS "
+                            f"handshakes and {conns['connect_failures']:,} connects failed "
+                            f"(first: {conns['first_error']})", EXIT_REGRESSION)
         raise ToolError(f"no replies from {server}: {result['timeouts']:,} of {result['sent']:,} queries timed out",
                         EXIT_REGRESSION)
 

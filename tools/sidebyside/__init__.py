@@ -29,8 +29,11 @@ floor any Python + uvloop server stands on). The report
 (compare.json, compare.png, compare.md) goes to
 performance_results/<UTC stamp>-compare/, every file written atomically.
 
+With ``--transports udp,tcp,dot,doh`` each server is measured over each
+transport it serves, a row per (server, transport); see transports.py.
+
 One module per concept: options (what to run), contestants (starting and
-stopping the servers), workloads (the measurements of one round), stats
+stopping the servers), transports (which server serves which transport), workloads (the measurements of one round), stats
 (medians, spreads, ratios), goals (the performance guide's goals), markdown
 (the report files) and run (the orchestration: start, warm, rounds, report).
 """

@@ -24,6 +24,15 @@ class Contestant:
     server: Any = None              # the peers.PeerServer we started (None for external)
     rounds: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    transport: str = "udp"          # how the load reaches it: udp, tcp, dot or doh
+    ca_file: str | None = None      # dot/doh: the run's throwaway CA
+    server_name: str | None = None  # dot/doh: the name in the server's certificate
+    udp_addr: str | None = None     # where its cache is primed over UDP (None: addr)
+
+    @property
+    def slug(self) -> str:
+        """The name as it may appear in a file name or a DNS label ("unbound/dot" -> "unbound-dot")."""
+        return self.name.replace("/", "-")
 
     @property
     def sockaddr(self) -> tuple[str, int]:
@@ -46,15 +55,16 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def start_contestant(kind: str, name: str, upstream: str, opts: CompareOptions, workers: int,
-           env: dict[str, str] | None = None) -> Contestant:
-    """Start one contestant; `env` (a variant's) goes over opts.heimdall_env for Heimdall."""
+           env: dict[str, str] | None = None, tls: tuple[str, str] | None = None) -> Contestant:
+    """Start one contestant; `env` (a variant's) goes over opts.heimdall_env for Heimdall; with `tls`
+    (certificate, key) Heimdall and Unbound also serve DoT and DoH."""
     from tools import peers
 
     if kind == "heimdall":
         env = {"HEIMDALL_CACHE_CAPACITY": str(opts.cache_entries), **opts.heimdall_env, **(env or {})}
-        srv = peers.HeimdallServer(upstream, env=env, workers=workers).start()
+        srv = peers.HeimdallServer(upstream, env=env, workers=workers, tls=tls).start()
     elif kind == "unbound":
-        srv = peers.UnboundServer(upstream, threads=workers, cache_entries=opts.cache_entries).start()
+        srv = peers.UnboundServer(upstream, threads=workers, cache_entries=opts.cache_entries, tls=tls).start()
     elif kind == "dnsmasq":
         srv = peers.DnsmasqServer(upstream, cache_size=opts.cache_entries).start()
     else:

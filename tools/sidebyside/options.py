@@ -44,3 +44,4 @@ class CompareOptions:
     workloads: tuple[str, ...] = ("hit",)                 # hit, miss, mixed (miss and mixed need dnsperf)
     results_dir: Path = Path("performance_results")
     heimdall_env: dict = field(default_factory=dict)
+    transports: tuple[str, ...] = ("udp",)                # udp, tcp, dot, doh: each a row per server that serves it

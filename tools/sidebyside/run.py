@@ -20,7 +20,9 @@ from tools.sidebyside.goals import goals
 from tools.sidebyside.markdown import write_report
 from tools.sidebyside.options import KNOWN_PEERS, METRICS, OFFERED_QPS, CompareOptions
 from tools.sidebyside.stats import summarize
+from tools.sidebyside.transports import lab_pki, serves, transport_rows
 from tools.sidebyside.workloads import measure_concurrency, measure_fill, measure_round, warm, warm_file
+from tools.testpki import ServerCert
 
 SCHEMA = "heimdall.compare/1"
 Say = Callable[[str], None]
@@ -40,8 +42,9 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = pr
     work = Path(tempfile.mkdtemp(prefix="heimdall-compare-"))
     started = time.time()
     try:
+        pki = lab_pki(opts.transports, work)
         with LocalUpstream() as up:
-            start_all(opts, up.addr, contestants, skipped, say)
+            start_all(opts, up.addr, contestants, skipped, say, pki)
             measure_all(opts, contestants, work, say)
     finally:
         for c in contestants:
@@ -55,33 +58,56 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = pr
 
 
 def start_all(opts: CompareOptions, upstream: str, contestants: list[Contestant], skipped: list[dict],
-              say: Say) -> None:
-    """Heimdall first (ratios are to it), then its scaled twin, the peers, variants, bare, external servers.
+              say: Say, pki: ServerCert | None = None) -> None:
+    """Heimdall first (ratios are to it), then its scaled twin, the peers, variants, bare, external servers;
+    each as one row per transport it serves (tools/sidebyside/transports.py), UDP rows first.
 
     Appends to `contestants` as each one starts, so the caller stops those
     already running when a later one fails."""
-    contestants.append(start_contestant("heimdall", "heimdall", upstream, opts, opts.workers))
-    if opts.scaling:
-        contestants.append(start_contestant("heimdall", f"heimdall-{opts.workers * 2}w", upstream, opts,
-                                            opts.workers * 2))
+    tls = (str(pki.cert), str(pki.key)) if pki else None
+
+    def skip(peer: str, why: str, transport: str | None = None) -> None:
+        skipped.append({"peer": peer, "why": why} | ({"transport": transport} if transport else {}))
+        say(f"note: {peer} skipped" + (f" over {transport}" if transport else "") + f": {why}")
+
+    def add(c: Contestant) -> None:
+        rows, skips = transport_rows(c, opts.transports, pki)
+        contestants.extend(rows)
+        for s in skips:
+            skip(s["peer"], s["why"], s["transport"])
+        if not rows and c.server is not None:
+            c.server.stop()
+
+    def wanted(kind: str) -> bool:
+        return bool(set(serves(kind)) & set(opts.transports))
+
+    if wanted("heimdall"):
+        add(start_contestant("heimdall", "heimdall", upstream, opts, opts.workers, tls=tls))
+        if opts.scaling:
+            add(start_contestant("heimdall", f"heimdall-{opts.workers * 2}w", upstream, opts, opts.workers * 2,
+                                 tls=tls))
     for kind in opts.peers:
         if kind not in KNOWN_PEERS:
             raise ToolError(f"unknown peer {kind!r}: choose from {', '.join(KNOWN_PEERS)}", EXIT_ENVIRONMENT)
         if not procs.installed(kind):
-            skipped.append({"peer": kind, "why": f"{kind} is not installed (scripts/setup.sh installs it)"})
-            say(f"note: {kind} skipped: not installed")
+            skip(kind, f"{kind} is not installed (scripts/setup.sh installs it)")
+            continue
+        if not wanted(kind):
+            skip(kind, f"{kind} serves none of {', '.join(opts.transports)}")
             continue
         try:
-            contestants.append(start_contestant(kind, kind, upstream, opts, opts.workers))
+            add(start_contestant(kind, kind, upstream, opts, opts.workers, tls=tls))
         except ToolError as exc:
-            skipped.append({"peer": kind, "why": str(exc)})
-            say(f"note: {kind} skipped: {exc}")
+            skip(kind, str(exc))
     for vname, venv in opts.variants.items():
-        contestants.append(start_contestant("heimdall", vname, upstream, opts, opts.workers, venv))
+        if wanted("heimdall"):
+            add(start_contestant("heimdall", vname, upstream, opts, opts.workers, venv, tls=tls))
     if opts.bare:
         b = BareResponder().start()
-        contestants.append(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))
-    contestants += external_contestants(opts.servers, opts.pids)
+        add(Contestant("bare-uvloop", "bare", b.addr, b.pid, 1, server=b))
+    for ext in external_contestants(opts.servers, opts.pids):
+        add(ext)
+    contestants.sort(key=lambda c: opts.transports.index(c.transport))  # stable: each transport's rows together
 
 
 def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path, say: Say) -> None:
@@ -94,7 +120,7 @@ def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path,
     for r in range(opts.rounds):
         k = r % len(contestants)
         for c in contestants[k:] + contestants[:k]:   # the order rotates each round: drift hits all alike
-            res = measure_round(c, opts, names, work, tag=f"r{r + 1}-{c.name}")
+            res = measure_round(c, opts, names, work, tag=f"r{r + 1}-{c.slug}")
             res["round"] = r + 1
             c.rounds.append(res)
             say(f"round {r + 1}/{opts.rounds} {c.name:12s} " + "  ".join(
@@ -109,6 +135,8 @@ def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path,
             say(f"{n} clients {c.name}: {c.extra['concurrency'][-1]}")
     if opts.capacity:
         for c in contestants:
+            if c.transport != "udp":
+                continue  # the ramp drives UDP
             c.extra["capacity"] = measure_capacity(c)
             say(f"capacity {c.name}: {c.extra['capacity']['capacity_qps']} q/s ({c.extra['capacity']['limit']})")
     if opts.fill:
@@ -141,10 +169,10 @@ def build_report(opts: CompareOptions, contestants: list[Contestant], skipped: l
                     "capacity": opts.capacity,
                     "scaling": opts.scaling, "bare": opts.bare, "heimdall_env": opts.heimdall_env,
                     "variants": opts.variants, "engines": list(opts.engines), "servers": opts.servers,
-                    "workloads": list(opts.workloads)},
+                    "workloads": list(opts.workloads), "transports": list(opts.transports)},
         "metrics": {m: {"label": lab, "unit": u, "higher_is_better": hb} for m, (lab, u, hb) in METRICS.items()},
-        "contestants": [{"name": c.name, "kind": c.kind, "addr": c.addr, "pid": c.pid, "threads": c.threads,
-                         "rounds": c.rounds, **c.extra} for c in contestants],
+        "contestants": [{"name": c.name, "kind": c.kind, "transport": c.transport, "addr": c.addr, "pid": c.pid,
+                         "threads": c.threads, "rounds": c.rounds, **c.extra} for c in contestants],
         "skipped": skipped,
         "stats": stats,
         "ratios_to_heimdall": ratios,

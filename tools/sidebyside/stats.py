@@ -17,18 +17,27 @@ def spread(values: list[float | None]) -> dict | None:
             "max": round(max(vals), 3), "n": len(vals), "values": [round(v, 3) for v in vals]}
 
 
+def reference_name(c: Contestant) -> str:
+    """The Heimdall row a row is compared to: the one over the same transport."""
+    return "heimdall" if c.transport == "udp" else f"heimdall/{c.transport}"
+
+
 def summarize(contestants: list[Contestant]) -> tuple[dict, dict]:
-    """Per contestant per metric medians/spread, and Heimdall-over-peer ratios (of medians and per round)."""
+    """Per contestant per metric medians/spread, and Heimdall-over-peer ratios (of medians and per round),
+    each row against Heimdall over the same transport (None where Heimdall has no such row)."""
     stats: dict[str, dict] = {}
     for c in contestants:
         stats[c.name] = {m: spread([r.get(m) for r in c.rounds]) for m in METRICS}
-    ref = contestants[0]
+    by_name = {c.name: c for c in contestants}
     ratios: dict[str, dict] = {}
-    for c in contestants[1:]:
+    for c in contestants:
+        ref = by_name.get(reference_name(c))
+        if ref is c:
+            continue
         ratios[c.name] = {}
         for m in METRICS:
-            a, b = stats[ref.name][m], stats[c.name][m]
-            if not a or not b or not b["median"]:
+            a, b = (stats[ref.name][m] if ref else None), stats[c.name][m]
+            if ref is None or not a or not b or not b["median"]:
                 ratios[c.name][m] = None
                 continue
             per_round = [ra[m] / rb[m] for ra, rb in zip(ref.rounds, c.rounds)

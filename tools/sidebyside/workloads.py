@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import latency
-from tools.dnsperf import dnsperf_binary, parse_summary, parse_verbose
+from tools.dnsperf import dnsperf_binary, parse_summary, parse_verbose, transport_args
 from tools.resources import tree_cpu_seconds
 from tools.sidebyside.contestants import Contestant, tree_rss
 from tools.sidebyside.options import OFFERED_QPS, CompareOptions
@@ -27,7 +27,8 @@ def dnsperf_window(c: Contestant, names: Path, seconds: float, args: list[str], 
              verbose: bool = False) -> tuple[dict, float | None, float]:
     """Run dnsperf; returns (summary, server CPU seconds over the run or None, wall seconds)."""
     host, port = c.sockaddr
-    cmd = [dnsperf_binary(), "-s", host, "-p", str(port), "-d", str(names), "-l", f"{seconds:g}", *args]
+    cmd = [dnsperf_binary(), "-s", host, "-p", str(port), "-d", str(names), "-l", f"{seconds:g}", *args,
+           *transport_args(c.transport, 0, c.server_name or host, port)]
     if verbose:
         cmd.append("-v")
     cpu0 = tree_cpu_seconds(c.pid) if c.pid else None
@@ -56,10 +57,17 @@ def warm(c: Contestant, names: Path, work: Path) -> dict:
     from tools.scenarios import question, warm_names
 
     qs = [question(n, "AAAA" if i % 4 == 3 else "A") for i, n in enumerate(warm_names(sum(1 for _ in open(names))))]
-    fam = socket.AF_INET6 if ":" in c.sockaddr[0] else socket.AF_INET
-    primed = prime(fam, c.sockaddr, qs, 2.0)
-    dnsperf_window(c, names, 1, ["-c", "20", "-T", "1"], work / f"warm-{c.name}.txt")
+    host, _, port = (c.udp_addr or c.addr).rpartition(":")
+    host = host.strip("[]")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    primed = prime(fam, (host, int(port)), qs, 2.0)
+    dnsperf_window(c, names, 1, ["-c", "20", "-T", "1"], work / f"warm-{c.slug}.txt")
     return primed
+
+
+def over(c: Contestant) -> dict[str, Any]:
+    """The built-in generator's transport settings for this row (persistent connections)."""
+    return {"transport": c.transport, "ca_file": c.ca_file, "tls_server_name": c.server_name}
 
 
 def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str = "r") -> dict:
@@ -76,12 +84,12 @@ def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, 
         r["lost_dnsperf"] = s["lost"]
     if "builtin" in opts.engines:
         res = run_load(LoadConfig(test_type="cache-hit", server=c.addr, duration=d, clients=20, processes=1,
-                                  warmup=0.5, warm_set=opts.warm_set, prime=False))
+                                  warmup=0.5, warm_set=opts.warm_set, prime=False, **over(c)))
         r["qps_builtin"] = res["qps"]
         r["builtin_generator_saturated"] = res["generator_saturated"]
         r["notes"] += res["warnings"]
         res = run_load(LoadConfig(test_type="cache-hit", server=c.addr, duration=d, clients=64, processes=1,
-                                  qps=OFFERED_QPS, warmup=0.5, warm_set=opts.warm_set, prime=False))
+                                  qps=OFFERED_QPS, warmup=0.5, warm_set=opts.warm_set, prime=False, **over(c)))
         r["p50_us_builtin"] = res["latency_us"]["p50"]
         r["p99_us_builtin"] = res["latency_us"]["p99"]
         r["achieved_qps_builtin"] = res["qps"]
@@ -160,7 +168,7 @@ def measure_concurrency(c: Contestant, clients: int, opts: CompareOptions) -> di
 
     res = run_load(LoadConfig(test_type="cache-hit", server=c.addr, duration=min(opts.duration, 5.0),
                               clients=clients, warmup=0.5, warm_set=opts.warm_set, prime=False,
-                              timeout_ms=2000))
+                              timeout_ms=2000, **over(c)))
     return {"clients": clients, "sent": res["sent"], "received": res["received"], "timeouts": res["timeouts"],
             "lost": res["sent"] - res["received"], "qps": res["qps"], "p99_us": res["latency_us"]["p99"],
             "processes": res["processes"], "warnings": res["warnings"]}

@@ -1,0 +1,157 @@
+"""The load generator over TCP, DoT and DoH against a real Unbound (and dnsperf -m dot), with a test CA."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import requires_dnsperf
+from tools.errors import EXIT_REGRESSION
+from tools.loadgen import LoadConfig, run_load
+from tools.peers import UnboundServer
+from tools.testpki import make_pki
+
+CLI = [sys.executable, "-c", "from tools.cli import main; main()"]
+CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def unbound(upstream, pki):
+    server, _ = pki
+    with UnboundServer(upstream.addr, tls=(str(server.cert), str(server.key))) as srv:
+        yield srv
+
+
+def target(srv: UnboundServer, transport: str) -> str:
+    port = {"tcp": srv.port, "dot": srv.tls_port, "doh": srv.https_port}[transport]
+    return f"127.0.0.1:{port}"
+
+
+def load(srv: UnboundServer, pki, transport: str, **kw) -> dict:
+    server, _ = pki
+    tls = {} if transport == "tcp" else {"ca_file": server.ca, "tls_server_name": server.name}
+    cfg = LoadConfig(**{"server": target(srv, transport), "transport": transport, "duration": 1.0, "warmup": 0,
+                        "clients": CLIENTS, "processes": 1, "timeout_ms": 2000, "warm_set": 200, **tls, **kw})
+    return run_load(cfg)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
+def test_persistent_connections_answer_every_query(unbound, pki, transport):
+    r = load(unbound, pki, transport)
+    assert r["transport"] == transport
+    assert r["received"] == r["sent"] > 0 and r["timeouts"] == 0 and r["mismatched"] == 0
+    assert r["qps"] > 0 and r["successes"] == r["received"]
+    assert sum(b["count"] for b in r["histogram"]["buckets"]) == r["received"]
+    c = r["connections"]
+    assert c["queries_per_connection"] == 0
+    assert c["opened"] == CLIENTS  # one each, kept for the whole run
+    assert c["handshake_failures"] == c["connect_failures"] == c["lost_with_connection"] == 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
+def test_one_query_per_connection_opens_one_connection_per_query(unbound, pki, transport):
+    r = load(unbound, pki, transport, queries_per_connection=1)
+    assert r["received"] == r["sent"] > 0 and r["timeouts"] == 0
+    c = r["connections"]
+    # queries sent just after the window closed opened connections too: at most one per client
+    assert r["sent"] <= c["opened"] <= r["sent"] + CLIENTS
+    assert c["handshake_failures"] == 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "doh"])
+def test_open_loop_pipelines_queries_on_few_connections(unbound, pki, transport):
+    """On schedule, whatever the replies do: two connections carry every query (DoH as concurrent streams)."""
+    r = load(unbound, pki, transport, clients=2, qps=1000)
+    assert r["mode"] == "open" and r["received"] == r["sent"] > 0 and r["timeouts"] == 0
+    assert r["sent"] >= 900  # the schedule held (1,000 q/s for 1 s), with a margin for a busy machine
+    assert r["connections"]["opened"] == 2
+
+
+@pytest.mark.parametrize("transport", ["dot", "doh"])
+def test_an_untrusted_ca_is_a_counted_failure_and_a_clear_exit(unbound, pki, transport):
+    _, other_ca = pki
+    out = subprocess.run([*CLI, "load", "--server", target(unbound, transport), "--transport", transport,
+                          "--ca-file", str(other_ca), "--duration", "0.5", "--warmup", "0", "--clients", "2",
+                          "--quiet"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == EXIT_REGRESSION, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"over {transport}" in out.stderr and "TLS handshakes" in out.stderr
+    assert "unable to get local issuer certificate" in out.stderr
+    assert "handshake failures" in out.stdout
+
+
+def test_a_wrong_server_name_fails_every_handshake(unbound, pki):
+    r = load(unbound, pki, "dot", tls_server_name="other.heimdall.test")
+    c = r["connections"]
+    assert r["received"] == 0 and r["sent"] == r["timeouts"] > 0
+    assert c["handshake_failures"] >= CLIENTS and c["lost_with_connection"] >= r["sent"]
+    assert "Hostname mismatch" in c["first_error"]
+    assert any("TLS handshakes" in w for w in r["warnings"])
+
+
+def test_insecure_skips_the_certificate_check(unbound, pki):
+    cfg = LoadConfig(server=target(unbound, "dot"), transport="dot", insecure=True, duration=0.5, warmup=0,
+                     clients=2, processes=1, warm_set=200)
+    r = run_load(cfg)
+    assert r["received"] == r["sent"] > 0 and r["connections"]["handshake_failures"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--queries-per-connection", "1"], "needs a connection"),
+    (["--transport", "tcp", "--ca-file", "/nonexistent"], "go with --transport dot or doh"),
+    (["--transport", "dot", "--ca-file", "/nonexistent"], "no such file"),
+    (["--transport", "quic"], "quic"),
+])
+def test_transport_flags_that_do_not_fit_are_one_line_errors(args, message):
+    out = subprocess.run([*CLI, "load", "--server", "127.0.0.1:9", "--duration", "0.2", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@requires_dnsperf
+def test_dnsperf_runs_over_dot(unbound, pki):
+    r = load(unbound, pki, "dot", engine="dnsperf")
+    assert " -m dot" in r["dnsperf"]["command"]
+    assert r["transport"] == "dot" and r["engine"] == "dnsperf"
+    assert r["received"] > 0 and r["timeouts"] <= 0.01 * r["sent"]
+
+
+@requires_dnsperf
+def test_compare_measures_every_server_over_each_transport(tmp_path):
+    """Unbound over UDP and DoT with the run's throwaway CA; Heimdall's DoT row exists exactly when this
+    checkout's Heimdall has the DoT listener (HEIMDALL_TLS_BIND_ADDR), else it is skipped with the reason."""
+    from tools.peers import heimdall_serves_encrypted
+    from tools.sidebyside.options import CompareOptions
+    from tools.sidebyside.run import run_compare
+
+    opts = CompareOptions(peers=["unbound"], rounds=1, duration=0.5, warm_set=200, transports=("udp", "dot"),
+                          results_dir=tmp_path)
+    report = run_compare(opts, say=lambda m: None)
+    rows = {c["name"]: c for c in report["contestants"]}
+    encrypted = heimdall_serves_encrypted()
+    expected = ["heimdall", "unbound", *(["heimdall/dot"] if encrypted else []), "unbound/dot"]
+    assert list(rows) == expected
+    assert [rows[n]["transport"] for n in expected] == [n.partition("/")[2] or "udp" for n in expected]
+    for c in rows.values():
+        r = c["rounds"][0]
+        assert r["qps_dnsperf"] > 0 and r["qps_builtin"] > 0 and r["p99_us_builtin"] > 0
+        assert c["primed"]["answered"] == 200
+    assert rows["unbound/dot"]["addr"] != rows["unbound"]["addr"]  # its own DoT port
+    assert report["options"]["transports"] == ["udp", "dot"]
+    dot_ratio = report["ratios_to_heimdall"]["unbound/dot"]["qps_builtin"]
+    md = (tmp_path / next(p.name for p in tmp_path.iterdir()) / "compare.md").read_text()
+    assert "## over dot" in md and "unbound/dot" in md
+    if encrypted:
+        assert dot_ratio is not None
+    else:
+        assert dot_ratio is None  # no Heimdall over DoT: no ratio invented
+        assert {"peer": "heimdall", "transport": "dot",
+                "why": "this Heimdall has no dot listener (it does not know HEIMDALL_TLS_BIND_ADDR)"} in report["skipped"]
+        assert "skipped heimdall over dot" in md
