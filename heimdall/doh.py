@@ -248,7 +248,7 @@ class Http1:
 
     def fail(self, status: int) -> None:
         """A request h11 cannot parse: say so if a reply can still be sent, then close."""
-        if self.h11.our_state is h11.SEND_RESPONSE:
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets a server answer a broken request
             headers, body = refusal_headers(Refusal(status, "bad HTTP request"))
             try:
                 self.conn.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=phrase(status))) or b"")

@@ -49,8 +49,17 @@ def load_certificate(ctx: ssl.SSLContext, config: Config) -> None:
     try:
         ctx.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError is one too
-        reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise TlsError(f"cannot load the TLS certificate {cert} with key {key}: {reason}") from None
+        raise TlsError(f"cannot load the TLS certificate {cert} with key {key}: {why(exc)}") from None
+
+
+def why(exc: OSError) -> str:
+    if not isinstance(exc, ssl.SSLError):
+        return exc.strerror or str(exc)
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return "the key does not belong to the certificate"
+    if exc.reason in (None, "PEM_LIB", "NO_START_LINE"):
+        return "not a PEM certificate chain and private key"
+    return str(exc.reason)
 
 
 def check_certificate(config: Config) -> None:
