@@ -17,6 +17,7 @@ bytes are not kept (413), and reading pauses while 32 queries wait for upstreams
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from http import HTTPStatus
 from typing import Callable
@@ -31,6 +32,8 @@ import h11
 
 from heimdall.dohrequest import MAX_MESSAGE, Headers, Refusal, answer_headers, dns_message, refusal_headers
 from heimdall.tcp import TcpConnection, TcpListener
+
+log = logging.getLogger("heimdall.doh")
 
 MAX_STREAMS = 100
 MAX_HEADERS = 16384
@@ -76,14 +79,22 @@ class DohConnection(TcpConnection):
 
     def data_received(self, data: bytes) -> None:
         if self.http is not None:
-            self.http.receive(data)
+            try:
+                self.http.receive(data)
+            except Exception as exc:  # noqa: BLE001 - one client's bytes must never reach the loop as an error
+                self.pipeline.counters.internal_errors += 1
+                log.error(f"internal error on a DoH connection: {exc!r}")
+                self.transport.close()
         if self.outstanding >= self.MAX_PIPELINE:
             self.transport.pause_reading()
 
     def request(self, method: bytes, target: bytes, content_type: bytes | None, body: bytes,
                 respond: Respond) -> None:
         """A whole request: answered now, refused, or answered when its miss completes."""
-        exchange = Exchange(respond)
+        if method == b"HEAD":  # a reply's head without its body, as HTTP wants
+            exchange = Exchange(lambda status, headers, _body: respond(status, headers, b""))
+        else:
+            exchange = Exchange(respond)
         msg = dns_message(method, target, content_type, body)
         if isinstance(msg, Refusal):
             exchange.refuse(msg)
@@ -235,9 +246,11 @@ class Http1:
     def respond(self, status: int, headers: Headers, body: bytes) -> None:
         if self.conn.transport.is_closing() or self.h11.our_state is not h11.SEND_RESPONSE:
             return
-        self.conn.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=phrase(status))) or b"")
-        self.conn.write(self.h11.send(h11.Data(data=body)) or b"")
-        self.conn.write(self.h11.send(h11.EndOfMessage()) or b"")
+        try:
+            self.send_whole(status, headers, body)
+        except h11.LocalProtocolError:
+            self.conn.transport.close()
+            return
         self.waiting = False
         if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
             self.conn.transport.close()  # the client asked to close, or the exchange cannot go on
@@ -251,13 +264,15 @@ class Http1:
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # h11 lets a server answer a broken request
             headers, body = refusal_headers(Refusal(status, "bad HTTP request"))
             try:
-                self.conn.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=phrase(status))) or b"")
-                self.conn.write(self.h11.send(h11.Data(data=body)) or b"")
-                self.conn.write(self.h11.send(h11.EndOfMessage()) or b"")
+                self.send_whole(status, headers, body)
             except h11.LocalProtocolError:
                 pass
         self.conn.transport.close()
 
+    def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
+        for event in (h11.Response(status_code=status, headers=headers, reason=phrase(status)), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.conn.write(self.h11.send(event) or b"")
 
 def phrase(status: int) -> bytes:
     return HTTPStatus(status).phrase.encode()

@@ -81,12 +81,12 @@ def bind_tls(config: Config, reuseport: bool) -> TlsSockets:
     """The DoT and DoH sockets that are configured (BindError naming the address that failed)."""
     sockets = TlsSockets()
     try:
-        for name, addr in (("dot", config.tls_bind_addr), ("doh", config.https_bind_addr)):
+        for name, label, addr in (("dot", "DoT", config.tls_bind_addr), ("doh", "DoH", config.https_bind_addr)):
             if addr is not None:
                 try:
                     setattr(sockets, name, bind_stream(addr, reuseport))
                 except OSError as exc:
-                    raise BindError(bind_error_message(addr, exc)) from None
+                    raise BindError(bind_error_message(addr, exc, label)) from None
     except BaseException:
         sockets.close()
         raise
@@ -254,9 +254,11 @@ def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
     return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier, share, tls))
 
 
-def bind_error_message(addr: HostPort, exc: OSError) -> str:
+def bind_error_message(addr: HostPort, exc: OSError, listener: str = "") -> str:
+    """One line naming the address (and the listener, e.g. DoT, when it is not the UDP/TCP one)."""
+    where = f"{listener} {addr}" if listener else str(addr)
     if exc.errno == errno.EADDRINUSE:
-        return f"cannot bind {addr}: address already in use"
+        return f"cannot bind {where}: address already in use"
     if exc.errno == errno.EACCES:
-        return f"cannot bind {addr}: permission denied"
-    return f"cannot bind {addr}: {exc.strerror or exc}"
+        return f"cannot bind {where}: permission denied"
+    return f"cannot bind {where}: {exc.strerror or exc}"

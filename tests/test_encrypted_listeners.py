@@ -65,9 +65,9 @@ def kdig(port: int, ca: Path, *args: str, name: str = "www.example.test", rdtype
                           capture_output=True, text=True, timeout=15)
 
 
-def curl(tls: Listeners, *args: str, url: str | None = None) -> tuple[int, bytes, str]:
-    """(status, body, headers) of one HTTP/1.1 request to the DoH listener."""
-    r = subprocess.run(["curl", "-s", "--http1.1", "--max-time", "5", "--cacert", str(tls.ca),
+def curl(tls: Listeners, *args: str, url: str | None = None, http: str = "--http1.1") -> tuple[int, bytes, str]:
+    """(status, body, headers) of one request to the DoH listener (HTTP/1.1 unless told)."""
+    r = subprocess.run(["curl", "-s", http, "--max-time", "5", "--cacert", str(tls.ca),
                         "--resolve", f"{SERVER_NAME}:{tls.doh}:127.0.0.1", "-D", "-", "-o", "-",
                         "-w", "\n%{http_code}", *args, url or tls.url], capture_output=True, timeout=15)
     out, _, code = r.stdout.rpartition(b"\n")
@@ -128,14 +128,36 @@ def test_bad_requests_get_their_status_and_the_listener_goes_on(tls, tmp_path):
         (415, ["-H", "content-type: text/plain", "--data-binary", f"@{body}"], tls.url),
         (400, ["-H", "content-type: application/dns-message", "--data-binary", "x"], tls.url),
     ]
+    cases.append((405, ["-I"], f"{tls.url}?dns={qr}"))  # HEAD: a head, no body
     for want, args, url in cases:
-        status, _, _ = curl(tls, *args, url=url)
-        assert status == want, (want, args, url)
-    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{tls.doh}", "-alpn", "http/1.1", "-quiet", "-ign_eof",
-                        "-CAfile", str(tls.ca)], input=b"NOT HTTP AT ALL\r\n\r\n", capture_output=True, timeout=15)
+        for http in ("--http1.1", "--http2"):
+            status, _, _ = curl(tls, *args, url=url, http=http)
+            assert status == want, (want, args, url, http)
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{tls.doh}", "-alpn", "http/1.1", "-quiet",
+                        "-ign_eof", "-CAfile", str(tls.ca)], input=b"NOT HTTP AT ALL\r\n\r\n",
+                       capture_output=True, timeout=15)
     assert r.stdout.startswith(b"HTTP/1.1 400"), r.stdout[:200]
     assert kdig(tls.doh, tls.ca, "+https").stdout.split() == ["192.0.2.10"]  # the worker is still there
     assert tls.srv.proc.poll() is None
+
+
+def test_pipelined_http1_requests_are_answered_in_order(tls):
+    ctx = ssl.create_default_context(cafile=str(tls.ca))
+    ctx.set_alpn_protocols(["http/1.1"])
+    names = ["pipe1.bench.test", "www.example.test", "pipe2.bench.test"]  # a miss, a hit, a miss
+    requests = b"".join(b"GET /dns-query?dns=" + base64.urlsafe_b64encode(query_wire(n)).rstrip(b"=")
+                        + b" HTTP/1.1\r\nhost: x\r\n\r\n" for n in names)
+    requests += b"GET /other HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", tls.doh), timeout=5),
+                         server_hostname=SERVER_NAME) as s:
+        s.sendall(requests)
+        data = b""
+        while chunk := s.recv(65536):  # the server closes after the last one (connection: close)
+            data += chunk
+    parts = data.split(b"HTTP/1.1 ")[1:]
+    assert [p[:3] for p in parts] == [b"200", b"200", b"200", b"404"], data
+    answers = [dns.message.from_wire(p.partition(b"\r\n\r\n")[2]) for p in parts[:3]]
+    assert [str(a.question[0].name) for a in answers] == [n + "." for n in names]
 
 
 def dnsperf(mode: str, port: int, names: Path) -> dict[str, str]:
@@ -246,7 +268,7 @@ def serve_and_fail(env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=20)
 
 
-def test_a_listener_without_a_certificate_or_with_an_unreadable_one_is_one_clear_line(tls, tmp_path):
+def test_no_certificate_an_unreadable_one_or_a_taken_address_is_one_clear_line(tls, tmp_path):
     r = serve_and_fail({"HEIMDALL_TLS_BIND_ADDR": f"127.0.0.1:{free_tcp_port()}"})
     assert r.returncode == 2 and "HEIMDALL_TLS_CERT_FILE" in r.stderr and "Traceback" not in r.stderr, r.stderr
     garbage = tmp_path / "garbage.pem"
@@ -255,6 +277,14 @@ def test_a_listener_without_a_certificate_or_with_an_unreadable_one_is_one_clear
                         "HEIMDALL_TLS_KEY_FILE": str(tmp_path / "missing.key")})
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "cannot load the TLS certificate" in r.stderr and str(garbage) in r.stderr, r.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = serve_and_fail({"HEIMDALL_TLS_BIND_ADDR": f"127.0.0.1:{port}",
+                            "HEIMDALL_TLS_CERT_FILE": str(tls.pki / "server.pem"),
+                            "HEIMDALL_TLS_KEY_FILE": str(tls.pki / "server.key")})
+    assert r.returncode == 3 and f"cannot bind DoT 127.0.0.1:{port}: address already in use" in r.stderr, r.stderr
 
 
 def test_sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old(tls):
@@ -288,3 +318,4 @@ def test_the_startup_line_names_each_listener(tls):
     line = next(line for line in tls.srv.log.splitlines() if "listening on" in line)
     assert f"dot 127.0.0.1:{tls.dot}" in line and f"doh 127.0.0.1:{tls.doh}" in line, line
     assert dns.rcode.NOERROR == tls.srv.query("www.example.test").rcode()
+    assert "Traceback" not in tls.srv.log and "internal error" not in tls.srv.log, tls.srv.log
