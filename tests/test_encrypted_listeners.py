@@ -2,7 +2,8 @@
 
 One server (NSD upstream, a certificate from the test's own CA) serves both
 listeners for the whole module; the certificate-reload test replaces its
-certificate and so runs last.
+certificate and so runs after the others that use it. The rate-limit test has a
+server of its own (its bucket would starve the others).
 """
 
 from __future__ import annotations
@@ -207,9 +208,13 @@ def test_a_blocked_name_is_blocked_over_tls_and_https(tls):
 
 
 def tls_connect(tls: Listeners) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context(cafile=str(tls.ca))
+    return dot_connect(tls.dot, tls.ca)
+
+
+def dot_connect(port: int, ca: Path) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(ca))
     ctx.set_alpn_protocols(["dot"])
-    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", tls.dot), timeout=5), server_hostname=SERVER_NAME)
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname=SERVER_NAME)
 
 
 def closed_by_server(s: ssl.SSLSocket, wait: float = 0.0) -> bool:
@@ -259,6 +264,24 @@ def test_at_the_connection_limit_the_oldest_idle_tls_connection_makes_way(tls):
     finally:
         for s in idle:
             s.close()
+
+
+def test_the_rate_limit_holds_per_client_over_tls_and_https(upstream, tmp_path):
+    cert, _ = make_pki(tmp_path)
+    dot, doh = free_tcp_port(), free_tcp_port()
+    env = {"HEIMDALL_TLS_BIND_ADDR": f"127.0.0.1:{dot}", "HEIMDALL_HTTPS_BIND_ADDR": f"127.0.0.1:{doh}",
+           "HEIMDALL_TLS_CERT_FILE": str(cert.cert), "HEIMDALL_TLS_KEY_FILE": str(cert.key),
+           "HEIMDALL_ENABLE_RATE_LIMITING": "true", "HEIMDALL_BURST_SIZE_PER_IP": "4",
+           "HEIMDALL_QUERIES_PER_SECOND_PER_IP": "0.001"}
+    with HeimdallProcess([upstream.addr], env=env) as srv:
+        with dot_connect(dot, cert.ca) as s:
+            rcodes = [ask(s, "www.example.test").rcode() for _ in range(6)]
+        assert rcodes == [dns.rcode.NOERROR] * 4 + [dns.rcode.REFUSED] * 2
+        body = tmp_path / "query.bin"
+        body.write_bytes(query_wire())
+        status, reply, _ = curl(Listeners(srv, dot, doh, 0, cert.ca, cert.ca, tmp_path, tmp_path), "-H",
+                                "content-type: application/dns-message", "--data-binary", f"@{body}")
+        assert status == 200 and dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED  # the same client's bucket
 
 
 def serve_and_fail(env: dict[str, str]) -> subprocess.CompletedProcess:
