@@ -251,7 +251,7 @@ class Assembly:
         """With N workers and a limiter: each client to one worker, so its buckets are in one place."""
         cfg, srv = self.config, self.server
         try:
-            for sock in (srv.udp, srv.tcp):
+            for sock in (srv.udp, srv.tcp, *(sock for _, sock in srv.tls.sockets.items())):
                 if on:
                     steer(sock, cfg.worker_threads, cfg.rate_limit_aggregate)
                 else:

@@ -83,6 +83,13 @@ class Config:
                                        "a new one closes the oldest idle one")
     tcp_max_connections_per_ip: int = setting(0, int_in(0, 100_000), "open TCP connections per client address "
                                               "and worker (0 = no limit of its own)")
+    tls_bind_addr: HostPort | None = setting(None, parse_optional_bind, "DNS over TLS (RFC 7858) address "
+                                             "host:port, e.g. 127.0.0.1:853, or disabled")
+    https_bind_addr: HostPort | None = setting(None, parse_optional_bind, "DNS over HTTPS (RFC 8484, /dns-query, "
+                                               "HTTP/2 and HTTP/1.1) address host:port, or disabled")
+    tls_cert_file: str = setting("", str.strip, "PEM certificate chain of the DoT and DoH listeners "
+                                 "(re-read on SIGHUP)")
+    tls_key_file: str = setting("", str.strip, "PEM private key of that certificate (re-read on SIGHUP)")
     # ratelimit
     enable_rate_limiting: bool = setting(False, parse_bool, "token-bucket rate limit per client address")
     queries_per_second_per_ip: float = setting(100.0, float_in(0.001, 1e9), "refill rate per client (its queries reach one worker)")
@@ -188,6 +195,10 @@ class Config:
             raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
         if self.blocking_mode == "custom_ip" and not self.blocking_custom_ip:
             raise ConfigError("HEIMDALL_BLOCKING_MODE=custom_ip needs HEIMDALL_BLOCKING_CUSTOM_IP")
+        for addr, env in ((self.tls_bind_addr, "HEIMDALL_TLS_BIND_ADDR"), (self.https_bind_addr, "HEIMDALL_HTTPS_BIND_ADDR")):
+            if addr is not None and not (self.tls_cert_file and self.tls_key_file):
+                raise ConfigError(f"{env} {addr} needs HEIMDALL_TLS_CERT_FILE and HEIMDALL_TLS_KEY_FILE "
+                                  "(the server's certificate and its private key)")
         http = self.http_bind_addr
         if http is not None and not self.api_token and not ipaddress.ip_address(http.host).is_loopback:
             raise ConfigError(f"HEIMDALL_HTTP_BIND_ADDR {http} is reachable beyond this machine: set HEIMDALL_API_TOKEN "
@@ -202,7 +213,7 @@ class Config:
 # (the stages of heimdall/pipeline.py, then the process); `heimdall serve --help` groups by them.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections",
-                  "tcp_max_connections_per_ip"),
+                  "tcp_max_connections_per_ip", "tls_bind_addr", "https_bind_addr", "tls_cert_file", "tls_key_file"),
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "local": ("local_records", "local_entries", "local_zones", "local_ttl"),

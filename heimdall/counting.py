@@ -18,6 +18,7 @@ from heimdall.cache import LABEL_KEYS
 from heimdall.httpapi import Health
 from heimdall.metrics import QUERY_BUCKETS
 from heimdall.outcome import How
+from heimdall.transport import Transport, label
 
 if TYPE_CHECKING:
     from heimdall.blocking import Blocking
@@ -43,11 +44,12 @@ class Counting:
         self.retired_blocked += sum(g.blocked for g in self.group_stages)
         self.group_stages = list(stages)
 
-    def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None:
+    def observe(self, data: bytes, reply: bytes, client: object, transport: Transport, seconds: float,
+                how: How) -> None:
         """A labelled count and a duration: misses in the miss histogram, the rest in the hit one."""
         rcode = reply[3] & wire.RCODE_MASK if len(reply) > 3 else 0
         qtype = wire.reply_question(reply)[1]
-        self.slow[("tcp" if tcp else "udp", qtype, rcode)] += 1
+        self.slow[(label(transport), qtype, rcode)] += 1
         m = self.mstats
         i = bisect_left(QUERY_BUCKETS, seconds)
         if how.miss:

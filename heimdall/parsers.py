@@ -63,13 +63,13 @@ def parse_bind(text: str) -> HostPort:
 
 
 def parse_optional_bind(text: str) -> HostPort | None:
-    return parse_hostport(text) if text.strip() else None
-
-
-def parse_http_bind(text: str) -> HostPort | None:
+    """host:port, or None for a listener that is off ("", disabled, off, none)."""
     if text.strip().lower() in ("", "disabled", "off", "none"):
         return None
     return parse_hostport(text)
+
+
+parse_http_bind = parse_optional_bind
 
 
 def parse_paths(text: str) -> tuple[str, ...]:

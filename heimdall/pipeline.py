@@ -1,6 +1,6 @@
 """The pipeline: the stages a query passes, in order, written once for every transport.
 
-    listener: udp.py (hot path: _hotpath.c, or hotpath.py) | tcp.py
+    listener: udp.py (hot path: _hotpath.c, or hotpath.py) | tcp.py (also DoT: tls.py) | doh.py
       1. admit         rate limit on the client address        ratelimit.py
       2. screen        malformed, opcode, AXFR, EDNS version   screen.py
       3. policy        local records, blocking, then qtype     localrecords.py, blocking.py,
@@ -41,6 +41,7 @@ from heimdall.inflight import Bound, client_key, parent
 from heimdall.outcome import Answer, Fetched, How, Miss
 from heimdall.screen import question_end_or_none, screen
 from heimdall.sharedtier import SharedTier
+from heimdall.transport import Transport
 from heimdall.wire import Query
 from heimdall.workershare import WorkerShare
 
@@ -60,7 +61,8 @@ class Policy(Protocol):
 class Observer(Protocol):
     """Told every reply the pipeline sends, with how it was made (fast-path hits: see `time_hits`)."""
 
-    def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None: ...
+    def observe(self, data: bytes, reply: bytes, client: object, transport: Transport, seconds: float,
+                how: How) -> None: ...
 
 
 class Pipeline:
@@ -97,17 +99,17 @@ class Pipeline:
 
     # --- the entry for every transport ---
 
-    def dispatch(self, data: bytes, now: int, tcp: bool, client: object, send: Send,
+    def dispatch(self, data: bytes, now: int, transport: Transport, client: object, send: Send,
                  done: Callable[[], None] | None = None) -> bool:
         """Answer `data` with `send(reply, client)`; True when a miss was started (`done` is called after it)."""
         t0 = time.perf_counter()
-        result = self.answer(data, now, tcp, client)
+        result = self.answer(data, now, transport, client)
         if result is None:
             return False
         if isinstance(result, Answer):
             send(result.reply, client)
             if self.observers:
-                self.observe(data, result, client, tcp, t0)
+                self.observe(data, result, client, transport, t0)
             return False
         if self.pending + (self.share.others(self.slot) if self.share else 0) >= self.config.max_inflight:
             self.counters.overload += 1
@@ -126,7 +128,7 @@ class Pipeline:
         self.pending += 1
         if self.share is not None:
             self.share.publish(self.slot, self.pending)
-        asyncio.ensure_future(self._finish(result, data, client, tcp, t0, send, done))
+        asyncio.ensure_future(self._finish(result, data, client, transport, t0, send, done))
         return True
 
     def limited(self, data: bytes) -> bytes | None:
@@ -138,7 +140,7 @@ class Pipeline:
 
     # --- stages 2-4: answered now, or a miss ---
 
-    def answer(self, data: bytes, now: int, tcp: bool, client: object = None) -> Answer | Miss | None:
+    def answer(self, data: bytes, now: int, transport: Transport, client: object = None) -> Answer | Miss | None:
         """Screen, policy, cache: an Answer to send now, a Miss to resolve, or None to drop."""
         q = screen(data, self.counters)
         if not isinstance(q, Query):
@@ -151,7 +153,7 @@ class Pipeline:
                 key = cachekey.cache_key(data, q, False)
                 self.store(key if placed is None else cachekey.group_key(key, placed.group), entry, local.ttl)
             return local
-        key = cachekey.cache_key(data, q, tcp)
+        key = cachekey.cache_key(data, q, bool(transport))  # every stream transport: the same entries
         if placed is not None:  # a listed name: each client group has its own answer
             key = cachekey.group_key(key, placed.group)
         e = self.cache.get_fresh(key, now)
@@ -159,7 +161,7 @@ class Pipeline:
             self.counters.hits += 1
             return Answer(e.reply(data), How.CACHED)
         self.counters.misses += 1
-        return Miss(key, q, TCP_LIMIT if tcp else wire.size_class(q), data[wire.HEADER_LEN:q.qend].lower())
+        return Miss(key, q, TCP_LIMIT if transport else wire.size_class(q), data[wire.HEADER_LEN:q.qend].lower())
 
     def local(self, data: bytes, q: Query, blocking: Policy | None) -> Answer | None:
         """Stage 3: the first policy that answers (local records, then blocking, then ANY)."""
@@ -266,13 +268,13 @@ class Pipeline:
             shared.learn(miss, data, got)
         return got
 
-    async def _finish(self, miss: Miss, data: bytes, client: object, tcp: bool, t0: float, send: Send,
+    async def _finish(self, miss: Miss, data: bytes, client: object, transport: Transport, t0: float, send: Send,
                       done: Callable[[], None] | None) -> None:
         try:
             answer = await self.resolve(miss, data)
             send(answer.reply, client)
             if self.observers:
-                self.observe(data, answer, client, tcp, t0)
+                self.observe(data, answer, client, transport, t0)
         finally:
             self.pending -= 1
             if self.client_bound is not None:
@@ -288,8 +290,8 @@ class Pipeline:
         self.counters.servfail += 1
         return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns)
 
-    def observe(self, data: bytes, answer: Answer, client: object, tcp: bool, t0: float) -> None:
+    def observe(self, data: bytes, answer: Answer, client: object, transport: Transport, t0: float) -> None:
         seconds = time.perf_counter() - t0
         for observer in self.observers:
-            observer.observe(data, answer.reply, client, tcp, seconds, answer.how)
+            observer.observe(data, answer.reply, client, transport, seconds, answer.how)
 

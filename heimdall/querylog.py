@@ -33,6 +33,7 @@ import time
 
 from heimdall import wire
 from heimdall.outcome import How
+from heimdall.transport import Transport, label
 from heimdall.wire import qtype_text, rcode_text
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,15 @@ class QueryLog:
         if len(buf) == self.batch_size:
             self._wake.set()
 
-    def observe(self, data: bytes, reply: bytes, client: object, tcp: bool, seconds: float, how: How) -> None:
+    def observe(self, data: bytes, reply: bytes, client: object, transport: Transport, seconds: float,
+                how: How) -> None:
         """The pipeline's observer: one line per reply it sends."""
         qend, qtype = wire.reply_question(reply)
         rcode = reply[3] & wire.RCODE_MASK if len(reply) > 3 else 0
         ip = client[0] if isinstance(client, tuple) else str(client)
         name = reply[12:qend - 4] if qend > 0 else b""
         self.log(ip, name, qtype, rcode, seconds, cached=how == How.CACHED, blocked=how == How.BLOCKED,
-                 protocol="tcp" if tcp else "udp")
+                 protocol=label(transport))
 
     def pending(self) -> int:
         return len(self._buf)

@@ -2,7 +2,8 @@
 
 A query's way through the worker is heimdall/pipeline.py's (its docstring has
 the stages in order); this module binds the sockets, builds the pipeline with
-the stages every worker has, starts the UDP and TCP listeners, runs the
+the stages every worker has, starts the UDP and TCP listeners (and the
+encrypted ones, DoT and DoH, when configured: heimdall/tls.py), runs the
 reload and stop hooks, and runs a worker's loop until SIGTERM. The optional
 stages and observers are installed by `setup` (heimdall/assembly.py) before
 the listeners start.
@@ -25,6 +26,7 @@ from heimdall.pipeline import Pipeline
 from heimdall.sdnotify import Notifier
 from heimdall.sharedtier import open_shared_tier
 from heimdall.tcp import TcpListener
+from heimdall.tls import TlsListeners, TlsSockets
 from heimdall.udp import UdpListener
 from heimdall.upstream import UpstreamPool
 from heimdall.workershare import WorkerShare
@@ -37,13 +39,10 @@ UDP_RCVBUF = 4 << 20
 def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket.socket]:
     """A non-blocking UDP and a listening TCP socket on addr (SO_REUSEPORT for workers)."""
     udp = socket.socket(addr.family, socket.SOCK_DGRAM)
-    tcp = socket.socket(addr.family, socket.SOCK_STREAM)
     try:
-        for s in (udp, tcp):
-            s.setblocking(False)
-            if reuseport:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.setblocking(False)
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
             try:
                 udp.setsockopt(socket.SOL_SOCKET, opt, UDP_RCVBUF)
@@ -51,20 +50,54 @@ def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket
             except OSError:
                 continue
         udp.bind((addr.host, addr.port))
-        tcp.bind((addr.host, addr.port))
-        tcp.listen(1024)
+        tcp = bind_stream(addr, reuseport)
     except BaseException:
         udp.close()
-        tcp.close()
         raise
     return udp, tcp
 
 
+def bind_stream(addr: HostPort, reuseport: bool) -> socket.socket:
+    """A non-blocking listening TCP socket on addr (SO_REUSEPORT for workers)."""
+    tcp = socket.socket(addr.family, socket.SOCK_STREAM)
+    try:
+        tcp.setblocking(False)
+        if reuseport:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((addr.host, addr.port))
+        tcp.listen(1024)
+    except BaseException:
+        tcp.close()
+        raise
+    return tcp
+
+
+class BindError(Exception):
+    """A listener's address cannot be bound; str() is the one-line reason."""
+
+
+def bind_tls(config: Config, reuseport: bool) -> TlsSockets:
+    """The DoT and DoH sockets that are configured (BindError naming the address that failed)."""
+    sockets = TlsSockets()
+    try:
+        for name, label, addr in (("dot", "DoT", config.tls_bind_addr), ("doh", "DoH", config.https_bind_addr)):
+            if addr is not None:
+                try:
+                    setattr(sockets, name, bind_stream(addr, reuseport))
+                except OSError as exc:
+                    raise BindError(bind_error_message(addr, exc, label)) from None
+    except BaseException:
+        sockets.close()
+        raise
+    return sockets
+
+
 class DnsServer:
-    """UDP + TCP service for one worker process."""
+    """UDP + TCP (+ DoT, DoH) service for one worker process."""
 
     def __init__(self, config: Config, udp: socket.socket, tcp: socket.socket,
-                 share: tuple[WorkerShare, int] | None = None):
+                 share: tuple[WorkerShare, int] | None = None, tls: TlsSockets | None = None):
         self.config = config
         self.udp = udp
         self.tcp = tcp
@@ -78,7 +111,8 @@ class DnsServer:
             self.pipeline.share_inflight(*share)
         self.udp_listener = UdpListener(udp, self.pipeline, config)
         self.tcp_listener = TcpListener(self.pipeline, config)
-        self.reload_hooks: list[Callable[[], object]] = []  # run on SIGHUP (e.g. reload blocklists)
+        self.tls = TlsListeners(config, self.pipeline, tls or TlsSockets())
+        self.reload_hooks: list[Callable[[], object]] = [self.tls.reload_certificate]  # run on SIGHUP
         self.stop_hooks: list[Callable[[], object]] = []  # run at the end of stop()
         self.stopping = False
         self._tcp_server: asyncio.AbstractServer | None = None
@@ -126,6 +160,7 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         loop.add_reader(self.udp.fileno(), self.udp_listener.reader())
         self._tcp_server = await loop.create_server(self.tcp_listener.protocol, sock=self.tcp)
+        await self.tls.start()
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight queries finish for up to `grace` seconds."""
@@ -135,10 +170,12 @@ class DnsServer:
         asyncio.get_running_loop().remove_reader(self.udp.fileno())
         if self._tcp_server is not None:
             self._tcp_server.close()
+        self.tls.stop_accepting()
         deadline = time.monotonic() + grace
-        while (self.pipeline.pending or self.tcp_listener.busy()) and time.monotonic() < deadline:
+        while (self.pipeline.pending or self.tcp_listener.busy() or self.tls.busy()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self.tcp_listener.close_all()
+        self.tls.close_all()
         self.udp.close()
         if self.shared is not None:
             await self.shared.close()
@@ -161,7 +198,7 @@ Setup = Callable[["DnsServer"], object]  # may return a coroutine (awaited befor
 async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
                         on_ready: Callable[[DnsServer], None] | None = None,
                         setup: Setup | None = None, notifier: Notifier | None = None,
-                        share: tuple[WorkerShare, int] | None = None) -> int:
+                        share: tuple[WorkerShare, int] | None = None, tls: TlsSockets | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit status.
 
     `setup(server)` runs in the worker before it serves: the place to install
@@ -170,7 +207,7 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
     """
     import signal
 
-    server = DnsServer(config, udp, tcp, share)
+    server = DnsServer(config, udp, tcp, share, tls)
     if setup is not None:
         pending = setup(server)
         if asyncio.iscoroutine(pending):  # async setup: e.g. bind the HTTP API before "ready"
@@ -209,16 +246,19 @@ async def serve_forever(config: Config, udp: socket.socket, tcp: socket.socket,
 
 def run_worker(config: Config, udp: socket.socket, tcp: socket.socket,
                on_ready: Callable[[DnsServer], None] | None = None, setup: Setup | None = None,
-               notifier: Notifier | None = None, share: tuple[WorkerShare, int] | None = None) -> int:
+               notifier: Notifier | None = None, share: tuple[WorkerShare, int] | None = None,
+               tls: TlsSockets | None = None) -> int:
     """Run a worker on a fresh uvloop."""
     import uvloop
 
-    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier, share))
+    return uvloop.run(serve_forever(config, udp, tcp, on_ready, setup, notifier, share, tls))
 
 
-def bind_error_message(addr: HostPort, exc: OSError) -> str:
+def bind_error_message(addr: HostPort, exc: OSError, listener: str = "") -> str:
+    """One line naming the address (and the listener, e.g. DoT, when it is not the UDP/TCP one)."""
+    where = f"{listener} {addr}" if listener else str(addr)
     if exc.errno == errno.EADDRINUSE:
-        return f"cannot bind {addr}: address already in use"
+        return f"cannot bind {where}: address already in use"
     if exc.errno == errno.EACCES:
-        return f"cannot bind {addr}: permission denied"
-    return f"cannot bind {addr}: {exc.strerror or exc}"
+        return f"cannot bind {where}: permission denied"
+    return f"cannot bind {where}: {exc.strerror or exc}"

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from heimdall.config import Config, ConfigError, HostPort, reload_config
 from heimdall.logs import setup_logging
 from heimdall.sdnotify import Notifier
-from heimdall.server import Setup, bind_error_message, bind_sockets, run_worker
+from heimdall.server import BindError, Setup, bind_error_message, bind_sockets, bind_tls, run_worker
+from heimdall.tls import TlsError, TlsSockets, check_certificate
 from heimdall.udp import hot_path_built
 from heimdall.workershare import WorkerShare
 
@@ -41,7 +42,9 @@ def listening_line(config: Config, pid: int) -> str:
     n = config.worker_threads
     ups = ", ".join(map(str, config.upstream_servers))
     workers = f"{n} worker{'s' if n > 1 else ''}"
-    return f"listening on udp+tcp {config.bind_addr} ({workers}, pid {pid}), upstreams {ups}"
+    encrypted = "".join(f", {name} {addr}" for name, addr in (("dot", config.tls_bind_addr),
+                                                               ("doh", config.https_bind_addr)) if addr is not None)
+    return f"listening on udp+tcp {config.bind_addr}{encrypted} ({workers}, pid {pid}), upstreams {ups}"
 
 
 def serve_single(config: Config, setup: Setup | None = None, notifier: Notifier | None = None) -> int:
@@ -50,12 +53,18 @@ def serve_single(config: Config, setup: Setup | None = None, notifier: Notifier 
         udp, tcp = bind_sockets(config.bind_addr, reuseport=False)
     except OSError as exc:
         raise StartupError(bind_error_message(config.bind_addr, exc)) from None
+    try:
+        tls = bind_tls(config, reuseport=False)
+    except BindError as exc:
+        udp.close()
+        tcp.close()
+        raise StartupError(str(exc)) from None
     from heimdall.assembly import FeatureError
 
     try:
-        return run_worker(config, udp, tcp, setup=setup, notifier=notifier,
+        return run_worker(config, udp, tcp, setup=setup, notifier=notifier, tls=tls,
                           on_ready=lambda _s: log.info(listening_line(config, os.getpid())))
-    except FeatureError as exc:
+    except (FeatureError, TlsError) as exc:
         raise StartupError(str(exc)) from None
 
 
@@ -127,7 +136,7 @@ class Supervisor:
                     slot.pid = 0
                     code = os.waitstatus_to_exitcode(status)
                     if code == EXIT_BIND:
-                        raise StartupError(f"cannot bind {self.config.bind_addr} (see the worker's message above)")
+                        raise StartupError("a worker cannot bind its addresses (see its message above)")
                     if code == EXIT_STARTUP:
                         raise StartupError("a worker could not start (see its message above)")
                     raise StartupError(f"worker exited during startup with status {code}")
@@ -208,6 +217,11 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None,
     except OSError as exc:
         log.error(bind_error_message(config.bind_addr, exc))
         return EXIT_BIND
+    try:
+        tls: TlsSockets = bind_tls(config, reuseport=True)
+    except BindError as exc:
+        log.error(str(exc))
+        return EXIT_BIND
 
     def ready(_server: object) -> None:
         os.write(ready_fd, b"r")
@@ -215,8 +229,8 @@ def worker_main(config: Config, ready_fd: int, setup: Setup | None = None,
     from heimdall.assembly import FeatureError
 
     try:
-        return run_worker(config, udp, tcp, on_ready=ready, setup=setup, share=share)
-    except FeatureError as exc:
+        return run_worker(config, udp, tcp, on_ready=ready, setup=setup, share=share, tls=tls)
+    except (FeatureError, TlsError) as exc:
         log.error(str(exc))
         return EXIT_STARTUP
 
@@ -264,6 +278,10 @@ def serve(config: Config) -> int:
     setup_logging(config.log_level, config.log_format)
     raise_fd_limit(config)
     notifier = Notifier.from_environment()  # before any fork: workers must not notify
+    try:
+        check_certificate(config)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
     if config.hot_path == "c" and not hot_path_built():
         raise StartupError("HEIMDALL_HOT_PATH=c but the C hot path is not built "
                            "(reinstall with a C compiler: pip install -e .), or use auto/python")

@@ -20,18 +20,24 @@ import asyncio
 import logging
 import socket
 import time
+from typing import Callable
 
 from heimdall.config import Config
-from heimdall.pipeline import Pipeline
+from heimdall.pipeline import Pipeline, Send
+from heimdall.transport import Transport
 
 log = logging.getLogger("heimdall.tcp")
 
 
 class TcpListener:
-    """The open connections of one worker, and the limits they share."""
+    """The open connections of one worker, and the limits they share.
 
-    def __init__(self, pipeline: Pipeline, config: Config):
+    DoT and DoH listeners have one of their own (same settings, own count), so
+    connections of one transport never close another's to make room."""
+
+    def __init__(self, pipeline: Pipeline, config: Config, transport: Transport = Transport.TCP):
         self.pipeline = pipeline
+        self.transport = transport
         self.config = config
         self.counters = pipeline.counters
         self.conns: set[TcpConnection] = set()
@@ -142,7 +148,8 @@ class TcpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        return self.outstanding > 0  # keep open to send pending answers, else close now
+        # keep open to send pending answers, else close now (TLS cannot stay half-open: it closes anyway)
+        return self.outstanding > 0 and self.listener.transport is Transport.TCP
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -156,24 +163,30 @@ class TcpConnection(asyncio.Protocol):
             msg = bytes(buf[2:2 + size])
             del buf[:2 + size]
             self.last_active = mono  # a whole query: the bytes of one that never ends do not count
-            self._query(msg, now)
+            self._query(msg, now, self.send)
         if self.outstanding >= self.MAX_PIPELINE:
             self.transport.pause_reading()
 
-    def _query(self, msg: bytes, now: int) -> None:
+    def _query(self, msg: bytes, now: int, send: Send, unanswered: Callable[[int], None] | None = None) -> None:
+        """Rate limit, then the pipeline; `unanswered(status)` is told when no reply will come
+        (429: dropped by the rate limit, 500: an internal error), for transports that must say so."""
         p = self.pipeline
         p.counters.queries_tcp += 1
         if p.admit is not None and not p.admit(self.peer_ip):
             refusal = p.limited(msg)
             if refusal is not None:
-                self.send(refusal)
+                send(refusal, self.peer)
+            elif unanswered is not None:
+                unanswered(429)
             return
         try:
-            if p.dispatch(msg, now, True, self.peer, self.send, self._miss_done):
+            if p.dispatch(msg, now, self.listener.transport, self.peer, send, self._miss_done):
                 self.outstanding += 1
         except Exception as exc:  # noqa: BLE001 - a message must never kill the connection's worker
             p.counters.internal_errors += 1
-            log.error(f"internal error on a TCP query: {exc!r}")
+            log.error(f"internal error on a {self.listener.transport.name} query: {exc!r}")
+            if unanswered is not None:
+                unanswered(500)
 
     def send(self, reply: bytes, client: object = None) -> None:
         """One length-prefixed reply (the pipeline's `send`: the client is always this connection's peer)."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from heimdall.config import Config
 from heimdall.hotpath import PyHotPath
 from heimdall.pipeline import Pipeline
+from heimdall.transport import Transport
 
 log = logging.getLogger("heimdall.udp")
 
@@ -70,7 +71,7 @@ class UdpListener:
 
     def slow(self, data: bytes, addr: tuple, now: int) -> None:
         self.counters.queries_udp += 1
-        self.pipeline.dispatch(data, now, False, addr, self.sendto)
+        self.pipeline.dispatch(data, now, Transport.UDP, addr, self.sendto)
 
     def limited(self, data: bytes, addr: tuple) -> None:
         """A datagram the rate limit turned down: REFUSED or dropped."""

@@ -1,0 +1,94 @@
+"""What a DoH request asks (RFC 8484), and the HTTP reply to it, apart from HTTP/2 or HTTP/1.1.
+
+A request is a DNS message or a refusal with its HTTP status: 404 for a path
+other than /dns-query, 405 for a method other than GET and POST, 415 for a
+POST body that is not application/dns-message, 400 for a missing or bad `dns`
+parameter or a body that cannot be a DNS message. A reply carries the DNS
+answer with `cache-control: max-age` set to its lowest TTL, so HTTP caches
+keep it no longer than a DNS cache would.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from heimdall import wire
+
+PATH = b"/dns-query"
+DNS_MESSAGE = b"application/dns-message"
+MAX_MESSAGE = 65535
+BASE64URL = re.compile(rb"[A-Za-z0-9_-]*=*")
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An HTTP error instead of a DNS answer."""
+
+    status: int
+    reason: str
+
+
+TOO_LARGE = Refusal(413, "a DNS message is at most 65535 bytes")
+
+
+def dns_message(method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> bytes | Refusal:
+    """The DNS query a request carries, or why there is none."""
+    path, _, query = target.partition(b"?")
+    if path != PATH:
+        return Refusal(404, "not found: DNS queries go to /dns-query")
+    if method == b"GET":
+        values = [v for k, _, v in (p.partition(b"=") for p in query.split(b"&")) if k == b"dns"]
+        if len(values) != 1:
+            return Refusal(400, "GET needs one dns parameter (the query, base64url)")
+        msg = decode_base64url(values[0])
+        if msg is None:
+            return Refusal(400, "the dns parameter is not base64url")
+    elif method == b"POST":
+        kind = (content_type or b"").split(b";")[0].strip().lower()
+        if kind != DNS_MESSAGE:
+            return Refusal(415, "POST needs content-type application/dns-message")
+        msg = body
+    else:
+        return Refusal(405, "only GET and POST are served")
+    if len(msg) > MAX_MESSAGE:
+        return TOO_LARGE
+    if len(msg) < wire.HEADER_LEN:
+        return Refusal(400, "not a DNS message")
+    return msg
+
+
+def decode_base64url(text: bytes) -> bytes | None:
+    """RFC 4648 base64url without padding (padding tolerated); None when it is not."""
+    if not BASE64URL.fullmatch(text):
+        return None
+    text = text.rstrip(b"=")
+    try:
+        return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def max_age(reply: bytes) -> int:
+    """The lowest TTL of the reply's records (0 when it has none or cannot be read)."""
+    try:
+        scan = wire.scan_response(reply)
+    except (wire.WireError, IndexError, ValueError):
+        return 0
+    return min((wire.read_ttl(reply, off) for off in scan.ttl_offsets), default=0)
+
+
+def answer_headers(reply: bytes) -> Headers:
+    return [(b"content-type", DNS_MESSAGE), (b"content-length", str(len(reply)).encode()),
+            (b"cache-control", f"max-age={max_age(reply)}".encode())]
+
+
+def refusal_headers(refusal: Refusal) -> tuple[Headers, bytes]:
+    body = refusal.reason.encode() + b"\n"
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    if refusal.status == 405:
+        headers.append((b"allow", b"GET, POST"))
+    return headers, body
