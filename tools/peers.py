@@ -39,15 +39,6 @@ def _check_port_free(address: str, port: int) -> None:
             raise ToolError(f"cannot start on {address}:{port}: {exc.strerror}", EXIT_ENVIRONMENT) from None
 
 
-def heimdall_serves_encrypted() -> bool:
-    """Whether this checkout's Heimdall has the DoT/DoH listeners (it declares HEIMDALL_TLS_BIND_ADDR)."""
-    from dataclasses import fields
-
-    from heimdall.config import Config
-
-    return any(f.name == "tls_bind_addr" for f in fields(Config))
-
-
 def stop_session(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to the session a server was started in (start_new_session=True), SIGKILL after grace_s."""
     if proc.poll() is not None:

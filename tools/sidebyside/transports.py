@@ -25,16 +25,10 @@ SERVES = {"heimdall": TRANSPORTS, "unbound": TRANSPORTS, "dnsmasq": ("udp", "tcp
 
 def serves(kind: str) -> tuple[str, ...]:
     """The transports a kind of contestant can be measured over."""
-    if kind == "heimdall":
-        from tools.peers import heimdall_serves_encrypted
-
-        return TRANSPORTS if heimdall_serves_encrypted() else ("udp", "tcp")
     return SERVES.get(kind, ("udp",))
 
 
 def why_not(kind: str, transport: str) -> str:
-    if kind == "heimdall":
-        return f"this Heimdall has no {transport} listener (it does not know HEIMDALL_TLS_BIND_ADDR)"
     if kind in ("bare", "external"):
         return f"{'the bare responder' if kind == 'bare' else 'a server given by address'} is measured over UDP only"
     return f"{kind} does not serve {transport}"
