@@ -26,7 +26,7 @@ COMMON_PACKAGES=(
   # eBPF lab (ENVIRONMENT.md step 1; the kernel headers follow from the architecture)
   bpfcc-tools python3-bpfcc bpftool
   # real DNS peers and clients for tests and benchmarks
-  dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server
+  dnsperf nsd unbound dnsmasq-base dnsutils knot-dnsutils redis-server pdns-recursor dnsdist
   # certificates for the encrypted transports' tests (a CA the tests make)
   openssl ca-certificates
   # the gate's instruction counts (callgrind)
@@ -115,7 +115,7 @@ install_system_packages() {
   say "apt-get install ${missing[*]}"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged daemons must not hold ports or run as services: tests start their own.
-  for svc in unbound nsd redis-server; do
+  for svc in unbound nsd redis-server pdns-recursor dnsdist; do
     if have systemctl && systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi

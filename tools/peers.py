@@ -208,6 +208,57 @@ class DnsmasqServer(PeerServer):
                 "--group=root", "--log-facility=-", "--dns-forward-max=4096", *self.extra_args]
 
 
+class PdnsRecursorServer(PeerServer):
+    """PowerDNS Recursor forwarding every name to the upstream (`forward-zones-recurse=.`), one thread.
+
+    It refuses to send queries to loopback unless `dont-query` is emptied."""
+
+    name = "pdns-recursor"
+
+    def __init__(self, upstream_addr: str, port: int = 0, threads: int = 1, cache_entries: int = 100_000,
+                 address: str = "127.0.0.1") -> None:
+        super().__init__(upstream_addr, port, address)
+        self.threads = threads
+        self.cache_entries = cache_entries
+
+    def config_text(self) -> str:
+        return (f"local-address={self.address}\nlocal-port={self.port}\nthreads={self.threads}\n"
+                "pdns-distributes-queries=no\nreuseport=no\n"
+                f"forward-zones-recurse=.={self.upstream_host}:{self.upstream_port}\n"
+                "dont-query=\nallow-from=127.0.0.0/8\ndnssec=off\nqname-minimization=no\n"
+                f"max-cache-entries={self.cache_entries}\nmax-packetcache-entries={self.cache_entries}\n"
+                f"socket-dir={self.workdir}\ndaemon=no\nwrite-pid=no\ndisable-syslog=yes\n"
+                "quiet=yes\nloglevel=3\n")
+
+    def command(self) -> list[str]:
+        assert self.workdir is not None  # start() sets it before calling command()
+        (self.workdir / "recursor.conf").write_text(self.config_text())
+        return [shutil.which("pdns_recursor") or "/usr/sbin/pdns_recursor", f"--config-dir={self.workdir}"]
+
+
+class DnsdistServer(PeerServer):
+    """dnsdist: a load-balancing proxy with a packet cache in front of the upstream (no resolver logic)."""
+
+    name = "dnsdist"
+
+    def __init__(self, upstream_addr: str, port: int = 0, cache_entries: int = 100_000,
+                 address: str = "127.0.0.1") -> None:
+        super().__init__(upstream_addr, port, address)
+        self.cache_entries = cache_entries
+
+    def config_text(self) -> str:
+        return (f'setLocal("{self.address}:{self.port}")\n'
+                'setACL({"127.0.0.0/8"})\n'
+                f'newServer({{address="{self.upstream_host}:{self.upstream_port}", name="upstream"}})\n'
+                f"getPool(\"\"):setCache(newPacketCache({self.cache_entries}))\n")
+
+    def command(self) -> list[str]:
+        assert self.workdir is not None  # start() sets it before calling command()
+        conf = self.workdir / "dnsdist.conf"
+        conf.write_text(self.config_text())
+        return [shutil.which("dnsdist") or "/usr/bin/dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)]
+
+
 class HeimdallServer(PeerServer):
     """`heimdall serve` from this checkout's Python, configured through HEIMDALL_* variables."""
 

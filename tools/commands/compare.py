@@ -10,7 +10,8 @@ import typer
 
 
 def compare(
-    peers: str = typer.Option("unbound,dnsmasq", "--peers", help="comma list of unbound,dnsmasq (or 'none')"),
+    peers: str = typer.Option("unbound,dnsmasq,pdns-recursor,dnsdist", "--peers",
+                              help="comma list of unbound,dnsmasq,pdns-recursor,dnsdist (or 'none')"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved rounds (order rotates each round)"),
     duration: float = typer.Option(5.0, "--duration", min=0.5, help="seconds per workload per round"),
     workers: int = typer.Option(1, "--workers", min=1, help="server threads/processes each (dnsmasq: always 1)"),

@@ -67,9 +67,13 @@ def start_contestant(kind: str, name: str, upstream: str, opts: CompareOptions, 
         srv = peers.UnboundServer(upstream, threads=workers, cache_entries=opts.cache_entries, tls=tls).start()
     elif kind == "dnsmasq":
         srv = peers.DnsmasqServer(upstream, cache_size=opts.cache_entries).start()
+    elif kind == "pdns-recursor":
+        srv = peers.PdnsRecursorServer(upstream, threads=workers, cache_entries=opts.cache_entries).start()
+    elif kind == "dnsdist":
+        srv = peers.DnsdistServer(upstream, cache_entries=opts.cache_entries).start()
     else:
         raise ToolError(f"unknown peer {kind!r}: choose from {', '.join(KNOWN_PEERS)}", EXIT_ENVIRONMENT)
-    threads = 1 if kind == "dnsmasq" else workers
+    threads = 1 if kind in ("dnsmasq", "dnsdist") else workers
     return Contestant(name, kind, srv.addr, srv.pid, threads, server=srv)
 
 
@@ -101,7 +105,7 @@ class BareResponder(ProgramResponder):
 
 
 def installed(kind: str) -> bool:
-    binary = {"unbound": "unbound", "dnsmasq": "dnsmasq"}[kind]
+    binary = {"unbound": "unbound", "dnsmasq": "dnsmasq", "pdns-recursor": "pdns_recursor", "dnsdist": "dnsdist"}[kind]
     return bool(shutil.which(binary) or os.path.exists(f"/usr/sbin/{binary}"))
 
 

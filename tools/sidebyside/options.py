@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KNOWN_PEERS = ("unbound", "dnsmasq")
+KNOWN_PEERS = ("unbound", "dnsmasq", "pdns-recursor", "dnsdist")
 WORKLOADS = ("hit", "miss", "mixed")
 OFFERED_QPS = 10_000
 METRICS = {  # name -> (label, unit, higher is better)

@@ -45,7 +45,7 @@ def run_compare(opts: CompareOptions, out_dir: Path | None = None, say: Say = pr
         pki = lab_pki(opts.transports, work)
         with LocalUpstream() as up:
             start_all(opts, up.addr, contestants, skipped, say, pki)
-            measure_all(opts, contestants, work, say)
+            measure_all(opts, contestants, work, say, up.pid)
     finally:
         for c in contestants:
             if c.server is not None:
@@ -110,7 +110,8 @@ def start_all(opts: CompareOptions, upstream: str, contestants: list[Contestant]
     contestants.sort(key=lambda c: opts.transports.index(c.transport))  # stable: each transport's rows together
 
 
-def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path, say: Say) -> None:
+def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path, say: Say,
+                upstream_pid: int | None = None) -> None:
     """Warm every cache, run the interleaved rounds, then the optional concurrency and fill phases."""
     names = warm_file(work / "names.txt", opts.warm_set)
     for c in contestants:
@@ -120,7 +121,7 @@ def measure_all(opts: CompareOptions, contestants: list[Contestant], work: Path,
     for r in range(opts.rounds):
         k = r % len(contestants)
         for c in contestants[k:] + contestants[:k]:   # the order rotates each round: drift hits all alike
-            res = measure_round(c, opts, names, work, tag=f"r{r + 1}-{c.slug}")
+            res = measure_round(c, opts, names, work, tag=f"r{r + 1}-{c.slug}", upstream_pid=upstream_pid)
             res["round"] = r + 1
             c.rounds.append(res)
             say(f"round {r + 1}/{opts.rounds} {c.name:12s} " + "  ".join(

@@ -19,7 +19,8 @@ from tools.stream_clients import TRANSPORTS
 from tools.testpki import ServerCert, make_pki
 
 ENCRYPTED = ("dot", "doh")
-SERVES = {"heimdall": TRANSPORTS, "unbound": TRANSPORTS, "dnsmasq": ("udp", "tcp"), "bare": ("udp",),
+SERVES = {"heimdall": TRANSPORTS, "unbound": TRANSPORTS, "dnsmasq": ("udp", "tcp"), "pdns-recursor": ("udp", "tcp"),
+          "dnsdist": ("udp", "tcp"), "bare": ("udp",),
           "external": ("udp",)}
 
 

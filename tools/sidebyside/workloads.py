@@ -70,10 +70,12 @@ def over(c: Contestant) -> dict[str, Any]:
     return {"transport": c.transport, "ca_file": c.ca_file, "tls_server_name": c.server_name}
 
 
-def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str = "r") -> dict:
+def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str = "r",
+                  upstream_pid: int | None = None) -> dict:
     """One round's workloads on one contestant: throughput, latency at the offered rate, CPU, RSS.
 
-    `tag` names this (round, contestant) in the unique names of the miss and mixed workloads."""
+    `tag` names this (round, contestant) in the unique names of the miss and mixed workloads;
+    `upstream_pid` is the upstream's, whose CPU is read beside the misses."""
     from tools.loadgen import LoadConfig, run_load
 
     r: dict[str, Any] = {"notes": []}
@@ -110,7 +112,9 @@ def measure_round(c: Contestant, opts: CompareOptions, names: Path, work: Path, 
             r["cpu_pct_per_10k"] = round(pct * OFFERED_QPS / s["qps"], 2)
         out.unlink(missing_ok=True)
     if "dnsperf" in opts.engines and set(opts.workloads) & {"miss", "mixed"}:
-        r.update(measure_misses(c, opts, names, work, tag))
+        misses = measure_misses(c, opts, names, work, tag, upstream_pid)
+        r["notes"] += misses.pop("notes", [])
+        r.update(misses)
     if c.pid:
         r["rss_mb"] = round(tree_rss(c.pid) / 1e6, 2)
     if not r["notes"]:
@@ -122,12 +126,14 @@ MISS_RATE_CEILING = 80_000  # misses per second no contestant reaches here: the 
 MISS_WORKLOADS = {"miss": ("qps_miss", "cpu_us_per_miss"), "mixed": ("qps_mixed", "cpu_us_per_query_mixed")}
 
 
-def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str) -> dict:
+def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path, tag: str,
+                   upstream_pid: int | None = None) -> dict:
     """Cache misses and the mixed 80/20 workload, every unique name asked once (dnsperf -n 1).
 
     Each (round, contestant) gets names no one asked before, so a later round
     cannot hit what an earlier one cached; the mixed file puts one such name
-    after every four names of the warm set.
+    after every four names of the warm set. The upstream's own CPU is read over
+    each window: an upstream near a whole core, not the contestant, set the rate.
     """
     r: dict[str, Any] = {}
     count = int(opts.duration * MISS_RATE_CEILING)
@@ -139,13 +145,25 @@ def measure_misses(c: Contestant, opts: CompareOptions, names: Path, work: Path,
             miss_file(path, tag, count)
         else:
             mixed_file(path, tag, count, names)
-        s, cpu, _ = dnsperf_window(c, path, opts.duration, ["-c", "20", "-T", "1", "-n", "1"], work / f"{workload}.txt")
+        up0 = tree_cpu_seconds(upstream_pid) if upstream_pid else None
+        s, cpu, wall = dnsperf_window(c, path, opts.duration, ["-c", "20", "-T", "1", "-n", "1"],
+                                      work / f"{workload}.txt")
         path.unlink(missing_ok=True)
         r[qps_key] = s["qps"]
         r[f"lost_{workload}"] = s["lost"]
         if cpu is not None and s["completed"]:
             r[cpu_key] = round(cpu / s["completed"] * 1e6, 2)
+        up1 = tree_cpu_seconds(upstream_pid) if upstream_pid else None
+        if up0 is not None and up1 is not None and wall > 0:
+            pct = 100.0 * (up1 - up0) / wall
+            r[f"upstream_cpu_pct_{workload}"] = round(pct, 1)
+            if pct > UPSTREAM_SATURATED_PCT:
+                r.setdefault("notes", []).append(
+                    f"{workload}: the upstream used {pct:.0f} % of a core: it may have set the rate")
     return r
+
+
+UPSTREAM_SATURATED_PCT = 90.0
 
 
 def miss_file(path: Path, tag: str, count: int) -> Path:
