@@ -16,6 +16,7 @@ as a last resort.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,9 +52,10 @@ class Upstream:
     channels: ChannelSet | None = None
     zone: str = ""  # a forward zone's upstream (heimdall/forwardzones.py); "" for the default upstreams
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        """How metrics name it: host:port, or zone=host:port for a forward zone's."""
+        """How metrics name it: host:port, or zone=host:port for a forward zone's (made once: every
+        exchange is counted under it)."""
         return f"{self.zone}={self.addr}" if self.zone else str(self.addr)
 
     def healthy(self, now: float) -> bool:
@@ -97,7 +99,10 @@ class UpstreamPool:
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in configured order, then down ones, soonest retry first."""
-        if all(u.down_until <= now for u in self.servers):
+        for u in self.servers:  # (a loop: a generator for all() cost a miss ~1,000 instructions)
+            if u.down_until > now:
+                break
+        else:
             return self.servers
         up = [u for u in self.servers if u.healthy(now)]
         down = sorted((u for u in self.servers if not u.healthy(now)), key=lambda u: u.down_until)
@@ -111,9 +116,10 @@ class UpstreamPool:
         WireError (ID and question matched, body broken) counts as that upstream's
         error: it is marked down and the next upstream is asked.
         """
-        deadline = time.monotonic() + self.timeout
+        now = time.monotonic()
+        deadline = now + self.timeout
         fallback: bytes | None = None
-        cands = self.candidates(time.monotonic())
+        cands = self.candidates(now)
         for i, up in enumerate(cands):
             t0 = time.monotonic()
             remaining = deadline - t0
@@ -128,12 +134,13 @@ class UpstreamPool:
                     self.observe(up, "timeout" if isinstance(exc, asyncio.TimeoutError) else "error",
                                  time.monotonic() - t0)
                 continue
-            up.mark_up()
+            if up.fails:
+                up.mark_up()
             rcode = reply[3] & wire.RCODE_MASK
+            refused = rcode == wire.SERVFAIL or rcode == wire.REFUSED
             if self.observe is not None:
-                self.observe(up, "servfail" if rcode in (wire.SERVFAIL, wire.REFUSED) else "ok",
-                             time.monotonic() - t0)
-            if rcode in (wire.SERVFAIL, wire.REFUSED):
+                self.observe(up, "servfail" if refused else "ok", time.monotonic() - t0)
+            if refused:
                 self.stats.servfail += 1
                 fallback = fallback or reply
                 continue
