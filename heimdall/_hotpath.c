@@ -33,6 +33,7 @@
 #include <structmember.h>  /* T_OBJECT_EX: how __slots__ members are stored */
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <string.h>
@@ -607,8 +608,62 @@ static PyTypeObject HotPathType = {
     .tp_getset = HotPath_getset,
 };
 
+/* recv_burst(fd, limit) -> list of bytes: up to `limit` datagrams waiting on a non-blocking socket
+ * (an upstream channel, heimdall/channels.py), in arrival order. The empty socket ends the list
+ * without an exception: in Python, the BlockingIOError that ended every burst cost a cache miss ~3 %
+ * of its instructions. An error with nothing read yet (e.g. ICMP port unreachable) raises OSError;
+ * after a datagram it stays pending on the socket for the next call. */
+static unsigned char burst_buf[65536];
+
+static PyObject *recv_burst(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_burst(fd, limit) takes 2 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    long limit = PyLong_AsLong(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX || limit < 1 || limit > 4096) {
+        PyErr_SetString(PyExc_ValueError, "recv_burst: fd must be >= 0 and limit 1..4096");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (long i = 0; i < limit; i++) {
+        ssize_t n = recv((int)fd, burst_buf, sizeof burst_buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && PyList_GET_SIZE(out) == 0) {
+                Py_DECREF(out);
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            break;
+        }
+        PyObject *b = PyBytes_FromStringAndSize((const char *)burst_buf, n);
+        if (b == NULL || PyList_Append(out, b) < 0) {
+            Py_XDECREF(b);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(b);
+    }
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL,
+     "recv_burst(fd, limit) -> list[bytes]: the datagrams waiting on a non-blocking socket, at most limit"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "heimdall._hotpath", "The UDP cache-hit path in C (see _hotpath.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "heimdall._hotpath", "The UDP cache-hit path in C (see _hotpath.c).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__hotpath(void)

@@ -19,16 +19,41 @@ asked awaits a bare future.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable
 
 from heimdall import wire
 from heimdall.config import HostPort
 
 if TYPE_CHECKING:
     from heimdall.upstream import UpstreamStats
+
+
+def _py_recv_burst(fd: int, limit: int) -> list[bytes]:
+    """recv_burst without the C extension: the datagrams waiting on fd, at most limit."""
+    out: list[bytes] = []
+    for _ in range(limit):
+        try:
+            out.append(os.read(fd, 65535))  # one datagram per read on a UDP socket
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            if not out:
+                raise
+            break
+    return out
+
+
+_hotpath: ModuleType | None
+try:  # heimdall/_hotpath.c reads a burst without an exception at its end
+    _hotpath = importlib.import_module("heimdall._hotpath")
+except ImportError:  # pragma: no cover - no compiler at install time
+    _hotpath = None
+recv_burst: Callable[[int, int], list[bytes]] = getattr(_hotpath, "recv_burst", _py_recv_burst)
 
 SWEEP_SLACK = 0.005  # a timeout may fire this much late, so queries expiring together share one sweep
 Waiting = tuple[bytes, asyncio.Future, float]  # (question as sent, future of the reply, loop-time deadline)
@@ -103,16 +128,14 @@ class Channel:
                 return qid
 
     def _readable(self) -> None:
+        try:
+            datagrams = recv_burst(self.fd, 64)  # connect(): only the upstream's address and port reach us
+        except OSError as exc:  # ICMP unreachable for this upstream: fail everyone waiting here
+            self.retired = True  # uvloop stops polling a socket after an error: replies would go unread
+            self.fail(OSError(exc.errno, exc.strerror))
+            return
         waiting = self.waiting
-        for _ in range(64):
-            try:
-                data = self.sock.recv(65535)  # connect(): only the upstream's address and port reach us
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP unreachable for this upstream: fail everyone waiting here
-                self.retired = True  # uvloop stops polling a socket after an error: replies would go unread
-                self.fail(OSError(exc.errno, exc.strerror))
-                return
+        for data in datagrams:
             qid = int.from_bytes(data[:2], "big")
             entry = waiting.get(qid) if len(data) >= 12 else None
             if entry is not None and wire.reply_matches(data, qid, entry[0], self.exact):
@@ -121,7 +144,6 @@ class Channel:
                     entry[1].set_result(data)
                 if self.retired and not waiting:
                     self.close()
-                    return
             else:
                 self.stats.mismatched += 1
 
