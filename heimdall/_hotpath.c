@@ -17,6 +17,11 @@
  * (MSG_TRUNC), is answered FORMERR here (dropped when it is a response): the
  * slow path would see a message that is not the one the client sent.
  *
+ * Beside the reader, three helpers of the miss path live here because they are C for the same
+ * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py) and the two wire walks
+ * a miss makes, parse_query and scan_response (heimdall/wire.py calls them, its Python twins are
+ * the reference they are tested against).
+ *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
  * Where Entry keeps its fields is learned once, at construction, from
@@ -656,9 +661,217 @@ static PyObject *recv_burst(PyObject *module, PyObject *const *args, Py_ssize_t 
     return out;
 }
 
+/* --- the wire walks of the miss path: heimdall/wire.py's scan_response and parse_query ---
+ * The same checks in the same order with the same messages (raised as ValueError; wire.py raises
+ * them as WireError, its ValueError): a Python walk cost a miss ~35,000 instructions, a third of
+ * them per label and per record. tests/test_wire_props.py holds these to the Python twins. */
+
+static const char *question_end_c(const unsigned char *m, Py_ssize_t n, Py_ssize_t off, Py_ssize_t *out)
+{
+    Py_ssize_t total = 0;
+    for (;;) {
+        if (off >= n)
+            return "question runs past the end of the message";
+        unsigned int length = m[off];
+        if (length == 0) {
+            off += 1;
+            break;
+        }
+        if (length > 63)
+            return "compressed or invalid label in the question";
+        total += length + 1;
+        if (total > 254)
+            return "question name longer than 255 bytes";
+        off += length + 1;
+    }
+    if (off + 4 > n)
+        return "question type/class missing";
+    *out = off + 4;
+    return NULL;
+}
+
+static const char *rr_end_c(const unsigned char *m, Py_ssize_t n, Py_ssize_t off, Py_ssize_t *end,
+                            Py_ssize_t *fixed, unsigned int *rtype)
+{
+    for (;;) {  /* name_end */
+        if (off >= n)
+            return "name runs past the end of the message";
+        unsigned int length = m[off];
+        if (length == 0) {
+            off += 1;
+            break;
+        }
+        if ((length & 0xC0) == 0xC0) {
+            if (off + 2 > n)
+                return "truncated compression pointer";
+            off += 2;
+            break;
+        }
+        if (length & 0xC0)
+            return "unknown label type";
+        off += length + 1;
+    }
+    if (off + 10 > n)
+        return "resource record header truncated";
+    *fixed = off;
+    *rtype = (unsigned int)m[off] << 8 | m[off + 1];
+    *end = off + 10 + ((Py_ssize_t)m[off + 8] << 8 | m[off + 9]);
+    if (*end > n)
+        return "resource record data truncated";
+    return NULL;
+}
+
+static PyObject *wire_error(const char *why)
+{
+    PyErr_SetString(PyExc_ValueError, why);
+    return NULL;
+}
+
+#define U16(m, o) ((unsigned int)(m)[o] << 8 | (m)[(o) + 1])
+#define U32(m, o) ((unsigned long)(m)[o] << 24 | (unsigned long)(m)[(o) + 1] << 16 | \
+                   (unsigned long)(m)[(o) + 2] << 8 | (m)[(o) + 3])
+
+/* scan_response(msg, full) -> the fields of wire.ResponseScan, in order. */
+static PyObject *scan_response(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    int full;
+    if (!PyArg_ParseTuple(args, "y*p:scan_response", &view, &full))
+        return NULL;
+    const unsigned char *m = view.buf;
+    Py_ssize_t n = view.len, qend = 0, off, end, fixed;
+    PyObject *ttls = NULL, *result = NULL;
+    const char *why = NULL;
+    if (n < HEADER) {
+        why = "response shorter than a header";
+        goto done;
+    }
+    long an = U16(m, 6), ns = U16(m, 8), ar = U16(m, 10);
+    if (U16(m, 4) != 1) {
+        why = "response must echo exactly one question";
+        goto done;
+    }
+    if ((why = question_end_c(m, n, HEADER, &qend)) != NULL)
+        goto done;
+    long rcode = m[3] & 0x0F, opt_start = -1, opt_end = -1, soa_ttl = -1, soa_min = -1;
+    Py_ssize_t answer_end = an == 0 ? qend : -1;
+    long count = an + ns + ar;
+    if (!full)
+        count = (rcode == 0 && an > 0) ? an : an + ns;
+    if ((ttls = PyList_New(0)) == NULL)
+        goto done;
+    off = qend;
+    for (long i = 0; i < count; i++) {
+        Py_ssize_t start = off;
+        unsigned int rtype;
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+        if (rtype == 41) {  /* OPT */
+            if (i < an + ns || opt_start >= 0) {
+                why = "misplaced or duplicate OPT record";
+                goto done;
+            }
+            opt_start = (long)start;
+            opt_end = (long)off;
+            rcode |= (long)m[fixed + 4] << 4;
+            continue;
+        }
+        PyObject *o = PyLong_FromSsize_t(fixed + 4);
+        if (o == NULL || PyList_Append(ttls, o) < 0) {
+            Py_XDECREF(o);
+            goto done;
+        }
+        Py_DECREF(o);
+        if (i == an - 1)
+            answer_end = off;
+        if (rtype == 6 && an <= i && i < an + ns && soa_ttl < 0) {  /* the first SOA of the authority */
+            soa_ttl = (long)(fixed + 4);
+            soa_min = (long)U32(m, off - 4);
+        }
+    }
+    if (full && off != n) {
+        why = "trailing bytes after the last record";
+        goto done;
+    }
+    result = Py_BuildValue("lnlllOllllnn", rcode, qend, an, ns, ar, ttls, opt_start, opt_end, soa_ttl,
+                           soa_min, answer_end, off);
+done:
+    PyBuffer_Release(&view);
+    if (result == NULL && why != NULL && !PyErr_Occurred())
+        wire_error(why);
+    Py_XDECREF(ttls);
+    return result;
+}
+
+/* parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version): wire.Query's fields. */
+static PyObject *parse_query(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*:parse_query", &view))
+        return NULL;
+    const unsigned char *m = view.buf;
+    Py_ssize_t n = view.len, qend = 0, off, end, fixed;
+    const char *why = NULL;
+    PyObject *result = NULL;
+    int edns = 0, dnssec_ok = 0;
+    long udp_size = 512, version = 0;
+    if (n < HEADER) {
+        why = "query shorter than a header";
+        goto done;
+    }
+    long an = U16(m, 6), ns = U16(m, 8), ar = U16(m, 10);
+    if (U16(m, 4) != 1) {
+        why = "query must carry exactly one question";
+        goto done;
+    }
+    if ((why = question_end_c(m, n, HEADER, &qend)) != NULL)
+        goto done;
+    off = qend;
+    unsigned int rtype;
+    for (long i = 0; i < an + ns; i++) {
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+    }
+    for (long i = 0; i < ar; i++) {
+        Py_ssize_t start = off;
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+        if (rtype == 41) {
+            if (edns || fixed != start + 1) {
+                why = "more than one OPT record, or OPT with a non-root name";
+                goto done;
+            }
+            long size = U16(m, fixed + 2);
+            unsigned long ttl = U32(m, fixed + 4);
+            edns = 1;
+            udp_size = size > 512 ? size : 512;
+            version = (long)((ttl >> 16) & 0xFF);
+            dnssec_ok = (ttl & 0x8000) != 0;
+        }
+    }
+    if (off != n) {
+        why = "trailing bytes after the last record";
+        goto done;
+    }
+    result = Py_BuildValue("nIINlNl", qend, U16(m, qend - 4), U16(m, qend - 2), PyBool_FromLong(edns), udp_size,
+                           PyBool_FromLong(dnssec_ok), version);
+done:
+    PyBuffer_Release(&view);
+    if (result == NULL && why != NULL && !PyErr_Occurred())
+        wire_error(why);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL,
      "recv_burst(fd, limit) -> list[bytes]: the datagrams waiting on a non-blocking socket, at most limit"},
+    {"scan_response", scan_response, METH_VARARGS,
+     "scan_response(msg, full) -> tuple: wire.ResponseScan's fields (ValueError: malformed)"},
+    {"parse_query", parse_query, METH_VARARGS,
+     "parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version) (ValueError: malformed)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -407,3 +407,49 @@ def test_suffix_that_is_not_a_label_boundary_is_not_a_subdomain():
                                       dns.name.from_text("example.test.").to_wire())
     assert not bailiwick.is_subdomain(dns.name.from_text("a.bexample.test.").to_wire(),
                                       dns.name.from_text("example.test.").to_wire())
+
+
+# --- the C walks (heimdall/_hotpath.c) against their Python twins ---
+
+def outcome(fn, *args):
+    """A walk's result, or the WireError message it raised (nothing else may escape)."""
+    try:
+        return fn(*args)
+    except WireError as exc:
+        return ("WireError", str(exc))
+
+
+def same_walks(msg: bytes) -> None:
+    """scan_response (full and minimal) and parse_query of C and Python agree, errors word for word."""
+    for full in (True, False):
+        assert outcome(wire.scan_response, msg, full) == outcome(wire.py_scan_response, msg, full)
+    if len(msg) >= wire.HEADER_LEN:  # parse_query's callers have checked the header's length
+        assert outcome(wire.parse_query, msg) == outcome(wire.py_parse_query, msg)
+
+
+needs_c = pytest.mark.skipif(wire._c_scan_response is None, reason="C extension not built (no compiler)")
+
+
+@needs_c
+@PROPS
+@given(upstream_reply())
+def test_c_walks_agree_with_python_on_valid_replies(qr):
+    q, r = qr
+    same_walks(r.to_wire())
+    same_walks(q.to_wire())
+
+
+@needs_c
+@PROPS
+@given(hostile_message(), st.integers(0, 300))
+def test_c_walks_agree_with_python_on_hostile_and_truncated_messages(msg, cut):
+    same_walks(msg)
+    same_walks(msg[:cut])
+
+
+@needs_c
+@PROPS
+@given(st.binary(max_size=600))
+def test_c_walks_agree_with_python_on_random_bytes(msg):
+    same_walks(msg)
+    same_walks(bytearray(msg))
