@@ -31,7 +31,7 @@ def cache_key(msg: bytes, q: Query, tcp: bool) -> bytes:
     name = msg[HEADER_LEN:q.qend - 4].lower()
     typeclass = msg[q.qend - 4:q.qend]
     if q.edns:
-        tail = typeclass + wire.opt_record(wire.size_class(q), q.do)
+        tail = typeclass + wire.OPTS[wire.size_class(q), q.do]
         key = flags + wire.EDNS_COUNTS + name + tail
     else:
         tail = typeclass

@@ -232,6 +232,11 @@ def opt_record(size: int, do: bool, ext_rcode: int = 0) -> bytes:
     return b"\x00\x00\x29" + _U16.pack(size) + bytes((ext_rcode, 0, 0x80 if do else 0, 0)) + b"\x00\x00"
 
 
+# Every OPT record we write (our size or 512, DO or not): made once, put in every miss's query and entry.
+OPTS: dict[tuple[int, bool], bytes] = {(size, do): opt_record(size, do) for size in (512, OUR_UDP_SIZE)
+                                       for do in (False, True)}
+
+
 def error_reply(msg: bytes, rcode: int, qend: int | None = None, edns: bool = False) -> bytes:
     """A bare reply with the client's ID, opcode and RD, the question if known."""
     b2 = QR | (msg[2] & (OPCODE_MASK | RD))
@@ -340,9 +345,9 @@ def set_ttls(tail: bytes, offsets: tuple[int, ...], ttl: int) -> bytes:
 
 def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bool = True) -> bytes:
     """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
-    head = _U16.pack(qid) + bytes((RD if rd else 0, CD if cd else 0))
+    head = bytes((qid >> 8, qid & 0xFF, RD if rd else 0, CD if cd else 0))
     if edns:
-        return head + EDNS_COUNTS + question + opt_record(OUR_UDP_SIZE, do)
+        return head + EDNS_COUNTS + question + OPTS[OUR_UDP_SIZE, do]
     return head + PLAIN_COUNTS + question
 
 
