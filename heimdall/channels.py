@@ -19,11 +19,9 @@ asked awaits a bare future.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import socket
 import time
-from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
 from heimdall import wire
@@ -48,12 +46,8 @@ def _py_recv_burst(fd: int, limit: int) -> list[bytes]:
     return out
 
 
-_hotpath: ModuleType | None
-try:  # heimdall/_hotpath.c reads a burst without an exception at its end
-    _hotpath = importlib.import_module("heimdall._hotpath")
-except ImportError:  # pragma: no cover - no compiler at install time
-    _hotpath = None
-recv_burst: Callable[[int, int], list[bytes]] = getattr(_hotpath, "recv_burst", _py_recv_burst)
+# heimdall/_hotpath.c reads a burst without an exception at its end
+recv_burst: Callable[[int, int], list[bytes]] = getattr(wire.c_ext, "recv_burst", _py_recv_burst)
 
 SWEEP_SLACK = 0.005  # a timeout may fire this much late, so queries expiring together share one sweep
 Waiting = tuple[bytes, asyncio.Future, float]  # (question as sent, future of the reply, loop-time deadline)

@@ -50,13 +50,13 @@ class WireError(ValueError):
     """The message is malformed (the server answers FORMERR or drops it)."""
 
 
-_hotpath: ModuleType | None
-try:  # the C walks (heimdall/_hotpath.c), built by `pip install`; optional
-    _hotpath = importlib.import_module("heimdall._hotpath")
+c_ext: ModuleType | None  # heimdall/_hotpath.c (its wire walks and helpers), or None when not built
+try:  # built by `pip install`; optional
+    c_ext = importlib.import_module("heimdall._hotpath")
 except ImportError:  # pragma: no cover - no compiler at install time
-    _hotpath = None
-_c_parse_query: Callable[[bytes], tuple] | None = getattr(_hotpath, "parse_query", None)
-_c_scan_response: Callable[[bytes, bool], tuple] | None = getattr(_hotpath, "scan_response", None)
+    c_ext = None
+_c_parse_query: Callable[[bytes], tuple] | None = getattr(c_ext, "parse_query", None)
+_c_scan_response: Callable[[bytes, bool], tuple] | None = getattr(c_ext, "scan_response", None)
 
 
 @dataclass(slots=True)
