@@ -17,6 +17,12 @@
  * (MSG_TRUNC), is answered FORMERR here (dropped when it is a response): the
  * slow path would see a message that is not the one the client sent.
  *
+ * Beside the reader, four helpers of the miss path live here because they are C for the same
+ * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py), the two wire walks
+ * a miss makes, parse_query and scan_response (heimdall/wire.py calls them), and the cache key of a
+ * query the hot path could not answer (heimdall/cachekey.py); their Python twins are the reference
+ * they are tested against.
+ *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
  * Where Entry keeps its fields is learned once, at construction, from
@@ -33,6 +39,7 @@
 #include <structmember.h>  /* T_OBJECT_EX: how __slots__ members are stored */
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <string.h>
@@ -607,8 +614,344 @@ static PyTypeObject HotPathType = {
     .tp_getset = HotPath_getset,
 };
 
+/* recv_burst(fd, limit) -> list of bytes: up to `limit` datagrams waiting on a non-blocking socket
+ * (an upstream channel, heimdall/channels.py), in arrival order. The empty socket ends the list
+ * without an exception: in Python, the BlockingIOError that ended every burst cost a cache miss ~3 %
+ * of its instructions. An error with nothing read yet (e.g. ICMP port unreachable) raises OSError;
+ * after a datagram it stays pending on the socket for the next call. */
+static unsigned char burst_buf[65536];
+
+static PyObject *recv_burst(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_burst(fd, limit) takes 2 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    long limit = PyLong_AsLong(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX || limit < 1 || limit > 4096) {
+        PyErr_SetString(PyExc_ValueError, "recv_burst: fd must be >= 0 and limit 1..4096");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (long i = 0; i < limit; i++) {
+        ssize_t n = recv((int)fd, burst_buf, sizeof burst_buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && PyList_GET_SIZE(out) == 0) {
+                Py_DECREF(out);
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            break;
+        }
+        PyObject *b = PyBytes_FromStringAndSize((const char *)burst_buf, n);
+        if (b == NULL || PyList_Append(out, b) < 0) {
+            Py_XDECREF(b);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(b);
+    }
+    return out;
+}
+
+/* --- the wire walks of the miss path: heimdall/wire.py's scan_response and parse_query ---
+ * The same checks in the same order with the same messages (raised as ValueError; wire.py raises
+ * them as WireError, its ValueError): a Python walk cost a miss ~35,000 instructions, a third of
+ * them per label and per record. tests/test_wire_props.py holds these to the Python twins. */
+
+static const char *question_end_c(const unsigned char *m, Py_ssize_t n, Py_ssize_t off, Py_ssize_t *out)
+{
+    Py_ssize_t total = 0;
+    for (;;) {
+        if (off >= n)
+            return "question runs past the end of the message";
+        unsigned int length = m[off];
+        if (length == 0) {
+            off += 1;
+            break;
+        }
+        if (length > 63)
+            return "compressed or invalid label in the question";
+        total += length + 1;
+        if (total > 254)
+            return "question name longer than 255 bytes";
+        off += length + 1;
+    }
+    if (off + 4 > n)
+        return "question type/class missing";
+    *out = off + 4;
+    return NULL;
+}
+
+static const char *rr_end_c(const unsigned char *m, Py_ssize_t n, Py_ssize_t off, Py_ssize_t *end,
+                            Py_ssize_t *fixed, unsigned int *rtype)
+{
+    for (;;) {  /* name_end */
+        if (off >= n)
+            return "name runs past the end of the message";
+        unsigned int length = m[off];
+        if (length == 0) {
+            off += 1;
+            break;
+        }
+        if ((length & 0xC0) == 0xC0) {
+            if (off + 2 > n)
+                return "truncated compression pointer";
+            off += 2;
+            break;
+        }
+        if (length & 0xC0)
+            return "unknown label type";
+        off += length + 1;
+    }
+    if (off + 10 > n)
+        return "resource record header truncated";
+    *fixed = off;
+    *rtype = (unsigned int)m[off] << 8 | m[off + 1];
+    *end = off + 10 + ((Py_ssize_t)m[off + 8] << 8 | m[off + 9]);
+    if (*end > n)
+        return "resource record data truncated";
+    return NULL;
+}
+
+static PyObject *wire_error(const char *why)
+{
+    PyErr_SetString(PyExc_ValueError, why);
+    return NULL;
+}
+
+#define U16(m, o) ((unsigned int)(m)[o] << 8 | (m)[(o) + 1])
+#define U32(m, o) ((unsigned long)(m)[o] << 24 | (unsigned long)(m)[(o) + 1] << 16 | \
+                   (unsigned long)(m)[(o) + 2] << 8 | (m)[(o) + 3])
+
+/* scan_response(msg, full) -> the fields of wire.ResponseScan, in order. */
+static PyObject *scan_response(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    int full;
+    if (!PyArg_ParseTuple(args, "y*p:scan_response", &view, &full))
+        return NULL;
+    const unsigned char *m = view.buf;
+    Py_ssize_t n = view.len, qend = 0, off, end, fixed;
+    PyObject *ttls = NULL, *result = NULL;
+    const char *why = NULL;
+    if (n < HEADER) {
+        why = "response shorter than a header";
+        goto done;
+    }
+    long an = U16(m, 6), ns = U16(m, 8), ar = U16(m, 10);
+    if (U16(m, 4) != 1) {
+        why = "response must echo exactly one question";
+        goto done;
+    }
+    if ((why = question_end_c(m, n, HEADER, &qend)) != NULL)
+        goto done;
+    long rcode = m[3] & 0x0F, opt_start = -1, opt_end = -1, soa_ttl = -1, soa_min = -1;
+    Py_ssize_t answer_end = an == 0 ? qend : -1;
+    long count = an + ns + ar;
+    if (!full)
+        count = (rcode == 0 && an > 0) ? an : an + ns;
+    if ((ttls = PyList_New(0)) == NULL)
+        goto done;
+    off = qend;
+    for (long i = 0; i < count; i++) {
+        Py_ssize_t start = off;
+        unsigned int rtype;
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+        if (rtype == 41) {  /* OPT */
+            if (i < an + ns || opt_start >= 0) {
+                why = "misplaced or duplicate OPT record";
+                goto done;
+            }
+            opt_start = (long)start;
+            opt_end = (long)off;
+            rcode |= (long)m[fixed + 4] << 4;
+            continue;
+        }
+        PyObject *o = PyLong_FromSsize_t(fixed + 4);
+        if (o == NULL || PyList_Append(ttls, o) < 0) {
+            Py_XDECREF(o);
+            goto done;
+        }
+        Py_DECREF(o);
+        if (i == an - 1)
+            answer_end = off;
+        if (rtype == 6 && an <= i && i < an + ns && soa_ttl < 0) {  /* the first SOA of the authority */
+            soa_ttl = (long)(fixed + 4);
+            soa_min = (long)U32(m, off - 4);
+        }
+    }
+    if (full && off != n) {
+        why = "trailing bytes after the last record";
+        goto done;
+    }
+    result = Py_BuildValue("lnlllOllllnn", rcode, qend, an, ns, ar, ttls, opt_start, opt_end, soa_ttl,
+                           soa_min, answer_end, off);
+done:
+    PyBuffer_Release(&view);
+    if (result == NULL && why != NULL && !PyErr_Occurred())
+        wire_error(why);
+    Py_XDECREF(ttls);
+    return result;
+}
+
+/* parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version): wire.Query's fields. */
+static PyObject *parse_query(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*:parse_query", &view))
+        return NULL;
+    const unsigned char *m = view.buf;
+    Py_ssize_t n = view.len, qend = 0, off, end, fixed;
+    const char *why = NULL;
+    PyObject *result = NULL;
+    int edns = 0, dnssec_ok = 0;
+    long udp_size = 512, version = 0;
+    if (n < HEADER) {
+        why = "query shorter than a header";
+        goto done;
+    }
+    long an = U16(m, 6), ns = U16(m, 8), ar = U16(m, 10);
+    if (U16(m, 4) != 1) {
+        why = "query must carry exactly one question";
+        goto done;
+    }
+    if ((why = question_end_c(m, n, HEADER, &qend)) != NULL)
+        goto done;
+    off = qend;
+    unsigned int rtype;
+    for (long i = 0; i < an + ns; i++) {
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+    }
+    for (long i = 0; i < ar; i++) {
+        Py_ssize_t start = off;
+        if ((why = rr_end_c(m, n, off, &end, &fixed, &rtype)) != NULL)
+            goto done;
+        off = end;
+        if (rtype == 41) {
+            if (edns || fixed != start + 1) {
+                why = "more than one OPT record, or OPT with a non-root name";
+                goto done;
+            }
+            long size = U16(m, fixed + 2);
+            unsigned long ttl = U32(m, fixed + 4);
+            edns = 1;
+            udp_size = size > 512 ? size : 512;
+            version = (long)((ttl >> 16) & 0xFF);
+            dnssec_ok = (ttl & 0x8000) != 0;
+        }
+    }
+    if (off != n) {
+        why = "trailing bytes after the last record";
+        goto done;
+    }
+    result = Py_BuildValue("nIINlNl", qend, U16(m, qend - 4), U16(m, qend - 2), PyBool_FromLong(edns), udp_size,
+                           PyBool_FromLong(dnssec_ok), version);
+done:
+    PyBuffer_Release(&view);
+    if (result == NULL && why != NULL && !PyErr_Occurred())
+        wire_error(why);
+    return result;
+}
+
+/* cache_key(msg, qend, edns, udp_size, do, tcp) -> bytes: heimdall/cachekey.py's cache_key for a
+ * query parse_query accepted (qend past its question), built in one allocation: in Python the
+ * slices, lower(), our OPT record and five concatenations cost every miss ~10,000 instructions.
+ * Its Python twin (cachekey.py_cache_key) is the reference tests/test_wire_props.py holds it to. */
+static int is_letter(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static PyObject *cache_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "cache_key(msg: bytes, qend, edns, udp_size, do, tcp)");
+        return NULL;
+    }
+    const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t qend = PyLong_AsSsize_t(args[1]);
+    if (qend == -1 && PyErr_Occurred())
+        return NULL;
+    long udp_size = PyLong_AsLong(args[3]);
+    if (udp_size == -1 && PyErr_Occurred())
+        return NULL;
+    int edns = PyObject_IsTrue(args[2]), dnssec_ok = PyObject_IsTrue(args[4]), tcp = PyObject_IsTrue(args[5]);
+    if (edns < 0 || dnssec_ok < 0 || tcp < 0)
+        return NULL;
+    if (qend < HEADER + 4 || qend > n) {
+        PyErr_SetString(PyExc_ValueError, "cache_key: qend outside the message");
+        return NULL;
+    }
+    unsigned char outside[17];  /* flags, type and class, our OPT: every byte of the key but the name */
+    Py_ssize_t n_out = 0;
+    outside[n_out++] = m[2] & 0x01;         /* RD */
+    outside[n_out++] = m[3] & 0x30;         /* AD | CD */
+    memcpy(outside + n_out, m + qend - 4, 4);
+    n_out += 4;
+    if (edns) {
+        long size = udp_size >= 1232 ? 1232 : 512;  /* wire.size_class */
+        const unsigned char opt[11] = {0, 0, 41, (unsigned char)(size >> 8), (unsigned char)(size & 0xFF),
+                                       0, 0, dnssec_ok ? 0x80 : 0, 0, 0, 0};
+        memcpy(outside + n_out, opt, sizeof opt);
+        n_out += sizeof opt;
+    }
+    int prefix = 0;
+    if (tcp)
+        prefix = 'T';
+    else
+        for (Py_ssize_t i = 0; i < n_out; i++)
+            if (is_letter(outside[i])) {
+                prefix = 'X';
+                break;
+            }
+    Py_ssize_t name_len = qend - 4 - HEADER;
+    PyObject *key = PyBytes_FromStringAndSize(NULL, (prefix ? 1 : 0) + n_out + 8 + name_len);
+    if (key == NULL)
+        return NULL;
+    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
+    if (prefix)
+        *k++ = (unsigned char)prefix;
+    *k++ = outside[0];
+    *k++ = outside[1];
+    const unsigned char counts[8] = {0, 1, 0, 0, 0, 0, 0, edns ? 1 : 0};
+    memcpy(k, counts, 8);
+    k += 8;
+    for (Py_ssize_t i = 0; i < name_len; i++) {
+        unsigned char c = m[HEADER + i];
+        *k++ = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+    }
+    memcpy(k, outside + 2, n_out - 2);
+    return key;
+}
+
+static PyMethodDef module_methods[] = {
+    {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL,
+     "recv_burst(fd, limit) -> list[bytes]: the datagrams waiting on a non-blocking socket, at most limit"},
+    {"cache_key", (PyCFunction)(void (*)(void))cache_key, METH_FASTCALL,
+     "cache_key(msg, qend, edns, udp_size, do, tcp) -> bytes: cachekey.cache_key for a parsed query"},
+    {"scan_response", scan_response, METH_VARARGS,
+     "scan_response(msg, full) -> tuple: wire.ResponseScan's fields (ValueError: malformed)"},
+    {"parse_query", parse_query, METH_VARARGS,
+     "parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version) (ValueError: malformed)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "heimdall._hotpath", "The UDP cache-hit path in C (see _hotpath.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "heimdall._hotpath", "The UDP cache-hit path in C (see _hotpath.c).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__hotpath(void)

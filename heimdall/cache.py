@@ -279,7 +279,7 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     b3 = wire.RA | (client[3] & wire.CD) | scan.rcode
     if (client[3] & wire.AD or q.do) and response[3] & wire.AD:
         b3 |= wire.AD
-    opt = wire.opt_record(wire.OUR_UDP_SIZE, q.do) if q.edns else b""
+    opt = wire.OPTS[wire.OUR_UDP_SIZE, q.do] if q.edns else b""
     extra = 1 if q.edns else 0
     if qend + len(records) + len(opt) > limit:
         head = bytes((b2 | wire.TC, b3)) + wire._COUNTS.pack(1, 0, 0, extra)

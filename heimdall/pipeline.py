@@ -86,7 +86,8 @@ class Pipeline:
         self.observers: list[Observer] = []
         self.time_hits: Callable[[int, float], None] | None = None  # per batch of hot-path hits: (n, seconds each)
         self.fast_path = True  # False: every query must reach the observers (the query log is on)
-        self.inflight: dict[bytes, asyncio.Future[Entry | None]] = {}
+        # key -> the future its coalesced queries wait on; None until a second query asks (most never do)
+        self.inflight: dict[bytes, asyncio.Future[Entry | None] | None] = {}
         self.pending = 0  # client queries waiting for the miss path
         self.share: WorkerShare | None = None  # with N workers: max_inflight holds for their sum
         self.zone_bound = Bound(config.max_inflight_per_zone) if config.max_inflight_per_zone else None  # fetches
@@ -128,7 +129,7 @@ class Pipeline:
         self.pending += 1
         if self.share is not None:
             self.share.publish(self.slot, self.pending)
-        asyncio.ensure_future(self._finish(result, data, client, transport, t0, send, done))
+        asyncio.get_running_loop().create_task(self._finish(result, data, client, transport, t0, send, done))
         return True
 
     def limited(self, data: bytes) -> bytes | None:
@@ -189,8 +190,12 @@ class Pipeline:
         """Coalesce on the key (the first query fetches through the tiers, the others wait on its
         future), then build this client's reply: the entry found, else stale, else SERVFAIL."""
         started = time.monotonic()
-        fut = self.inflight.get(miss.key)
-        if fut is not None:
+        inflight = self.inflight
+        entry: Entry | None
+        if miss.key in inflight:
+            fut = inflight[miss.key]
+            if fut is None:  # the first to join this fetch makes the future everyone after it waits on
+                fut = inflight[miss.key] = asyncio.get_running_loop().create_future()
             self.counters.coalesced += 1
             entry = await asyncio.shield(fut)
         else:
@@ -199,12 +204,12 @@ class Pipeline:
             if zb is not None and not zb.enter(zone):
                 self.counters.inflight_limited["zone"] += 1
                 return Answer(self.servfail(data, miss.q), How.FAILED)
-            fut = self.inflight[miss.key] = asyncio.get_running_loop().create_future()
+            inflight[miss.key] = None
             entry = None
             try:
                 got = await self.fetch(miss, data)
                 if got is not None:
-                    if self.check_chain is not None and wire.CNAME_IN in got.entry.tail:  # else no CNAME in it
+                    if self.check_chain is not None and got.entry.tail.find(wire.CNAME_IN) >= 0:  # else no CNAME
                         got = self.cloak(got, miss, data)
                     if self.prefetch and got.ttl >= PREFETCH_MIN_TTL:
                         got.entry.prefetch = Prefetch(miss.key, got.ttl, self.start_prefetch)
@@ -214,8 +219,9 @@ class Pipeline:
                 self.counters.internal_errors += 1
                 log.error(f"internal error on the miss path: {exc!r}")
             finally:
-                del self.inflight[miss.key]
-                fut.set_result(entry)
+                fut = inflight.pop(miss.key)
+                if fut is not None:
+                    fut.set_result(entry)
                 if zb is not None:
                     zb.leave(zone)
         ms = int((time.monotonic() - started) * 1000)
@@ -242,7 +248,7 @@ class Pipeline:
             return
         limit = TCP_LIMIT if key[:1] == b"T" else wire.size_class(q)
         self.counters.prefetches += 1
-        asyncio.ensure_future(self.resolve(Miss(key, q, limit, data[wire.HEADER_LEN:q.qend].lower()), data))
+        asyncio.get_running_loop().create_task(self.resolve(Miss(key, q, limit, data[wire.HEADER_LEN:q.qend].lower()), data))
 
     def cloak(self, got: Fetched, miss: Miss, data: bytes) -> Fetched:
         """An answer whose CNAME chain passes through a blocked name becomes the block answer, cached as one."""

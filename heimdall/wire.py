@@ -8,9 +8,11 @@ Everything here raises `WireError` (never anything else) on malformed input.
 
 from __future__ import annotations
 
+import importlib
 import struct
 from dataclasses import dataclass
-from typing import Mapping, TypeVar
+from types import ModuleType
+from typing import Callable, Mapping, TypeVar
 
 HEADER_LEN = 12
 # byte 2 of the header
@@ -46,6 +48,15 @@ T = TypeVar("T")
 
 class WireError(ValueError):
     """The message is malformed (the server answers FORMERR or drops it)."""
+
+
+c_ext: ModuleType | None  # heimdall/_hotpath.c (its wire walks and helpers), or None when not built
+try:  # built by `pip install`; optional
+    c_ext = importlib.import_module("heimdall._hotpath")
+except ImportError:  # pragma: no cover - no compiler at install time
+    c_ext = None
+_c_parse_query: Callable[[bytes], tuple] | None = getattr(c_ext, "parse_query", None)
+_c_scan_response: Callable[[bytes, bool], tuple] | None = getattr(c_ext, "scan_response", None)
 
 
 @dataclass(slots=True)
@@ -174,6 +185,16 @@ def rr_end(msg: bytes, off: int) -> tuple[int, int, int]:
 
 def parse_query(msg: bytes) -> Query:
     """Validate a client query (header already known to be 12+ bytes, QR=0)."""
+    if _c_parse_query is not None:  # heimdall/_hotpath.c: the same walk, ~1/5 of the instructions
+        try:
+            return Query(*_c_parse_query(msg))
+        except ValueError as exc:
+            raise WireError(str(exc)) from None
+    return py_parse_query(msg)
+
+
+def py_parse_query(msg: bytes) -> Query:
+    """parse_query in Python: without the C extension, and the reference the C walk is tested against."""
     qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
     if qd != 1:
         raise WireError("query must carry exactly one question")
@@ -209,6 +230,11 @@ def size_class(q: Query) -> int:
 def opt_record(size: int, do: bool, ext_rcode: int = 0) -> bytes:
     """An OPT RR (root name) with no options."""
     return b"\x00\x00\x29" + _U16.pack(size) + bytes((ext_rcode, 0, 0x80 if do else 0, 0)) + b"\x00\x00"
+
+
+# Every OPT record we write (our size or 512, DO or not): made once, put in every miss's query and entry.
+OPTS: dict[tuple[int, bool], bytes] = {(size, do): opt_record(size, do) for size in (512, OUR_UDP_SIZE)
+                                       for do in (False, True)}
 
 
 def error_reply(msg: bytes, rcode: int, qend: int | None = None, edns: bool = False) -> bytes:
@@ -249,6 +275,16 @@ def scan_response(msg: bytes, full: bool = True) -> ResponseScan:
     answer section of a positive answer, after the authority section
     otherwise): the miss path drops the rest, so it need not parse it.
     """
+    if _c_scan_response is not None:  # heimdall/_hotpath.c: the same walk, ~1/5 of the instructions
+        try:
+            return ResponseScan(*_c_scan_response(msg, full))
+        except ValueError as exc:
+            raise WireError(str(exc)) from None
+    return py_scan_response(msg, full)
+
+
+def py_scan_response(msg: bytes, full: bool = True) -> ResponseScan:
+    """scan_response in Python: without the C extension, and the reference the C walk is tested against."""
     if len(msg) < HEADER_LEN:
         raise WireError("response shorter than a header")
     qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
@@ -309,9 +345,9 @@ def set_ttls(tail: bytes, offsets: tuple[int, ...], ttl: int) -> bytes:
 
 def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bool = True) -> bytes:
     """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
-    head = _U16.pack(qid) + bytes((RD if rd else 0, CD if cd else 0))
+    head = bytes((qid >> 8, qid & 0xFF, RD if rd else 0, CD if cd else 0))
     if edns:
-        return head + EDNS_COUNTS + question + opt_record(OUR_UDP_SIZE, do)
+        return head + EDNS_COUNTS + question + OPTS[OUR_UDP_SIZE, do]
     return head + PLAIN_COUNTS + question
 
 

@@ -3,7 +3,8 @@
 #
 # Builds the extension a second time with -fsanitize=address,undefined into a
 # temporary copy of the package (the normal build is left alone), then runs
-# tests/test_hotpath.py, tests/test_hotpath_hardening.py and a bounded sweep of
+# tests/test_hotpath.py, tests/test_hotpath_hardening.py, tests/test_wire_props.py (the C wire
+# walks against their Python twins) and a bounded sweep of
 # the reader (fuzz/fuzz_hotpath.py --sweep) against it. Any sanitizer report
 # fails the run: UBSan is built not to recover, and every report also goes to a
 # log file that is checked at the end, so one from a child process counts too.
@@ -52,8 +53,8 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$TMP/reports/u
 built=$("$PY" -c 'import heimdall._hotpath as h; print(h.__file__)')
 case "$built" in "$TMP"/*) ;; *) echo "[asan] imported $built, not the sanitized build" >&2; exit 1 ;; esac
 
-say "tests/test_hotpath.py tests/test_hotpath_hardening.py"
-"$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_hotpath.py" "$ROOT/tests/test_hotpath_hardening.py" \
+say "tests/test_hotpath.py tests/test_hotpath_hardening.py tests/test_wire_props.py"
+"$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_hotpath.py" "$ROOT/tests/test_hotpath_hardening.py" "$ROOT/tests/test_wire_props.py" \
   || { reports; exit 1; }
 say "fuzz/fuzz_hotpath.py --sweep"
 "$PY" "$ROOT/fuzz/fuzz_hotpath.py" --sweep --random "${HEIMDALL_ASAN_RANDOM:-300}" || { reports; exit 1; }

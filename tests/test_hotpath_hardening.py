@@ -11,8 +11,10 @@ scripts/asan.sh runs this file against a build with AddressSanitizer and UBSan.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -373,3 +375,54 @@ def test_a_full_send_buffer_drops_the_rest_of_the_batch_in_one_call(sendmmsg_shi
     assert seen["EAGAIN"] == seen["ENOBUFS"] == [1, 10, 0]  # one failing call, all ten counted as dropped
     assert seen["EPERM"] == [10, 10, 0]  # an error of one reply's own: that reply dropped, the next tried
     assert seen["sent"] == 1 and seen["flags"] & socket.MSG_DONTWAIT
+
+
+def _wait_readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], 2.0)[0], "datagram did not arrive"
+
+
+@pytest.mark.parametrize("size", [0, 1, 512, 65507])
+def test_recv_burst_reads_waiting_datagrams_in_order_up_to_its_limit(size):
+    """The upstream channels' reader (heimdall/channels.py): every size a UDP datagram can have, the
+    limit honoured, the empty socket an empty list (no exception), the same as the Python fallback."""
+    from heimdall import channels
+    from heimdall._hotpath import recv_burst
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sent = [bytes([i]) * size for i in range(3)]
+        for d in sent:
+            tx.sendto(d, rx.getsockname())
+        _wait_readable(rx)
+        first = recv_burst(rx.fileno(), 2)
+        rest = channels._py_recv_burst(rx.fileno(), 64)
+        assert first + rest == sent and len(first) == 2
+        assert recv_burst(rx.fileno(), 64) == [] and channels._py_recv_burst(rx.fileno(), 64) == []
+
+
+def test_recv_burst_raises_a_pending_socket_error_only_before_the_first_datagram():
+    from heimdall._hotpath import recv_burst
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", port))
+        s.setblocking(False)
+        s.send(b"x")  # ICMP port unreachable comes back as a pending ECONNREFUSED
+        _wait_readable(s)
+        with pytest.raises(OSError) as err:
+            recv_burst(s.fileno(), 64)
+        assert err.value.errno == errno.ECONNREFUSED
+        assert recv_burst(s.fileno(), 64) == []
+
+
+@pytest.mark.parametrize("args", [(-1, 4), (0, 0), (0, 5000), (2**40, 4), ("3", 4), (3,)])
+def test_recv_burst_refuses_bad_arguments(args):
+    from heimdall._hotpath import recv_burst
+
+    with pytest.raises((ValueError, TypeError, OverflowError)):
+        recv_burst(*args)

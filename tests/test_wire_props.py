@@ -407,3 +407,79 @@ def test_suffix_that_is_not_a_label_boundary_is_not_a_subdomain():
                                       dns.name.from_text("example.test.").to_wire())
     assert not bailiwick.is_subdomain(dns.name.from_text("a.bexample.test.").to_wire(),
                                       dns.name.from_text("example.test.").to_wire())
+
+
+# --- the C walks (heimdall/_hotpath.c) against their Python twins ---
+
+def outcome(fn, *args):
+    """A walk's result, or the WireError message it raised (nothing else may escape)."""
+    try:
+        return fn(*args)
+    except WireError as exc:
+        return ("WireError", str(exc))
+
+
+def same_walks(msg: bytes) -> None:
+    """scan_response (full and minimal) and parse_query of C and Python agree, errors word for word."""
+    for full in (True, False):
+        assert outcome(wire.scan_response, msg, full) == outcome(wire.py_scan_response, msg, full)
+    if len(msg) >= wire.HEADER_LEN:  # parse_query's callers have checked the header's length
+        q = outcome(wire.parse_query, msg)
+        assert q == outcome(wire.py_parse_query, msg)
+        if isinstance(q, wire.Query):
+            for tcp in (False, True):
+                assert cachekey.cache_key(msg, q, tcp) == cachekey.py_cache_key(msg, q, tcp)
+
+
+needs_c = pytest.mark.skipif(wire._c_scan_response is None, reason="C extension not built (no compiler)")
+
+
+@needs_c
+@PROPS
+@given(upstream_reply())
+def test_c_walks_agree_with_python_on_valid_replies(qr):
+    q, r = qr
+    same_walks(r.to_wire())
+    same_walks(q.to_wire())
+
+
+@needs_c
+@PROPS
+@given(hostile_message(), st.integers(0, 300))
+def test_c_walks_agree_with_python_on_hostile_and_truncated_messages(msg, cut):
+    same_walks(msg)
+    same_walks(msg[:cut])
+
+
+@needs_c
+@PROPS
+@given(st.binary(max_size=600))
+def test_c_walks_agree_with_python_on_random_bytes(msg):
+    same_walks(msg)
+    same_walks(bytearray(msg))
+
+
+@st.composite
+def any_query(draw) -> bytes:
+    """A query as a client may send it: any case, flags, type and class (letters among them: 65 is
+    'A'), with or without an OPT of any size and DO bit."""
+    labels = draw(st.lists(st.binary(min_size=1, max_size=12), min_size=0, max_size=4))
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    qtype = draw(st.one_of(st.sampled_from([1, 28, 65, 255, 0x4141, 0x6161]), st.integers(0, 0xFFFF)))
+    qclass = draw(st.one_of(st.sampled_from([1, 3, 255, 0x41]), st.integers(0, 0xFFFF)))
+    opt = b""
+    if draw(st.booleans()):
+        size = draw(st.one_of(st.sampled_from([0, 511, 512, 1231, 1232, 4096]), st.integers(0, 0xFFFF)))
+        ttl = draw(st.sampled_from([0, wire.DO_BIT, 0x00FF0000]))
+        opt = b"\x00\x00\x29" + struct.pack("!HIH", size, ttl, 0)
+    b2, b3 = draw(st.integers(0, 0x7F)), draw(st.integers(0, 255))
+    return header(0x1234, b2, b3, ar=1 if opt else 0) + name + struct.pack("!HH", qtype, qclass) + opt
+
+
+@needs_c
+@PROPS
+@given(any_query())
+def test_c_cache_key_agrees_with_python(msg):
+    same_walks(msg)
+    q = wire.parse_query(msg)
+    assert cachekey.cache_key(msg, q, False) == cachekey.py_cache_key(msg, q, False)
