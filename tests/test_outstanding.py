@@ -65,9 +65,11 @@ def test_a_full_map_counts_what_did_not_fit(leak_n):
 
 
 def test_cli_outstanding_json(leak_n, tmp_path):
+    """The launched target reads its go line at once and exits when its leak is over: spread over 6 s,
+    the leak outlasts memprof's attach (BPF compile included) even on a busy machine."""
     out = tmp_path / "mem.json"
     proc = subprocess.run([*CLI, "memprof", "--no-overhead", "--outstanding", "--duration", "30", "--json",
-                           str(out), "--", str(leak_n), "300", str(S), "1"],
+                           str(out), "--", str(leak_n), "300", str(S), "6"],
                           input="go\n", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
