@@ -80,10 +80,10 @@ class Reader:
         rig.slow.clear()
         replies = rig.exchange(datagrams)
         self.count(datagrams)
-        if rig.ticked():  # TTLs aged to either second: the model cannot say which
+        expected = [self.model(d) for d in datagrams]
+        if rig.ticked():  # TTLs aged to either second (exchange or model): the model cannot say which
             self.skipped += 1
             return
-        expected = [self.model(d) for d in datagrams]
         for i, d in enumerate(datagrams):  # judged one at a time, so that a finding names its datagram
             want = expected[i]
             got = replies.pop(0) if want is not None and replies else None
