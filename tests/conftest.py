@@ -27,6 +27,24 @@ def upstream():
         yield up
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A test CA's server certificate (dns.heimdall.test, 127.0.0.1, ::1) and a CA that did not sign it."""
+    from tools.testpki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_unbound(upstream, pki):
+    """Unbound in front of the NSD upstream, also serving DoT (.tls_port) and DoH (.https_port)."""
+    from tools.peers import UnboundServer
+
+    server, _other = pki
+    with UnboundServer(upstream.addr, tls=(str(server.cert), str(server.key))) as ub:
+        yield ub
+
+
 @pytest.fixture(scope="session")
 def debian_lists(tmp_path_factory):
     """arch -> apt options reading Debian's package lists for it (tests/apt_lists.py), fetched once a run."""

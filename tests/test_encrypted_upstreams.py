@@ -30,22 +30,9 @@ from heimdall.streamupstream import MAX_CONNECTIONS
 from heimdall.upstream import UpstreamPool
 from heimdall.upstreamurl import UpstreamUrl, parse_upstream, parse_upstream_list, transport
 from tests.heimdall_server import HeimdallProcess
-from tests.tls_ca import make_pki
 from tools.peers import UnboundServer
 
 NAME = "dns.heimdall.test"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def unbound(upstream, pki):
-    server, _other = pki
-    with UnboundServer(f"127.0.0.1:{upstream.port}", tls=(str(server.cert), str(server.key))) as ub:
-        yield ub
 
 
 def heimdall(urls: list[str], ca: Path, **env: str) -> HeimdallProcess:
@@ -137,48 +124,48 @@ def test_settings_take_urls_for_upstreams_and_forward_zones(pki):
 
 # --- real upstreams --------------------------------------------------------------------------
 
-def test_tcp_upstream_answers(unbound, pki):
-    with heimdall([f"tcp://127.0.0.1:{unbound.port}"], pki[0].ca) as srv:
+def test_tcp_upstream_answers(tls_unbound, pki):
+    with heimdall([f"tcp://127.0.0.1:{tls_unbound.port}"], pki[0].ca) as srv:
         assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
 
 
-def test_dot_answers_and_reuses_few_connections(unbound, pki):
-    with heimdall([f"tls://127.0.0.1:{unbound.tls_port}#{NAME}"], pki[0].ca) as srv:
+def test_dot_answers_and_reuses_few_connections(tls_unbound, pki):
+    with heimdall([f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"], pki[0].ca) as srv:
         assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
         names = [f"dot-{i}.bench.test" for i in range(200)]
         got = burst(srv.port, names)
-        conns = established(unbound.tls_port)
+        conns = established(tls_unbound.tls_port)
         assert len(got) == 200 and set(got.values()) == {dns.rcode.NOERROR}
         assert 1 <= conns <= MAX_CONNECTIONS, f"{conns} connections for 200 misses"
 
 
-def test_doh_answers_and_multiplexes(unbound, pki):
-    with heimdall([f"https://127.0.0.1:{unbound.https_port}/dns-query#{NAME}"], pki[0].ca) as srv:
+def test_doh_answers_and_multiplexes(tls_unbound, pki):
+    with heimdall([f"https://127.0.0.1:{tls_unbound.https_port}/dns-query#{NAME}"], pki[0].ca) as srv:
         assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
         got = burst(srv.port, [f"doh-{i}.bench.test" for i in range(200)])
-        conns = established(unbound.https_port)
+        conns = established(tls_unbound.https_port)
         assert len(got) == 200 and set(got.values()) == {dns.rcode.NOERROR}
         assert 1 <= conns <= MAX_CONNECTIONS, f"{conns} connections for 200 misses"
 
 
-def test_doh_without_name_verifies_the_ip_address(unbound, pki):
+def test_doh_without_name_verifies_the_ip_address(tls_unbound, pki):
     """The test certificate also carries 127.0.0.1, so no #name is needed to reach it by address."""
-    with heimdall([f"https://127.0.0.1:{unbound.https_port}/dns-query"], pki[0].ca) as srv:
+    with heimdall([f"https://127.0.0.1:{tls_unbound.https_port}/dns-query"], pki[0].ca) as srv:
         assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
 
 
-def test_doh_error_status_is_an_upstream_failure(unbound, pki):
+def test_doh_error_status_is_an_upstream_failure(tls_unbound, pki):
     """Unbound answers 404 for a path it does not serve: SERVFAIL, never an empty NOERROR."""
-    with heimdall([f"https://127.0.0.1:{unbound.https_port}/no-such-path#{NAME}"], pki[0].ca) as srv:
+    with heimdall([f"https://127.0.0.1:{tls_unbound.https_port}/no-such-path#{NAME}"], pki[0].ca) as srv:
         r = srv.query("www.example.test", timeout=5)
     assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
 
 
-def test_idle_connection_closes_and_the_next_query_reconnects(unbound, pki, monkeypatch):
+def test_idle_connection_closes_and_the_next_query_reconnects(tls_unbound, pki, monkeypatch):
     """In-process pool against the real Unbound, with a short idle timeout so the test stays short."""
     monkeypatch.setattr(streamupstream, "IDLE_TIMEOUT", 0.3)
     question = dns.message.make_query("www.example.test", "A").to_wire()[12:]
-    pool = UpstreamPool.from_config((parse_upstream(f"tls://127.0.0.1:{unbound.tls_port}#{NAME}"),), 3.0,
+    pool = UpstreamPool.from_config((parse_upstream(f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"),), 3.0,
                                     ca_file=str(pki[0].ca))
 
     async def run() -> list[int]:
@@ -186,14 +173,14 @@ def test_idle_connection_closes_and_the_next_query_reconnects(unbound, pki, monk
         for _ in range(2):
             reply = await pool.query(question, True, False, False)
             assert reply is not None and reply[3] & 0xF == 0
-            seen.append(established(unbound.tls_port))
+            seen.append(established(tls_unbound.tls_port))
             await asyncio.sleep(0.8)
-            seen.append(established(unbound.tls_port))
+            seen.append(established(tls_unbound.tls_port))
         await pool.query(question, True, False, False)
-        seen.append(established(unbound.tls_port))
+        seen.append(established(tls_unbound.tls_port))
         pool.close()
         await asyncio.sleep(0.2)
-        seen.append(established(unbound.tls_port))
+        seen.append(established(tls_unbound.tls_port))
         return seen
 
     assert asyncio.run(asyncio.wait_for(run(), 20)) == [1, 0, 1, 0, 1, 0]
@@ -201,10 +188,10 @@ def test_idle_connection_closes_and_the_next_query_reconnects(unbound, pki, monk
 
 
 @pytest.mark.parametrize("case", ["wrong name", "unknown CA"])
-def test_bad_certificate_is_refused_with_servfail_and_one_log_line(unbound, pki, case):
+def test_bad_certificate_is_refused_with_servfail_and_one_log_line(tls_unbound, pki, case):
     server, other_ca = pki
     name, ca = ("wrong.example", server.ca) if case == "wrong name" else (NAME, other_ca)
-    with heimdall([f"tls://127.0.0.1:{unbound.tls_port}#{name}"], ca) as srv:
+    with heimdall([f"tls://127.0.0.1:{tls_unbound.tls_port}#{name}"], ca) as srv:
         rcodes = [srv.query(f"bad-cert-{i}.bench.test", timeout=5).rcode() for i in range(5)]
         r = srv.query("www.example.test", timeout=5)
         log = srv.log
@@ -215,11 +202,11 @@ def test_bad_certificate_is_refused_with_servfail_and_one_log_line(unbound, pki,
     assert len(lines) < 6, "a line per connection attempt (with backoff), not per query"
 
 
-def test_killed_dot_upstream_loses_no_query(upstream, unbound, pki):
+def test_killed_dot_upstream_loses_no_query(upstream, tls_unbound, pki):
     server, _other = pki
     first = UnboundServer(f"127.0.0.1:{upstream.port}", tls=(str(server.cert), str(server.key))).start()
     try:
-        urls = [f"tls://127.0.0.1:{first.tls_port}#{NAME}", f"tls://127.0.0.1:{unbound.tls_port}#{NAME}"]
+        urls = [f"tls://127.0.0.1:{first.tls_port}#{NAME}", f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"]
         with heimdall(urls, server.ca, HEIMDALL_UPSTREAM_TIMEOUT="3") as srv:
             rcodes: list[int | str] = []
             lock = threading.Lock()
@@ -253,13 +240,13 @@ def test_killed_dot_upstream_loses_no_query(upstream, unbound, pki):
     assert used_first >= 1, "the queries before the kill went to the first upstream"
 
 
-def test_silent_dot_upstream_is_failed_over_and_its_connection_renewed(upstream, unbound, pki):
+def test_silent_dot_upstream_is_failed_over_and_its_connection_renewed(upstream, tls_unbound, pki):
     """A stopped Unbound keeps its connection open but answers nothing: the query fails over, the
     silent connection is dropped, and once the upstream is back a fresh connection serves it."""
     server, _other = pki
     first = UnboundServer(f"127.0.0.1:{upstream.port}", tls=(str(server.cert), str(server.key))).start()
     try:
-        urls = [f"tls://127.0.0.1:{first.tls_port}#{NAME}", f"tls://127.0.0.1:{unbound.tls_port}#{NAME}"]
+        urls = [f"tls://127.0.0.1:{first.tls_port}#{NAME}", f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"]
         with heimdall(urls, server.ca, HEIMDALL_UPSTREAM_TIMEOUT="2") as srv:
             assert answer_of(srv) == (dns.rcode.NOERROR, ["192.0.2.10"])
             assert established(first.tls_port) == 1

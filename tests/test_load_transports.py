@@ -11,22 +11,9 @@ from conftest import requires_dnsperf
 from tools.errors import EXIT_REGRESSION
 from tools.loadgen import LoadConfig, run_load
 from tools.peers import UnboundServer
-from tools.testpki import make_pki
 
 CLI = [sys.executable, "-c", "from tools.cli import main; main()"]
 CLIENTS = 8
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def unbound(upstream, pki):
-    server, _ = pki
-    with UnboundServer(upstream.addr, tls=(str(server.cert), str(server.key))) as srv:
-        yield srv
 
 
 def target(srv: UnboundServer, transport: str) -> str:
@@ -43,8 +30,8 @@ def load(srv: UnboundServer, pki, transport: str, **kw) -> dict:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
-def test_persistent_connections_answer_every_query(unbound, pki, transport):
-    r = load(unbound, pki, transport)
+def test_persistent_connections_answer_every_query(tls_unbound, pki, transport):
+    r = load(tls_unbound, pki, transport)
     assert r["transport"] == transport
     assert r["received"] == r["sent"] > 0 and r["timeouts"] == 0 and r["mismatched"] == 0
     assert r["qps"] > 0 and r["successes"] == r["received"]
@@ -56,8 +43,8 @@ def test_persistent_connections_answer_every_query(unbound, pki, transport):
 
 
 @pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
-def test_one_query_per_connection_opens_one_connection_per_query(unbound, pki, transport):
-    r = load(unbound, pki, transport, queries_per_connection=1)
+def test_one_query_per_connection_opens_one_connection_per_query(tls_unbound, pki, transport):
+    r = load(tls_unbound, pki, transport, queries_per_connection=1)
     assert r["received"] == r["sent"] > 0 and r["timeouts"] == 0
     c = r["connections"]
     # queries sent just after the window closed opened connections too: at most one per client
@@ -66,18 +53,18 @@ def test_one_query_per_connection_opens_one_connection_per_query(unbound, pki, t
 
 
 @pytest.mark.parametrize("transport", ["tcp", "doh"])
-def test_open_loop_pipelines_queries_on_few_connections(unbound, pki, transport):
+def test_open_loop_pipelines_queries_on_few_connections(tls_unbound, pki, transport):
     """On schedule, whatever the replies do: two connections carry every query (DoH as concurrent streams)."""
-    r = load(unbound, pki, transport, clients=2, qps=1000)
+    r = load(tls_unbound, pki, transport, clients=2, qps=1000)
     assert r["mode"] == "open" and r["received"] == r["sent"] > 0 and r["timeouts"] == 0
     assert r["sent"] >= 900  # the schedule held (1,000 q/s for 1 s), with a margin for a busy machine
     assert r["connections"]["opened"] == 2
 
 
 @pytest.mark.parametrize("transport", ["dot", "doh"])
-def test_an_untrusted_ca_is_a_counted_failure_and_a_clear_exit(unbound, pki, transport):
+def test_an_untrusted_ca_is_a_counted_failure_and_a_clear_exit(tls_unbound, pki, transport):
     _, other_ca = pki
-    out = subprocess.run([*CLI, "load", "--server", target(unbound, transport), "--transport", transport,
+    out = subprocess.run([*CLI, "load", "--server", target(tls_unbound, transport), "--transport", transport,
                           "--ca-file", str(other_ca), "--duration", "0.5", "--warmup", "0", "--clients", "2",
                           "--quiet"], capture_output=True, text=True, timeout=60)
     assert out.returncode == EXIT_REGRESSION, out.stderr
@@ -87,8 +74,8 @@ def test_an_untrusted_ca_is_a_counted_failure_and_a_clear_exit(unbound, pki, tra
     assert "handshake failures" in out.stdout
 
 
-def test_a_wrong_server_name_fails_every_handshake(unbound, pki):
-    r = load(unbound, pki, "dot", tls_server_name="other.heimdall.test")
+def test_a_wrong_server_name_fails_every_handshake(tls_unbound, pki):
+    r = load(tls_unbound, pki, "dot", tls_server_name="other.heimdall.test")
     c = r["connections"]
     assert r["received"] == 0 and r["sent"] == r["timeouts"] > 0
     assert c["handshake_failures"] >= CLIENTS and c["lost_with_connection"] >= r["sent"]
@@ -96,8 +83,8 @@ def test_a_wrong_server_name_fails_every_handshake(unbound, pki):
     assert any("TLS handshakes" in w for w in r["warnings"])
 
 
-def test_insecure_skips_the_certificate_check(unbound, pki):
-    cfg = LoadConfig(server=target(unbound, "dot"), transport="dot", insecure=True, duration=0.5, warmup=0,
+def test_insecure_skips_the_certificate_check(tls_unbound, pki):
+    cfg = LoadConfig(server=target(tls_unbound, "dot"), transport="dot", insecure=True, duration=0.5, warmup=0,
                      clients=2, processes=1, warm_set=200)
     r = run_load(cfg)
     assert r["received"] == r["sent"] > 0 and r["connections"]["handshake_failures"] == 0
@@ -116,8 +103,8 @@ def test_transport_flags_that_do_not_fit_are_one_line_errors(args, message):
 
 
 @requires_dnsperf
-def test_dnsperf_runs_over_dot(unbound, pki):
-    r = load(unbound, pki, "dot", engine="dnsperf")
+def test_dnsperf_runs_over_dot(tls_unbound, pki):
+    r = load(tls_unbound, pki, "dot", engine="dnsperf")
     assert " -m dot" in r["dnsperf"]["command"]
     assert r["transport"] == "dot" and r["engine"] == "dnsperf"
     assert r["received"] > 0 and r["timeouts"] <= 0.01 * r["sent"]
