@@ -61,20 +61,20 @@ class Exchange:
 
 class DohConnection(TcpConnection):
     """A DoH connection. Buffered: TLS decrypts into one buffer of ours, where a plain protocol
-    costs a fresh 256 KiB bytes object (an mmap and munmap) for every record it reads."""
+    costs a fresh 256 KiB bytes object (an mmap and munmap) for every record it reads. One buffer
+    serves every connection: the loop fills it and hands it over in one go, and we copy out."""
 
-    READ_SIZE = 65536
+    INBOX = memoryview(bytearray(65536))
 
     def __init__(self, listener: TcpListener) -> None:
         super().__init__(listener)
         self.http: Http2 | Http1 | None = None
-        self.inbox = memoryview(bytearray(self.READ_SIZE))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.inbox
+        return self.INBOX
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.inbox[:nbytes]))
+        self.data_received(bytes(self.INBOX[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -4,8 +4,9 @@ Requests are decoded by the `hpack` library (Huffman codes and the dynamic
 table are its business). A block that adds nothing to the decoder's table
 (indexed fields and literals not indexed: what a client sends for its second
 and later requests) means the same until a block that does, so its decoding
-is remembered until then; telling which blocks those are takes a walk over
-the fields' prefixes, not a decoding. Replies are a handful of fixed headers,
+is remembered until then, and so is each of its fields (a GET's block differs
+from the last one in its :path alone). Telling which blocks those are takes a
+walk over the fields' prefixes, not a decoding. Replies are a handful of fixed headers,
 encoded as literals never indexed (with the static table's names), so the
 client's table is never touched and the encoding of each distinct reply head
 can be kept.
@@ -28,29 +29,50 @@ class BadHeaderBlock(Exception):
 
 
 class HeaderBlocks:
-    """hpack's decoder, and the requests of blocks that leave its table as it was."""
+    """hpack's decoder, and what the blocks and fields that leave its table as it was decode to."""
+
+    KEEP = 512  # remembered blocks, and fields; past that the memory starts over
 
     def __init__(self) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADERS)
-        self.known: dict[bytes, Request | None] = {}
+        self.blocks: dict[bytes, Request | None] = {}
+        self.fields: dict[bytes, tuple[bytes, bytes]] = {}
 
     def decode(self, block: bytes) -> Request | None:
         """The request the block carries; None when it is not a request (no method or path)."""
         try:
-            return self.known[block]
+            return self.blocks[block]
         except KeyError:
             pass
+        fields = neutral_fields(block)
         try:
-            headers = self.decoder.decode(block, raw=True)
+            if fields is None:
+                self.blocks.clear()  # the table changes: what its indices meant is gone
+                self.fields.clear()
+                return request_of(self.decoder.decode(block, raw=True))
+            headers = [self.field(f) for f in fields]
         except hpack.HPACKError as exc:
             raise BadHeaderBlock(str(exc)) from None
+        if sum(len(name) + len(value) + 32 for name, value in headers) > MAX_HEADERS:
+            raise BadHeaderBlock("header list too large")
         req = request_of(headers)
-        if table_neutral(block):
-            if len(self.known) < 256:
-                self.known[block] = req
-        else:
-            self.known.clear()  # the table may have changed: what indices meant is gone
+        remember(self.blocks, block, req)
         return req
+
+    def field(self, data: bytes) -> tuple[bytes, bytes]:
+        """One field of a block that leaves the table alone: decoded alone, as it means the same."""
+        header = self.fields.get(data)
+        if header is None:
+            (name, value), = self.decoder.decode(data, raw=True)
+            header = (as_bytes(name), as_bytes(value))
+            remember(self.fields, data, header)
+        return header
+
+
+def remember(memory: dict, key: bytes, value: object) -> None:
+    if len(memory) >= HeaderBlocks.KEEP:
+        memory.clear()
+    memory[key] = value
 
 
 def request_of(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Request | None:
@@ -71,26 +93,28 @@ def as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()  # raw=True: always bytes already
 
 
-def table_neutral(block: bytes) -> bool:
-    """Decoding the block leaves the table as it was: its fields are all indexed (RFC 7541 6.1) or
-    literals not indexed (6.2.2, 6.2.3), none added to the table (6.2.1) and no size update (6.3)."""
-    i, n = 0, len(block)
+def neutral_fields(block: bytes) -> list[bytes] | None:
+    """The block's fields when decoding it leaves the table as it was: all indexed (RFC 7541 6.1)
+    or literals not indexed (6.2.2, 6.2.3). None when one adds to the table (6.2.1) or resizes it
+    (6.3), or the block ends inside a field (hpack's decoder says what is wrong with it)."""
+    fields, i, n = [], 0, len(block)
     try:
         while i < n:
-            byte = block[i]
+            start, byte = i, block[i]
             if byte & 0x80:
                 i = skip_int(block, i, 7)
             elif byte & 0xE0:
-                return False
+                return None
             else:
                 index = byte & 0x0F
                 i = skip_int(block, i, 4)
                 for _ in range(1 if index else 2):  # the name when not indexed, then the value
                     size, i = read_int(block, i, 7)
                     i += size
+            fields.append(block[start:i])
     except IndexError:
-        return False
-    return i == n
+        return None
+    return fields if i == n else None
 
 
 def read_int(block: bytes, i: int, prefix: int) -> tuple[int, int]:

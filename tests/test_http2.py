@@ -14,7 +14,7 @@ import hpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heimdall.headerblock import encode_headers, table_neutral
+from heimdall.headerblock import HeaderBlocks, encode_headers, neutral_fields, request_of
 from heimdall.http2 import (DATA, FLOW_CONTROL_ERROR, FRAME_SIZE, GOAWAY, HEADERS, MAX_BLOCK, MAX_STREAMS, PREFACE,
                             REFUSED_STREAM, RST_STREAM, SETTINGS, Http2Connection, frame)
 
@@ -172,8 +172,8 @@ def test_our_reply_heads_decode_with_hpack_and_leave_its_table_alone():
     block = encode_headers(415, [(b"content-type", b"text/plain"), (b"x-long", b"v" * 300)])
     assert decoder.decode(block, raw=True) == [(b":status", b"415"), (b"content-type", b"text/plain"),
                                                (b"x-long", b"v" * 300)]
-    assert table_neutral(block) and len(decoder.header_table.dynamic_entries) == 0
-    assert not table_neutral(hpack.Encoder().encode([("x-new", "indexed")]))
+    assert neutral_fields(block) is not None and len(decoder.header_table.dynamic_entries) == 0
+    assert neutral_fields(hpack.Encoder().encode([("x-new", "indexed")])) is None
 
 
 @PROPS
@@ -193,3 +193,18 @@ def test_any_bytes_after_the_preface_never_crash_and_stay_bounded(chunks, answer
         assert len(server.conn.streams) <= MAX_STREAMS
         assert len(server.conn.block or b"") <= MAX_BLOCK
     assert server.closed == server.conn.closed  # closed only by saying so (GOAWAY), or on the client's GOAWAY
+
+
+HEADER_VALUES = st.sampled_from([b"GET", b"POST", b"/dns-query", b"/dns-query?dns=AAAB", b"/x", b"application/dns-message",
+                                 b"text/plain", b"v" * 70])
+
+
+@PROPS
+@given(st.lists(st.lists(st.tuples(st.sampled_from([b":method", b":path", b"content-type", b"x-other"]), HEADER_VALUES,
+                                   st.booleans()), min_size=1, max_size=6), min_size=1, max_size=12))
+def test_remembered_blocks_and_fields_decode_as_hpack_does(requests):
+    """Blocks that index new fields (and so move the table's indices) between ones that do not."""
+    encoder, reference, blocks = hpack.Encoder(), hpack.Decoder(), HeaderBlocks()
+    for fields in requests:
+        block = encoder.encode([hpack.NeverIndexedHeaderTuple(n, v) if never else (n, v) for n, v, never in fields])
+        assert blocks.decode(block) == request_of(reference.decode(block, raw=True))
