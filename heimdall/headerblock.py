@@ -32,11 +32,13 @@ class HeaderBlocks:
     """hpack's decoder, and what the blocks and fields that leave its table as it was decode to."""
 
     KEEP = 512  # remembered blocks, and fields; past that the memory starts over
+    SHORT = 32  # longer fields are not remembered: a GET's :path, new with every query
 
     def __init__(self) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADERS)
         self.blocks: dict[bytes, Request | None] = {}
         self.fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self.misses = 0  # fields decoded rather than remembered
 
     def decode(self, block: bytes) -> Request | None:
         """The request the block carries; None when it is not a request (no method or path)."""
@@ -50,13 +52,15 @@ class HeaderBlocks:
                 self.blocks.clear()  # the table changes: what its indices meant is gone
                 self.fields.clear()
                 return request_of(self.decoder.decode(block, raw=True))
+            misses = self.misses
             headers = [self.field(f) for f in fields]
         except hpack.HPACKError as exc:
             raise BadHeaderBlock(str(exc)) from None
         if sum(len(name) + len(value) + 32 for name, value in headers) > MAX_HEADERS:
             raise BadHeaderBlock("header list too large")
         req = request_of(headers)
-        remember(self.blocks, block, req)
+        if self.misses == misses:  # made of fields seen before: likely to come again (a GET's :path is not)
+            remember(self.blocks, block, req)
         return req
 
     def field(self, data: bytes) -> tuple[bytes, bytes]:
@@ -65,7 +69,9 @@ class HeaderBlocks:
         if header is None:
             (name, value), = self.decoder.decode(data, raw=True)
             header = (as_bytes(name), as_bytes(value))
-            remember(self.fields, data, header)
+            self.misses += 1
+            if len(data) <= self.SHORT:
+                remember(self.fields, data, header)
         return header
 
 
