@@ -1,17 +1,18 @@
-"""The DoH listener's connections: HTTP/2 (h2) or HTTP/1.1 (h11) on one TLS port, into the pipeline.
+"""The DoH listener's connections: HTTP/2 or HTTP/1.1 on one TLS port, into the pipeline.
 
-h2 and h11 are sans-IO state machines: this protocol feeds them the bytes TLS
-decrypted and writes what they produce, so no web framework sits between a
-request and the pipeline. ALPN picks the machine: "h2" gets HTTP/2, anything
-else (http/1.1 or no ALPN) HTTP/1.1. A request's DNS message (dohrequest.py)
-goes through the rate limit and the pipeline as a TCP query does
-(TcpConnection: stream semantics, no truncation; the connection limits and
-the idle timeout of HEIMDALL_TCP_*), and its reply goes back on its stream.
-Every request gets an HTTP reply: an answer, or the status saying why not.
+HTTP/2 is heimdall/http2.py's own framing (the DoH hot path); HTTP/1.1 is h11,
+a sans-IO state machine. This protocol feeds them the bytes TLS decrypted and
+writes what they produce, so no web framework sits between a request and the
+pipeline. ALPN picks the protocol: "h2" gets HTTP/2, anything else (http/1.1
+or no ALPN) HTTP/1.1. A request's DNS message (dohrequest.py) goes through
+the rate limit and the pipeline as a TCP query does (TcpConnection: stream
+semantics, no truncation; the connection limits and the idle timeout of
+HEIMDALL_TCP_*), and its reply goes back on its stream. Every request gets
+an HTTP reply: an answer, or the status saying why not.
 
-Bounds: at most MAX_STREAMS HTTP/2 streams open per connection (a client that
-opens more breaks the protocol and is closed), request bodies past 65535
-bytes are not kept (413), and reading pauses while 32 queries wait for upstreams.
+Bounds: at most 100 HTTP/2 streams open per connection (more are refused with
+REFUSED_STREAM), request bodies past 65535 bytes are not kept (413), and
+reading pauses while 32 queries wait for upstreams.
 """
 
 from __future__ import annotations
@@ -22,21 +23,15 @@ import time
 from http import HTTPStatus
 from typing import Callable
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import h11
 
 from heimdall.dohrequest import MAX_MESSAGE, Headers, Refusal, answer_headers, dns_message, refusal_headers
+from heimdall.headerblock import MAX_HEADERS
+from heimdall.http2 import Http2Connection
 from heimdall.tcp import TcpConnection, TcpListener
 
 log = logging.getLogger("heimdall.doh")
 
-MAX_STREAMS = 100
-MAX_HEADERS = 16384
 Respond = Callable[[int, Headers, bytes], None]  # (status, headers, body) on one request's stream
 
 
@@ -65,9 +60,21 @@ class Exchange:
 
 
 class DohConnection(TcpConnection):
+    """A DoH connection. Buffered: TLS decrypts into one buffer of ours, where a plain protocol
+    costs a fresh 256 KiB bytes object (an mmap and munmap) for every record it reads. One buffer
+    serves every connection: the loop fills it and hands it over in one go, and we copy out."""
+
+    INBOX = memoryview(bytearray(65536))
+
     def __init__(self, listener: TcpListener) -> None:
         super().__init__(listener)
         self.http: Http2 | Http1 | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.INBOX
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.INBOX[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -110,93 +117,30 @@ class DohConnection(TcpConnection):
         if data and not self.transport.is_closing():
             self.transport.write(data)
 
+    def write_records(self, records: list[bytes]) -> None:
+        """Each item its own TLS record, all in one socket write."""
+        if not self.transport.is_closing():
+            self.transport.writelines(records)
+
 
 class Http2:
-    """HTTP/2: streams answered in any order, each reply within the client's flow-control window."""
+    """HTTP/2 (heimdall/http2.py): streams answered in any order, each within the client's windows."""
 
     def __init__(self, conn: DohConnection):
         self.conn = conn
-        # what we send is a few fixed, valid headers: h2 need not check them again on every reply
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
-        self.h2 = h2.connection.H2Connection(config)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADERS})
-        self.requests: dict[int, tuple[Headers, bytearray]] = {}
-        self.unsent: dict[int, bytes] = {}  # reply bytes waiting for the client's window
-        self.h2.initiate_connection()
-        self.flush()
+        self.frames = Http2Connection(self.request, conn.write_records, conn.transport.close)
+        self.frames.flush()  # our SETTINGS, first thing on the connection
 
     def receive(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            self.flush()
-            self.conn.transport.close()
-            return
-        for event in events:
-            self.event(event)
-        self.flush()
+        self.frames.receive(data)
 
-    def event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self.requests[event.stream_id] = (list(event.headers), bytearray())
-        elif isinstance(event, h2.events.DataReceived):
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            req = self.requests.get(event.stream_id)
-            if req is not None and len(req[1]) <= MAX_MESSAGE:
-                req[1].extend(event.data)
-        elif isinstance(event, h2.events.StreamEnded):
-            self.request(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            self.requests.pop(event.stream_id, None)
-            self.unsent.pop(event.stream_id, None)
-        elif isinstance(event, h2.events.WindowUpdated):
-            for sid in list(self.unsent):
-                self.send_body(sid, self.unsent.pop(sid))
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.flush()
-            self.conn.transport.close()
+    def request(self, sid: int, method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> None:
+        frames = self.frames
 
-    def request(self, sid: int) -> None:
-        req = self.requests.get(sid)
-        if req is None:
-            return
-        headers, body = req
-        head = dict(headers)
-        method, target = head.get(b":method", b""), head.get(b":path", b"")
+        def respond(status: int, headers: Headers, reply: bytes) -> None:
+            frames.respond(sid, status, headers, reply)
 
-        def respond(status: int, reply_headers: Headers, reply: bytes) -> None:
-            self.respond(sid, status, reply_headers, reply)
-
-        self.conn.request(method, target, head.get(b"content-type"), bytes(body), respond)
-
-    def respond(self, sid: int, status: int, headers: Headers, body: bytes) -> None:
-        if self.requests.pop(sid, None) is None or self.conn.transport.is_closing():
-            return  # the client reset the stream, or the connection is gone
-        try:
-            self.h2.send_headers(sid, [(b":status", str(status).encode()), *headers])
-            self.send_body(sid, body)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        self.flush()
-
-    def send_body(self, sid: int, data: bytes) -> None:
-        """As much of `data` as the windows allow; the rest waits for a WINDOW_UPDATE."""
-        while True:
-            room = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
-            if data and room <= 0:
-                self.unsent[sid] = data
-                return
-            chunk, data = data[:room], data[room:]
-            self.h2.send_data(sid, chunk, end_stream=not data)
-            if not data:
-                return
-
-    def flush(self) -> None:
-        self.conn.write(self.h2.data_to_send())
+        self.conn.request(method, target, content_type, body, respond)
 
 
 class Http1:

@@ -75,7 +75,10 @@ class TcpListener:
         return True
 
 
-class TcpConnection(asyncio.Protocol):
+class TcpConnection(asyncio.BaseProtocol):
+    """A plain protocol (data_received). Not an asyncio.Protocol by class, so that DohConnection,
+    one of these with get_buffer, is taken by the loop as the buffered protocol it is."""
+
     MAX_PIPELINE = 32
 
     def __init__(self, listener: TcpListener):

@@ -1,0 +1,167 @@
+"""HTTP/2 header blocks (RFC 7541) as a DoH server meets them: requests in, replies out.
+
+Requests are decoded by the `hpack` library (Huffman codes and the dynamic
+table are its business). A block that adds nothing to the decoder's table
+(indexed fields and literals not indexed: what a client sends for its second
+and later requests) means the same until a block that does, so its decoding
+is remembered until then, and so is each of its fields (a GET's block differs
+from the last one in its :path alone). Telling which blocks those are takes a
+walk over the fields' prefixes, not a decoding. Replies are a handful of fixed headers,
+encoded as literals never indexed (with the static table's names), so the
+client's table is never touched and the encoding of each distinct reply head
+can be kept.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import hpack
+
+MAX_HEADERS = 16384  # decoded header list size (our SETTINGS_MAX_HEADER_LIST_SIZE)
+STATIC_NAMES = {b"content-type": 31, b"content-length": 28, b"cache-control": 24, b"allow": 22}
+Headers = list[tuple[bytes, bytes]]
+Request = tuple[bytes, bytes, "bytes | None"]  # (method, path, content-type)
+
+
+class BadHeaderBlock(Exception):
+    """The block cannot be decoded: the connection's HPACK state is lost (COMPRESSION_ERROR)."""
+
+
+class HeaderBlocks:
+    """hpack's decoder, and what the blocks and fields that leave its table as it was decode to."""
+
+    KEEP = 512  # remembered blocks, and fields; past that the memory starts over
+    SHORT = 32  # longer fields are not remembered: a GET's :path, new with every query
+
+    def __init__(self) -> None:
+        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADERS)
+        self.blocks: dict[bytes, Request | None] = {}
+        self.fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self.misses = 0  # fields decoded rather than remembered
+
+    def decode(self, block: bytes) -> Request | None:
+        """The request the block carries; None when it is not a request (no method or path)."""
+        try:
+            return self.blocks[block]
+        except KeyError:
+            pass
+        fields = neutral_fields(block)
+        try:
+            if fields is None:
+                self.blocks.clear()  # the table changes: what its indices meant is gone
+                self.fields.clear()
+                return request_of(self.decoder.decode(block, raw=True))
+            misses = self.misses
+            headers = [self.field(f) for f in fields]
+        except hpack.HPACKError as exc:
+            raise BadHeaderBlock(str(exc)) from None
+        if sum(len(name) + len(value) + 32 for name, value in headers) > MAX_HEADERS:
+            raise BadHeaderBlock("header list too large")
+        req = request_of(headers)
+        if self.misses == misses:  # made of fields seen before: likely to come again (a GET's :path is not)
+            remember(self.blocks, block, req)
+        return req
+
+    def field(self, data: bytes) -> tuple[bytes, bytes]:
+        """One field of a block that leaves the table alone: decoded alone, as it means the same."""
+        header = self.fields.get(data)
+        if header is None:
+            (name, value), = self.decoder.decode(data, raw=True)
+            header = (as_bytes(name), as_bytes(value))
+            self.misses += 1
+            if len(data) <= self.SHORT:
+                remember(self.fields, data, header)
+        return header
+
+
+def remember(memory: dict, key: bytes, value: object) -> None:
+    if len(memory) >= HeaderBlocks.KEEP:
+        memory.clear()
+    memory[key] = value
+
+
+def request_of(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Request | None:
+    method = path = ctype = None
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b"content-type":
+            ctype = value
+    if method is None or not path:
+        return None
+    return as_bytes(method), as_bytes(path), None if ctype is None else as_bytes(ctype)
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()  # raw=True: always bytes already
+
+
+def neutral_fields(block: bytes) -> list[bytes] | None:
+    """The block's fields when decoding it leaves the table as it was: all indexed (RFC 7541 6.1)
+    or literals not indexed (6.2.2, 6.2.3). None when one adds to the table (6.2.1) or resizes it
+    (6.3), or the block ends inside a field (hpack's decoder says what is wrong with it)."""
+    fields, i, n = [], 0, len(block)
+    try:
+        while i < n:
+            start, byte = i, block[i]
+            if byte & 0x80:
+                i = skip_int(block, i, 7)
+            elif byte & 0xE0:
+                return None
+            else:
+                index = byte & 0x0F
+                i = skip_int(block, i, 4)
+                for _ in range(1 if index else 2):  # the name when not indexed, then the value
+                    size, i = read_int(block, i, 7)
+                    i += size
+            fields.append(block[start:i])
+    except IndexError:
+        return None
+    return fields if i == n else None
+
+
+def read_int(block: bytes, i: int, prefix: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 5.1) at block[i]: (value, offset after it)."""
+    top = (1 << prefix) - 1
+    value = block[i] & top
+    i += 1
+    if value < top:
+        return value, i
+    shift = 0
+    while True:
+        byte = block[i]
+        value += (byte & 0x7F) << shift
+        i += 1
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def skip_int(block: bytes, i: int, prefix: int) -> int:
+    return read_int(block, i, prefix)[1]
+
+
+def hpack_int(value: int, prefix: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) with a `prefix`-bit prefix, `first` holding the other bits."""
+    top = (1 << prefix) - 1
+    if value < top:
+        return bytes([first | value])
+    out, value = bytearray([first | top]), value - top
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_headers(status: int, headers: Headers) -> bytes:
+    """A reply's header block: :status and literals never indexed, so the client's table is never touched."""
+    out = [b"\x88" if status == 200 else b"\x08" + hpack_int(3, 7) + str(status).encode()]
+    for name, value in headers:
+        index = STATIC_NAMES.get(name)
+        out.append(hpack_int(index, 4) if index else b"\x00" + hpack_int(len(name), 7) + name)
+        out.append(hpack_int(len(value), 7) + value)
+    return b"".join(out)

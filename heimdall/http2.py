@@ -1,0 +1,396 @@
+"""The server side of one HTTP/2 connection (RFC 9113), as much of it as DoH needs, by hand.
+
+DoH over HTTP/2 is the product's hot path: a general state machine (h2) cost
+more per request than TLS, the cache and the pipeline together. A DoH server
+only ever answers: it reads requests (HEADERS, CONTINUATION, DATA), replies
+with one HEADERS and DATA per stream, and keeps the connection's bookkeeping
+(SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY). It never pushes, ignores
+priorities, and skips frame types it does not know. Header blocks are
+heimdall/headerblock.py's (decoded by the `hpack` library).
+
+Every violation is answered as RFC 9113 says: a stream error resets the
+stream (RST_STREAM), a connection error sends GOAWAY and closes. Buffers are
+bounded: at most one frame (16384 bytes, the size we advertise) is held
+incomplete and a header block is at most MAX_BLOCK bytes.
+
+Output is written in records: each reply (with any frames queued before it)
+is one, because some DoH clients (dnsperf among them) take at most one DNS
+reply from each TLS record they read and lose the rest. The records of one
+`receive` go to the transport in one `writelines` at its end (asyncio's TLS
+makes each item a TLS record of its own, and the socket gets one write); a
+reply made later (an answer after an upstream miss) is written at once.
+Nothing is written from inside frame parsing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Headers, Request, encode_headers, hpack_int
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x5, 0x6
+REFUSED_STREAM, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x7, 0x9, 0xB
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = \
+    range(1, 7)
+
+MAX_STREAMS = 100  # streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+MAX_BLOCK = 65536  # an encoded header block, HEADERS and CONTINUATIONs together
+FRAME_SIZE = 16384  # the largest frame we accept (the protocol's default; we do not raise it)
+WINDOW = 65535  # the receive windows we keep open (the protocol's default)
+MAX_WINDOW = 2**31 - 1
+HEADER = struct.Struct(">I B I")  # (length << 8 | type, flags, stream id): a frame's 9 bytes
+
+OnRequest = Callable[[int, bytes, bytes, "bytes | None", bytes], None]  # (stream, method, path, type, body)
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload) << 8 | kind, flags, sid) + payload
+
+
+OUR_SETTINGS = frame(SETTINGS, 0, 0, struct.pack(">HIHI", MAX_CONCURRENT_STREAMS, MAX_STREAMS,
+                                                  MAX_HEADER_LIST_SIZE, MAX_HEADERS))
+SETTINGS_ACK = frame(SETTINGS, ACK, 0)
+
+
+class Violation(Exception):
+    """The peer broke the protocol: GOAWAY with `code`, then close."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+@dataclass
+class Stream:
+    """A client stream we have not finished answering."""
+
+    recv_window: int
+    send_window: int
+    request: Request | None = None
+    body: bytearray = field(default_factory=bytearray)
+    ended: bool = False  # the client's side is done (END_STREAM seen)
+    answered: bool = False
+    unsent: bytes = b""  # reply bytes waiting for the client's flow-control window
+
+
+class Http2Connection:
+    """One connection's frames: requests go to `on_request`, replies come back through `respond`."""
+
+    def __init__(self, on_request: OnRequest, write: Callable[[list[bytes]], None], close: Callable[[], None]):
+        self.on_request, self.write, self.close = on_request, write, close
+        self.buf = bytearray()
+        self.preface = False  # the client's preface and first SETTINGS have arrived
+        self.closed = False
+        self.streams: dict[int, Stream] = {}
+        self.last_sid = 0  # the highest stream the client opened
+        self.blocks = HeaderBlocks()
+        self.block: bytearray | None = None  # a header block waiting for its CONTINUATIONs
+        self.block_sid = self.block_flags = 0
+        self.send_window = WINDOW  # the connection's, for our DATA
+        self.recv_window = WINDOW
+        self.consumed = 0  # DATA bytes received and not yet given back (WINDOW_UPDATE)
+        self.peer_window = WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self.peer_frame = FRAME_SIZE  # the client's SETTINGS_MAX_FRAME_SIZE
+        self.table_update = b""  # a dynamic table size update our next header block must start with
+        self.encoded: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+        self.out: list[bytes] = [OUR_SETTINGS]  # frames of the record being made
+        self.records: list[bytes] = []  # whole records not yet written
+        self.receiving = False
+
+    def receive(self, data: bytes) -> None:
+        """Everything the client sent, parsed; replies go out as they are made, the rest at the end."""
+        if self.closed:
+            return
+        self.receiving = True
+        try:
+            self.buf += data
+            self.frames()
+        except Violation as exc:
+            self.receiving = False
+            self.fail(exc.code)
+        self.receiving = False
+        if self.consumed and not self.closed:
+            self.out.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.consumed)))
+            self.recv_window += self.consumed
+            self.consumed = 0
+        self.flush()
+
+    def frames(self) -> None:
+        buf = self.buf
+        if not self.preface:
+            if len(buf) < len(PREFACE) + 9:
+                if not PREFACE.startswith(bytes(buf[:len(PREFACE)])):
+                    raise Violation(PROTOCOL_ERROR)
+                return
+            if buf[:len(PREFACE)] != PREFACE or buf[len(PREFACE) + 3] != SETTINGS:
+                raise Violation(PROTOCOL_ERROR)
+            del buf[:len(PREFACE)]
+            self.preface = True
+        pos, end = 0, len(buf)
+        while end - pos >= 9 and not self.closed:
+            head, flags, sid = HEADER.unpack_from(buf, pos)
+            size, kind = head >> 8, head & 0xFF
+            if size > FRAME_SIZE:
+                raise Violation(FRAME_SIZE_ERROR)
+            if end - pos - 9 < size:
+                break
+            payload = bytes(buf[pos + 9:pos + 9 + size])
+            pos += 9 + size
+            self.frame(kind, flags, sid & MAX_WINDOW, payload)
+        del buf[:pos]
+
+    def frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if self.block is not None and kind != CONTINUATION:
+            raise Violation(PROTOCOL_ERROR)  # a header block must not be interrupted
+        if kind == HEADERS:
+            self.headers(flags, sid, payload)
+        elif kind == DATA:
+            self.data(flags, sid, payload)
+        elif kind == CONTINUATION:
+            self.continuation(flags, sid, payload)
+        elif kind == SETTINGS:
+            self.settings(flags, sid, payload)
+        elif kind == WINDOW_UPDATE:
+            self.window_update(sid, payload)
+        elif kind == PING:
+            if sid or len(payload) != 8:
+                raise Violation(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR)
+            if not flags & ACK:
+                self.out.append(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            self.check_stream_frame(sid, payload, 4)
+            self.streams.pop(sid, None)
+        elif kind == PRIORITY:
+            self.check_stream_frame(sid, payload, 5, idle_ok=True)
+        elif kind == GOAWAY:
+            if sid:
+                raise Violation(PROTOCOL_ERROR)
+            self.closed = True  # the client is leaving: as h2 did, close now
+            self.close()
+        elif kind == PUSH_PROMISE:
+            raise Violation(PROTOCOL_ERROR)  # a client never pushes
+
+    def check_stream_frame(self, sid: int, payload: bytes, size: int, idle_ok: bool = False) -> None:
+        if sid == 0 or (sid > self.last_sid and not idle_ok):
+            raise Violation(PROTOCOL_ERROR)
+        if len(payload) != size:
+            raise Violation(FRAME_SIZE_ERROR)
+
+    def headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0 or sid % 2 == 0:
+            raise Violation(PROTOCOL_ERROR)
+        start, end = 0, len(payload)
+        if flags & PADDED:
+            if not payload:
+                raise Violation(PROTOCOL_ERROR)
+            start, end = 1, end - payload[0]
+        if flags & PRIORITY_FLAG:
+            start += 5
+        if end < start:
+            raise Violation(PROTOCOL_ERROR)
+        if flags & END_HEADERS:
+            self.header_block(sid, flags, payload[start:end])
+        else:
+            self.block, self.block_sid, self.block_flags = bytearray(payload[start:end]), sid, flags
+
+    def continuation(self, flags: int, sid: int, payload: bytes) -> None:
+        block = self.block
+        if block is None or sid != self.block_sid:
+            raise Violation(PROTOCOL_ERROR)
+        block += payload
+        if len(block) > MAX_BLOCK:
+            raise Violation(ENHANCE_YOUR_CALM)
+        if flags & END_HEADERS:
+            self.block = None
+            self.header_block(sid, self.block_flags, bytes(block))
+
+    def header_block(self, sid: int, flags: int, block: bytes) -> None:
+        """A whole header block: a new request, or trailers ending one (decoded either way: HPACK is shared)."""
+        try:
+            req = self.blocks.decode(block)
+        except BadHeaderBlock:
+            raise Violation(COMPRESSION_ERROR) from None
+        stream = self.streams.get(sid)
+        if sid <= self.last_sid:
+            if stream is None or stream.ended:
+                raise Violation(STREAM_CLOSED)
+            if not flags & END_STREAM:
+                self.reset(sid, PROTOCOL_ERROR)  # headers after headers, not trailers
+                return
+            self.end_request(sid, stream)
+            return
+        self.last_sid = sid
+        if len(self.streams) >= MAX_STREAMS:
+            self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", REFUSED_STREAM)))
+            return
+        if req is None:
+            self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", PROTOCOL_ERROR)))
+            return
+        stream = Stream(WINDOW, self.peer_window, req)
+        self.streams[sid] = stream
+        if flags & END_STREAM:
+            self.end_request(sid, stream)
+
+    def data(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0 or sid > self.last_sid:
+            raise Violation(PROTOCOL_ERROR)
+        size = len(payload)
+        self.recv_window -= size
+        if self.recv_window < 0:
+            raise Violation(FLOW_CONTROL_ERROR)
+        self.consumed += size
+        start, end = 0, size
+        if flags & PADDED:
+            if not payload or payload[0] >= size:
+                raise Violation(PROTOCOL_ERROR)
+            start, end = 1, size - payload[0]
+        stream = self.streams.get(sid)
+        if stream is None or stream.ended:
+            self.reset(sid, STREAM_CLOSED)
+            return
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            self.reset(sid, FLOW_CONTROL_ERROR)
+            return
+        if len(stream.body) <= WINDOW:  # more than a DNS message can be is not kept (413 says so)
+            stream.body += payload[start:end]
+        if flags & END_STREAM:
+            self.end_request(sid, stream)
+        elif size:
+            stream.recv_window += size
+            self.out.append(frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", size)))
+
+    def end_request(self, sid: int, stream: Stream) -> None:
+        stream.ended = True
+        req = stream.request
+        if req is not None:
+            self.on_request(sid, req[0], req[1], req[2], bytes(stream.body))
+
+    def settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid:
+            raise Violation(PROTOCOL_ERROR)
+        if flags & ACK:
+            if payload:
+                raise Violation(FRAME_SIZE_ERROR)
+            return
+        if len(payload) % 6:
+            raise Violation(FRAME_SIZE_ERROR)
+        for key, value in struct.iter_unpack(">HI", payload):
+            self.setting(key, value)
+        self.out.append(SETTINGS_ACK)
+
+    def setting(self, key: int, value: int) -> None:
+        if key == INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                raise Violation(FLOW_CONTROL_ERROR)
+            delta, self.peer_window = value - self.peer_window, value
+            for stream in self.streams.values():
+                stream.send_window += delta
+            if delta > 0:
+                self.send_waiting()
+        elif key == MAX_FRAME_SIZE:
+            if not FRAME_SIZE <= value <= 2**24 - 1:
+                raise Violation(PROTOCOL_ERROR)
+            self.peer_frame = value
+        elif key == ENABLE_PUSH and value > 1:
+            raise Violation(PROTOCOL_ERROR)
+        elif key == HEADER_TABLE_SIZE and value < 4096:
+            self.table_update = hpack_int(value, 5, 0x20)  # our blocks use no table; say so in its size
+
+    def window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise Violation(FRAME_SIZE_ERROR)
+        increment = struct.unpack(">I", payload)[0] & MAX_WINDOW
+        if sid == 0:
+            if increment == 0:
+                raise Violation(PROTOCOL_ERROR)
+            self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise Violation(FLOW_CONTROL_ERROR)
+            self.send_waiting()
+            return
+        if sid > self.last_sid:
+            raise Violation(PROTOCOL_ERROR)
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # a stream we finished: the client may not have seen it end yet
+        if increment == 0:
+            self.reset(sid, PROTOCOL_ERROR)
+            return
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            self.reset(sid, FLOW_CONTROL_ERROR)
+            return
+        self.send_body(sid, stream)
+
+    def respond(self, sid: int, status: int, headers: Headers, body: bytes) -> None:
+        """One stream's reply: HEADERS, then DATA as the windows allow. Ignored if the stream is gone."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.answered or self.closed:
+            return
+        stream.answered = True
+        key = (status, tuple(headers))
+        block = self.encoded.get(key)
+        if block is None:
+            if len(self.encoded) >= 256:
+                self.encoded.clear()
+            block = self.encoded[key] = encode_headers(status, headers)
+        if self.table_update:
+            block, self.table_update = self.table_update + block, b""
+        if body:
+            self.out.append(frame(HEADERS, END_HEADERS, sid, block))
+            stream.unsent = body
+            self.send_body(sid, stream)
+        else:
+            self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            del self.streams[sid]
+        self.records.append(b"".join(self.out))
+        self.out.clear()
+        if not self.receiving:
+            self.flush()
+
+    def send_body(self, sid: int, stream: Stream) -> None:
+        """As much of the stream's reply as the windows allow; the rest waits for a WINDOW_UPDATE."""
+        data = stream.unsent
+        while data:
+            room = min(self.send_window, stream.send_window, self.peer_frame)
+            if room <= 0:
+                break
+            chunk, data = data[:room], data[room:]
+            self.send_window -= len(chunk)
+            stream.send_window -= len(chunk)
+            self.out.append(frame(DATA, 0 if data else END_STREAM, sid, chunk))
+        stream.unsent = data
+        if not data and stream.answered:
+            del self.streams[sid]
+
+    def send_waiting(self) -> None:
+        for sid, stream in list(self.streams.items()):
+            if stream.unsent:
+                self.send_body(sid, stream)
+
+    def reset(self, sid: int, code: int) -> None:
+        self.streams.pop(sid, None)
+        self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", code)))
+
+    def fail(self, code: int) -> None:
+        """A connection error: GOAWAY naming the last stream we took, then close."""
+        if self.closed:
+            return
+        self.out.append(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_sid, code)))
+        self.flush()
+        self.closed = True
+        self.close()
+
+    def flush(self) -> None:
+        records = self.records
+        if self.out:
+            records.append(b"".join(self.out))
+            self.out.clear()
+        if records:
+            self.records = []
+            self.write(records)
