@@ -83,8 +83,9 @@ class Entry:
         self.head = _HEADS.setdefault(head, head) if len(_HEADS) < 10_000 else head
         self.tail = tail
         self.qend = qend
-        self.aged = now = shared_int(now)
-        self.expires = shared_int(now + ttl)
+        ints = _INTS  # shared_int inlined for the common case: the same second as the last entry's
+        self.aged = ints.get(now) or shared_int(now)
+        self.expires = ints.get(now + ttl) or shared_int(now + ttl)
         self.offsets = _OFFSETS.setdefault(offsets, offsets) if len(_OFFSETS) < 10_000 else offsets
         self.mark = False  # asked for since the CLOCK hand last passed: set by every hit, C and Python
         self.lid = lid

@@ -36,6 +36,7 @@ STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U16_U16 = struct.Struct("!HH")
 _COUNTS = struct.Struct("!HHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
@@ -345,9 +346,9 @@ def set_ttls(tail: bytes, offsets: tuple[int, ...], ttl: int) -> bytes:
 
 def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bool = True) -> bytes:
     """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
-    head = bytes((qid >> 8, qid & 0xFF, RD if rd else 0, CD if cd else 0))
+    head = _U16_U16.pack(qid, (0x100 if rd else 0) | (CD if cd else 0))  # ID, then RD in byte 2 and CD in 3
     if edns:
-        return head + EDNS_COUNTS + question + OPTS[OUR_UDP_SIZE, do]
+        return b"".join((head, EDNS_COUNTS, question, OPTS[OUR_UDP_SIZE, do]))
     return head + PLAIN_COUNTS + question
 
 
