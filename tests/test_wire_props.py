@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from heimdall import anyquery, bailiwick, cache, cachekey, wire
+from heimdall import anyquery, bailiwick, blocklist, cache, cachekey, wire
 from heimdall.cache import Cache, build_entry, clamp_ttls
 from heimdall.upstream import mix_case
 from heimdall.wire import WireError
@@ -576,3 +576,19 @@ def test_c_entry_parts_take_plain_answers(rcode):
                                                "ns.example.test. host.example.test. 1 2 3 4 60"))
     for limit in (30, 1232):
         assert same_parts(r.to_wire(), q.to_wire(), limit, (0, 86400, 3600))
+
+
+# --- the blocklist's suffix walk: C (blocklist.suffix_in) against the Python twin ---
+
+@pytest.mark.skipif(blocklist.suffix_in is blocklist.py_suffix_in, reason="C extension not built (no compiler)")
+@PROPS
+@given(st.lists(SHORT_LABEL, max_size=5), st.lists(st.lists(SHORT_LABEL, max_size=3), max_size=6), st.booleans(),
+       st.binary(max_size=20))
+def test_c_suffix_in_agrees_with_python(labels, listed, skip_tld, junk):
+    def wire_name(ls):
+        return b"".join(bytes((len(x),)) + x.lower().encode() for x in ls) + b"\x00"
+    qname = wire_name(labels)
+    names = frozenset([wire_name(ls) for ls in listed] + [wire_name(labels[i:]) for i in range(0, len(labels), 2)])
+    for name in (qname, junk, qname + junk, junk + qname):
+        for within in (names, frozenset(), frozenset([name[3:]])):
+            assert blocklist.suffix_in(name, within, skip_tld) == blocklist.py_suffix_in(name, within, skip_tld)
