@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - no compiler at install time
     c_ext = None
 _c_parse_query: Callable[[bytes], tuple] | None = getattr(c_ext, "parse_query", None)
 _c_scan_response: Callable[[bytes, bool], tuple] | None = getattr(c_ext, "scan_response", None)
+_c_reply_matches: Callable[[bytes, int, bytes, bool], bool] | None = getattr(c_ext, "reply_matches", None)
 
 
 @dataclass(slots=True)
@@ -354,6 +355,13 @@ def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bo
 
 def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
     """RFC 5452: an upstream reply counts only if ID, QR and the question match."""
+    if _c_reply_matches is not None and type(reply) is bytes and type(question) is bytes:
+        return _c_reply_matches(reply, qid, question, exact)  # heimdall/_hotpath.c: the same test
+    return py_reply_matches(reply, qid, question, exact)
+
+
+def py_reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
+    """reply_matches in Python: without the C extension, and the reference the C test is held to."""
     if len(reply) < HEADER_LEN + len(question) or reply[2] & QR == 0:
         return False
     if _U16.unpack_from(reply, 0)[0] != qid or _U16.unpack_from(reply, 4)[0] != 1:

@@ -592,3 +592,21 @@ def test_c_suffix_in_agrees_with_python(labels, listed, skip_tld, junk):
     for name in (qname, junk, qname + junk, junk + qname):
         for within in (names, frozenset(), frozenset([name[3:]])):
             assert blocklist.suffix_in(name, within, skip_tld) == blocklist.py_suffix_in(name, within, skip_tld)
+
+
+@needs_c
+@PROPS
+@given(upstream_reply(), st.integers(-1, 0x10000), st.booleans(), st.lists(st.booleans(), min_size=1, max_size=20),
+       st.integers(0, 40))
+def test_c_reply_matches_agrees_with_python(qr, qid, exact, flips, cut):
+    """The C test of an upstream reply (ID, QR, question, 0x20 case) says what the Python twin says."""
+    q, r = qr
+    reply = r.to_wire()
+    question = bytearray(q.to_wire()[12:])
+    for i, flip in enumerate(flips):  # another case, and sometimes another name
+        if flip and i < len(question) and chr(question[i]).isalpha():
+            question[i] ^= 0x20 if i % 3 else 0x01
+    for asked in (bytes(question), bytes(question[:cut]), q.to_wire()[12:]):
+        for qid_ in (qid, r.id):
+            for msg in (reply, reply[:cut], q.to_wire()):
+                assert wire.reply_matches(msg, qid_, asked, exact) == wire.py_reply_matches(msg, qid_, asked, exact)
