@@ -253,6 +253,7 @@ def clamp_ttls(body: bytearray, scan: ResponseScan, min_ttl: int, max_ttl: int, 
 
 EntryParts = tuple[bytes, bytes, tuple[int, ...], int, int]  # head, tail, TTL offsets in tail, lifetime, rcode
 # heimdall/_hotpath.c: py_entry_parts for plain answers (None for anything else), ~1/6 of the instructions
+_OUR_OPTS = (wire.OPTS[wire.OUR_UDP_SIZE, False], wire.OPTS[wire.OUR_UDP_SIZE, True])  # by the client's DO
 _c_entry_parts: Callable[..., EntryParts | None] | None = getattr(wire.c_ext, "entry_parts", None)
 
 
@@ -267,14 +268,17 @@ def build_entry(response: bytes, client: bytes, q: wire.Query, limit: int, now: 
     when it does not fit, the variant is an empty TC=1 reply. Returns the
     entry and its cache lifetime (-1: serve once, do not cache).
     """
-    opt = wire.OPTS[wire.OUR_UDP_SIZE, q.do] if q.edns else b""
+    opt = _OUR_OPTS[q.do] if q.edns else b""
     parts = None
     if _c_entry_parts is not None:
         parts = _c_entry_parts(response, client, q.qend, limit, min_ttl, max_ttl, negative_cap, q.do, opt)
     if parts is None:
         parts = py_entry_parts(response, client, q, limit, min_ttl, max_ttl, negative_cap, opt)
     head, tail, offsets, ttl, rcode = parts
-    return Entry(head, tail, q.qend, now, max(ttl, 0), offsets, label_id(q.qtype, rcode)), ttl
+    lid = LABELS.get((q.qtype, rcode, False))
+    if lid is None:
+        lid = label_id(q.qtype, rcode)
+    return Entry(head, tail, q.qend, now, ttl if ttl > 0 else 0, offsets, lid), ttl
 
 
 def py_entry_parts(response: bytes, client: bytes, q: wire.Query, limit: int, min_ttl: int, max_ttl: int,
