@@ -48,6 +48,8 @@ def _py_recv_burst(fd: int, limit: int) -> list[bytes]:
 
 # heimdall/_hotpath.c reads a burst without an exception at its end
 recv_burst: Callable[[int, int], list[bytes]] = getattr(wire.c_ext, "recv_burst", _py_recv_burst)
+# ... and matches a reply (bytes, as both readers return) to its query in C when it can
+reply_matches: Callable[[bytes, int, bytes, bool], bool] = wire._c_reply_matches or wire.py_reply_matches
 
 SWEEP_SLACK = 0.005  # a timeout may fire this much late, so queries expiring together share one sweep
 Waiting = tuple[bytes, asyncio.Future, float]  # (question as sent, future of the reply, loop-time deadline)
@@ -130,7 +132,7 @@ class Channel:
         for data in datagrams:
             qid = data[0] << 8 | data[1] if len(data) >= 12 else -1
             entry = waiting.get(qid)
-            if entry is not None and wire.reply_matches(data, qid, entry[0], self.exact):
+            if entry is not None and reply_matches(data, qid, entry[0], self.exact):
                 del waiting[qid]
                 if not entry[1].done():  # else its asker gave up (cancelled): nobody to tell
                     entry[1].set_result(data)
