@@ -17,11 +17,13 @@
  * (MSG_TRUNC), is answered FORMERR here (dropped when it is a response): the
  * slow path would see a message that is not the one the client sent.
  *
- * Beside the reader, four helpers of the miss path live here because they are C for the same
- * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py), the two wire walks
- * a miss makes, parse_query and scan_response (heimdall/wire.py calls them), and the cache key of a
- * query the hot path could not answer (heimdall/cachekey.py); their Python twins are the reference
- * they are tested against.
+ * Beside the reader, helpers of the miss path live here because they are C for the same
+ * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py), the wire walks
+ * a miss makes, parse_query and scan_response (heimdall/wire.py calls them), the cache key of a
+ * query the hot path could not answer (heimdall/cachekey.py), the reply test of RFC 5452
+ * (reply_matches), the bytes of a plain answer's entry (entry_parts, heimdall/cache.py) and the
+ * blocklist's suffix walk (suffix_in, heimdall/blocklist.py); their Python twins are the
+ * reference they are tested against (tests/test_wire_props.py).
  *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
