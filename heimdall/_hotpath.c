@@ -17,11 +17,13 @@
  * (MSG_TRUNC), is answered FORMERR here (dropped when it is a response): the
  * slow path would see a message that is not the one the client sent.
  *
- * Beside the reader, four helpers of the miss path live here because they are C for the same
- * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py), the two wire walks
- * a miss makes, parse_query and scan_response (heimdall/wire.py calls them), and the cache key of a
- * query the hot path could not answer (heimdall/cachekey.py); their Python twins are the reference
- * they are tested against.
+ * Beside the reader, helpers of the miss path live here because they are C for the same
+ * reason: recv_burst (an upstream channel's datagrams, heimdall/channels.py), the wire walks
+ * a miss makes, parse_query and scan_response (heimdall/wire.py calls them), the cache key of a
+ * query the hot path could not answer (heimdall/cachekey.py), the reply test of RFC 5452
+ * (reply_matches), the bytes of a plain answer's entry (entry_parts, heimdall/cache.py) and the
+ * blocklist's suffix walk (suffix_in, heimdall/blocklist.py); their Python twins are the
+ * reference they are tested against (tests/test_wire_props.py).
  *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
@@ -938,6 +940,249 @@ static PyObject *cache_key(PyObject *module, PyObject *const *args, Py_ssize_t n
     return key;
 }
 
+/* entry_parts(response, client, qend, limit, min_ttl, max_ttl, negative_cap, do, opt)
+ *   -> (head, tail, offsets, ttl, rcode) | None
+ * heimdall/cache.py's build_entry up to the Entry, for the answers every miss gets: a minimal walk
+ * (scan_response with full=False), bailiwick.clean's fast checks, the TTL clamp and the entry's
+ * bytes. None whenever anything is not plain (a malformed message, a record the fast checks cannot
+ * vouch for, an unusual bound): the Python twin (cache.py_entry_parts) then does all of it,
+ * errors and bailiwick stripping included. In Python these steps cost a miss ~30,000 instructions;
+ * tests/test_wire_props.py holds the two to the same parts. */
+#define PARTS_MAX 256  /* records in the kept sections; more goes to the Python twin */
+
+static int label_start(const unsigned char *m, Py_ssize_t target)
+{
+    /* target is a label boundary of the question name (its terminating zero included) */
+    Py_ssize_t off = HEADER;
+    for (;;) {
+        if (off == target)
+            return 1;
+        if (m[off] == 0 || off > target)
+            return 0;
+        off += m[off] + 1;
+    }
+}
+
+static PyObject *entry_parts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "entry_parts(response: bytes, client: bytes, qend, limit, min_ttl, "
+                        "max_ttl, negative_cap, do, opt: bytes)");
+        return NULL;
+    }
+    const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), qend_client = PyLong_AsSsize_t(args[2]);
+    long long limit = PyLong_AsLongLong(args[3]), min_ttl = PyLong_AsLongLong(args[4]);
+    long long max_ttl = PyLong_AsLongLong(args[5]), cap = PyLong_AsLongLong(args[6]);
+    int dnssec_ok = PyObject_IsTrue(args[7]);
+    if (PyErr_Occurred() || dnssec_ok < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *opt = args[8];
+    Py_ssize_t opt_len = PyBytes_GET_SIZE(opt);
+    if (min_ttl < 0 || min_ttl > 0x7FFFFFFF || max_ttl < 0 || max_ttl > 0x7FFFFFFF || cap < 0 || cap > 0x7FFFFFFF ||
+        PyBytes_GET_SIZE(args[1]) < HEADER || n < HEADER || U16(m, 4) != 1)
+        Py_RETURN_NONE;
+    Py_ssize_t qend, end, fixed, off;
+    if (question_end_c(m, n, HEADER, &qend) != NULL || qend != qend_client)
+        Py_RETURN_NONE;
+    long rcode = m[3] & 0x0F, an = U16(m, 6), ns = U16(m, 8);
+    int positive = rcode == 0 && an > 0;
+    if (!positive && an != 0)  /* a negative answer with records in its answer: the full check */
+        Py_RETURN_NONE;
+    long count = positive ? an : ns;
+    if (count > PARTS_MAX)
+        Py_RETURN_NONE;
+    Py_ssize_t ttl_offs[PARTS_MAX], chain[PARTS_MAX + 1];
+    int n_chain = 0, zone = -1;
+    Py_ssize_t soa_off = -1;
+    unsigned long soa_min = 0;
+    chain[n_chain++] = HEADER;
+    off = qend;
+    for (long i = 0; i < count; i++) {
+        unsigned int rtype;
+        if (rr_end_c(m, n, off, &end, &fixed, &rtype) != NULL || rtype == 41)
+            Py_RETURN_NONE;  /* malformed, or an OPT where none may be */
+        unsigned int b0 = m[off];
+        if (b0 < 0xC0)  /* an owner written out: the full check */
+            Py_RETURN_NONE;
+        Py_ssize_t target = (Py_ssize_t)(b0 & 0x3F) << 8 | m[off + 1];
+        if (positive) {  /* a pointer to the question name or to a CNAME target on the chain */
+            int known = 0;
+            for (int k = 0; k < n_chain && !known; k++)
+                known = chain[k] == target;
+            if (!known || rtype == 39)
+                Py_RETURN_NONE;
+            if (rtype == 5)
+                chain[n_chain++] = fixed + 10;
+        } else {  /* a pointer to a label boundary of the question name, one zone for every SOA */
+            if (!label_start(m, target))
+                Py_RETURN_NONE;
+            if (rtype == 6) {
+                if (zone < 0)
+                    zone = (int)target;
+                else if (target != zone)
+                    Py_RETURN_NONE;
+                if (soa_off < 0) {
+                    soa_off = fixed + 4;
+                    soa_min = U32(m, end - 4);
+                }
+            }
+            chain[i] = target;  /* the owners, checked against the zone below */
+        }
+        ttl_offs[i] = fixed + 4;
+        off = end;
+    }
+    if (!positive) {
+        if (zone < 0)
+            Py_RETURN_NONE;
+        for (long i = 0; i < count; i++)
+            if (chain[i] > zone)
+                Py_RETURN_NONE;
+    }
+    Py_ssize_t rec_len = off - qend;
+    PyObject *tail = PyBytes_FromStringAndSize(NULL, rec_len + opt_len);
+    if (tail == NULL)
+        return NULL;
+    unsigned char *t = (unsigned char *)PyBytes_AS_STRING(tail);
+    memcpy(t, m + qend, rec_len);
+    memcpy(t + rec_len, PyBytes_AS_STRING(opt), opt_len);
+    long long ttl = -1;
+    if (rcode == 0 || rcode == 3) {  /* cache.clamp_ttls */
+        long long least = -1;
+        for (long i = 0; i < count; i++) {
+            unsigned char *p = t + ttl_offs[i] - qend;
+            long long v = (long long)U32(p, 0);
+            if (v > 0x7FFFFFFF)
+                v = 0;
+            v = v > max_ttl ? max_ttl : (v < min_ttl ? min_ttl : v);
+            p[0] = (unsigned char)(v >> 24), p[1] = (unsigned char)(v >> 16), p[2] = (unsigned char)(v >> 8);
+            p[3] = (unsigned char)v;
+            if (least < 0 || v < least)
+                least = v;
+        }
+        if (positive)
+            ttl = least;
+        else if (soa_off >= 0) {
+            long long soa = (long long)U32(t + soa_off - qend, 0);
+            if (soa > (long long)soa_min)
+                soa = (long long)soa_min;
+            soa = soa < max_ttl ? soa : max_ttl;
+            soa = soa > min_ttl ? soa : min_ttl;
+            ttl = soa < cap ? soa : cap;
+            for (long i = 0; i < count; i++) {
+                unsigned char *p = t + ttl_offs[i] - qend;
+                if ((long long)U32(p, 0) > ttl || ttl_offs[i] == soa_off) {
+                    p[0] = (unsigned char)(ttl >> 24), p[1] = (unsigned char)(ttl >> 16);
+                    p[2] = (unsigned char)(ttl >> 8), p[3] = (unsigned char)ttl;
+                }
+            }
+        }
+    }
+    unsigned char head[10] = {0x80 | (c[2] & 0x01), 0x80 | (c[3] & 0x10) | (unsigned char)rcode, 0, 1, 0, 0, 0, 0,
+                              0, opt_len ? 1 : 0};
+    if (((c[3] & 0x20) || dnssec_ok) && (m[3] & 0x20))
+        head[1] |= 0x20;
+    PyObject *offsets;
+    if (qend + rec_len + opt_len > limit) {  /* does not fit: an empty TC=1 reply */
+        head[0] |= 0x02;
+        Py_DECREF(tail);
+        Py_INCREF(opt);
+        tail = opt;
+        offsets = PyTuple_New(0);
+    } else {
+        head[4] = (unsigned char)(an >> 8), head[5] = (unsigned char)an;
+        if (!positive)
+            head[6] = (unsigned char)(ns >> 8), head[7] = (unsigned char)ns;
+        offsets = PyTuple_New(count);
+        for (long i = 0; offsets != NULL && i < count; i++) {
+            PyObject *o = PyLong_FromSsize_t(ttl_offs[i] - qend);
+            if (o == NULL) {
+                Py_CLEAR(offsets);
+                break;
+            }
+            PyTuple_SET_ITEM(offsets, i, o);
+        }
+    }
+    if (offsets == NULL) {
+        Py_DECREF(tail);
+        return NULL;
+    }
+    return Py_BuildValue("y#NNLl", (const char *)head, (Py_ssize_t)10, tail, offsets, ttl, rcode);
+}
+
+/* suffix_in(qname, names, skip_tld) -> int: blocklist.py_suffix_in, the blocklist's walk on every
+ * miss: the offset of qname's first suffix (at a label start, the root alone never) that is in the
+ * frozenset names, or -1; with skip_tld the last label is not looked up either. The Python loop cost
+ * a miss ~3,000 instructions; tests/test_wire_props.py holds the two to the same offsets. */
+static PyObject *suffix_in(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyAnySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "suffix_in(qname: bytes, names: frozenset, skip_tld)");
+        return NULL;
+    }
+    const unsigned char *q = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t len = PyBytes_GET_SIZE(args[0]), end = len - 1, i = 0;
+    int skip_tld = PyObject_IsTrue(args[2]);
+    if (skip_tld < 0)
+        return NULL;
+    while (i < end) {
+        Py_ssize_t next = i + q[i] + 1;
+        if (skip_tld && next >= end)
+            break;
+        PyObject *suffix = PyBytes_FromStringAndSize((const char *)q + i, len - i);
+        if (suffix == NULL)
+            return NULL;
+        int found = PySet_Contains(args[1], suffix);
+        Py_DECREF(suffix);
+        if (found < 0)
+            return NULL;
+        if (found)
+            return PyLong_FromSsize_t(i);
+        i = next;
+    }
+    return PyLong_FromLong(-1);
+}
+
+/* reply_matches(reply, qid, question, exact) -> bool: wire.py_reply_matches (RFC 5452: ID, QR and the
+ * question, case-blind or, with 0x20, exact), which every upstream reply passes; in Python its
+ * slices, struct calls and lower() cost a miss ~2,500 instructions. Held to its twin by
+ * tests/test_wire_props.py. */
+static PyObject *reply_matches(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "reply_matches(reply: bytes, qid, question: bytes, exact)");
+        return NULL;
+    }
+    const unsigned char *r = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *q = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), qlen = PyBytes_GET_SIZE(args[2]);
+    long qid = PyLong_AsLong(args[1]);
+    if (qid == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();  /* no 16-bit ID is that large */
+        qid = -1;
+    }
+    int exact = PyObject_IsTrue(args[3]);
+    if (exact < 0)
+        return NULL;
+    if (n < HEADER + qlen || !(r[2] & 0x80) || (long)U16(r, 0) != qid || U16(r, 4) != 1)
+        Py_RETURN_FALSE;
+    if (exact)
+        return PyBool_FromLong(memcmp(r + HEADER, q, qlen) == 0);
+    for (Py_ssize_t i = 0; i < qlen; i++) {
+        unsigned char a = r[HEADER + i], b = q[i];
+        a = (a >= 'A' && a <= 'Z') ? (unsigned char)(a + 32) : a;
+        b = (b >= 'A' && b <= 'Z') ? (unsigned char)(b + 32) : b;
+        if (a != b)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
     {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL,
      "recv_burst(fd, limit) -> list[bytes]: the datagrams waiting on a non-blocking socket, at most limit"},
@@ -945,6 +1190,13 @@ static PyMethodDef module_methods[] = {
      "cache_key(msg, qend, edns, udp_size, do, tcp) -> bytes: cachekey.cache_key for a parsed query"},
     {"scan_response", scan_response, METH_VARARGS,
      "scan_response(msg, full) -> tuple: wire.ResponseScan's fields (ValueError: malformed)"},
+    {"entry_parts", (PyCFunction)(void (*)(void))entry_parts, METH_FASTCALL,
+     "entry_parts(response, client, qend, limit, min_ttl, max_ttl, negative_cap, do, opt) -> "
+     "(head, tail, offsets, ttl, rcode) | None: cache.build_entry's parts for a plain answer"},
+    {"suffix_in", (PyCFunction)(void (*)(void))suffix_in, METH_FASTCALL,
+     "suffix_in(qname, names, skip_tld) -> int: the offset of qname's first suffix in names, or -1"},
+    {"reply_matches", (PyCFunction)(void (*)(void))reply_matches, METH_FASTCALL,
+     "reply_matches(reply, qid, question, exact) -> bool: wire.reply_matches (RFC 5452)"},
     {"parse_query", parse_query, METH_VARARGS,
      "parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version) (ValueError: malformed)"},
     {NULL, NULL, 0, NULL},

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from heimdall.listfetch import is_url, redact
 from heimdall.listformat import BlocklistError, InvalidLine, ParseResult, parse_file, to_wire
+from heimdall.wire import c_ext
 
 if TYPE_CHECKING:
     from heimdall.subscriptions import Subscriptions
@@ -39,6 +40,25 @@ class Source:
     mtime_ns: int
     kind: str  # "block" or "allow"
     url: str = ""  # the list's URL when `path` is its saved copy
+
+
+def py_suffix_in(qname: bytes, names: frozenset[bytes], skip_tld: bool) -> int:
+    """The offset of qname's first suffix at a label start that is in names, or -1 (the root alone is
+    never looked up; with skip_tld, the last label is not either). The reference of the C walk."""
+    i = 0
+    end = len(qname) - 1
+    while i < end:
+        n = i + qname[i] + 1
+        if skip_tld and n >= end:
+            break
+        if qname[i:] in names:
+            return i
+        i = n
+    return -1
+
+
+# heimdall/_hotpath.c: the same walk without an interpreted step per label
+suffix_in: Callable[[bytes, frozenset[bytes], bool], int] = getattr(c_ext, "suffix_in", py_suffix_in)
 
 
 class Blocklist:
@@ -84,22 +104,8 @@ class Blocklist:
 
     def match(self, qname: bytes) -> bool:
         """True when the lower-cased wire-format qname (ending in b"\\0") is blocked."""
-        block = self._block
-        i = 0
-        end = len(qname) - 1
-        if self._skip_tld:
-            while True:
-                n = i + qname[i] + 1
-                if n >= end:
-                    return False
-                if qname[i:] in block:
-                    return self._decide(qname, i)
-                i = n
-        while i < end:
-            if qname[i:] in block:
-                return self._decide(qname, i)
-            i += qname[i] + 1
-        return False
+        hit = suffix_in(qname, self._block, self._skip_tld)
+        return hit >= 0 and self._decide(qname, hit)
 
     def _decide(self, qname: bytes, hit: int) -> bool:
         """Slow path after a hit: wildcard-only apex, then the allowlist."""

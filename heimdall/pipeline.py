@@ -48,6 +48,7 @@ from heimdall.workershare import WorkerShare
 log = logging.getLogger("heimdall.pipeline")
 
 TCP_LIMIT = 65535
+MISS_TASK = "heimdall-miss"
 PREFETCH_MIN_TTL = 10  # a tenth of less is under the second that entries are aged by
 Send = Callable[[bytes, object], None]  # send(reply, client): one reply to the client it came from
 
@@ -129,7 +130,9 @@ class Pipeline:
         self.pending += 1
         if self.share is not None:
             self.share.publish(self.slot, self.pending)
-        asyncio.get_running_loop().create_task(self._finish(result, data, client, transport, t0, send, done))
+        # The C Task itself, named: the loop's create_task would format a "Task-N" name per miss
+        asyncio.Task(self._finish(result, data, client, transport, t0, send, done), loop=asyncio.get_running_loop(),
+                     name=MISS_TASK)
         return True
 
     def limited(self, data: bytes) -> bytes | None:

@@ -36,6 +36,7 @@ STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U16_U16 = struct.Struct("!HH")
 _COUNTS = struct.Struct("!HHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
@@ -57,6 +58,7 @@ except ImportError:  # pragma: no cover - no compiler at install time
     c_ext = None
 _c_parse_query: Callable[[bytes], tuple] | None = getattr(c_ext, "parse_query", None)
 _c_scan_response: Callable[[bytes, bool], tuple] | None = getattr(c_ext, "scan_response", None)
+_c_reply_matches: Callable[[bytes, int, bytes, bool], bool] | None = getattr(c_ext, "reply_matches", None)
 
 
 @dataclass(slots=True)
@@ -345,14 +347,21 @@ def set_ttls(tail: bytes, offsets: tuple[int, ...], ttl: int) -> bytes:
 
 def make_query(qid: int, rd: bool, cd: bool, question: bytes, do: bool, edns: bool = True) -> bytes:
     """An upstream query: our ID, the client's RD/CD, one question, our OPT."""
-    head = bytes((qid >> 8, qid & 0xFF, RD if rd else 0, CD if cd else 0))
+    head = _U16_U16.pack(qid, (0x100 if rd else 0) | (CD if cd else 0))  # ID, then RD in byte 2 and CD in 3
     if edns:
-        return head + EDNS_COUNTS + question + OPTS[OUR_UDP_SIZE, do]
+        return b"".join((head, EDNS_COUNTS, question, OPTS[OUR_UDP_SIZE, do]))
     return head + PLAIN_COUNTS + question
 
 
 def reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
     """RFC 5452: an upstream reply counts only if ID, QR and the question match."""
+    if _c_reply_matches is not None and type(reply) is bytes and type(question) is bytes:
+        return _c_reply_matches(reply, qid, question, exact)  # heimdall/_hotpath.c: the same test
+    return py_reply_matches(reply, qid, question, exact)
+
+
+def py_reply_matches(reply: bytes, qid: int, question: bytes, exact: bool = False) -> bool:
+    """reply_matches in Python: without the C extension, and the reference the C test is held to."""
     if len(reply) < HEADER_LEN + len(question) or reply[2] & QR == 0:
         return False
     if _U16.unpack_from(reply, 0)[0] != qid or _U16.unpack_from(reply, 4)[0] != 1:

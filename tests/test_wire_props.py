@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from heimdall import anyquery, bailiwick, cachekey, wire
+from heimdall import anyquery, bailiwick, blocklist, cache, cachekey, wire
 from heimdall.cache import Cache, build_entry, clamp_ttls
 from heimdall.upstream import mix_case
 from heimdall.wire import WireError
@@ -483,3 +483,130 @@ def test_c_cache_key_agrees_with_python(msg):
     same_walks(msg)
     q = wire.parse_query(msg)
     assert cachekey.cache_key(msg, q, False) == cachekey.py_cache_key(msg, q, False)
+
+
+# --- build_entry's parts: C (cache._c_entry_parts) against the Python twin ---
+
+needs_c_parts = pytest.mark.skipif(cache._c_entry_parts is None, reason="C extension not built (no compiler)")
+BOUNDS = st.tuples(st.sampled_from([0, 1, 30, 300]), st.sampled_from([0, 60, 3600, 86400, 0x7FFFFFFF]),
+                   st.sampled_from([0, 5, 3600, 86400]))
+
+
+def same_parts(response: bytes, client: bytes, limit: int, bounds: tuple[int, int, int]) -> bool:
+    """The C parts equal the Python twin's whenever C takes the answer; True when it took it."""
+    try:
+        q = wire.parse_query(client)
+    except WireError:
+        return False
+    opt = wire.OPTS[wire.OUR_UDP_SIZE, q.do] if q.edns else b""
+    got = cache._c_entry_parts(response, client, q.qend, limit, *bounds, q.do, opt)
+    if got is None:
+        return False
+    assert got == cache.py_entry_parts(response, client, q, limit, *bounds, opt)
+    return True
+
+
+@needs_c_parts
+@PROPS
+@given(upstream_reply(), st.sampled_from([100, 512, 1232, 65535]), BOUNDS, st.integers(0, 255),
+       st.integers(0, 255), st.booleans())
+def test_c_entry_parts_agree_with_python(qr, limit, bounds, b2, b3, dnssec_ok):
+    q, r = qr
+    if dnssec_ok:
+        q.want_dnssec(True)
+    r.flags |= dns.flags.AD if b3 & 1 else 0
+    client = bytearray(q.to_wire())
+    client[2], client[3] = b2 & 0x7F, b3
+    same_parts(r.to_wire(), bytes(client), limit, bounds)
+
+
+@st.composite
+def plain_reply(draw):
+    """A reply the fast checks can vouch for: the answer on the question's CNAME chain, or no answer
+    and authority records at the question name or an ancestor (the SOA's zone above them or not)."""
+    q, r = draw(upstream_reply())
+    qname = q.question[0].name
+    r.answer, r.authority = [], []
+    if draw(st.booleans()):
+        for which, rdtype, ttl in draw(st.lists(RECORD, min_size=1, max_size=4)):
+            owner = qname if which != "cname" else dns.name.from_text("c." + qname.to_text())
+            r.answer.append(dns.rrset.from_text(owner, ttl, "IN", rdtype, rdata_for(rdtype, owner.to_text())))
+    else:
+        r.set_rcode(draw(st.sampled_from([dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED])))
+        for depth, rdtype, ttl in draw(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["SOA", "NS", "SOA"]),
+                                                          st.integers(0, 2**32 - 1)), max_size=3)):
+            owner = qname.split(max(2, len(qname) - depth))[1]
+            r.authority.append(dns.rrset.from_text(owner, ttl, "IN", rdtype, rdata_for(rdtype, owner.to_text())))
+    return q, r
+
+
+@needs_c_parts
+@PROPS
+@given(plain_reply(), st.sampled_from([100, 512, 1232, 65535]), BOUNDS, st.integers(0, 255), st.booleans())
+def test_c_entry_parts_agree_with_python_on_plain_replies(qr, limit, bounds, b3, dnssec_ok):
+    q, r = qr
+    q.want_dnssec(dnssec_ok)
+    client = bytearray(q.to_wire())
+    client[3] = b3
+    same_parts(r.to_wire(), bytes(client), limit, bounds)
+
+
+@needs_c_parts
+@PROPS
+@given(upstream_reply(), st.binary(min_size=1, max_size=8), st.integers(0, 400), BOUNDS)
+def test_c_entry_parts_agree_with_python_on_corrupted_replies(qr, junk, pos, bounds):
+    q, r = qr
+    w = r.to_wire()
+    pos %= len(w)
+    same_parts(w[:pos] + junk + w[pos + len(junk):], q.to_wire(), 1232, bounds)
+
+
+@needs_c_parts
+@pytest.mark.parametrize("rcode", [dns.rcode.NOERROR, dns.rcode.NXDOMAIN])
+def test_c_entry_parts_take_plain_answers(rcode):
+    """A compressed answer (CNAME chain) and a negative answer with its zone's SOA go the C way."""
+    q = dns.message.make_query("www.example.test.", "A", use_edns=0)
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    if rcode == dns.rcode.NOERROR:
+        r.answer.append(dns.rrset.from_text("www.example.test.", 300, "IN", "CNAME", "c.www.example.test."))
+        r.answer.append(dns.rrset.from_text("c.www.example.test.", 90000, "IN", "A", "192.0.2.1"))
+    else:
+        r.authority.append(dns.rrset.from_text("example.test.", 3600, "IN", "SOA",
+                                               "ns.example.test. host.example.test. 1 2 3 4 60"))
+    for limit in (30, 1232):
+        assert same_parts(r.to_wire(), q.to_wire(), limit, (0, 86400, 3600))
+
+
+# --- the blocklist's suffix walk: C (blocklist.suffix_in) against the Python twin ---
+
+@pytest.mark.skipif(blocklist.suffix_in is blocklist.py_suffix_in, reason="C extension not built (no compiler)")
+@PROPS
+@given(st.lists(SHORT_LABEL, max_size=5), st.lists(st.lists(SHORT_LABEL, max_size=3), max_size=6), st.booleans(),
+       st.binary(max_size=20))
+def test_c_suffix_in_agrees_with_python(labels, listed, skip_tld, junk):
+    def wire_name(ls):
+        return b"".join(bytes((len(x),)) + x.lower().encode() for x in ls) + b"\x00"
+    qname = wire_name(labels)
+    names = frozenset([wire_name(ls) for ls in listed] + [wire_name(labels[i:]) for i in range(0, len(labels), 2)])
+    for name in (qname, junk, qname + junk, junk + qname):
+        for within in (names, frozenset(), frozenset([name[3:]])):
+            assert blocklist.suffix_in(name, within, skip_tld) == blocklist.py_suffix_in(name, within, skip_tld)
+
+
+@needs_c
+@PROPS
+@given(upstream_reply(), st.integers(-1, 0x10000), st.booleans(), st.lists(st.booleans(), min_size=1, max_size=20),
+       st.integers(0, 40))
+def test_c_reply_matches_agrees_with_python(qr, qid, exact, flips, cut):
+    """The C test of an upstream reply (ID, QR, question, 0x20 case) says what the Python twin says."""
+    q, r = qr
+    reply = r.to_wire()
+    question = bytearray(q.to_wire()[12:])
+    for i, flip in enumerate(flips):  # another case, and sometimes another name
+        if flip and i < len(question) and chr(question[i]).isalpha():
+            question[i] ^= 0x20 if i % 3 else 0x01
+    for asked in (bytes(question), bytes(question[:cut]), q.to_wire()[12:]):
+        for qid_ in (qid, r.id):
+            for msg in (reply, reply[:cut], q.to_wire()):
+                assert wire.reply_matches(msg, qid_, asked, exact) == wire.py_reply_matches(msg, qid_, asked, exact)
