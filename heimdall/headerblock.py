@@ -157,6 +157,24 @@ def hpack_int(value: int, prefix: int, first: int = 0) -> bytes:
     return bytes(out)
 
 
+class ReplyHeads:
+    """Encoded reply heads, kept: a DoH server sends the same few again and again."""
+
+    KEEP = 256
+
+    def __init__(self) -> None:
+        self.encoded: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+
+    def encode(self, status: int, headers: Headers) -> bytes:
+        key = (status, tuple(headers))
+        block = self.encoded.get(key)
+        if block is None:
+            if len(self.encoded) >= self.KEEP:
+                self.encoded.clear()
+            block = self.encoded[key] = encode_headers(status, headers)
+        return block
+
+
 def encode_headers(status: int, headers: Headers) -> bytes:
     """A reply's header block: :status and literals never indexed, so the client's table is never touched."""
     out = [b"\x88" if status == 200 else b"\x08" + hpack_int(3, 7) + str(status).encode()]

@@ -14,12 +14,10 @@ bounded: at most one frame (16384 bytes, the size we advertise) is held
 incomplete and a header block is at most MAX_BLOCK bytes.
 
 Output is written in records: each reply (with any frames queued before it)
-is one, because some DoH clients (dnsperf among them) take at most one DNS
-reply from each TLS record they read and lose the rest. The records of one
-`receive` go to the transport in one `writelines` at its end (asyncio's TLS
-makes each item a TLS record of its own, and the socket gets one write); a
-reply made later (an answer after an upstream miss) is written at once.
-Nothing is written from inside frame parsing.
+is one, as some DoH clients (dnsperf) take at most one DNS reply from each TLS
+record they read. The records of one `receive` go out in one `writelines` at
+its end (each item a TLS record, one socket write); a reply made later (after
+an upstream miss) is written at once, never from inside frame parsing.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Headers, Request, encode_headers, hpack_int
+from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Headers, ReplyHeads, Request, hpack_int
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -77,6 +75,32 @@ class Stream:
     unsent: bytes = b""  # reply bytes waiting for the client's flow-control window
 
 
+class PeerSettings:
+    """What the client's SETTINGS (RFC 9113 6.5.2) say about what we send it."""
+
+    def __init__(self) -> None:
+        self.window = WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE: each new stream's window for our DATA
+        self.frame = FRAME_SIZE  # SETTINGS_MAX_FRAME_SIZE
+        self.table_update = b""  # a dynamic table size update our next header block must start with
+
+    def take(self, key: int, value: int) -> int:
+        """One setting; returns how much every open stream's window changed (INITIAL_WINDOW_SIZE)."""
+        if key == INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                raise Violation(FLOW_CONTROL_ERROR)
+            delta, self.window = value - self.window, value
+            return delta
+        if key == MAX_FRAME_SIZE:
+            if not FRAME_SIZE <= value <= 2**24 - 1:
+                raise Violation(PROTOCOL_ERROR)
+            self.frame = value
+        elif key == ENABLE_PUSH and value > 1:
+            raise Violation(PROTOCOL_ERROR)
+        elif key == HEADER_TABLE_SIZE and value < 4096:
+            self.table_update = hpack_int(value, 5, 0x20)  # our blocks use no table; say so in its size
+        return 0
+
+
 class Http2Connection:
     """One connection's frames: requests go to `on_request`, replies come back through `respond`."""
 
@@ -93,10 +117,8 @@ class Http2Connection:
         self.send_window = WINDOW  # the connection's, for our DATA
         self.recv_window = WINDOW
         self.consumed = 0  # DATA bytes received and not yet given back (WINDOW_UPDATE)
-        self.peer_window = WINDOW  # the client's SETTINGS_INITIAL_WINDOW_SIZE
-        self.peer_frame = FRAME_SIZE  # the client's SETTINGS_MAX_FRAME_SIZE
-        self.table_update = b""  # a dynamic table size update our next header block must start with
-        self.encoded: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+        self.peer = PeerSettings()
+        self.heads = ReplyHeads()
         self.out: list[bytes] = [OUR_SETTINGS]  # frames of the record being made
         self.records: list[bytes] = []  # whole records not yet written
         self.receiving = False
@@ -230,7 +252,7 @@ class Http2Connection:
         if req is None:
             self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", PROTOCOL_ERROR)))
             return
-        stream = Stream(WINDOW, self.peer_window, req)
+        stream = Stream(WINDOW, self.peer.window, req)
         self.streams[sid] = stream
         if flags & END_STREAM:
             self.end_request(sid, stream)
@@ -280,26 +302,12 @@ class Http2Connection:
         if len(payload) % 6:
             raise Violation(FRAME_SIZE_ERROR)
         for key, value in struct.iter_unpack(">HI", payload):
-            self.setting(key, value)
-        self.out.append(SETTINGS_ACK)
-
-    def setting(self, key: int, value: int) -> None:
-        if key == INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise Violation(FLOW_CONTROL_ERROR)
-            delta, self.peer_window = value - self.peer_window, value
+            delta = self.peer.take(key, value)
             for stream in self.streams.values():
                 stream.send_window += delta
             if delta > 0:
                 self.send_waiting()
-        elif key == MAX_FRAME_SIZE:
-            if not FRAME_SIZE <= value <= 2**24 - 1:
-                raise Violation(PROTOCOL_ERROR)
-            self.peer_frame = value
-        elif key == ENABLE_PUSH and value > 1:
-            raise Violation(PROTOCOL_ERROR)
-        elif key == HEADER_TABLE_SIZE and value < 4096:
-            self.table_update = hpack_int(value, 5, 0x20)  # our blocks use no table; say so in its size
+        self.out.append(SETTINGS_ACK)
 
     def window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -333,14 +341,9 @@ class Http2Connection:
         if stream is None or stream.answered or self.closed:
             return
         stream.answered = True
-        key = (status, tuple(headers))
-        block = self.encoded.get(key)
-        if block is None:
-            if len(self.encoded) >= 256:
-                self.encoded.clear()
-            block = self.encoded[key] = encode_headers(status, headers)
-        if self.table_update:
-            block, self.table_update = self.table_update + block, b""
+        block = self.heads.encode(status, headers)
+        if self.peer.table_update:
+            block, self.peer.table_update = self.peer.table_update + block, b""
         if body:
             self.out.append(frame(HEADERS, END_HEADERS, sid, block))
             stream.unsent = body
@@ -357,7 +360,7 @@ class Http2Connection:
         """As much of the stream's reply as the windows allow; the rest waits for a WINDOW_UPDATE."""
         data = stream.unsent
         while data:
-            room = min(self.send_window, stream.send_window, self.peer_frame)
+            room = min(self.send_window, stream.send_window, self.peer.frame)
             if room <= 0:
                 break
             chunk, data = data[:room], data[room:]

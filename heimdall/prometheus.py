@@ -16,7 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from heimdall.metrics import QUERY_BUCKETS, Hist, Snapshot
-from heimdall.wire import qtype_text, rcode_text
+from heimdall.mnemonics import qtype_text, rcode_text
 
 # The Redis histogram's name before every duration histogram ended in _duration_seconds; served
 # beside the new name for one release so that dashboards can move (README, "Upgrading").

@@ -32,9 +32,9 @@ import threading
 import time
 
 from heimdall import wire
+from heimdall.mnemonics import qtype_text, rcode_text
 from heimdall.outcome import How
 from heimdall.transport import Transport, label
-from heimdall.wire import qtype_text, rcode_text
 
 log = logging.getLogger(__name__)
 

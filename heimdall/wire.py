@@ -382,22 +382,3 @@ def reply_question(reply: bytes) -> tuple[int, int]:
         return -1, 0
     return qend, (reply[qend - 4] << 8) | reply[qend - 3]
 
-
-def qtype_text(qtype: int) -> str:
-    """A type's mnemonic for logs and metric labels; TYPEnnn (RFC 3597) when unknown."""
-    import dns.rdatatype
-
-    try:
-        return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
-    except ValueError:
-        return f"TYPE{qtype}"
-
-
-def rcode_text(rcode: int) -> str:
-    """An rcode's name for logs and metric labels; RCODEnnn when unknown."""
-    import dns.rcode
-
-    try:
-        return dns.rcode.to_text(dns.rcode.Rcode.make(rcode))
-    except ValueError:
-        return f"RCODE{rcode}"
