@@ -50,8 +50,8 @@ cd "$TMP/tree"
 export PYTHONPATH="$ROOT" PYTHONMALLOC=malloc LD_PRELOAD="$libasan${LD_PRELOAD:+ $LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$TMP/reports/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$TMP/reports/ubsan"
-# The property tests run 400 examples each in the suite; under the sanitizers (ten times slower) 150
-export HEIMDALL_PROP_EXAMPLES="${HEIMDALL_PROP_EXAMPLES:-150}"
+# The property tests run 400 examples each in the suite; under the sanitizers (ten times slower) 100
+export HEIMDALL_PROP_EXAMPLES="${HEIMDALL_PROP_EXAMPLES:-100}"
 built=$("$PY" -c 'import heimdall._hotpath as h; print(h.__file__)')
 case "$built" in "$TMP"/*) ;; *) echo "[asan] imported $built, not the sanitized build" >&2; exit 1 ;; esac
 

@@ -29,6 +29,8 @@ deps() {
   python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["test-core"]))'
 }
 
+# The property tests run 400 examples each in the whole suite on the main Python; here 100 on each other one
+export HEIMDALL_PROP_EXAMPLES="${HEIMDALL_PROP_EXAMPLES:-100}"
 failed=0
 main=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
 for v in "${VERSIONS[@]}"; do

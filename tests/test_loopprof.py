@@ -80,8 +80,10 @@ def check_stalls(loop: str) -> None:
         assert s["kind"] in ("off-cpu", "preempted") and s["blocked_ms"] >= 0.9 * SLEEP_MS, s
     assert result["stalls"]["off-cpu"]["count"] <= n_sleep * 1.1
     assert all(s["kind"] in ("on-cpu", "preempted") and s["blocked_ms"] < 2.0 for s, _ in spins), spins
+    # (the probe's time on the CPU also holds the loop's own work in that iteration and any time the
+    # hypervisor took the vCPU away unseen: 34.2 ms for a 30 ms spin in one CI run, twice in a row)
     for s, wall in spins:
-        assert abs(s["len_ms"] - s["off_cpu_ms"] - SPIN_MS) <= 0.1 * SPIN_MS, s
+        assert abs(s["len_ms"] - s["off_cpu_ms"] - SPIN_MS) <= 0.15 * SPIN_MS + 1.0, s
         assert s["kind"] == "on-cpu" or wall > 1.5 * SPIN_MS, (s, wall)
     # lengths: the probe's stall holds the target's own measurement, and is at most 10 % longer, but
     # for the time the machine kept the thread from a CPU after the target's clock stopped (seen: 8 ms)
