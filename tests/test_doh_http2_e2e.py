@@ -20,6 +20,7 @@ from heimdall.http2 import (DATA, FRAME_SIZE_ERROR, GOAWAY, HEADERS, PREFACE, PR
                             RST_STREAM, SETTINGS, STREAM_CLOSED, frame)
 from heimdall_server import HeimdallProcess
 from test_encrypted_listeners import kdig, query_wire
+from test_http2 import frames_of
 from test_http_e2e import free_tcp_port
 from tls_ca import SERVER_NAME, make_pki
 
@@ -99,12 +100,7 @@ def frames_until_close(s: ssl.SSLSocket, wait: float = 3.0) -> list[tuple[int, i
         if not chunk:
             break
         data += chunk
-    out, i = [], 0
-    while i + 9 <= len(data):
-        size = int.from_bytes(data[i:i + 3], "big")
-        out.append((data[i + 3], data[i + 4], int.from_bytes(data[i + 5:i + 9], "big"), data[i + 9:i + 9 + size]))
-        i += 9 + size
-    return out
+    return frames_of(data)
 
 
 def get(sid: int, encoder: hpack.Encoder, name: str = "www.example.test") -> bytes:
