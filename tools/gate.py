@@ -123,7 +123,9 @@ def compare(base: dict, cur: dict, th: Thresholds, same_minutes: bool = False) -
         base_metrics = base["scenarios"].get(scenario, {})
         counted = instructions.METRIC in metrics and instructions.METRIC in base_metrics
         for key in (m for m in BY_KEY if m in metrics and m in base_metrics):
-            spec, b, c = BY_KEY[key], base_metrics[key], metrics[key]
+            spec = BY_KEY[key]
+            # the floor is the gate's policy, not a fact of the baseline: today's catalogue decides
+            b, c = {**base_metrics[key], "abs_floor": spec.abs_floor}, metrics[key]
             gate = spec.gate and not (counted and spec.kind == "cost")
             if "ratios" in b and "ratios" in c:
                 row = judge_paired(scenario, key, b, c, th, gate and spec.kind != "time")
