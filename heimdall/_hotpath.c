@@ -23,7 +23,8 @@
  * query the hot path could not answer (heimdall/cachekey.py), the reply test of RFC 5452
  * (reply_matches), the bytes of a plain answer's entry (entry_parts, heimdall/cache.py) and the
  * blocklist's suffix walk (suffix_in, heimdall/blocklist.py); their Python twins are the
- * reference they are tested against (tests/test_wire_props.py).
+ * reference they are tested against (tests/test_wire_props.py). A DoH GET's path is
+ * Huffman-decoded by heimdall/huffman.c (huffman_decode).
  *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
@@ -47,6 +48,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+
+PyObject *huffman_decode(PyObject *module, PyObject *arg);  /* heimdall/huffman.c */
 
 #define BATCH 64        /* slots per recvmmsg/sendmmsg */
 #define HEADER 12       /* DNS header bytes */
@@ -1197,6 +1200,8 @@ static PyMethodDef module_methods[] = {
      "suffix_in(qname, names, skip_tld) -> int: the offset of qname's first suffix in names, or -1"},
     {"reply_matches", (PyCFunction)(void (*)(void))reply_matches, METH_FASTCALL,
      "reply_matches(reply, qid, question, exact) -> bool: wire.reply_matches (RFC 5452)"},
+    {"huffman_decode", huffman_decode, METH_O,
+     "huffman_decode(data) -> bytes: an HPACK Huffman-coded string decoded (ValueError: invalid)"},
     {"parse_query", parse_query, METH_VARARGS,
      "parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version) (ValueError: malformed)"},
     {NULL, NULL, 0, NULL},

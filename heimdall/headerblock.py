@@ -17,11 +17,18 @@ from __future__ import annotations
 from typing import Iterable
 
 import hpack
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+from heimdall.wire import c_ext
+
+huffman_decode = getattr(c_ext, "huffman_decode", decode_huffman)  # heimdall/huffman.c, or hpack's twin
 
 MAX_HEADERS = 16384  # decoded header list size (our SETTINGS_MAX_HEADER_LIST_SIZE)
 STATIC_NAMES = {b"content-type": 31, b"content-length": 28, b"cache-control": 24, b"allow": 22}
 Headers = list[tuple[bytes, bytes]]
 Request = tuple[bytes, bytes, "bytes | None"]  # (method, path, content-type)
+STATIC_TABLE = HeaderTable.STATIC_TABLE  # (name, value) of indices 1-61
 
 
 class BadHeaderBlock(Exception):
@@ -67,12 +74,33 @@ class HeaderBlocks:
         """One field of a block that leaves the table alone: decoded alone, as it means the same."""
         header = self.fields.get(data)
         if header is None:
-            (name, value), = self.decoder.decode(data, raw=True)
-            header = (as_bytes(name), as_bytes(value))
+            header = static_literal(data)
+            if header is None:
+                (name, value), = self.decoder.decode(data, raw=True)
+                header = (as_bytes(name), as_bytes(value))
             self.misses += 1
             if len(data) <= self.SHORT:
                 remember(self.fields, data, header)
         return header
+
+
+def static_literal(field: bytes) -> tuple[bytes, bytes] | None:
+    """A literal not indexed (RFC 7541 6.2.2, 6.2.3) whose name is the static table's, decoded
+    here: a GET's :path, new with every request. None for any other field (hpack decodes it)."""
+    index = field[0] & 0x0F
+    if field[0] & 0xE0 or not 0 < index < 15 or len(field) < 2:  # 15: the index goes on past the prefix
+        return None
+    name = STATIC_TABLE[index - 1][0]
+    size, start = read_int(field, 1, 7)
+    if start + size != len(field):
+        raise hpack.HPACKDecodingError("a field's value is not the rest of the field")
+    value = field[start:]
+    if field[1] & 0x80:
+        try:
+            value = huffman_decode(value)
+        except (ValueError, hpack.HPACKDecodingError) as exc:
+            raise hpack.HPACKDecodingError(str(exc)) from None
+    return name, value
 
 
 def remember(memory: dict, key: bytes, value: object) -> None:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The C hot path (heimdall/_hotpath.c) under AddressSanitizer and UBSan, in well under a minute.
+# The C hot path (heimdall/_hotpath.c, heimdall/huffman.c) under AddressSanitizer and UBSan, in well under a minute.
 #
 # Builds the extension a second time with -fsanitize=address,undefined into a
 # temporary copy of the package (the normal build is left alone), then runs
-# tests/test_hotpath.py, tests/test_hotpath_hardening.py, tests/test_wire_props.py (the C wire
-# walks against their Python twins) and a bounded sweep of
+# tests/test_hotpath.py, tests/test_hotpath_hardening.py, tests/test_wire_props.py and
+# tests/test_headerblock_props.py (the C walks and decoders against their twins) and a bounded sweep of
 # the reader (fuzz/fuzz_hotpath.py --sweep) against it. Any sanitizer report
 # fails the run: UBSan is built not to recover, and every report also goes to a
 # log file that is checked at the end, so one from a child process counts too.
@@ -55,8 +55,9 @@ export HEIMDALL_PROP_EXAMPLES="${HEIMDALL_PROP_EXAMPLES:-100}"
 built=$("$PY" -c 'import heimdall._hotpath as h; print(h.__file__)')
 case "$built" in "$TMP"/*) ;; *) echo "[asan] imported $built, not the sanitized build" >&2; exit 1 ;; esac
 
-say "tests/test_hotpath.py tests/test_hotpath_hardening.py tests/test_wire_props.py"
-"$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_hotpath.py" "$ROOT/tests/test_hotpath_hardening.py" "$ROOT/tests/test_wire_props.py" \
+say "tests/test_hotpath.py tests/test_hotpath_hardening.py tests/test_wire_props.py tests/test_headerblock_props.py"
+"$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/test_hotpath.py" "$ROOT/tests/test_hotpath_hardening.py" \
+  "$ROOT/tests/test_wire_props.py" "$ROOT/tests/test_headerblock_props.py" \
   || { reports; exit 1; }
 say "fuzz/fuzz_hotpath.py --sweep"
 "$PY" "$ROOT/fuzz/fuzz_hotpath.py" --sweep --random "${HEIMDALL_ASAN_RANDOM:-300}" || { reports; exit 1; }

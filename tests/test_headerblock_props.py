@@ -1,0 +1,93 @@
+"""Property tests of the DoH header-block decoding against the hpack library, its reference.
+
+heimdall/huffman.c decodes HPACK's Huffman code in C and heimdall/headerblock.py
+decodes a literal with a static name itself (a GET's :path, new with every
+request): on any bytes, valid or not, both must say what hpack says, or refuse
+where hpack refuses. scripts/asan.sh runs this file under the sanitizers too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hpack
+import pytest
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from heimdall import headerblock, wire
+from heimdall.headerblock import BadHeaderBlock, HeaderBlocks, hpack_int, request_of
+
+PROPS = settings(max_examples=int(os.environ.get("HEIMDALL_PROP_EXAMPLES", "400")), deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow])
+ENCODE = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
+STATIC_NAMES = [name for name, _ in headerblock.STATIC_TABLE]
+
+
+def hpack_says(fn, *args):
+    """What a call returns, or "refused" when it raises hpack's or our decoding errors."""
+    try:
+        return fn(*args)
+    except (hpack.HPACKError, ValueError, BadHeaderBlock):
+        return "refused"
+
+
+def test_the_c_decoder_is_the_one_used_when_built():
+    if wire.c_ext is None:
+        pytest.skip("the C extension is not built")
+    assert headerblock.huffman_decode is wire.c_ext.huffman_decode
+
+
+@PROPS
+@given(st.binary(max_size=300))
+def test_huffman_round_trip(data):
+    assert headerblock.huffman_decode(ENCODE(data)) == data
+
+
+@PROPS
+@given(st.binary(max_size=40))
+@example(b"\xff\xff\xff\xff")      # EOS: refused
+@example(b"\x00")                  # '0' then padding of 0s: refused
+@example(b"\x1f")                  # '0' then 3 bits of 1s: the padding
+@example(b"\xfe\x3f\xff")          # a symbol, then padding longer than 7 bits
+def test_huffman_of_any_bytes_agrees_with_hpack(data):
+    assert hpack_says(headerblock.huffman_decode, data) == hpack_says(decode_huffman, data)
+
+
+HEADER_VALUE = st.binary(max_size=120)
+FIELD = st.tuples(st.sampled_from(STATIC_NAMES + [b"x-custom", b"accept"]), HEADER_VALUE, st.booleans(),
+                  st.booleans())
+
+
+@PROPS
+@given(st.lists(FIELD, max_size=6), st.sampled_from([b"GET", b"POST", b"HEAD"]), HEADER_VALUE)
+def test_blocks_that_leave_the_table_alone_decode_as_hpack_decodes_them(fields, method, path):
+    """Literals never indexed (huffman or not) and static indexed fields, as an HTTP/2 client sends
+    a GET's :path: our decoding of the request is hpack's."""
+    headers = [NeverIndexedHeaderTuple(b":method", method), NeverIndexedHeaderTuple(b":path", path)]
+    headers += [NeverIndexedHeaderTuple(n, v) if never else HeaderTuple(n, v) for n, v, never, _ in fields]
+    huffman = any(h for *_, h in fields)
+    block = hpack.Encoder().encode(headers, huffman=huffman)
+    theirs = hpack_says(lambda b: request_of(hpack.Decoder(max_header_list_size=headerblock.MAX_HEADERS)
+                                             .decode(b, raw=True)), block)
+    ours = hpack_says(HeaderBlocks().decode, block)
+    assert ours == theirs
+
+
+@PROPS
+@given(st.integers(min_value=0, max_value=70), st.booleans(), st.binary(max_size=60),
+       st.sampled_from([b"", b"\x82", b"\x84\x87"]))
+def test_a_literal_field_of_any_bytes_decodes_as_hpack_decodes_it(index, huffman, value, indexed):
+    """A literal without indexing (its own name, a static one, or one past the static table), its
+    value any bytes, Huffman-coded or not."""
+    block = hpack_int(index, 4) + (b"\x01n" if index == 0 else b"") + hpack_int(len(value), 7, 0x80 if huffman else 0)
+    block += value + indexed
+    fields = headerblock.neutral_fields(block)
+    assert fields is not None
+    theirs = hpack_says(lambda b: [(bytes(n), bytes(v)) for n, v in hpack.Decoder().decode(b, raw=True)], block)
+    ours = hpack_says(lambda fs: [HeaderBlocks().field(f) for f in fs], fields)
+    assert ours == theirs
