@@ -13,7 +13,7 @@ cd "$ROOT"
 VERSIONS=(3.11 3.12 3.13)
 TESTS=(tests/test_wire.py tests/test_wire_props.py tests/test_cache.py tests/test_hotpath.py
        tests/test_hotpath_hardening.py tests/test_ratelimit.py tests/test_httpapi.py tests/test_server_answers.py
-       tests/test_sdnotify.py tests/test_listfetch.py)
+       tests/test_sdnotify.py tests/test_listfetch.py tests/test_headerblock_props.py)
 
 find_python() {
   local v=$1 p
@@ -31,7 +31,28 @@ deps() {
 
 # The property tests run 400 examples each in the whole suite on the main Python; here 100 on each other one
 export HEIMDALL_PROP_EXAMPLES="${HEIMDALL_PROP_EXAMPLES:-100}"
+
+one_version() {  # one_version V PYTHON: its venv, its build, its tests; exit status 1 when any fails
+  local v=$1 py=$2 venv="$ROOT/.venv-py$1" started log
+  started=$(date +%s)
+  log="$venv/pytest.log"
+  if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+  fi
+  # shellcheck disable=SC2046
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "setuptools>=77" $(deps)
+  "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null
+  "$venv/bin/python" -c 'import heimdall._hotpath' || { echo "[pythons] $v: the C hot path did not build" >&2; return 1; }
+  if "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}" >"$log" 2>&1; then
+    echo "[pythons] $("$venv/bin/python" -V): $(tail -n 1 "$log" | tr -d =) ($(( $(date +%s) - started )) s)"
+  else
+    tail -n 40 "$log" >&2; echo "[pythons] Python $v: tests failed (whole output: $log)" >&2; return 1
+  fi
+}
+
+# The versions run side by side (a core each on a 2-core machine: none of these tests is timed)
 failed=0
+jobs=()
 main=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
 for v in "${VERSIONS[@]}"; do
   if [ "$v" = "$main" ]; then
@@ -44,20 +65,10 @@ for v in "${VERSIONS[@]}"; do
     fi
     echo "[pythons] Python $v not found: skipped"; continue
   fi
-  venv="$ROOT/.venv-py$v"
-  started=$(date +%s)
-  if [ ! -x "$venv/bin/python" ]; then
-    "$py" -m venv "$venv"
-  fi
-  # shellcheck disable=SC2046
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "setuptools>=77" $(deps)
-  "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null
-  "$venv/bin/python" -c 'import heimdall._hotpath' || { echo "[pythons] $v: the C hot path did not build" >&2; failed=1; continue; }
-  log="$venv/pytest.log"
-  if "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}" >"$log" 2>&1; then
-    echo "[pythons] $("$venv/bin/python" -V): $(tail -n 1 "$log" | tr -d =) ($(( $(date +%s) - started )) s)"
-  else
-    tail -n 40 "$log" >&2; echo "[pythons] Python $v: tests failed (whole output: $log)" >&2; failed=1
-  fi
+  one_version "$v" "$py" &
+  jobs+=("$!")
+done
+for job in "${jobs[@]}"; do
+  wait "$job" || failed=1
 done
 exit "$failed"

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "1"))
-LOAD = ["--scenarios", "cache-hit", "--duration", "2", "--warmup", "0.5", "--repeats", "5", "--probes", "none"]
+LOAD = ["--scenarios", "cache-hit", "--duration", "1", "--warmup", "0.5", "--repeats", "5", "--probes", "none"]
 # about 1.5 us more per cache hit (15 % of a hit's server CPU measured alone here), in the C function
 # that builds every hit's reply: some 7,000 instructions on a hit's ~5,000
 SLOWDOWN = "    for (volatile int spin = 0; spin < 1500; spin++) {}\n"

@@ -8,8 +8,10 @@ timings alone (a running --server/--pid, which the lab cannot count) catch a
 target twice as slow (a regression, or inconclusive when drift hides it in
 the raw figure). Missing/corrupt baselines, a server that does not answer, a
 vanished pid and a different probe set are exit 3 (4 for the pid) with one
-line and no traceback. CI runs each acceptance check twice;
-HEIMDALL_ACCEPTANCE_RUNS=5 runs the full 5 out of 5.
+line and no traceback. CI runs each acceptance check once, the unchanged
+target beside a busy neighbour (its gating rows are counts, the same in every
+run); HEIMDALL_ACCEPTANCE_RUNS=5 runs the full 5 out of 5, a neighbour in
+every other run.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tools.reference import VERSION as REFERENCE_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "tools.cli"]
-RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "2"))
+RUNS = int(os.environ.get("HEIMDALL_ACCEPTANCE_RUNS", "1"))
 COST_US = 50.0
 # timings alone: the ratio of one check's CPU per query to the reference's has been seen 8-28 % off
 # its true value, so a test holds them to a target twice as slow (docs/lab.md "What the gate catches
@@ -155,11 +157,11 @@ def test_baseline_counts_instructions_per_query(baseline):
 
 def test_unchanged_target_passes(baseline, tmp_path):
     """An unchanged target passes, exit 0 with every gating row "ok", in every run, also with a
-    neighbour spinning on the other core (every second run). Where instructions are counted, the
+    neighbour spinning on the other core (the first run and every second one after it). Where instructions are counted, the
     rows that gate are the counts and the error rate, which a busy machine cannot move; the
     timings are shown beside the reference and do not gate. The counts stay within 1 %."""
     for i in range(RUNS):
-        with busy_neighbour() if i % 2 else contextlib.nullcontext():
+        with busy_neighbour() if i % 2 == 0 else contextlib.nullcontext():
             proc, v = check_started(baseline, tmp_path / f"run{i}")
         gating = {r["metric"]: r["verdict"] for r in v["rows"] if r["gate"]}
         assert "instructions_per_query" in gating and set(gating.values()) == {"ok"}, (gating, proc.stdout)
