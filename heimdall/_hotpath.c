@@ -23,8 +23,8 @@
  * query the hot path could not answer (heimdall/cachekey.py), the reply test of RFC 5452
  * (reply_matches), the bytes of a plain answer's entry (entry_parts, heimdall/cache.py) and the
  * blocklist's suffix walk (suffix_in, heimdall/blocklist.py); their Python twins are the
- * reference they are tested against (tests/test_wire_props.py). A DoH GET's path is
- * Huffman-decoded by heimdall/huffman.c (huffman_decode).
+ * reference they are tested against (tests/test_wire_props.py). A DoH request's header
+ * block is split and its path Huffman-decoded by heimdall/hpack.c.
  *
  * Nothing here owns cache state: entries are the Python cache.Entry objects,
  * re-aged by calling entry.refresh(now) exactly as the Python path does.
@@ -49,7 +49,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
-PyObject *huffman_decode(PyObject *module, PyObject *arg);  /* heimdall/huffman.c */
+PyObject *huffman_decode(PyObject *module, PyObject *arg);  /* heimdall/hpack.c */
+PyObject *neutral_fields(PyObject *module, PyObject *arg);  /* heimdall/hpack.c */
 
 #define BATCH 64        /* slots per recvmmsg/sendmmsg */
 #define HEADER 12       /* DNS header bytes */
@@ -1202,6 +1203,8 @@ static PyMethodDef module_methods[] = {
      "reply_matches(reply, qid, question, exact) -> bool: wire.reply_matches (RFC 5452)"},
     {"huffman_decode", huffman_decode, METH_O,
      "huffman_decode(data) -> bytes: an HPACK Huffman-coded string decoded (ValueError: invalid)"},
+    {"neutral_fields", neutral_fields, METH_O,
+     "neutral_fields(block) -> list[bytes] | None: headerblock.py_neutral_fields"},
     {"parse_query", parse_query, METH_VARARGS,
      "parse_query(msg) -> (qend, qtype, qclass, edns, udp_size, do, edns_version) (ValueError: malformed)"},
     {NULL, NULL, 0, NULL},

@@ -22,7 +22,7 @@ from hpack.table import HeaderTable
 
 from heimdall.wire import c_ext
 
-huffman_decode = getattr(c_ext, "huffman_decode", decode_huffman)  # heimdall/huffman.c, or hpack's twin
+huffman_decode = getattr(c_ext, "huffman_decode", decode_huffman)  # heimdall/hpack.c, or hpack's twin
 
 MAX_HEADERS = 16384  # decoded header list size (our SETTINGS_MAX_HEADER_LIST_SIZE)
 STATIC_NAMES = {b"content-type": 31, b"content-length": 28, b"cache-control": 24, b"allow": 22}
@@ -127,7 +127,7 @@ def as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()  # raw=True: always bytes already
 
 
-def neutral_fields(block: bytes) -> list[bytes] | None:
+def py_neutral_fields(block: bytes) -> list[bytes] | None:
     """The block's fields when decoding it leaves the table as it was: all indexed (RFC 7541 6.1)
     or literals not indexed (6.2.2, 6.2.3). None when one adds to the table (6.2.1) or resizes it
     (6.3), or the block ends inside a field (hpack's decoder says what is wrong with it)."""
@@ -149,6 +149,9 @@ def neutral_fields(block: bytes) -> list[bytes] | None:
     except IndexError:
         return None
     return fields if i == n else None
+
+
+neutral_fields = getattr(c_ext, "neutral_fields", py_neutral_fields)  # heimdall/hpack.c, or its twin
 
 
 def read_int(block: bytes, i: int, prefix: int) -> tuple[int, int]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The C hot path (heimdall/_hotpath.c, heimdall/huffman.c) under AddressSanitizer and UBSan, in well under a minute.
+# The C hot path (heimdall/_hotpath.c, heimdall/hpack.c) under AddressSanitizer and UBSan, in well under a minute.
 #
 # Builds the extension a second time with -fsanitize=address,undefined into a
 # temporary copy of the package (the normal build is left alone), then runs

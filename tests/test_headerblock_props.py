@@ -1,9 +1,10 @@
 """Property tests of the DoH header-block decoding against the hpack library, its reference.
 
-heimdall/huffman.c decodes HPACK's Huffman code in C and heimdall/headerblock.py
-decodes a literal with a static name itself (a GET's :path, new with every
-request): on any bytes, valid or not, both must say what hpack says, or refuse
-where hpack refuses. scripts/asan.sh runs this file under the sanitizers too.
+heimdall/hpack.c decodes HPACK's Huffman code and splits a block into its
+fields in C, and heimdall/headerblock.py decodes a literal with a static name
+itself (a GET's :path, new with every request): on any bytes, valid or not,
+each must say what its twin says (hpack, or py_neutral_fields), or refuse
+where it refuses. scripts/asan.sh runs this file under the sanitizers too.
 """
 
 from __future__ import annotations
@@ -36,10 +37,21 @@ def hpack_says(fn, *args):
         return "refused"
 
 
-def test_the_c_decoder_is_the_one_used_when_built():
+def test_the_c_walks_are_the_ones_used_when_built():
     if wire.c_ext is None:
         pytest.skip("the C extension is not built")
     assert headerblock.huffman_decode is wire.c_ext.huffman_decode
+    assert headerblock.neutral_fields is wire.c_ext.neutral_fields
+
+
+@PROPS
+@given(st.binary(max_size=80))
+@example(b"\x7f\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01")  # a name index past 2^63
+@example(b"\x00\x7f\xff\xff\xff\xff\xff\xff\xff\xff\x7f")      # a name length past any block
+@example(b"\x0f\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00\x00")  # an index of zeros, 9 bytes long
+@example(b"\x00\x01")                                            # ends inside the name
+def test_splitting_any_bytes_into_fields_agrees_with_the_twin(block):
+    assert headerblock.neutral_fields(block) == headerblock.py_neutral_fields(block)
 
 
 @PROPS
@@ -72,6 +84,7 @@ def test_blocks_that_leave_the_table_alone_decode_as_hpack_decodes_them(fields, 
     headers += [NeverIndexedHeaderTuple(n, v) if never else HeaderTuple(n, v) for n, v, never, _ in fields]
     huffman = any(h for *_, h in fields)
     block = hpack.Encoder().encode(headers, huffman=huffman)
+    assert headerblock.neutral_fields(block) == headerblock.py_neutral_fields(block)
     theirs = hpack_says(lambda b: request_of(hpack.Decoder(max_header_list_size=headerblock.MAX_HEADERS)
                                              .decode(b, raw=True)), block)
     ours = hpack_says(HeaderBlocks().decode, block)
