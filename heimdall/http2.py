@@ -6,7 +6,8 @@ only ever answers: it reads requests (HEADERS, CONTINUATION, DATA), replies
 with one HEADERS and DATA per stream, and keeps the connection's bookkeeping
 (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY). It never pushes, ignores
 priorities, and skips frame types it does not know. Header blocks are
-heimdall/headerblock.py's (decoded by the `hpack` library).
+heimdall/headerblock.py's (the `hpack` library, and heimdall/hpack.c for what
+every GET carries anew).
 
 Every violation is answered as RFC 9113 says: a stream error resets the
 stream (RST_STREAM), a connection error sends GOAWAY and closes. Buffers are
