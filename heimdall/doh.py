@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from http import HTTPStatus
 from typing import Callable
 
@@ -135,12 +136,7 @@ class Http2:
         self.frames.receive(data)
 
     def request(self, sid: int, method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> None:
-        frames = self.frames
-
-        def respond(status: int, headers: Headers, reply: bytes) -> None:
-            frames.respond(sid, status, headers, reply)
-
-        self.conn.request(method, target, content_type, body, respond)
+        self.conn.request(method, target, content_type, body, partial(self.frames.respond, sid))
 
 
 class Http1:

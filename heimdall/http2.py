@@ -6,8 +6,7 @@ only ever answers: it reads requests (HEADERS, CONTINUATION, DATA), replies
 with one HEADERS and DATA per stream, and keeps the connection's bookkeeping
 (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY). It never pushes, ignores
 priorities, and skips frame types it does not know. Header blocks are
-heimdall/headerblock.py's (the `hpack` library, and heimdall/hpack.c for what
-every GET carries anew).
+heimdall/headerblock.py's (hpack, and heimdall/hpack.c for what a GET brings anew).
 
 Every violation is answered as RFC 9113 says: a stream error resets the
 stream (RST_STREAM), a connection error sends GOAWAY and closes. Buffers are
@@ -24,7 +23,7 @@ an upstream miss) is written at once, never from inside frame parsing.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Headers, ReplyHeads, Request, hpack_int
@@ -63,14 +62,14 @@ class Violation(Exception):
         self.code = code
 
 
-@dataclass
+@dataclass(slots=True)
 class Stream:
     """A client stream we have not finished answering."""
 
     recv_window: int
     send_window: int
     request: Request | None = None
-    body: bytearray = field(default_factory=bytearray)
+    body: bytearray | None = None  # made by the first DATA frame: a GET has none
     ended: bool = False  # the client's side is done (END_STREAM seen)
     answered: bool = False
     unsent: bytes = b""  # reply bytes waiting for the client's flow-control window
@@ -279,8 +278,9 @@ class Http2Connection:
         if stream.recv_window < 0:
             self.reset(sid, FLOW_CONTROL_ERROR)
             return
-        if len(stream.body) <= WINDOW:  # more than a DNS message can be is not kept (413 says so)
-            stream.body += payload[start:end]
+        body = stream.body = stream.body or bytearray()
+        if len(body) <= WINDOW:  # more than a DNS message can be is not kept (413 says so)
+            body += payload[start:end]
         if flags & END_STREAM:
             self.end_request(sid, stream)
         elif size:
@@ -291,7 +291,7 @@ class Http2Connection:
         stream.ended = True
         req = stream.request
         if req is not None:
-            self.on_request(sid, req[0], req[1], req[2], bytes(stream.body))
+            self.on_request(sid, req[0], req[1], req[2], b"" if stream.body is None else bytes(stream.body))
 
     def settings(self, flags: int, sid: int, payload: bytes) -> None:
         if sid:
