@@ -213,7 +213,7 @@ class Http1:
         self.conn.transport.close()
 
     def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
-        for event in (h11.Response(status_code=status, headers=headers, reason=phrase(status)), h11.Data(data=body),
+        for event in (h11.Response(status_code=status, headers=list(headers), reason=phrase(status)), h11.Data(data=body),
                       h11.EndOfMessage()):
             self.conn.write(self.h11.send(event) or b"")
 

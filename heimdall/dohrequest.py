@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 from dataclasses import dataclass
+from typing import Sequence
 
 from heimdall import wire
 
@@ -19,7 +20,7 @@ PATH = b"/dns-query"
 DNS_MESSAGE = b"application/dns-message"
 MAX_MESSAGE = 65535
 URL_TO_STANDARD = bytes.maketrans(b"-_+/", b"+/!!")
-Headers = list[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def max_age(reply: bytes) -> int:
 
 class AnswerHeaders:
     """The headers of each reply, kept by its bytes after the ID: within a second, every reply
-    from one cache entry is the same but for the client's ID, so its TTLs are read once."""
+    from one cache entry is the same but for the client's ID, so its TTLs are read once.
+    The kept headers are a tuple, handed out as they are (and a reply head's key as they are)."""
 
     KEEP = 1024
 
@@ -97,9 +99,9 @@ class AnswerHeaders:
         if headers is None:
             if len(self.kept) >= self.KEEP:
                 self.kept.clear()
-            headers = self.kept[key] = [(b"content-type", DNS_MESSAGE), (b"content-length", str(len(reply)).encode()),
-                                        (b"cache-control", f"max-age={max_age(reply)}".encode())]
-        return list(headers)
+            headers = self.kept[key] = ((b"content-type", DNS_MESSAGE), (b"content-length", str(len(reply)).encode()),
+                                        (b"cache-control", f"max-age={max_age(reply)}".encode()))
+        return headers
 
 
 answer_headers = AnswerHeaders()
@@ -107,7 +109,7 @@ answer_headers = AnswerHeaders()
 
 def refusal_headers(refusal: Refusal) -> tuple[Headers, bytes]:
     body = refusal.reason.encode() + b"\n"
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
     if refusal.status == 405:
         headers.append((b"allow", b"GET, POST"))
     return headers, body

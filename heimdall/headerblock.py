@@ -5,8 +5,10 @@ table are its business). A block that adds nothing to the decoder's table
 (indexed fields and literals not indexed: what a client sends for its second
 and later requests) means the same until a block that does, so its decoding
 is remembered until then, and so is each of its fields (a GET's block differs
-from the last one in its :path alone). Telling which blocks those are takes a
-walk over the fields' prefixes, not a decoding. Replies are a handful of fixed headers,
+from the last one in its :path alone, so the bytes around its :path are kept as a
+template, and a block that is the template around another :path is decoded by
+reading that one field). Telling which blocks those are takes a walk over the
+fields' prefixes, not a decoding. Replies are a handful of fixed headers,
 encoded as literals never indexed (with the static table's names), so the
 client's table is never touched and the encoding of each distinct reply head
 can be kept.
@@ -14,7 +16,8 @@ can be kept.
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import hpack
 from hpack.huffman_table import decode_huffman
@@ -26,9 +29,10 @@ huffman_decode = getattr(c_ext, "huffman_decode", decode_huffman)  # heimdall/hp
 
 MAX_HEADERS = 16384  # decoded header list size (our SETTINGS_MAX_HEADER_LIST_SIZE)
 STATIC_NAMES = {b"content-type": 31, b"content-length": 28, b"cache-control": 24, b"allow": 22}
-Headers = list[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
 Request = tuple[bytes, bytes, "bytes | None"]  # (method, path, content-type)
 STATIC_TABLE = HeaderTable.STATIC_TABLE  # (name, value) of indices 1-61
+PATH_LITERALS = (0x04, 0x14)  # a literal :path (static index 4) not indexed, never indexed: first bytes
 
 
 class BadHeaderBlock(Exception):
@@ -45,29 +49,36 @@ class HeaderBlocks:
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADERS)
         self.blocks: dict[bytes, Request | None] = {}
         self.fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self.template: Template | None = None
         self.misses = 0  # fields decoded rather than remembered
 
     def decode(self, block: bytes) -> Request | None:
         """The request the block carries; None when it is not a request (no method or path)."""
-        try:
-            return self.blocks[block]
-        except KeyError:
-            pass
+        template = self.template
+        if template is not None and block.startswith(template.prefix) and block.endswith(template.suffix):
+            path = path_literal(block[len(template.prefix):len(block) - len(template.suffix)])
+            if path is not None:
+                return template.request(path)
+        req = self.blocks.get(block, self)
+        if req is not self:
+            return req  # type: ignore[return-value]
         fields = neutral_fields(block)
         try:
             if fields is None:
                 self.blocks.clear()  # the table changes: what its indices meant is gone
                 self.fields.clear()
+                self.template = None
                 return request_of(self.decoder.decode(block, raw=True))
             misses = self.misses
             headers = [self.field(f) for f in fields]
         except hpack.HPACKError as exc:
             raise BadHeaderBlock(str(exc)) from None
-        if sum(len(name) + len(value) + 32 for name, value in headers) > MAX_HEADERS:
+        if header_list_size(headers) > MAX_HEADERS:
             raise BadHeaderBlock("header list too large")
         req = request_of(headers)
         if self.misses == misses:  # made of fields seen before: likely to come again (a GET's :path is not)
             remember(self.blocks, block, req)
+        self.template = Template.around_path(fields, headers) or self.template
         return req
 
     def field(self, data: bytes) -> tuple[bytes, bytes]:
@@ -82,6 +93,58 @@ class HeaderBlocks:
             if len(data) <= self.SHORT:
                 remember(self.fields, data, header)
         return header
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """The fields of a block around its one literal :path, and what they decode to."""
+
+    prefix: bytes
+    suffix: bytes
+    method: bytes | None
+    content_type: bytes | None
+    size: int  # the decoded size of the fields around the :path (RFC 7541 4.1)
+
+    @classmethod
+    def around_path(cls, fields: list[bytes], headers: list[tuple[bytes, bytes]]) -> Template | None:
+        """The template of a block with one :path, a literal with the static name; None for any other."""
+        at = [i for i, f in enumerate(fields) if f[0] in PATH_LITERALS]
+        if len(at) != 1:
+            return None
+        i = at[0]
+        others = headers[:i] + headers[i + 1:]
+        if any(name == b":path" for name, _ in others):  # another :path (indexed): it would count too
+            return None
+        method = ctype = None
+        for name, value in others:
+            if name == b":method":
+                method = value
+            elif name == b"content-type":
+                ctype = value
+        return cls(b"".join(fields[:i]), b"".join(fields[i + 1:]), method, ctype, header_list_size(others))
+
+    def request(self, path: bytes) -> Request | None:
+        """What the block made of this template around a :path with this value decodes to."""
+        if self.size + len(path) + 37 > MAX_HEADERS:  # 37: len(":path") and the field's 32
+            raise BadHeaderBlock("header list too large")
+        if self.method is None or not path:
+            return None
+        return self.method, path, self.content_type
+
+
+def path_literal(field: bytes) -> bytes | None:
+    """The value when `field` is exactly one literal :path (static name, not indexed); None otherwise."""
+    if len(field) < 2 or field[0] not in PATH_LITERALS:
+        return None
+    try:
+        literal = static_literal(field)
+    except (hpack.HPACKDecodingError, IndexError):
+        return None
+    return None if literal is None else literal[1]
+
+
+def header_list_size(headers: Headers) -> int:
+    return sum(len(name) + len(value) + 32 for name, value in headers)
 
 
 def static_literal(field: bytes) -> tuple[bytes, bytes] | None:

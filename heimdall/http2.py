@@ -31,6 +31,7 @@ from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Head
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+WHOLE_BLOCK = END_HEADERS | PADDED | PRIORITY_FLAG  # of these, END_HEADERS alone: the payload is the block
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x5, 0x6
 REFUSED_STREAM, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x7, 0x9, 0xB
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = \
@@ -155,14 +156,17 @@ class Http2Connection:
         pos, end = 0, len(buf)
         while end - pos >= 9 and not self.closed:
             head, flags, sid = HEADER.unpack_from(buf, pos)
-            size, kind = head >> 8, head & 0xFF
+            size, kind, sid = head >> 8, head & 0xFF, sid & MAX_WINDOW
             if size > FRAME_SIZE:
                 raise Violation(FRAME_SIZE_ERROR)
             if end - pos - 9 < size:
                 break
             payload = bytes(buf[pos + 9:pos + 9 + size])
             pos += 9 + size
-            self.frame(kind, flags, sid & MAX_WINDOW, payload)
+            if kind == HEADERS and flags & WHOLE_BLOCK == END_HEADERS and sid & 1 and self.block is None:
+                self.header_block(sid, flags, payload)  # a request's whole header block (headers() in short)
+            else:
+                self.frame(kind, flags, sid, payload)
         del buf[:pos]
 
     def frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
@@ -345,7 +349,13 @@ class Http2Connection:
         block = self.heads.encode(status, headers)
         if self.peer.table_update:
             block, self.peer.table_update = self.peer.table_update + block, b""
-        if body:
+        size = len(body)
+        if size and size <= self.send_window and size <= stream.send_window and size <= self.peer.frame:
+            self.send_window -= size  # the whole reply at once, as nearly every DNS answer goes
+            self.out.append(HEADER.pack(len(block) << 8 | HEADERS, END_HEADERS, sid) + block
+                            + HEADER.pack(size << 8 | DATA, END_STREAM, sid) + body)
+            del self.streams[sid]
+        elif body:
             self.out.append(frame(HEADERS, END_HEADERS, sid, block))
             stream.unsent = body
             self.send_body(sid, stream)
