@@ -17,6 +17,7 @@ from typing import Sequence
 from heimdall import wire
 
 PATH = b"/dns-query"
+GET_DNS = PATH + b"?dns="
 DNS_MESSAGE = b"application/dns-message"
 MAX_MESSAGE = 65535
 URL_TO_STANDARD = bytes.maketrans(b"-_+/", b"+/!!")
@@ -36,11 +37,14 @@ TOO_LARGE = Refusal(413, "a DNS message is at most 65535 bytes")
 
 def dns_message(method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> bytes | Refusal:
     """The DNS query a request carries, or why there is none."""
+    if method == b"GET" and target.startswith(GET_DNS) and b"&" not in target:  # what DoH clients send
+        msg = decode_base64url(target[len(GET_DNS):])
+        return msg if msg is not None and wire.HEADER_LEN <= len(msg) <= MAX_MESSAGE else refusal_of(msg)
     path, _, query = target.partition(b"?")
     if path != PATH:
         return Refusal(404, "not found: DNS queries go to /dns-query")
     if method == b"GET":
-        if query.startswith(b"dns=") and b"&" not in query:  # what DoH clients send
+        if query.startswith(b"dns=") and b"&" not in query:
             values = [query[4:]]
         else:
             values = [v for k, _, v in (p.partition(b"=") for p in query.split(b"&")) if k == b"dns"]
@@ -48,7 +52,7 @@ def dns_message(method: bytes, target: bytes, content_type: bytes | None, body: 
             return Refusal(400, "GET needs one dns parameter (the query, base64url)")
         msg = decode_base64url(values[0])
         if msg is None:
-            return Refusal(400, "the dns parameter is not base64url")
+            return refusal_of(msg)
     elif method == b"POST":
         kind = (content_type or b"").split(b";")[0].strip().lower()
         if kind != DNS_MESSAGE:
@@ -56,11 +60,14 @@ def dns_message(method: bytes, target: bytes, content_type: bytes | None, body: 
         msg = body
     else:
         return Refusal(405, "only GET and POST are served")
-    if len(msg) > MAX_MESSAGE:
-        return TOO_LARGE
-    if len(msg) < wire.HEADER_LEN:
-        return Refusal(400, "not a DNS message")
-    return msg
+    return msg if wire.HEADER_LEN <= len(msg) <= MAX_MESSAGE else refusal_of(msg)
+
+
+def refusal_of(msg: bytes | None) -> Refusal:
+    """Why a decoded message (None: no message decoded) is not taken."""
+    if msg is None:
+        return Refusal(400, "the dns parameter is not base64url")
+    return TOO_LARGE if len(msg) > MAX_MESSAGE else Refusal(400, "not a DNS message")
 
 
 def decode_base64url(text: bytes) -> bytes | None:

@@ -136,6 +136,16 @@ def path_literal(field: bytes) -> bytes | None:
     """The value when `field` is exactly one literal :path (static name, not indexed); None otherwise."""
     if len(field) < 2 or field[0] not in PATH_LITERALS:
         return None
+    size = field[1] & 0x7F
+    if size < 0x7F:  # its length in one byte, as a DoH GET's is: read here
+        if size + 2 != len(field):
+            return None
+        if not field[1] & 0x80:
+            return field[2:]
+        try:
+            return huffman_decode(field[2:])
+        except (ValueError, hpack.HPACKDecodingError):
+            return None
     try:
         literal = static_literal(field)
     except (hpack.HPACKDecodingError, IndexError):

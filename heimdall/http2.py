@@ -256,10 +256,10 @@ class Http2Connection:
         if req is None:
             self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", PROTOCOL_ERROR)))
             return
-        stream = Stream(WINDOW, self.peer.window, req)
-        self.streams[sid] = stream
-        if flags & END_STREAM:
-            self.end_request(sid, stream)
+        ended = bool(flags & END_STREAM)
+        self.streams[sid] = Stream(WINDOW, self.peer.window, req, ended=ended)
+        if ended:  # a GET: the request is whole
+            self.on_request(sid, req[0], req[1], req[2], b"")
 
     def data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0 or sid > self.last_sid:
