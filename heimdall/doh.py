@@ -131,9 +131,7 @@ class Http2:
         self.conn = conn
         self.frames = Http2Connection(self.request, conn.write_records, conn.transport.close)
         self.frames.flush()  # our SETTINGS, first thing on the connection
-
-    def receive(self, data: bytes) -> None:
-        self.frames.receive(data)
+        self.receive = self.frames.receive
 
     def request(self, sid: int, method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> None:
         self.conn.request(method, target, content_type, body, partial(self.frames.respond, sid))
