@@ -40,6 +40,11 @@ def dns_message(method: bytes, target: bytes, content_type: bytes | None, body: 
     if method == b"GET" and target.startswith(GET_DNS) and b"&" not in target:  # what DoH clients send
         msg = decode_base64url(target[len(GET_DNS):])
         return msg if msg is not None and wire.HEADER_LEN <= len(msg) <= MAX_MESSAGE else refusal_of(msg)
+    return any_message(method, target, content_type, body)
+
+
+def any_message(method: bytes, target: bytes, content_type: bytes | None, body: bytes) -> bytes | Refusal:
+    """dns_message for any request (that one reads the GET every DoH client sends in short)."""
     path, _, query = target.partition(b"?")
     if path != PATH:
         return Refusal(404, "not found: DNS queries go to /dns-query")

@@ -1,7 +1,7 @@
 """The server side of one HTTP/2 connection (RFC 9113), as much of it as DoH needs, by hand.
 
-DoH over HTTP/2 is the product's hot path: a general state machine (h2) cost
-more per request than TLS, the cache and the pipeline together. A DoH server
+DoH over HTTP/2 is a hot path: a general state machine (h2) cost more per
+request than TLS, the cache and the pipeline together. A DoH server
 only ever answers: it reads requests (HEADERS, CONTINUATION, DATA), replies
 with one HEADERS and DATA per stream, and keeps the connection's bookkeeping
 (SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY). It never pushes, ignores
@@ -13,11 +13,10 @@ stream (RST_STREAM), a connection error sends GOAWAY and closes. Buffers are
 bounded: at most one frame (16384 bytes, the size we advertise) is held
 incomplete and a header block is at most MAX_BLOCK bytes.
 
-Output is written in records: each reply (with any frames queued before it)
-is one, as some DoH clients (dnsperf) take at most one DNS reply from each TLS
-record they read. The records of one `receive` go out in one `writelines` at
-its end (each item a TLS record, one socket write); a reply made later (after
-an upstream miss) is written at once, never from inside frame parsing.
+Each reply (with the frames queued before it) is a TLS record of its own, as
+some DoH clients (dnsperf) take one DNS reply from each record they read; the
+records of one `receive` go out in one socket write at its end, a reply made
+later (after an upstream miss) at once.
 """
 
 from __future__ import annotations
@@ -26,41 +25,46 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from heimdall.headerblock import MAX_HEADERS, BadHeaderBlock, HeaderBlocks, Headers, ReplyHeads, Request, hpack_int
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-WHOLE_BLOCK = END_HEADERS | PADDED | PRIORITY_FLAG  # of these, END_HEADERS alone: the payload is the block
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x5, 0x6
-REFUSED_STREAM, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x7, 0x9, 0xB
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = \
-    range(1, 7)
-
-MAX_STREAMS = 100  # streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
-MAX_BLOCK = 65536  # an encoded header block, HEADERS and CONTINUATIONs together
-FRAME_SIZE = 16384  # the largest frame we accept (the protocol's default; we do not raise it)
-WINDOW = 65535  # the receive windows we keep open (the protocol's default)
-MAX_WINDOW = 2**31 - 1
-HEADER = struct.Struct(">I B I")  # (length << 8 | type, flags, stream id): a frame's 9 bytes
+from heimdall.headerblock import BadHeaderBlock, HeaderBlocks, Headers, ReplyHeads, Request
+from heimdall.http2frame import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADER,
+    HEADERS,
+    MAX_BLOCK,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    OUR_SETTINGS,
+    PADDED,
+    PING,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_ACK,
+    STREAM_CLOSED,
+    WHOLE_BLOCK,
+    WINDOW,
+    WINDOW_UPDATE,
+    PeerSettings,
+    Violation,
+    frame,
+    take_preface,
+)
 
 OnRequest = Callable[[int, bytes, bytes, "bytes | None", bytes], None]  # (stream, method, path, type, body)
-
-
-def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return HEADER.pack(len(payload) << 8 | kind, flags, sid) + payload
-
-
-OUR_SETTINGS = frame(SETTINGS, 0, 0, struct.pack(">HIHI", MAX_CONCURRENT_STREAMS, MAX_STREAMS,
-                                                  MAX_HEADER_LIST_SIZE, MAX_HEADERS))
-SETTINGS_ACK = frame(SETTINGS, ACK, 0)
-
-
-class Violation(Exception):
-    """The peer broke the protocol: GOAWAY with `code`, then close."""
-
-    def __init__(self, code: int):
-        self.code = code
 
 
 @dataclass(slots=True)
@@ -74,32 +78,6 @@ class Stream:
     ended: bool = False  # the client's side is done (END_STREAM seen)
     answered: bool = False
     unsent: bytes = b""  # reply bytes waiting for the client's flow-control window
-
-
-class PeerSettings:
-    """What the client's SETTINGS (RFC 9113 6.5.2) say about what we send it."""
-
-    def __init__(self) -> None:
-        self.window = WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE: each new stream's window for our DATA
-        self.frame = FRAME_SIZE  # SETTINGS_MAX_FRAME_SIZE
-        self.table_update = b""  # a dynamic table size update our next header block must start with
-
-    def take(self, key: int, value: int) -> int:
-        """One setting; returns how much every open stream's window changed (INITIAL_WINDOW_SIZE)."""
-        if key == INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise Violation(FLOW_CONTROL_ERROR)
-            delta, self.window = value - self.window, value
-            return delta
-        if key == MAX_FRAME_SIZE:
-            if not FRAME_SIZE <= value <= 2**24 - 1:
-                raise Violation(PROTOCOL_ERROR)
-            self.frame = value
-        elif key == ENABLE_PUSH and value > 1:
-            raise Violation(PROTOCOL_ERROR)
-        elif key == HEADER_TABLE_SIZE and value < 4096:
-            self.table_update = hpack_int(value, 5, 0x20)  # our blocks use no table; say so in its size
-        return 0
 
 
 class Http2Connection:
@@ -145,13 +123,8 @@ class Http2Connection:
     def frames(self) -> None:
         buf = self.buf
         if not self.preface:
-            if len(buf) < len(PREFACE) + 9:
-                if not PREFACE.startswith(bytes(buf[:len(PREFACE)])):
-                    raise Violation(PROTOCOL_ERROR)
+            if not take_preface(buf):
                 return
-            if buf[:len(PREFACE)] != PREFACE or buf[len(PREFACE) + 3] != SETTINGS:
-                raise Violation(PROTOCOL_ERROR)
-            del buf[:len(PREFACE)]
             self.preface = True
         pos, end = 0, len(buf)
         while end - pos >= 9 and not self.closed:
@@ -350,18 +323,15 @@ class Http2Connection:
         if self.peer.table_update:
             block, self.peer.table_update = self.peer.table_update + block, b""
         size = len(body)
-        if size and size <= self.send_window and size <= stream.send_window and size <= self.peer.frame:
+        if 0 < size <= min(self.send_window, stream.send_window, self.peer.frame):
             self.send_window -= size  # the whole reply at once, as nearly every DNS answer goes
             self.out.append(HEADER.pack(len(block) << 8 | HEADERS, END_HEADERS, sid) + block
                             + HEADER.pack(size << 8 | DATA, END_STREAM, sid) + body)
             del self.streams[sid]
-        elif body:
-            self.out.append(frame(HEADERS, END_HEADERS, sid, block))
+        else:  # the DATA that fits (the stream ends when all is sent), or HEADERS alone ending the stream
+            self.out.append(frame(HEADERS, END_HEADERS if body else END_HEADERS | END_STREAM, sid, block))
             stream.unsent = body
             self.send_body(sid, stream)
-        else:
-            self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
-            del self.streams[sid]
         self.records.append(b"".join(self.out))
         self.out.clear()
         if not self.receiving:

@@ -16,8 +16,8 @@ import time
 import hpack
 import pytest
 
-from heimdall.http2 import (DATA, FRAME_SIZE_ERROR, GOAWAY, HEADERS, PREFACE, PROTOCOL_ERROR,
-                            RST_STREAM, SETTINGS, STREAM_CLOSED, frame)
+from heimdall.http2frame import (DATA, FRAME_SIZE_ERROR, GOAWAY, HEADERS, PREFACE, PROTOCOL_ERROR,
+                                 RST_STREAM, SETTINGS, STREAM_CLOSED, frame)
 from heimdall_server import HeimdallProcess
 from test_encrypted_listeners import kdig, query_wire
 from test_http2 import frames_of

@@ -20,7 +20,7 @@ import dns.rrset
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from heimdall.dohrequest import AnswerHeaders, Refusal, decode_base64url, dns_message, max_age
+from heimdall.dohrequest import AnswerHeaders, Refusal, any_message, decode_base64url, dns_message, max_age
 
 PROPS = settings(max_examples=int(os.environ.get("HEIMDALL_PROP_EXAMPLES", "400")), deadline=None,
                  suppress_health_check=[HealthCheck.too_slow])
@@ -59,6 +59,17 @@ def test_a_get_with_other_parameters_finds_its_dns_one():
     assert dns_message(b"GET", b"/dns-query?dns=" + encoded, None, b"") == query
     assert dns_message(b"GET", b"/dns-query?ct=x&dns=" + encoded, None, b"") == query
     assert isinstance(dns_message(b"GET", b"/dns-query?dns=" + encoded + b"&dns=" + encoded, None, b""), Refusal)
+
+
+@PROPS
+@given(st.sampled_from([b"/dns-query?dns=", b"/dns-query?", b"/dns-query", b"/dns-query?dns", b"/x?dns=", b""]),
+       st.one_of(TEXT, st.binary(max_size=60).map(base64.urlsafe_b64encode),
+                 st.integers(min_value=65530, max_value=65540).map(lambda n: base64.urlsafe_b64encode(bytes(n)))),
+       st.sampled_from([b"", b"&dns=AAAB", b"&", b"&x=1", b"?dns=AAAA"]))
+def test_a_get_is_read_in_short_as_any_request_is_read(head, text, tail):
+    """What a GET asks (a message, or the status saying why not) is the same read in short as in full."""
+    target = head + text + tail
+    assert dns_message(b"GET", target, None, b"") == any_message(b"GET", target, None, b"")
 
 
 def reply(name: str, ttl: int, qid: int) -> bytes:

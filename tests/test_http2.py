@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heimdall.headerblock import HeaderBlocks, encode_headers, neutral_fields, request_of
-from heimdall.http2 import (DATA, FLOW_CONTROL_ERROR, FRAME_SIZE, GOAWAY, HEADERS, MAX_BLOCK, MAX_STREAMS, PREFACE,
-                            REFUSED_STREAM, RST_STREAM, SETTINGS, Http2Connection, frame)
+from heimdall.http2 import Http2Connection
+from heimdall.http2frame import (DATA, FLOW_CONTROL_ERROR, FRAME_SIZE, GOAWAY, HEADERS, MAX_BLOCK, MAX_STREAMS, PREFACE,
+                                 REFUSED_STREAM, RST_STREAM, SETTINGS, frame)
 
 PROPS = settings(max_examples=int(os.environ.get("HEIMDALL_PROP_EXAMPLES", "300")), deadline=None,
                  suppress_health_check=[HealthCheck.too_slow])
