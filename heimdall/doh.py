@@ -29,7 +29,7 @@ import h11
 from heimdall.dohrequest import MAX_MESSAGE, Headers, Refusal, answer_headers, dns_message, refusal_headers
 from heimdall.headerblock import MAX_HEADERS
 from heimdall.http2 import Http2Connection
-from heimdall.tcp import TcpConnection, TcpListener
+from heimdall.tcp import TcpListener, TlsConnection
 
 log = logging.getLogger("heimdall.doh")
 
@@ -60,22 +60,12 @@ class Exchange:
         self.refuse(Refusal(status, "rate limited" if status == 429 else "internal error"))
 
 
-class DohConnection(TcpConnection):
-    """A DoH connection. Buffered: TLS decrypts into one buffer of ours, where a plain protocol
-    costs a fresh 256 KiB bytes object (an mmap and munmap) for every record it reads. One buffer
-    serves every connection: the loop fills it and hands it over in one go, and we copy out."""
-
-    INBOX = memoryview(bytearray(65536))
+class DohConnection(TlsConnection):
+    """A DoH connection: HTTP/2 or HTTP/1.1 by ALPN, each request into the pipeline."""
 
     def __init__(self, listener: TcpListener) -> None:
         super().__init__(listener)
         self.http: Http2 | Http1 | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.INBOX
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.INBOX[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

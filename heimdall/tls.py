@@ -24,7 +24,7 @@ from typing import Any
 from heimdall.config import Config
 from heimdall.doh import DohConnection
 from heimdall.pipeline import Pipeline
-from heimdall.tcp import TcpConnection, TcpListener
+from heimdall.tcp import TcpConnection, TcpListener, TlsConnection
 from heimdall.transport import Transport
 
 log = logging.getLogger("heimdall.tls")
@@ -115,7 +115,7 @@ class TlsListeners:
         for transport, sock in self.sockets.items():
             ctx = server_context(self.config, ALPN[transport])
             listener = TcpListener(self.pipeline, self.config, transport)
-            kind = DohConnection if transport is Transport.DOH else TcpConnection
+            kind = DohConnection if transport is Transport.DOH else TlsConnection
 
             def factory(listener: TcpListener = listener, kind: type[TcpConnection] = kind) -> TcpConnection:
                 return kind(listener)
