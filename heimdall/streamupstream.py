@@ -23,6 +23,7 @@ import time
 from typing import Callable, cast
 
 from heimdall import wire
+from heimdall.directssl import DirectSSLObject
 from heimdall.upstreamurl import UpstreamUrl
 
 log = logging.getLogger("heimdall.upstream")
@@ -43,6 +44,7 @@ class StreamError(Exception):
 def client_context(ca_file: str, alpn: str) -> ssl.SSLContext:
     """Verified TLS: the system's CAs plus `ca_file`, the host name checked, ALPN offered."""
     ctx = ssl.create_default_context()
+    ctx.sslobject_class = DirectSSLObject
     if ca_file:
         ctx.load_verify_locations(cafile=ca_file)
     ctx.set_alpn_protocols([alpn])

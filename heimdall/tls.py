@@ -19,9 +19,9 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
 
 from heimdall.config import Config
+from heimdall.directssl import DirectSSLObject
 from heimdall.doh import DohConnection
 from heimdall.pipeline import Pipeline
 from heimdall.tcp import TcpConnection, TcpListener, TlsConnection
@@ -44,19 +44,6 @@ def server_context(config: Config, alpn: list[str]) -> ssl.SSLContext:
     ctx.sslobject_class = DirectSSLObject
     load_certificate(ctx, config)
     return ctx
-
-
-class DirectSSLObject(ssl.SSLObject):
-    """An SSLObject whose read, write and pending are the C methods themselves. The event loop
-    binds them once per connection and calls them for every TLS record, where the standard class
-    adds a Python call around each (they take the same arguments and do nothing else)."""
-
-    @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:  # ssl.SSLContext.wrap_bio's constructor
-        self = super()._create(*args, **kwargs)  # type: ignore[misc]
-        tls = self._sslobj
-        self.read, self.write, self.pending = tls.read, tls.write, tls.pending
-        return self
 
 
 def load_certificate(ctx: ssl.SSLContext, config: Config) -> None:
