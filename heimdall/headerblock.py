@@ -59,9 +59,8 @@ class HeaderBlocks:
             path = path_literal(block[len(template.prefix):len(block) - len(template.suffix)])
             if path is not None:
                 return template.request(path)
-        req = self.blocks.get(block, self)
-        if req is not self:
-            return req  # type: ignore[return-value]
+        if block in self.blocks:
+            return self.blocks[block]
         fields = neutral_fields(block)
         try:
             if fields is None:

@@ -162,15 +162,17 @@ class TcpConnection(asyncio.BaseProtocol):
         now = int(mono)
         batch: list[bytes] = []
         self.batch = batch
-        while len(buf) >= 2:
-            size = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + size:
-                break
-            msg = bytes(buf[2:2 + size])
-            del buf[:2 + size]
-            self.last_active = mono  # a whole query: the bytes of one that never ends do not count
-            self._query(msg, now, self.send)
-        self.batch = None
+        try:
+            while len(buf) >= 2:
+                size = (buf[0] << 8) | buf[1]
+                if len(buf) < 2 + size:
+                    break
+                msg = bytes(buf[2:2 + size])
+                del buf[:2 + size]
+                self.last_active = mono  # a whole query: the bytes of one that never ends do not count
+                self._query(msg, now, self.send)
+        finally:
+            self.batch = None  # replies made later (misses) go out as they come
         if batch and not self.transport.is_closing():
             self.transport.writelines(batch)  # one socket write (and over TLS, a record each)
         if self.outstanding >= self.MAX_PIPELINE:

@@ -154,6 +154,30 @@ def test_tcp_pipelining_several_queries_one_connection(srv):
     assert seen == {1000 + i: n for i, n in enumerate(names)}
 
 
+def test_tcp_pipelined_hits_and_misses_in_one_write_are_all_answered(srv):
+    """The hits of one read go out together at its end, each miss when it completes: none is lost."""
+    cached = [unique() for _ in range(3)]
+    for n in cached:
+        srv.query(n, "A", tcp=True)
+    names = [cached[0], unique(), cached[1], unique(), cached[2], unique()]
+    msgs = []
+    for i, n in enumerate(names):
+        q = dns.message.make_query(n, "A")
+        q.id = 2000 + i
+        w = q.to_wire()
+        msgs.append(struct.pack("!H", len(w)) + w)
+    with socket.create_connection((srv.address, srv.port), timeout=5) as s:
+        for _ in range(2):  # the second time every name is a hit: six replies from one read
+            s.sendall(b"".join(msgs))
+            f = s.makefile("rb")
+            seen = {}
+            for _ in names:
+                size = struct.unpack("!H", f.read(2))[0]
+                r = dns.message.from_wire(f.read(size))
+                seen[r.id] = (r.question[0].name.to_text().rstrip("."), r.rcode())
+            assert seen == {2000 + i: (n, dns.rcode.NOERROR) for i, n in enumerate(names)}
+
+
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed")
 def test_dig_as_a_client(srv):
     for extra in ([], ["+tcp"], ["+noedns"]):
