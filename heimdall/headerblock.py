@@ -135,16 +135,6 @@ def path_literal(field: bytes) -> bytes | None:
     """The value when `field` is exactly one literal :path (static name, not indexed); None otherwise."""
     if len(field) < 2 or field[0] not in PATH_LITERALS:
         return None
-    size = field[1] & 0x7F
-    if size < 0x7F:  # its length in one byte, as a DoH GET's is: read here
-        if size + 2 != len(field):
-            return None
-        if not field[1] & 0x80:
-            return field[2:]
-        try:
-            return huffman_decode(field[2:])
-        except (ValueError, hpack.HPACKDecodingError):
-            return None
     try:
         literal = static_literal(field)
     except (hpack.HPACKDecodingError, IndexError):
@@ -163,7 +153,9 @@ def static_literal(field: bytes) -> tuple[bytes, bytes] | None:
     if field[0] & 0xE0 or not 0 < index < 15 or len(field) < 2:  # 15: the index goes on past the prefix
         return None
     name = STATIC_TABLE[index - 1][0]
-    size, start = read_int(field, 1, 7)
+    size, start = field[1] & 0x7F, 2  # the value's length, in one byte as a GET's :path has it
+    if size == 0x7F:
+        size, start = read_int(field, 1, 7)
     if start + size != len(field):
         raise hpack.HPACKDecodingError("a field's value is not the rest of the field")
     value = field[start:]
