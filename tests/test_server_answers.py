@@ -135,22 +135,28 @@ def test_tcp_gets_the_whole_big_answer(srv):
     assert len(r2.answer[0]) == 5
 
 
-def test_tcp_pipelining_several_queries_one_connection(srv):
-    names = [unique() for _ in range(5)]
+def pipelined(sock: socket.socket, names: list[str], first_id: int) -> dict[int, dns.message.Message]:
+    """Every name's A query in one write, IDs from first_id; the replies by ID, in whatever order they came."""
     msgs = []
     for i, n in enumerate(names):
         q = dns.message.make_query(n, "A")
-        q.id = 1000 + i
+        q.id = first_id + i
         w = q.to_wire()
         msgs.append(struct.pack("!H", len(w)) + w)
+    sock.sendall(b"".join(msgs))
+    f = sock.makefile("rb")
+    replies = {}
+    for _ in names:
+        size = struct.unpack("!H", f.read(2))[0]
+        r = dns.message.from_wire(f.read(size))
+        replies[r.id] = r
+    return replies
+
+
+def test_tcp_pipelining_several_queries_one_connection(srv):
+    names = [unique() for _ in range(5)]
     with socket.create_connection((srv.address, srv.port), timeout=5) as s:
-        s.sendall(b"".join(msgs))
-        seen = {}
-        f = s.makefile("rb")
-        for _ in names:
-            size = struct.unpack("!H", f.read(2))[0]
-            r = dns.message.from_wire(f.read(size))
-            seen[r.id] = r.question[0].name.to_text().rstrip(".")
+        seen = {qid: r.question[0].name.to_text().rstrip(".") for qid, r in pipelined(s, names, 1000).items()}
     assert seen == {1000 + i: n for i, n in enumerate(names)}
 
 
@@ -160,21 +166,10 @@ def test_tcp_pipelined_hits_and_misses_in_one_write_are_all_answered(srv):
     for n in cached:
         srv.query(n, "A", tcp=True)
     names = [cached[0], unique(), cached[1], unique(), cached[2], unique()]
-    msgs = []
-    for i, n in enumerate(names):
-        q = dns.message.make_query(n, "A")
-        q.id = 2000 + i
-        w = q.to_wire()
-        msgs.append(struct.pack("!H", len(w)) + w)
     with socket.create_connection((srv.address, srv.port), timeout=5) as s:
         for _ in range(2):  # the second time every name is a hit: six replies from one read
-            s.sendall(b"".join(msgs))
-            f = s.makefile("rb")
-            seen = {}
-            for _ in names:
-                size = struct.unpack("!H", f.read(2))[0]
-                r = dns.message.from_wire(f.read(size))
-                seen[r.id] = (r.question[0].name.to_text().rstrip("."), r.rcode())
+            seen = {qid: (r.question[0].name.to_text().rstrip("."), r.rcode())
+                    for qid, r in pipelined(s, names, 2000).items()}
             assert seen == {2000 + i: (n, dns.rcode.NOERROR) for i, n in enumerate(names)}
 
 
