@@ -46,6 +46,7 @@ from tools.errors import EXIT_ENVIRONMENT, ToolError
 from tools.load_result import build_result
 from tools.load_worker import WorkerSpec, worker_entry
 from tools.priming import prime
+from tools.resources import system_busy_seconds
 from tools.scenarios import (
     DEFAULT_CLIENTS,
     DEFAULT_CLIENTS_OTHER,
@@ -240,10 +241,10 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
             p.start()
             procs.append(p)
         _wait_ready(procs, ready)
-        psutil.cpu_percent(None)  # starts the host-CPU interval
+        busy0, t0 = system_busy_seconds(), time.monotonic()
         start.value, run.start_late_s = start_instant(cfg.start_at_ns)
         parts = _collect(run, procs, prog, stop, results, show_progress)
-        run.host_cpu_percent = psutil.cpu_percent(None)
+        run.host_cpu_percent = host_cpu_percent(busy0, t0)
     finally:
         stop.value = 1
         for p in procs:
@@ -255,6 +256,19 @@ def _run_workers(run: LoadRun, show_progress: bool) -> list[dict]:
     if errors:
         raise ToolError(f"load generator process failed: {errors[0]}", EXIT_ENVIRONMENT)
     return parts
+
+
+def host_cpu_percent(busy0: float, t0: float) -> float | None:
+    """The machine's busy share since (busy0, t0), 100 = every core busy.
+
+    Explicit readings rather than psutil.cpu_percent(None), whose interval is
+    hidden module state keyed by thread ident.
+    """
+    elapsed = time.monotonic() - t0
+    if elapsed <= 0:
+        return None
+    share = (system_busy_seconds() - busy0) / (elapsed * (psutil.cpu_count() or 1))
+    return round(100 * min(max(share, 0.0), 1.0), 1)
 
 
 def start_instant(wanted_ns: int | None) -> tuple[int, float]:

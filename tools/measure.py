@@ -28,7 +28,7 @@ from tools.command_server import CommandServer
 from tools.errors import EXIT_ENVIRONMENT, EXIT_TARGET, ToolError
 from tools.files import new_results_dir
 from tools.provenance import provenance
-from tools.resources import ResourceSampler, process_tree, tree_cpu_seconds
+from tools.resources import ResourceSampler, process_tree, system_busy_seconds, tree_cpu_seconds
 
 WINDOW_SCHEMA = "heimdall.window/1"
 
@@ -126,11 +126,6 @@ def open_target(opts: LabOptions, env: dict[str, str] | None = None, wrapper: li
             yield Target(str(address), started.pid, started.describe())
         finally:
             started.stop()
-
-
-def system_busy_seconds() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
 
 
 @dataclass

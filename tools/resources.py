@@ -44,6 +44,12 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return total if seen else None
 
 
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot, every core summed."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+
 @dataclass
 class ResourceSampler:
     """Background thread sampling pid's tree every `interval` seconds."""
