@@ -13,7 +13,7 @@ cd "$ROOT"
 VERSIONS=(3.11 3.12 3.13)
 TESTS=(tests/test_wire.py tests/test_wire_props.py tests/test_cache.py tests/test_hotpath.py
        tests/test_hotpath_hardening.py tests/test_ratelimit.py tests/test_httpapi.py tests/test_server_answers.py
-       tests/test_sdnotify.py tests/test_listfetch.py tests/test_headerblock_props.py)
+       tests/test_sdnotify.py tests/test_listfetch.py tests/test_headerblock_props.py tests/test_http2client.py)
 
 find_python() {
   local v=$1 p
