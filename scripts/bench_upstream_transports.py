@@ -85,7 +85,7 @@ def main() -> None:
     for t, rs in rows.items():
         cpus = [x["cpu_us_per_miss"] for x in rs if x["cpu_us_per_miss"]]
         summary[t] = {"qps_median": statistics.median(x["qps"] for x in rs),
-                      "cpu_us_per_miss_median": statistics.median(cpus) if cpus else None, "rounds": rs}
+                      "cpu_us_per_miss_median": round(statistics.median(cpus), 1) if cpus else None, "rounds": rs}
     base = summary.get("udp", {}).get("cpu_us_per_miss_median")
     print(f"\n{'upstream':8s} {'q/s (median)':>14s} {'CPU us/miss':>12s} {'vs UDP':>7s}")
     for t, s in summary.items():
