@@ -4,10 +4,12 @@ Every miss forwarded over DoH is a stream: a POST's HEADERS and DATA out, a
 reply's HEADERS and DATA back. A general state machine (h2) cost more per
 miss than the rest of forwarding it; this one knows that shape. The request's
 header block is fixed but for its content-length and uses no dynamic table,
-so it is made once per connection. Replies are decoded by `hpack` (servers
-index their reply headers, so every block must be decoded to keep the table
-in step). We push nothing and accept no pushes (SETTINGS_ENABLE_PUSH 0),
-ignore priorities and skip frame types we do not know.
+so it is made once per connection. Replies are decoded by `hpack`, and a
+reply head that leaves the table alone (a server's second and later, once
+its table holds what it sends) is remembered, as the listener remembers
+request blocks (heimdall/headerblock.py). We push nothing and accept no
+pushes (SETTINGS_ENABLE_PUSH 0), ignore priorities and skip frame types we
+do not know.
 
 A stream's end comes back through `answered` (status 200 and the DNS
 content-type, with the body) or `failed` (another status, a reset, a
@@ -24,7 +26,7 @@ from typing import Callable
 
 import hpack
 
-from heimdall.headerblock import hpack_int
+from heimdall.headerblock import hpack_int, neutral_fields, remember
 from heimdall.http2frame import (
     ACK,
     COMPRESSION_ERROR,
@@ -91,7 +93,6 @@ class Exchange:
     send_window: int
     unsent: bytes = b""  # the query's bytes waiting for the server's flow-control windows
     status: bytes | None = None  # the final (not 1xx) status, once its HEADERS came
-    content_type: bytes = b""
     body: bytearray = field(default_factory=bytearray)
 
 
@@ -122,6 +123,7 @@ class Http2Client:
         self.block: bytearray | None = None  # a header block waiting for its CONTINUATIONs
         self.block_sid = self.block_flags = 0
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEAD)
+        self.heads: dict[bytes, tuple[bytes, bytes]] = {}  # blocks that leave the table alone, decoded
         self.closed = False
         self.out: list[bytes] = [PREFACE, CLIENT_SETTINGS,
                                  frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", CONNECTION_WINDOW - WINDOW))]
@@ -263,23 +265,14 @@ class Http2Client:
 
     def header_block(self, sid: int, flags: int, block: bytes) -> None:
         """A reply's head, an informational (1xx) one, or trailers: decoded either way, as HPACK is shared."""
-        try:
-            fields = self.decoder.decode(block, raw=True)
-        except hpack.HPACKError:
-            raise Violation(COMPRESSION_ERROR) from None
+        status, ctype = self.head_of(block)
         ex = self.streams.get(sid)
         if ex is None:
             return  # a stream we gave up on
         if ex.status is None:
-            status, ctype = b"", b""
-            for name, value in fields:
-                if name == b":status":
-                    status = value
-                elif name == b"content-type":
-                    ctype = value
             if status[:1] == b"1" and not flags & END_STREAM:
                 return  # informational: the reply's own head follows
-            ex.status, ex.content_type = status, ctype
+            ex.status = status
             still_open = not flags & END_STREAM
             if status != b"200":
                 self.fail_stream(sid, f"answered HTTP status {status.decode('latin-1') or 'none'}", reset=still_open)
@@ -292,6 +285,29 @@ class Http2Client:
             return
         if flags & END_STREAM:
             self.finish(sid, ex)
+
+    def head_of(self, block: bytes) -> tuple[bytes, bytes]:
+        """A block's :status and content-type. A block that leaves the table alone (what a server
+        sends once its table holds its reply headers) means the same until one that does not, so
+        what it decodes to is remembered until then."""
+        head = self.heads.get(block)
+        if head is not None:
+            return head
+        try:
+            fields = self.decoder.decode(block, raw=True)
+        except hpack.HPACKError:
+            raise Violation(COMPRESSION_ERROR) from None
+        status, ctype = b"", b""
+        for name, value in fields:
+            if name == b":status":
+                status = value
+            elif name == b"content-type":
+                ctype = value
+        if neutral_fields(block) is None:
+            self.heads.clear()  # the table changed: what its indices meant is gone
+        else:
+            remember(self.heads, block, (status, ctype))
+        return status, ctype
 
     def data(self, flags: int, sid: int, payload: bytes) -> None:
         self.check_stream(sid)

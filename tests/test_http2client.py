@@ -133,6 +133,27 @@ def test_replies_use_the_servers_header_table_as_it_changes():
     assert p.answers == [(q, bytes([q]) * (q + 1)) for q in range(5)]
 
 
+def test_a_remembered_head_is_read_again_once_the_table_changes():
+    """A head of indices alone is remembered; after a head that adds to the table, the same
+    bytes name other entries and are decoded again."""
+    answers: list[int] = []
+    failures: list[tuple[int, str]] = []
+    client = Http2Client(b"x", b"/", lambda q, b: answers.append(q), lambda q, r: failures.append((q, r)), print)
+    client.receive(frame(SETTINGS, 0, 0))
+    for qid in range(1, 6):
+        client.request(qid, b"q")
+    dns_type, html = b"application/dns-message", b"text/html"
+    heads = [b"\x88\x5f" + bytes([len(dns_type)]) + dns_type,  # :status 200, content-type added to the table
+             b"\x88\xbe",  # :status 200, the table's first entry: application/dns-message
+             b"\x88\xbe",  # the same bytes again: remembered
+             b"\x88\x5f" + bytes([len(html)]) + html,  # text/html added: now the table's first entry
+             b"\x88\xbe"]  # the same bytes as before, naming text/html now
+    for sid, head in zip(range(1, 10, 2), heads):
+        client.receive(frame(HEADERS, 0x5, sid, head))  # END_HEADERS | END_STREAM
+    assert answers == [1, 2, 3]
+    assert failures == [(4, "answered content-type 'text/html'"), (5, "answered content-type 'text/html'")]
+
+
 def test_a_long_head_in_continuations_an_informational_head_and_trailers():
     p = Pair()
     sid = p.client.request(1, b"q")
