@@ -7,8 +7,10 @@ bytes over the same asyncio TLS connections as DNS over TLS
 its own. Each query is a POST of `application/dns-message`; the answer is the
 stream's body. RFC 8484 suggests ID 0 for HTTP caches, but no cache sits
 between us and the upstream, so the ID stays random and the reply must still
-match ID and question. A non-200 status, a reset stream, a GOAWAY or a broken
-HTTP/2 session is an upstream failure (failover).
+match ID and question. A non-200 status, a reset stream or a broken HTTP/2
+session is an upstream failure (failover). A GOAWAY closes the connection to
+new queries; those the server took are still answered on it, the others
+fail over, and a new connection takes the queries that follow.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Http2(Connection):
         self.by_qid: dict[int, int] = {}
 
     def usable(self) -> bool:
-        return super().usable() and self.load < min(MAX_INFLIGHT, self.h2.max_streams)
+        return super().usable() and not self.h2.goaway and self.load < min(MAX_INFLIGHT, self.h2.max_streams)
 
     def started(self) -> None:
         assert self.transport is not None
@@ -59,6 +61,7 @@ class Http2(Connection):
         if sid is not None and not self.closed and self.h2.cancel(sid):
             self._flush()  # still open: we gave up on it (timeout), the server may stop working on it
         super().done(qid)
+        self._close_if_drained()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
@@ -69,6 +72,12 @@ class Http2(Connection):
         self.reads += 1
         self.h2.receive(data)
         self._flush()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        """After the server's GOAWAY, the connection closes once the streams it took are over."""
+        if self.h2.goaway and not self.waiting and not self.closed:
+            self.close()
 
     def _answered(self, qid: int, body: bytes) -> None:
         entry = self.waiting.get(qid)

@@ -1,4 +1,5 @@
-"""HTTP/2 header blocks (RFC 7541) as a DoH server meets them: requests in, replies out.
+"""HTTP/2 header blocks (RFC 7541) as DoH meets them: requests in, replies out, and for the
+DoH upstream client the other way round.
 
 Requests are decoded by the `hpack` library (Huffman codes and the dynamic
 table are its business). A block that adds nothing to the decoder's table
@@ -28,6 +29,7 @@ from heimdall.wire import c_ext
 huffman_decode = getattr(c_ext, "huffman_decode", decode_huffman)  # heimdall/hpack.c, or hpack's twin
 
 MAX_HEADERS = 16384  # decoded header list size (our SETTINGS_MAX_HEADER_LIST_SIZE)
+DNS_MESSAGE = b"application/dns-message"
 STATIC_NAMES = {b"content-type": 31, b"content-length": 28, b"cache-control": 24, b"allow": 22}
 Headers = Sequence[tuple[bytes, bytes]]
 Request = tuple[bytes, bytes, "bytes | None"]  # (method, path, content-type)
@@ -278,3 +280,48 @@ def encode_headers(status: int, headers: Headers) -> bytes:
         out.append(hpack_int(index, 4) if index else b"\x00" + hpack_int(len(name), 7) + name)
         out.append(hpack_int(len(value), 7) + value)
     return b"".join(out)
+
+
+class RequestHead:
+    """A DoH POST's header block: fixed but for its content-length, and touching no table."""
+
+    def __init__(self, authority: bytes, path: bytes) -> None:
+        def literal(index: int, value: bytes) -> bytes:  # not indexed, the static table's name
+            return hpack_int(index, 4) + hpack_int(len(value), 7) + value
+        self.prefix = (b"\x83\x87" + literal(1, authority) + literal(4, path)  # :method POST, :scheme https
+                       + literal(31, DNS_MESSAGE) + literal(19, DNS_MESSAGE)  # content-type, accept
+                       + hpack_int(28, 4))  # content-length, its value to follow
+
+    def encode(self, length: int) -> bytes:
+        value = str(length).encode()
+        return self.prefix + bytes([len(value)]) + value
+
+
+class ReplyHeadBlocks:
+    """A DoH server's reply heads as (:status, content-type). A block that leaves the table alone
+    (what a server sends once its table holds its reply headers) means the same until one that
+    does not, so what it decodes to is remembered until then."""
+
+    def __init__(self, max_size: int) -> None:
+        self.decoder = hpack.Decoder(max_header_list_size=max_size)
+        self.known: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def decode(self, block: bytes) -> tuple[bytes, bytes]:
+        head = self.known.get(block)
+        if head is not None:
+            return head
+        try:
+            fields = self.decoder.decode(block, raw=True)
+        except hpack.HPACKError as exc:
+            raise BadHeaderBlock(str(exc)) from None
+        status = ctype = b""
+        for name, value in fields:
+            if name == b":status":
+                status = as_bytes(value)
+            elif name == b"content-type":
+                ctype = as_bytes(value)
+        if neutral_fields(block) is None:
+            self.known.clear()  # the table changed: what its indices meant is gone
+        else:
+            remember(self.known, block, (status, ctype))
+        return status, ctype

@@ -27,38 +27,27 @@ from typing import Callable
 
 from heimdall.headerblock import BadHeaderBlock, HeaderBlocks, Headers, ReplyHeads, Request
 from heimdall.http2frame import (
-    ACK,
     COMPRESSION_ERROR,
-    CONTINUATION,
     DATA,
     END_HEADERS,
     END_STREAM,
-    ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADER,
     HEADERS,
-    MAX_BLOCK,
     MAX_STREAMS,
     MAX_WINDOW,
     OUR_SETTINGS,
-    PADDED,
-    PING,
-    PRIORITY,
-    PRIORITY_FLAG,
     PROTOCOL_ERROR,
-    PUSH_PROMISE,
     REFUSED_STREAM,
     RST_STREAM,
-    SETTINGS,
-    SETTINGS_ACK,
     STREAM_CLOSED,
     WHOLE_BLOCK,
     WINDOW,
     WINDOW_UPDATE,
-    PeerSettings,
+    Http2Endpoint,
     Violation,
     frame,
     take_preface,
@@ -80,10 +69,11 @@ class Stream:
     unsent: bytes = b""  # reply bytes waiting for the client's flow-control window
 
 
-class Http2Connection:
+class Http2Connection(Http2Endpoint):
     """One connection's frames: requests go to `on_request`, replies come back through `respond`."""
 
     def __init__(self, on_request: OnRequest, write: Callable[[list[bytes]], None], close: Callable[[], None]):
+        super().__init__()
         self.on_request, self.write, self.close = on_request, write, close
         self.buf = bytearray()
         self.preface = False  # the client's preface and first SETTINGS have arrived
@@ -91,14 +81,8 @@ class Http2Connection:
         self.streams: dict[int, Stream] = {}
         self.last_sid = 0  # the highest stream the client opened
         self.blocks = HeaderBlocks()
-        self.block: bytearray | None = None  # a header block waiting for its CONTINUATIONs
-        self.block_sid = self.block_flags = 0
-        self.send_window = WINDOW  # the connection's, for our DATA
-        self.recv_window = WINDOW
-        self.consumed = 0  # DATA bytes received and not yet given back (WINDOW_UPDATE)
-        self.peer = PeerSettings()
         self.heads = ReplyHeads()
-        self.out: list[bytes] = [OUR_SETTINGS]  # frames of the record being made
+        self.out.append(OUR_SETTINGS)  # frames of the record being made
         self.records: list[bytes] = []  # whole records not yet written
         self.receiving = False
 
@@ -142,70 +126,17 @@ class Http2Connection:
                 self.frame(kind, flags, sid, payload)
         del buf[:pos]
 
-    def frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
-        if self.block is not None and kind != CONTINUATION:
-            raise Violation(PROTOCOL_ERROR)  # a header block must not be interrupted
-        if kind == HEADERS:
-            self.headers(flags, sid, payload)
-        elif kind == DATA:
-            self.data(flags, sid, payload)
-        elif kind == CONTINUATION:
-            self.continuation(flags, sid, payload)
-        elif kind == SETTINGS:
-            self.settings(flags, sid, payload)
-        elif kind == WINDOW_UPDATE:
-            self.window_update(sid, payload)
-        elif kind == PING:
-            if sid or len(payload) != 8:
-                raise Violation(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR)
-            if not flags & ACK:
-                self.out.append(frame(PING, ACK, 0, payload))
-        elif kind == RST_STREAM:
-            self.check_stream_frame(sid, payload, 4)
-            self.streams.pop(sid, None)
-        elif kind == PRIORITY:
-            self.check_stream_frame(sid, payload, 5, idle_ok=True)
-        elif kind == GOAWAY:
-            if sid:
-                raise Violation(PROTOCOL_ERROR)
-            self.closed = True  # the client is leaving: as h2 did, close now
-            self.close()
-        elif kind == PUSH_PROMISE:
-            raise Violation(PROTOCOL_ERROR)  # a client never pushes
+    def on_rst_stream(self, sid: int, code: int) -> None:
+        self.streams.pop(sid, None)
 
-    def check_stream_frame(self, sid: int, payload: bytes, size: int, idle_ok: bool = False) -> None:
-        if sid == 0 or (sid > self.last_sid and not idle_ok):
-            raise Violation(PROTOCOL_ERROR)
-        if len(payload) != size:
-            raise Violation(FRAME_SIZE_ERROR)
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.closed = True  # the client is leaving: as h2 did, close now
+        self.close()
 
     def headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0 or sid % 2 == 0:
             raise Violation(PROTOCOL_ERROR)
-        start, end = 0, len(payload)
-        if flags & PADDED:
-            if not payload:
-                raise Violation(PROTOCOL_ERROR)
-            start, end = 1, end - payload[0]
-        if flags & PRIORITY_FLAG:
-            start += 5
-        if end < start:
-            raise Violation(PROTOCOL_ERROR)
-        if flags & END_HEADERS:
-            self.header_block(sid, flags, payload[start:end])
-        else:
-            self.block, self.block_sid, self.block_flags = bytearray(payload[start:end]), sid, flags
-
-    def continuation(self, flags: int, sid: int, payload: bytes) -> None:
-        block = self.block
-        if block is None or sid != self.block_sid:
-            raise Violation(PROTOCOL_ERROR)
-        block += payload
-        if len(block) > MAX_BLOCK:
-            raise Violation(ENHANCE_YOUR_CALM)
-        if flags & END_HEADERS:
-            self.block = None
-            self.header_block(sid, self.block_flags, bytes(block))
+        self.headers_payload(flags, sid, payload)
 
     def header_block(self, sid: int, flags: int, block: bytes) -> None:
         """A whole header block: a new request, or trailers ending one (decoded either way: HPACK is shared)."""
@@ -234,19 +165,13 @@ class Http2Connection:
         if ended:  # a GET: the request is whole
             self.on_request(sid, req[0], req[1], req[2], b"")
 
-    def data(self, flags: int, sid: int, payload: bytes) -> None:
+    def check_stream(self, sid: int) -> None:
         if sid == 0 or sid > self.last_sid:
             raise Violation(PROTOCOL_ERROR)
+
+    def data(self, flags: int, sid: int, payload: bytes) -> None:
+        start, end = self.data_payload(flags, sid, payload)
         size = len(payload)
-        self.recv_window -= size
-        if self.recv_window < 0:
-            raise Violation(FLOW_CONTROL_ERROR)
-        self.consumed += size
-        start, end = 0, size
-        if flags & PADDED:
-            if not payload or payload[0] >= size:
-                raise Violation(PROTOCOL_ERROR)
-            start, end = 1, size - payload[0]
         stream = self.streams.get(sid)
         if stream is None or stream.ended:
             self.reset(sid, STREAM_CLOSED)
@@ -269,49 +194,6 @@ class Http2Connection:
         req = stream.request
         if req is not None:
             self.on_request(sid, req[0], req[1], req[2], b"" if stream.body is None else bytes(stream.body))
-
-    def settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid:
-            raise Violation(PROTOCOL_ERROR)
-        if flags & ACK:
-            if payload:
-                raise Violation(FRAME_SIZE_ERROR)
-            return
-        if len(payload) % 6:
-            raise Violation(FRAME_SIZE_ERROR)
-        for key, value in struct.iter_unpack(">HI", payload):
-            delta = self.peer.take(key, value)
-            for stream in self.streams.values():
-                stream.send_window += delta
-            if delta > 0:
-                self.send_waiting()
-        self.out.append(SETTINGS_ACK)
-
-    def window_update(self, sid: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise Violation(FRAME_SIZE_ERROR)
-        increment = struct.unpack(">I", payload)[0] & MAX_WINDOW
-        if sid == 0:
-            if increment == 0:
-                raise Violation(PROTOCOL_ERROR)
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise Violation(FLOW_CONTROL_ERROR)
-            self.send_waiting()
-            return
-        if sid > self.last_sid:
-            raise Violation(PROTOCOL_ERROR)
-        stream = self.streams.get(sid)
-        if stream is None:
-            return  # a stream we finished: the client may not have seen it end yet
-        if increment == 0:
-            self.reset(sid, PROTOCOL_ERROR)
-            return
-        stream.send_window += increment
-        if stream.send_window > MAX_WINDOW:
-            self.reset(sid, FLOW_CONTROL_ERROR)
-            return
-        self.send_body(sid, stream)
 
     def respond(self, sid: int, status: int, headers: Headers, body: bytes) -> None:
         """One stream's reply: HEADERS, then DATA as the windows allow. Ignored if the stream is gone."""
@@ -338,28 +220,15 @@ class Http2Connection:
             self.flush()
 
     def send_body(self, sid: int, stream: Stream) -> None:
-        """As much of the stream's reply as the windows allow; the rest waits for a WINDOW_UPDATE."""
-        data = stream.unsent
-        while data:
-            room = min(self.send_window, stream.send_window, self.peer.frame)
-            if room <= 0:
-                break
-            chunk, data = data[:room], data[room:]
-            self.send_window -= len(chunk)
-            stream.send_window -= len(chunk)
-            self.out.append(frame(DATA, 0 if data else END_STREAM, sid, chunk))
-        stream.unsent = data
-        if not data and stream.answered:
+        super().send_body(sid, stream)
+        if not stream.unsent and stream.answered:
             del self.streams[sid]
-
-    def send_waiting(self) -> None:
-        for sid, stream in list(self.streams.items()):
-            if stream.unsent:
-                self.send_body(sid, stream)
 
     def reset(self, sid: int, code: int) -> None:
         self.streams.pop(sid, None)
         self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", code)))
+
+    stream_error = reset
 
     def fail(self, code: int) -> None:
         """A connection error: GOAWAY naming the last stream we took, then close."""

@@ -59,6 +59,12 @@ class Pair:
             if not up and not down:
                 return
 
+    def ask(self, qid: int, message: bytes = b"q") -> int:
+        """One query sent and taken by the server: its stream."""
+        sid = self.client.request(qid, message)
+        self.pump()
+        return sid
+
     def server_event(self, event: h2.events.Event) -> None:
         self.events.append(event)
         if isinstance(event, h2.events.RequestReceived):
@@ -127,8 +133,7 @@ def test_replies_use_the_servers_header_table_as_it_changes():
     """h2 indexes its reply headers: the second reply's head is mostly indices into our decoder's table."""
     p = Pair()
     for qid in range(5):
-        sid = p.client.request(qid, b"q")
-        p.pump()
+        sid = p.ask(qid)
         p.reply(sid, bytes([qid]) * (qid + 1), **{"cache-control": f"max-age={qid}"})
     assert p.answers == [(q, bytes([q]) * (q + 1)) for q in range(5)]
 
@@ -156,8 +161,7 @@ def test_a_remembered_head_is_read_again_once_the_table_changes():
 
 def test_a_long_head_in_continuations_an_informational_head_and_trailers():
     p = Pair()
-    sid = p.client.request(1, b"q")
-    p.pump()
+    sid = p.ask(1)
     p.server.send_headers(sid, [(":status", "103"), ("link", "</x>")])
     p.server.send_headers(sid, [(":status", "200"), ("content-type", DNS), ("x-long", "v" * 30_000)])
     p.server.send_data(sid, b"body")
@@ -171,15 +175,13 @@ def test_a_long_head_in_continuations_an_informational_head_and_trailers():
 def test_another_status_or_type_fails_the_stream_and_the_connection_goes_on(status, ctype, reason):
     p = Pair()
     ended_sid = p.client.request(1, b"q")
-    open_sid = p.client.request(2, b"q")
-    p.pump()
+    open_sid = p.ask(2)
     p.reply(ended_sid, b"", status=status, ctype=ctype)  # HEADERS ends the stream: nothing to reset
     p.server.send_headers(open_sid, [(":status", status), ("content-type", ctype)])  # a body would follow
     p.pump()
     assert p.failures == [(1, reason), (2, reason)]
     assert p.resets() == [(open_sid, h2.errors.ErrorCodes.CANCEL)]
-    sid = p.client.request(3, b"q")
-    p.pump()
+    sid = p.ask(3)
     p.reply(sid, b"fine")
     assert p.answers == [(3, b"fine")] and not p.ends
 
@@ -213,8 +215,7 @@ def test_the_connection_window_is_given_back_as_replies_are_read():
     p = Pair()
     body = b"r" * 60_000
     for qid in range(3 * CONNECTION_WINDOW // len(body)):
-        sid = p.client.request(qid, b"q")
-        p.pump()
+        sid = p.ask(qid)
         p.reply(sid, body)
     assert len(p.answers) == 3 * CONNECTION_WINDOW // len(body) and not p.failures and not p.ends
 
@@ -231,15 +232,16 @@ def test_settings_ping_and_the_servers_stream_limit():
     assert p.answers == [(1, b"ok")] and not p.ends
 
 
-def test_goaway_ends_the_connection_and_no_stream_opens_after():
+def test_goaway_fails_the_streams_not_taken_and_lets_the_others_finish():
     p = Pair()
-    p.client.request(1, b"q")
+    taken, untaken = p.client.request(1, b"q"), p.client.request(2, b"q")
     p.pump()
-    p.server.close_connection(h2.errors.ErrorCodes.NO_ERROR)
-    p.pump()
-    assert p.ends == ["the server ended the HTTP/2 connection (GOAWAY NO_ERROR)"]
+    p.client.receive(frame(GOAWAY, 0, 0, struct.pack(">II", taken, 0)))
+    assert p.client.goaway and p.failures == [(2, "stream not taken before the server's GOAWAY (NO_ERROR)")]
     with pytest.raises(NoStream):
-        p.client.request(2, b"q")
+        p.client.request(3, b"q")
+    p.reply(taken, b"still answered")
+    assert p.answers == [(1, b"still answered")] and not p.ends and untaken not in p.client.streams
 
 
 def settled() -> tuple[Http2Client, list[str]]:
@@ -260,6 +262,9 @@ VIOLATIONS = {
     "a broken header block": (frame(HEADERS, 0x4, 1, b"\xff\xff\xff\xff\xff"), COMPRESSION_ERROR),
     "a head cut by another frame": (frame(HEADERS, 0, 1, b"\x88") + frame(DATA, 0, 1, b"x"), PROTOCOL_ERROR),
     "a window past 2^31-1": (frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)), FLOW_CONTROL_ERROR),
+    "a stream's window past 2^31-1": (frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 100))
+                                      + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 2**31 - 1)), FLOW_CONTROL_ERROR),
+    "a short GOAWAY": (frame(GOAWAY, 0, 0, b"\0\0\0\1"), FRAME_SIZE_ERROR),
 }
 
 
