@@ -85,6 +85,7 @@ class Http2Connection(Http2Endpoint):
         self.out.append(OUR_SETTINGS)  # frames of the record being made
         self.records: list[bytes] = []  # whole records not yet written
         self.receiving = False
+        self.leaving = False  # the client's GOAWAY came: close once every stream it opened is answered
 
     def receive(self, data: bytes) -> None:
         """Everything the client sent, parsed; replies go out as they are made, the rest at the end."""
@@ -103,6 +104,7 @@ class Http2Connection(Http2Endpoint):
             self.recv_window += self.consumed
             self.consumed = 0
         self.flush()
+        self.close_if_left()
 
     def frames(self) -> None:
         buf = self.buf
@@ -130,8 +132,12 @@ class Http2Connection(Http2Endpoint):
         self.streams.pop(sid, None)
 
     def on_goaway(self, last_sid: int, code: int) -> None:
-        self.closed = True  # the client is leaving: as h2 did, close now
-        self.close()
+        self.leaving = True  # the client opens no more streams; those it opened are still answered
+
+    def close_if_left(self) -> None:
+        if self.leaving and not self.streams and not self.closed:
+            self.closed = True
+            self.close()
 
     def headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0 or sid % 2 == 0:
@@ -218,6 +224,7 @@ class Http2Connection(Http2Endpoint):
         self.out.clear()
         if not self.receiving:
             self.flush()
+            self.close_if_left()
 
     def send_body(self, sid: int, stream: Stream) -> None:
         super().send_body(sid, stream)

@@ -89,6 +89,30 @@ def test_requests_answered_now_and_later_reach_the_client_whole():
     assert not server.conn.streams
 
 
+def test_after_the_clients_goaway_its_streams_are_answered_then_the_connection_closes():
+    """Requests and GOAWAY in one read: the one answered at once and the one answered later
+    both reach the client; the connection closes after the last."""
+    server, client = connect()
+
+    def answer_the_first_now(sid: int, *request: object) -> None:  # as a cache hit is, within the read
+        server.requests.append((sid, *request))
+        if len(server.requests) == 1:
+            server.conn.respond(sid, 200, [], b"now")
+
+    server.conn.on_request = answer_the_first_now
+    for _ in range(2):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, POST)
+        client.send_data(sid, b"q" * 12, end_stream=True)
+    goaway = frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0))  # h2 would stop reading after its own
+    server.conn.receive(client.data_to_send() + goaway)
+    first, second = (r[0] for r in server.requests)
+    assert not server.closed
+    server.conn.respond(second, 200, [], b"later")
+    assert server.closed and server.conn.closed
+    assert answers(client.receive_data(server.take())) == {first: b"now", second: b"later"}
+
+
 def test_a_reply_waits_for_the_clients_window_and_goes_out_in_its_frame_size():
     server, client = connect(INITIAL_WINDOW_SIZE=10)
     sid = client.get_next_available_stream_id()
