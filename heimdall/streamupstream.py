@@ -303,7 +303,7 @@ class StreamPool:
 
 
 def stream_pool(addr: UpstreamUrl, ca_file: str, ids: Callable[[], int], mismatched: Callable[[], None]) -> StreamPool:
-    """The pool for a tcp://, tls:// or https:// upstream (h2 is imported only when DoH is configured)."""
+    """The pool for a tcp://, tls:// or https:// upstream (the DoH modules are imported only when one is configured)."""
     if addr.transport == "https":
         from heimdall.dohupstream import Http2
 
