@@ -10,8 +10,11 @@ There are no locks. A worker writes only its own slot, and the others only
 read it (an aligned 8-byte store is seen whole). The global bucket is read,
 refilled and written back by whichever worker takes a token, so two workers
 doing that in the same instant can take one token twice (a lost update): the
-global limit then admits a little more than configured, never less. Per-client
-limits need no sharing: heimdall/steering.py keeps each client in one worker.
+global limit then admits a little more than configured, never less. A
+query in flight is checked against the others' slots and then published, so
+workers that check in the same instant at the bound each admit one: the bound
+is passed by at most one less than the number of workers. Per-client limits
+need no sharing: heimdall/steering.py keeps each client in one worker.
 """
 
 from __future__ import annotations
