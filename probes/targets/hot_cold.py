@@ -1,12 +1,16 @@
 """cpuprof truth target: ~80% of CPU in hot_loop(), ~20% in cold_loop(), measured by itself.
 
 usage: hot_cold.py SECONDS [REPORT_FILE]
-Both functions run the same loop body; hot_loop does 4x the iterations. The
-CPU seconds spent in each (thread_time around every call) are written to
-REPORT_FILE as "hot_s cold_s" about every half second and at the end, so the
-file holds the truth even when the target is killed.
+Both functions run the same loop body; hot_loop does 4x the iterations, a
+count drawn anew each round (a round is about 2.5 ms) so that the rounds never
+keep step with a sampler's period (200 Hz is two rounds: in step, every sample
+would land at one phase). The CPU seconds spent in each (thread_time around
+every call) are written to REPORT_FILE as "hot_s cold_s" about every half
+second and at the end, so the file holds the truth even when the target is
+killed.
 """
 import os
+import random
 import sys
 import time
 
@@ -38,10 +42,11 @@ def main():
     hot = cold = 0.0
     next_report = time.monotonic() + 0.5
     while time.monotonic() < end:
+        n = random.randint(8000, 12000)
         t0 = time.thread_time()
-        hot_loop(40000)
+        hot_loop(4 * n)
         t1 = time.thread_time()
-        cold_loop(10000)
+        cold_loop(n)
         t2 = time.thread_time()
         hot += t1 - t0
         cold += t2 - t1
