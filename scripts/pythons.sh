@@ -50,7 +50,7 @@ one_version() {  # one_version V PYTHON: its venv, its build, its tests; exit st
   fi
 }
 
-# The versions run side by side (a core each on a 2-core machine: none of these tests is timed)
+# The versions run side by side (a core each on a 2-core machine: the few timed checks among these tests allow seconds)
 failed=0
 jobs=()
 main=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)

@@ -1,5 +1,8 @@
 """Shared fixtures: a real NSD upstream on loopback, the probe-test gate, Debian's package lists.
 
+Property tests take no deadline: on a shared 2-core machine one stalled example would fail a
+test whose property holds (hypothesis's default is 200 ms per example).
+
 A probe test carries the `probes` mark (`requires_bcc` is that mark). It is
 skipped with the reason when this machine cannot attach BCC probes (not root,
 BCC not importable, tracefs not mounted), unless HEIMDALL_REQUIRE_PROBES=1 (CI
@@ -13,11 +16,15 @@ import os
 import shutil
 
 import pytest
+from hypothesis import settings
 
 import apt_lists
 from tools.nsd import LocalUpstream, free_port  # noqa: F401 - re-exported for tests
 
 REQUIRE_PROBES = "HEIMDALL_REQUIRE_PROBES"
+
+settings.register_profile("heimdall", deadline=None)
+settings.load_profile("heimdall")
 
 
 @pytest.fixture(scope="session")

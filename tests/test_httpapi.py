@@ -144,7 +144,7 @@ def test_metrics_summed_across_worker_processes(tmp_path):
         p.start()
     try:
         deadline = time.monotonic() + 20
-        while len(os.listdir(tmp_path)) < 2:
+        while len([f for f in os.listdir(tmp_path) if not f.startswith(".tmp-")]) < 2:  # both published whole
             assert time.monotonic() < deadline
             time.sleep(0.02)
         store = SnapshotStore(str(tmp_path))

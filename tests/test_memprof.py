@@ -107,8 +107,9 @@ def test_reported_overhead_matches_a_directly_timed_loop(malloc_n):
     direct_us = (statistics.median(with_probe) - statistics.median(without)) / 2 / 1000
     assert direct_us > 0.1 and o["probe_cost_us_per_call"] > 0.1
     # both loops are timed in their own CPU time, which a busy neighbour does not inflate: the calibration
-    # (a Python loop over ctypes) has read 1.0-1.3x the C loop here, wall-clock timing 0.5-1.9x
-    assert 0.75 < o["probe_cost_us_per_call"] / direct_us < 1.5, (o, direct_us)
+    # (a Python loop over ctypes) has read 1.0-1.3x the C loop here, wall-clock timing 0.5-1.9x; each side
+    # is a median of 3 rounds, so the band leaves room for noise and still fails a cost off by 2x
+    assert 0.6 < o["probe_cost_us_per_call"] / direct_us < 1.8, (o, direct_us)
     assert o["estimated_target_share"] > 0
     # detached: the loop is back to (near) its unprobed speed
     # (a probed call costs microseconds, an unprobed pair tens of ns: load noise cannot bridge that)

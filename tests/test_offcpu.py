@@ -40,7 +40,7 @@ def test_sleep_is_counted_and_idle_epoll_is_not(tmp_path):
     assert proc.returncode == 0, proc.stderr
     sleeper, idler = int(report["sleeper_tid"][0]), int(report["idler_tid"][0])
     slept_ms, idle_ms = float(report["slept_ms"][0]), float(report["idle_ms"][0])
-    assert abs(slept_ms - N * T_MS) <= 0.1 * N * T_MS            # the target did what it was designed to
+    assert abs(slept_ms - N * T_MS) <= 0.25 * N * T_MS  # the target did what it was designed to (sleeps overshoot under load)
     threads = {t["tid"]: t for t in result["threads"]}
     # the sleeper: its off-CPU time is its time in time.sleep, within 10 %, all of it in clock_nanosleep
     assert abs(threads[sleeper]["offcpu_ms"] - slept_ms) <= 0.1 * slept_ms, (threads[sleeper], slept_ms)

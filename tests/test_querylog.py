@@ -95,7 +95,7 @@ def test_flood_against_a_stuck_writer_stays_bounded(tmp_path):
         ql.log("192.0.2.1", "flood.example.", 1, 0, 0.001, ts=float(i + 1))
         assert ql.pending() <= 1000
     per_call = (time.perf_counter() - t) / total
-    assert per_call < 20e-6                       # log() never waited for the writer
+    assert per_call < 100e-6                      # log() never waited for the writer (it would wait for good)
     assert ql.dropped >= total - 1000 - 100      # at most the buffer and one taken batch survive
 
     got: list[str] = []

@@ -21,7 +21,7 @@ import pytest
 from closed_loop import ClosedLoop
 from heimdall_server import HeimdallProcess
 from test_http_e2e import free_tcp_port, scrape, total
-from test_limits_across_workers import Silent
+from test_flood import CountingSilent
 
 
 def connect(srv: HeimdallProcess, source: str = "127.0.0.1") -> socket.socket:
@@ -101,14 +101,14 @@ def test_no_idle_connection_to_close_means_the_new_one_is_refused():
     hp = free_tcp_port()
     env = {"HEIMDALL_TCP_MAX_CONNECTIONS": "4", "HEIMDALL_UPSTREAM_TIMEOUT": "5",
            "HEIMDALL_HTTP_BIND_ADDR": f"127.0.0.1:{hp}"}
-    with Silent() as silent, HeimdallProcess([silent.addr], env=env) as srv:
+    with CountingSilent() as silent, HeimdallProcess([silent.addr], env=env) as srv:
         busy = []
         for i in range(4):
             s = connect(srv)
             wire = dns.message.make_query(f"wait{i}.bench.test", "A").to_wire()
             s.sendall(len(wire).to_bytes(2, "big") + wire)
             busy.append(s)
-        time.sleep(0.3)
+        until(lambda: silent.received >= 4)  # every connection's query is waiting upstream
         late = connect(srv)
         assert closed_by_server(late, wait=3)
         assert not any(closed_by_server(s) for s in busy)
