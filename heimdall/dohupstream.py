@@ -46,7 +46,7 @@ class Http2(Connection):
         if alpn != "h2":
             self.refused(self, f"the server did not agree to HTTP/2 (ALPN {alpn or 'none'})")
             return
-        self._flush()  # the preface
+        self.flush()  # the preface
 
     def write(self, qid: int, message: bytes) -> None:
         try:
@@ -54,24 +54,24 @@ class Http2(Connection):
         except NoStream as exc:
             self._abandon(f"no new HTTP/2 stream: {exc}")
             raise StreamError(f"no new HTTP/2 stream to {self.addr}") from None
-        self._flush()
+        self.flush_soon()
 
     def done(self, qid: int) -> None:
         sid = self.by_qid.pop(qid, None)
         if sid is not None and not self.closed and self.h2.cancel(sid):
-            self._flush()  # still open: we gave up on it (timeout), the server may stop working on it
+            self.flush()  # still open: we gave up on it (timeout), the server may stop working on it
         super().done(qid)
         self._close_if_drained()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         data = self.h2.data_to_send()
-        if data and self.transport is not None:
+        if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
         self.h2.receive(data)
-        self._flush()
+        self.flush()
         self._close_if_drained()
 
     def _close_if_drained(self) -> None:
@@ -99,5 +99,5 @@ class Http2(Connection):
         self.closed = True
         self.fail(f"{self.addr}: {reason}")
         if self.transport is not None:
-            self._flush()
+            self.flush()
             self.transport.close()

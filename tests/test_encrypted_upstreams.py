@@ -187,6 +187,38 @@ def test_idle_connection_closes_and_the_next_query_reconnects(tls_unbound, pki, 
     assert pool.stats.sent_tls == 3 and pool.stats.ok == 3
 
 
+def test_the_queries_of_one_loop_turn_leave_in_one_write(tls_unbound, pki, monkeypatch):
+    """Eight misses started together (as the misses of one read of client queries are) go to the DoT
+    upstream in one write, and each gets its own answer."""
+    writes: list[int] = []
+    flush = streamupstream.LengthPrefixed.flush
+
+    def counted(self: streamupstream.LengthPrefixed) -> None:
+        writes.append(len(self.out))
+        flush(self)
+
+    monkeypatch.setattr(streamupstream.LengthPrefixed, "flush", counted)
+    pool = UpstreamPool.from_config((parse_upstream(f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"),), 5.0,
+                                    ca_file=str(pki[0].ca))
+
+    def question(name: str) -> bytes:
+        return dns.message.make_query(name, "A").to_wire()[12:]
+
+    async def run() -> list[bytes | None]:
+        await pool.query(question("www.example.test"), True, False, False)  # the connection is up
+        writes.clear()
+        replies = await asyncio.gather(*(pool.query(question(f"turn{i}.bench.test"), True, False, False)
+                                         for i in range(8)))
+        pool.close()
+        return replies
+
+    replies = asyncio.run(asyncio.wait_for(run(), 20))
+    assert writes == [8]
+    for i, reply in enumerate(replies):
+        assert reply is not None
+        assert dns.message.from_wire(reply).question[0].name.to_text() == f"turn{i}.bench.test."
+
+
 @pytest.mark.parametrize("case", ["wrong name", "unknown CA"])
 def test_bad_certificate_is_refused_with_servfail_and_one_log_line(tls_unbound, pki, case):
     server, other_ca = pki
