@@ -9,8 +9,9 @@ stream's body. RFC 8484 suggests ID 0 for HTTP caches, but no cache sits
 between us and the upstream, so the ID stays random and the reply must still
 match ID and question. A non-200 status, a reset stream or a broken HTTP/2
 session is an upstream failure (failover). A GOAWAY closes the connection to
-new queries; those the server took are still answered on it, the others
-fail over, and a new connection takes the queries that follow.
+new queries; those the server took are still answered on it, and those it
+did not take (like those it refuses) are asked once more on another
+connection (StreamPool), as are the queries that follow.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable
 
 from heimdall import wire
 from heimdall.http2client import Http2Client, NoStream
-from heimdall.streamupstream import MAX_INFLIGHT, Connection, StreamError
+from heimdall.streamupstream import MAX_INFLIGHT, Connection, StreamError, Untaken
 from heimdall.upstreamurl import UpstreamUrl
 
 
@@ -89,10 +90,10 @@ class Http2(Connection):
         else:
             fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
 
-    def _stream_failed(self, qid: int, reason: str) -> None:
+    def _stream_failed(self, qid: int, reason: str, untaken: bool) -> None:
         entry = self.waiting.get(qid)
         if entry is not None and not entry[1].done():
-            entry[1].set_exception(StreamError(f"{self.addr} {reason}"))
+            entry[1].set_exception((Untaken if untaken else StreamError)(f"{self.addr} {reason}"))
 
     def _abandon(self, reason: str) -> None:
         """No new streams here; every query waiting fails over; the connection closes."""

@@ -12,7 +12,8 @@ do not know.
 
 A stream's end comes back through `answered` (status 200 and the DNS
 content-type, with the body) or `failed` (another status, a reset, a
-malformed reply); the connection's end through `ended` (a protocol error,
+malformed reply; and whether the server never took the query: refused or
+past its GOAWAY, so it may be asked again); the connection's end through `ended` (a protocol error,
 which we answer with GOAWAY). The server's GOAWAY lets the streams it took
 finish and fails the others, which it never saw (`goaway` tells the caller
 to open no more and close once those are done). Bytes to send collect until
@@ -45,6 +46,7 @@ from heimdall.http2frame import (
     MAX_WINDOW,
     PREFACE,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     RST_STREAM,
     SETTINGS,
     WINDOW,
@@ -81,7 +83,7 @@ class Http2Client(Http2Endpoint):
     """One connection's streams: `request` sends a query, replies come back through the callbacks."""
 
     def __init__(self, authority: bytes, path: bytes, answered: Callable[[int, bytes], None],
-                 failed: Callable[[int, str], None], ended: Callable[[str], None]) -> None:
+                 failed: Callable[[int, str, bool], None], ended: Callable[[str], None]) -> None:
         super().__init__()
         self.answered, self.failed, self.ended = answered, failed, ended
         self.head = RequestHead(authority, path)
@@ -167,13 +169,13 @@ class Http2Client(Http2Endpoint):
         del buf[:pos]
 
     def on_rst_stream(self, sid: int, code: int) -> None:
-        self.fail_stream(sid, f"stream reset ({error_name(code)})")
+        self.fail_stream(sid, f"stream reset ({error_name(code)})", untaken=code == REFUSED_STREAM)
 
     def on_goaway(self, last_sid: int, code: int) -> None:
         """The server is leaving: streams past the last it took fail (it never saw them: safe to ask elsewhere)."""
         self.goaway = True
         for untaken in [s for s in self.streams if s > last_sid]:
-            self.fail_stream(untaken, f"stream not taken before the server's GOAWAY ({error_name(code)})")
+            self.fail_stream(untaken, f"stream not taken before the server's GOAWAY ({error_name(code)})", untaken=True)
 
     def check_stream(self, sid: int) -> None:
         """A stream frame must name a stream we opened."""
@@ -230,13 +232,14 @@ class Http2Client(Http2Endpoint):
             self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL)))
         self.answered(ex.qid, bytes(ex.body))
 
-    def fail_stream(self, sid: int, reason: str, reset: bool = False) -> None:
+    def fail_stream(self, sid: int, reason: str, reset: bool = False, untaken: bool = False) -> None:
+        """The stream's query failed; `untaken`: the server never worked on it (safe to ask again)."""
         ex = self.streams.pop(sid, None)
         if ex is None:
             return
         if reset:
             self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL)))
-        self.failed(ex.qid, reason)
+        self.failed(ex.qid, reason, untaken)
 
     def setting(self, key: int, value: int) -> None:
         if key == ENABLE_PUSH and value:

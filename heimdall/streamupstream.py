@@ -41,6 +41,11 @@ class StreamError(Exception):
     """The connection failed or closed before the answer came: an upstream failure (failover)."""
 
 
+class Untaken(StreamError):
+    """The server never took the query (it refused the stream, or left with GOAWAY before it): safe
+    to ask it again on another connection (RFC 9113 8.7), which the pool does once."""
+
+
 def client_context(ca_file: str, alpn: str) -> ssl.SSLContext:
     """Verified TLS: the system's CAs plus `ca_file`, the host name checked, ALPN offered."""
     ctx = ssl.create_default_context()
@@ -292,31 +297,36 @@ class StreamPool:
         when there is none within budget."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        conn = self.pick()
-        if not conn.ready.done():
-            conn.queued += 1
-            try:
-                await asyncio.wait_for(asyncio.shield(conn.ready), budget)
-            finally:
-                conn.queued -= 1
-        conn.ready.result()  # the attempt's StreamError, if it failed
-        if not conn.usable():
-            raise StreamError(f"connection to {self.addr} closed")
-        qid = self.ids()
-        while qid in conn.waiting:
+        for retry in (False, True):
+            conn = self.pick()
+            if not conn.ready.done():
+                conn.queued += 1
+                try:
+                    await asyncio.wait_for(asyncio.shield(conn.ready), deadline - loop.time())
+                finally:
+                    conn.queued -= 1
+            conn.ready.result()  # the attempt's StreamError, if it failed
+            if not conn.usable():
+                raise StreamError(f"connection to {self.addr} closed")
             qid = self.ids()
-        reads = conn.reads
-        fut = conn.send(qid, question, build(qid), exact)
-        timer = loop.call_at(deadline, _expire, fut)  # a bare timer: wait_for's wrapping costs more per query
-        try:
-            return await fut
-        except asyncio.TimeoutError:
-            if conn.reads == reads:  # nothing at all came back (peer gone without a FIN): reconnect next time
-                conn.abort()
-            raise
-        finally:
-            timer.cancel()
-            conn.done(qid)
+            while qid in conn.waiting:
+                qid = self.ids()
+            reads = conn.reads
+            fut = conn.send(qid, question, build(qid), exact)
+            timer = loop.call_at(deadline, _expire, fut)  # a bare timer: wait_for's wrapping costs more per query
+            try:
+                return await fut
+            except Untaken:
+                if retry:
+                    raise
+            except asyncio.TimeoutError:
+                if conn.reads == reads:  # nothing at all came back (peer gone without a FIN): reconnect next time
+                    conn.abort()
+                raise
+            finally:
+                timer.cancel()
+                conn.done(qid)
+        raise AssertionError("not reached: the second attempt returns or raises")
 
     def close(self) -> None:
         self.closed = True

@@ -32,9 +32,10 @@ class Pair:
     def __init__(self, chunk: int = 1 << 20, **server_settings: int) -> None:
         self.answers: list[tuple[int, bytes]] = []
         self.failures: list[tuple[int, str]] = []
+        self.untaken: list[int] = []  # failed queries the server never took (safe to ask again)
         self.ends: list[str] = []
         self.client = Http2Client(b"dns.test:8443", b"/dns-query", lambda q, b: self.answers.append((q, b)),
-                                  lambda q, r: self.failures.append((q, r)), self.ends.append)
+                                  self.failed, self.ends.append)
         self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         self.server.initiate_connection()
         if server_settings:
@@ -58,6 +59,11 @@ class Pair:
                 self.client.receive(down[i:i + self.chunk])
             if not up and not down:
                 return
+
+    def failed(self, qid: int, reason: str, untaken: bool) -> None:
+        self.failures.append((qid, reason))
+        if untaken:
+            self.untaken.append(qid)
 
     def ask(self, qid: int, message: bytes = b"q") -> int:
         """One query sent and taken by the server: its stream."""
@@ -143,7 +149,7 @@ def test_a_remembered_head_is_read_again_once_the_table_changes():
     bytes name other entries and are decoded again."""
     answers: list[int] = []
     failures: list[tuple[int, str]] = []
-    client = Http2Client(b"x", b"/", lambda q, b: answers.append(q), lambda q, r: failures.append((q, r)), print)
+    client = Http2Client(b"x", b"/", lambda q, b: answers.append(q), lambda q, r, _u: failures.append((q, r)), print)
     client.receive(frame(SETTINGS, 0, 0))
     for qid in range(1, 6):
         client.request(qid, b"q")
@@ -179,7 +185,7 @@ def test_another_status_or_type_fails_the_stream_and_the_connection_goes_on(stat
     p.reply(ended_sid, b"", status=status, ctype=ctype)  # HEADERS ends the stream: nothing to reset
     p.server.send_headers(open_sid, [(":status", status), ("content-type", ctype)])  # a body would follow
     p.pump()
-    assert p.failures == [(1, reason), (2, reason)]
+    assert p.failures == [(1, reason), (2, reason)] and not p.untaken  # worked on: not asked again
     assert p.resets() == [(open_sid, h2.errors.ErrorCodes.CANCEL)]
     sid = p.ask(3)
     p.reply(sid, b"fine")
@@ -193,6 +199,7 @@ def test_a_reset_stream_fails_its_query_alone():
     p.server.reset_stream(a, h2.errors.ErrorCodes.REFUSED_STREAM)
     p.reply(b, b"ok")
     assert p.failures == [(1, "stream reset (REFUSED_STREAM)")] and p.answers == [(2, b"ok")]
+    assert p.untaken == [1]  # refused: never worked on, safe to ask again
 
 
 def test_a_cancelled_stream_is_reset_and_its_late_reply_ignored():
@@ -238,6 +245,7 @@ def test_goaway_fails_the_streams_not_taken_and_lets_the_others_finish():
     p.pump()
     p.client.receive(frame(GOAWAY, 0, 0, struct.pack(">II", taken, 0)))
     assert p.client.goaway and p.failures == [(2, "stream not taken before the server's GOAWAY (NO_ERROR)")]
+    assert p.untaken == [2]
     with pytest.raises(NoStream):
         p.client.request(3, b"q")
     p.reply(taken, b"still answered")
