@@ -297,7 +297,8 @@ class StreamPool:
         when there is none within budget."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        for retry in (False, True):
+        retried = False
+        while True:
             conn = self.pick()
             if not conn.ready.done():
                 conn.queued += 1
@@ -317,8 +318,9 @@ class StreamPool:
             try:
                 return await fut
             except Untaken:
-                if retry:
+                if retried:
                     raise
+                retried = True
             except asyncio.TimeoutError:
                 if conn.reads == reads:  # nothing at all came back (peer gone without a FIN): reconnect next time
                     conn.abort()
@@ -326,7 +328,6 @@ class StreamPool:
             finally:
                 timer.cancel()
                 conn.done(qid)
-        raise AssertionError("not reached: the second attempt returns or raises")
 
     def close(self) -> None:
         self.closed = True
