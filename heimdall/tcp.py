@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from heimdall.config import Config
 from heimdall.pipeline import Pipeline, Send
@@ -29,18 +29,31 @@ from heimdall.transport import Transport
 log = logging.getLogger("heimdall.tcp")
 
 
+class Held(Protocol):
+    """What the listener knows of a connection: enough to count it, find the oldest idle one and close it."""
+
+    outstanding: int  # queries not answered yet
+    last_active: float
+    peer_ip: bytes
+
+    def forget(self) -> None: ...
+
+    def shut(self) -> None: ...
+
+
 class TcpListener:
     """The open connections of one worker, and the limits they share.
 
-    DoT and DoH listeners have one of their own (same settings, own count), so
-    connections of one transport never close another's to make room."""
+    DoT, DoH and DoQ listeners have one of their own (same settings, own count), so
+    connections of one transport never close another's to make room. A connection
+    here is anything with the attributes of `Held`."""
 
     def __init__(self, pipeline: Pipeline, config: Config, transport: Transport = Transport.TCP):
         self.pipeline = pipeline
         self.transport = transport
         self.config = config
         self.counters = pipeline.counters
-        self.conns: set[TcpConnection] = set()
+        self.conns: set[Held] = set()
         self.by_ip: dict[bytes, int] = {}  # open connections per client address
 
     def protocol(self) -> "TcpConnection":
@@ -51,7 +64,7 @@ class TcpListener:
 
     def close_all(self) -> None:
         for conn in list(self.conns):
-            conn.transport.close()
+            conn.shut()
 
     def make_room(self, ip: bytes) -> bool:
         """Room for one more connection from `ip`: the oldest idle one goes if a limit is reached
@@ -70,7 +83,7 @@ class TcpListener:
             return False
         oldest = min(idle, key=lambda c: c.last_active)
         oldest.forget()
-        oldest.transport.close()
+        oldest.shut()
         self.counters.tcp_evicted += 1
         return True
 
@@ -134,6 +147,9 @@ class TcpConnection(asyncio.BaseProtocol):
         if self.outstanding < self.MAX_PIPELINE:
             self.transport.resume_reading()
 
+    def shut(self) -> None:
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.forget()
         if self._timer is not None:
@@ -179,25 +195,9 @@ class TcpConnection(asyncio.BaseProtocol):
             self.transport.pause_reading()
 
     def _query(self, msg: bytes, now: int, send: Send, unanswered: Callable[[int], None] | None = None) -> None:
-        """Rate limit, then the pipeline; `unanswered(status)` is told when no reply will come
-        (429: dropped by the rate limit, 500: an internal error), for transports that must say so."""
-        p = self.pipeline
-        p.counters.queries_tcp += 1
-        if p.admit is not None and not p.admit(self.peer_ip):
-            refusal = p.limited(msg)
-            if refusal is not None:
-                send(refusal, self.peer)
-            elif unanswered is not None:
-                unanswered(429)
-            return
-        try:
-            if p.dispatch(msg, now, self.listener.transport, self.peer, send, self._miss_done):
-                self.outstanding += 1
-        except Exception as exc:  # noqa: BLE001 - a message must never kill the connection's worker
-            p.counters.internal_errors += 1
-            log.error(f"internal error on a {self.listener.transport.name} query: {exc!r}")
-            if unanswered is not None:
-                unanswered(500)
+        if submit(self.pipeline, self.listener.transport, msg, now, self.peer, self.peer_ip, send,
+                  self._miss_done, unanswered):
+            self.outstanding += 1
 
     def send(self, reply: bytes, client: object = None) -> None:
         """One length-prefixed reply (the pipeline's `send`: the client is always this connection's peer)."""
@@ -227,6 +227,29 @@ class TlsConnection(TcpConnection):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self.INBOX[:nbytes]))
+
+
+def submit(p: Pipeline, transport: Transport, msg: bytes, now: int, peer: object, peer_ip: bytes, send: Send,
+           done: Callable[[], None], unanswered: Callable[[int], None] | None = None) -> bool:
+    """A query from a stream: rate limit, then the pipeline; True when a miss was started (`done` follows).
+    `unanswered(status)` is told when no reply will come (429: dropped by the rate limit, 500: an
+    internal error), for transports that must say so."""
+    p.counters.queries_tcp += 1  # every stream transport: TCP, DoT, DoH, DoQ
+    if p.admit is not None and not p.admit(peer_ip):
+        refusal = p.limited(msg)
+        if refusal is not None:
+            send(refusal, peer)
+        elif unanswered is not None:
+            unanswered(429)
+        return False
+    try:
+        return p.dispatch(msg, now, transport, peer, send, done)
+    except Exception as exc:  # noqa: BLE001 - a message must never kill the connection's worker
+        p.counters.internal_errors += 1
+        log.error(f"internal error on a {transport.name} query: {exc!r}")
+        if unanswered is not None:
+            unanswered(500)
+        return False
 
 
 def packed_ip(peer: object) -> bytes:
