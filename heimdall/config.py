@@ -87,7 +87,9 @@ class Config:
                                              "host:port, e.g. 127.0.0.1:853, or disabled")
     https_bind_addr: HostPort | None = setting(None, parse_optional_bind, "DNS over HTTPS (RFC 8484, /dns-query, "
                                                "HTTP/2 and HTTP/1.1) address host:port, or disabled")
-    tls_cert_file: str = setting("", str.strip, "PEM certificate chain of the DoT and DoH listeners "
+    quic_bind_addr: HostPort | None = setting(None, parse_optional_bind, "DNS over QUIC (RFC 9250) address "
+                                              "host:port (UDP), e.g. 127.0.0.1:853, or disabled")
+    tls_cert_file: str = setting("", str.strip, "PEM certificate chain of the DoT, DoH and DoQ listeners "
                                  "(re-read on SIGHUP)")
     tls_key_file: str = setting("", str.strip, "PEM private key of that certificate (re-read on SIGHUP)")
     # ratelimit
@@ -154,8 +156,8 @@ class Config:
     upstream_servers: tuple[HostPort, ...] = setting((), parse_upstream_list,
                                                      "comma list of upstreams: host:port (UDP, port 53 if omitted), "
                                                      "tcp://host:port, tls://host:port#name, "
-                                                     "https://host:port/dns-query#name")
-    upstream_ca_file: str = setting("", parse_ca_file, "PEM file of CA certificates trusted for tls:// and https:// "
+                                                     "https://host:port/dns-query#name, quic://host:port#name")
+    upstream_ca_file: str = setting("", parse_ca_file, "PEM file of CA certificates trusted for tls://, https:// and quic:// "
                                     "upstreams besides the system's")
     upstream_timeout: float = setting(2.0, float_in(0.05, 60), "seconds before SERVFAIL when no upstream answers")
     max_inflight: int = setting(10_000, int_in(1, 1_000_000),
@@ -195,7 +197,8 @@ class Config:
             raise ConfigError(f"HEIMDALL_MIN_TTL ({self.min_ttl}) is larger than HEIMDALL_MAX_TTL ({self.max_ttl})")
         if self.blocking_mode == "custom_ip" and not self.blocking_custom_ip:
             raise ConfigError("HEIMDALL_BLOCKING_MODE=custom_ip needs HEIMDALL_BLOCKING_CUSTOM_IP")
-        for addr, env in ((self.tls_bind_addr, "HEIMDALL_TLS_BIND_ADDR"), (self.https_bind_addr, "HEIMDALL_HTTPS_BIND_ADDR")):
+        for addr, env in ((self.tls_bind_addr, "HEIMDALL_TLS_BIND_ADDR"), (self.https_bind_addr, "HEIMDALL_HTTPS_BIND_ADDR"),
+                          (self.quic_bind_addr, "HEIMDALL_QUIC_BIND_ADDR")):
             if addr is not None and not (self.tls_cert_file and self.tls_key_file):
                 raise ConfigError(f"{env} {addr} needs HEIMDALL_TLS_CERT_FILE and HEIMDALL_TLS_KEY_FILE "
                                   "(the server's certificate and its private key)")
@@ -203,6 +206,11 @@ class Config:
         if http is not None and not self.api_token and not ipaddress.ip_address(http.host).is_loopback:
             raise ConfigError(f"HEIMDALL_HTTP_BIND_ADDR {http} is reachable beyond this machine: set HEIMDALL_API_TOKEN "
                               "so that /api calls (pause blocking, flush the cache) need it")
+        upstreams = [*self.upstream_servers, *(u for zone in self.forward_zones for u in zone.upstreams)]
+        quic = self.quic_bind_addr is not None or any(getattr(u, "transport", "") == "quic" for u in upstreams)
+        if quic and importlib.util.find_spec("aioquic") is None:
+            raise ConfigError("DNS over QUIC (HEIMDALL_QUIC_BIND_ADDR or a quic:// upstream) needs the aioquic "
+                              "package, which the server's install leaves out: pip install 'heimdall-dns[quic]'")
         if self.redis_url and importlib.util.find_spec("redis") is None:
             raise ConfigError("HEIMDALL_REDIS_URL needs the redis package, which the server's install leaves out: "
                               "pip install 'heimdall-dns[redis]'")
@@ -213,7 +221,8 @@ class Config:
 # (the stages of heimdall/pipeline.py, then the process); `heimdall serve --help` groups by them.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "listeners": ("bind_addr", "udp_batch", "hot_path", "tcp_idle_timeout", "tcp_max_connections",
-                  "tcp_max_connections_per_ip", "tls_bind_addr", "https_bind_addr", "tls_cert_file", "tls_key_file"),
+                  "tcp_max_connections_per_ip", "tls_bind_addr", "https_bind_addr", "quic_bind_addr", "tls_cert_file",
+                  "tls_key_file"),
     "ratelimit": ("enable_rate_limiting", "queries_per_second_per_ip", "burst_size_per_ip",
                   "global_queries_per_second", "rate_limit_action", "rate_limit_aggregate"),
     "local": ("local_records", "local_entries", "local_zones", "local_ttl"),

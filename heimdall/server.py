@@ -3,7 +3,7 @@
 A query's way through the worker is heimdall/pipeline.py's (its docstring has
 the stages in order); this module binds the sockets, builds the pipeline with
 the stages every worker has, starts the UDP and TCP listeners (and the
-encrypted ones, DoT and DoH, when configured: heimdall/tls.py), runs the
+encrypted ones, DoT, DoH and DoQ, when configured: heimdall/tls.py), runs the
 reload and stop hooks, and runs a worker's loop until SIGTERM. The optional
 stages and observers are installed by `setup` (heimdall/assembly.py) before
 the listeners start.
@@ -38,6 +38,17 @@ UDP_RCVBUF = 4 << 20
 
 def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket.socket]:
     """A non-blocking UDP and a listening TCP socket on addr (SO_REUSEPORT for workers)."""
+    udp = bind_datagram(addr, reuseport)
+    try:
+        tcp = bind_stream(addr, reuseport)
+    except BaseException:
+        udp.close()
+        raise
+    return udp, tcp
+
+
+def bind_datagram(addr: HostPort, reuseport: bool) -> socket.socket:
+    """A non-blocking UDP socket on addr with a deep receive queue (SO_REUSEPORT for workers)."""
     udp = socket.socket(addr.family, socket.SOCK_DGRAM)
     try:
         udp.setblocking(False)
@@ -50,11 +61,10 @@ def bind_sockets(addr: HostPort, reuseport: bool) -> tuple[socket.socket, socket
             except OSError:
                 continue
         udp.bind((addr.host, addr.port))
-        tcp = bind_stream(addr, reuseport)
     except BaseException:
         udp.close()
         raise
-    return udp, tcp
+    return udp
 
 
 def bind_stream(addr: HostPort, reuseport: bool) -> socket.socket:
@@ -78,13 +88,15 @@ class BindError(Exception):
 
 
 def bind_tls(config: Config, reuseport: bool) -> TlsSockets:
-    """The DoT and DoH sockets that are configured (BindError naming the address that failed)."""
+    """The DoT, DoH and DoQ sockets that are configured (BindError naming the address that failed)."""
     sockets = TlsSockets()
     try:
-        for name, label, addr in (("dot", "DoT", config.tls_bind_addr), ("doh", "DoH", config.https_bind_addr)):
+        for name, label, addr in (("dot", "DoT", config.tls_bind_addr), ("doh", "DoH", config.https_bind_addr),
+                                  ("doq", "DoQ", config.quic_bind_addr)):
             if addr is not None:
+                bind = bind_datagram if name == "doq" else bind_stream
                 try:
-                    setattr(sockets, name, bind_stream(addr, reuseport))
+                    setattr(sockets, name, bind(addr, reuseport))
                 except OSError as exc:
                     raise BindError(bind_error_message(addr, exc, label)) from None
     except BaseException:
@@ -94,7 +106,7 @@ def bind_tls(config: Config, reuseport: bool) -> TlsSockets:
 
 
 class DnsServer:
-    """UDP + TCP (+ DoT, DoH) service for one worker process."""
+    """UDP + TCP (+ DoT, DoH, DoQ) service for one worker process."""
 
     def __init__(self, config: Config, udp: socket.socket, tcp: socket.socket,
                  share: tuple[WorkerShare, int] | None = None, tls: TlsSockets | None = None):

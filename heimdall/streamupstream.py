@@ -10,8 +10,8 @@ connection unused for IDLE_TIMEOUT seconds is closed. A failed connection
 attempt (refused, timed out, bad certificate) is logged once and the next
 attempt waits for a backoff that doubles with each failure; queries meanwhile
 fail at once, so UpstreamPool's failover moves on to the next upstream.
-DNS over HTTPS plugs into the same pool with its own connection class
-(heimdall/dohupstream.py).
+DNS over HTTPS and DNS over QUIC plug into the same pool with connection
+classes of their own (heimdall/dohupstream.py, heimdall/doqupstream.py).
 """
 
 from __future__ import annotations
@@ -107,6 +107,13 @@ class Connection(asyncio.Protocol):
 
     def started(self) -> None:
         """Hook: the connection (and TLS) is up, before the first query is sent."""
+
+    async def open(self, tls: ssl.SSLContext | None) -> None:
+        """Connect and shake hands; OSError or ssl.SSLError when that fails."""
+        addr = self.addr
+        await self.loop.create_connection(
+            lambda: self, addr.host, addr.port, ssl=tls, server_hostname=addr.verify_name if tls is not None else None,
+            ssl_handshake_timeout=CONNECT_TIMEOUT if tls is not None else None)
 
     def send(self, qid: int, question: bytes, message: bytes, exact: bool) -> asyncio.Future[bytes]:
         """Send one query; the future gets its matched reply, or StreamError if the connection fails."""
@@ -258,13 +265,8 @@ class StreamPool:
         return conn
 
     async def _connect(self, conn: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        tls = self.ssl_context
         try:
-            await asyncio.wait_for(loop.create_connection(
-                lambda: conn, self.addr.host, self.addr.port, ssl=tls,
-                server_hostname=self.addr.verify_name if tls is not None else None,
-                ssl_handshake_timeout=CONNECT_TIMEOUT if tls is not None else None), CONNECT_TIMEOUT)
+            await asyncio.wait_for(conn.open(self.ssl_context), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self._failed(conn, describe(exc))
             return
@@ -337,7 +339,13 @@ class StreamPool:
 
 
 def stream_pool(addr: UpstreamUrl, ca_file: str, ids: Callable[[], int], mismatched: Callable[[], None]) -> StreamPool:
-    """The pool for a tcp://, tls:// or https:// upstream (the DoH modules are imported only when one is configured)."""
+    """The pool for a tcp://, tls://, https:// or quic:// upstream (the DoH and DoQ modules are imported only
+    when one is configured)."""
+    if addr.transport == "quic":
+        from heimdall.doqupstream import Doq, client_configuration
+
+        config = client_configuration(addr, ca_file)
+        return StreamPool(addr, None, lambda pool: Doq(addr, pool.forget, config), ids)
     if addr.transport == "https":
         from heimdall.dohupstream import Http2
 

@@ -43,7 +43,8 @@ def listening_line(config: Config, pid: int) -> str:
     ups = ", ".join(map(str, config.upstream_servers))
     workers = f"{n} worker{'s' if n > 1 else ''}"
     encrypted = "".join(f", {name} {addr}" for name, addr in (("dot", config.tls_bind_addr),
-                                                               ("doh", config.https_bind_addr)) if addr is not None)
+                                                               ("doh", config.https_bind_addr),
+                                                               ("doq", config.quic_bind_addr)) if addr is not None)
     return f"listening on udp+tcp {config.bind_addr}{encrypted} ({workers}, pid {pid}), upstreams {ups}"
 
 

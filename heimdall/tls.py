@@ -1,4 +1,4 @@
-"""The encrypted listeners of one worker: DNS over TLS and DNS over HTTPS, and their certificate.
+"""The encrypted listeners of one worker: DNS over TLS, HTTPS and QUIC, and their certificate.
 
 Both are TCP sockets bound like the plain TCP one (SO_REUSEPORT with N
 workers), served with the standard library's TLS under asyncio. DoT is the TCP
@@ -6,6 +6,7 @@ listener's own protocol inside TLS (RFC 7858 keeps TCP's length-prefixed
 framing); DoH is heimdall/doh.py's. Each has a TcpListener of its own, so the
 connection limits and the idle timeout of HEIMDALL_TCP_* hold for it, counted
 apart from plain TCP. A TLS handshake must finish within the idle timeout.
+DoQ is a UDP socket served by heimdall/doq.py, imported only when it is on.
 
 SIGHUP re-reads the certificate and key into the live contexts, which new
 connections use. A pair that does not load is tried on a scratch context
@@ -19,6 +20,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from heimdall.config import Config
 from heimdall.directssl import DirectSSLObject
@@ -26,6 +28,9 @@ from heimdall.doh import DohConnection
 from heimdall.pipeline import Pipeline
 from heimdall.tcp import TcpConnection, TcpListener, TlsConnection
 from heimdall.transport import Transport
+
+if TYPE_CHECKING:
+    from heimdall.doq import DoqListener
 
 log = logging.getLogger("heimdall.tls")
 
@@ -66,7 +71,7 @@ def why(exc: OSError) -> str:
 
 def check_certificate(config: Config) -> None:
     """At start, before any worker: TlsError when the encrypted listeners could not use the certificate."""
-    if config.tls_bind_addr is not None or config.https_bind_addr is not None:
+    if config.tls_bind_addr is not None or config.https_bind_addr is not None or config.quic_bind_addr is not None:
         server_context(config, [])
 
 
@@ -76,9 +81,11 @@ class TlsSockets:
 
     dot: socket.socket | None = None
     doh: socket.socket | None = None
+    doq: socket.socket | None = None  # UDP
 
     def items(self) -> list[tuple[Transport, socket.socket]]:
-        return [(t, s) for t, s in ((Transport.DOT, self.dot), (Transport.DOH, self.doh)) if s is not None]
+        pairs = ((Transport.DOT, self.dot), (Transport.DOH, self.doh), (Transport.DOQ, self.doq))
+        return [(t, s) for t, s in pairs if s is not None]
 
     def close(self) -> None:
         for _, sock in self.items():
@@ -87,7 +94,7 @@ class TlsSockets:
 
 @dataclass
 class TlsListeners:
-    """One worker's DoT and DoH servers, their connections and their SSL contexts."""
+    """One worker's DoT, DoH and DoQ servers, their connections and their SSL contexts."""
 
     config: Config
     pipeline: Pipeline
@@ -95,11 +102,15 @@ class TlsListeners:
     listeners: dict[Transport, TcpListener] = field(default_factory=dict)
     contexts: list[ssl.SSLContext] = field(default_factory=list)
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    doq: "DoqListener | None" = None
 
     async def start(self) -> None:
         """Serve every bound socket (TlsError when the certificate cannot be loaded)."""
         loop = asyncio.get_running_loop()
         for transport, sock in self.sockets.items():
+            if transport is Transport.DOQ:
+                await self.start_doq(sock)
+                continue
             ctx = server_context(self.config, ALPN[transport])
             listener = TcpListener(self.pipeline, self.config, transport)
             kind = DohConnection if transport is Transport.DOH else TlsConnection
@@ -112,14 +123,25 @@ class TlsListeners:
             self.listeners[transport] = listener
             self.contexts.append(ctx)
 
+    async def start_doq(self, sock: socket.socket) -> None:
+        from heimdall.doq import DoqListener
+
+        try:
+            self.doq = DoqListener(self.config, self.pipeline, sock)
+        except (OSError, ValueError) as exc:  # checked at start already: the files changed since
+            raise TlsError(f"cannot load the TLS certificate {self.config.tls_cert_file} for DoQ: {exc}") from None
+        await self.doq.start()
+
     def reload_certificate(self) -> None:
         """SIGHUP: new connections get the certificate as the files hold it now, if it loads."""
-        if not self.contexts:
+        if not self.contexts and self.doq is None:
             return
         try:
             server_context(self.config, [])
             for ctx in self.contexts:
                 load_certificate(ctx, self.config)
+            if self.doq is not None:
+                self.doq.reload_certificate()
         except TlsError as exc:
             log.error(f"{exc}: keeping the certificate loaded before")
             return
@@ -128,10 +150,14 @@ class TlsListeners:
     def stop_accepting(self) -> None:
         for server in self.servers:
             server.close()
+        if self.doq is not None:
+            self.doq.stop_accepting()
 
     def busy(self) -> bool:
-        return any(listener.busy() for listener in self.listeners.values())
+        return any(listener.busy() for listener in self.listeners.values()) or (self.doq is not None and self.doq.busy())
 
     def close_all(self) -> None:
         for listener in self.listeners.values():
             listener.close_all()
+        if self.doq is not None:
+            self.doq.close_all()

@@ -15,6 +15,7 @@ class Transport(IntEnum):
     TCP = 1
     DOT = 2  # DNS over TLS (RFC 7858)
     DOH = 3  # DNS over HTTPS (RFC 8484)
+    DOQ = 4  # DNS over QUIC (RFC 9250)
 
     @property
     def label(self) -> str:
@@ -22,7 +23,7 @@ class Transport(IntEnum):
         return LABELS[self]
 
 
-LABELS = ("udp", "tcp", "dot", "doh")
+LABELS = ("udp", "tcp", "dot", "doh", "doq")
 
 
 def label(transport: int) -> str:

@@ -42,6 +42,7 @@ class UpstreamStats:
     sent_tcp: int = 0  # TC=1 retries and tcp:// upstreams
     sent_tls: int = 0
     sent_https: int = 0
+    sent_quic: int = 0
     ok: int = 0
     timeouts: int = 0
     errors: int = 0
@@ -226,6 +227,8 @@ class UpstreamPool:
             self.stats.sent_tls += 1
         elif addr.transport == "https":
             self.stats.sent_https += 1
+        elif addr.transport == "quic":
+            self.stats.sent_quic += 1
         else:
             self.stats.sent_tcp += 1
         try:

@@ -1,7 +1,8 @@
 """An upstream as the settings write it: `host:port` (UDP), or a URL naming a stream transport.
 
 `tcp://host:port` is DNS over TCP (RFC 7766), `tls://host:port#name` DNS over
-TLS (RFC 7858) and `https://host:port/path#name` DNS over HTTPS (RFC 8484).
+TLS (RFC 7858), `https://host:port/path#name` DNS over HTTPS (RFC 8484) and
+`quic://host:port#name` DNS over QUIC (RFC 9250).
 The host is an IP address, as for plain upstreams, so no resolver is needed
 to reach a resolver; `#name` is the name the certificate must carry (without
 it, the certificate must carry the IP address). A parsed URL prints back in
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from heimdall.parsers import HostPort, parse_hostport
 
-DEFAULT_PORTS = {"tcp": 53, "tls": 853, "https": 443}
+DEFAULT_PORTS = {"tcp": 53, "tls": 853, "https": 443, "quic": 853}
 SCHEMES = ", ".join(f"{s}://" for s in DEFAULT_PORTS)
 
 
@@ -22,7 +23,7 @@ SCHEMES = ", ".join(f"{s}://" for s in DEFAULT_PORTS)
 class UpstreamUrl(HostPort):
     """An upstream reached over a stream: its transport, and for TLS the name to verify."""
 
-    transport: str = "tcp"  # tcp | tls | https
+    transport: str = "tcp"  # tcp | tls | https | quic
     server_name: str = ""   # the certificate's name to check ("" = the IP address)
     path: str = ""          # https only: the DoH endpoint, e.g. /dns-query
 
@@ -42,7 +43,7 @@ def transport(addr: HostPort) -> str:
 
 
 def parse_upstream(text: str) -> HostPort:
-    """One upstream: `host[:port]` (UDP, port 53) or a tcp://, tls:// or https:// URL."""
+    """One upstream: `host[:port]` (UDP, port 53) or a tcp://, tls://, https:// or quic:// URL."""
     text = text.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -55,7 +56,7 @@ def parse_upstream(text: str) -> HostPort:
     if name and (not name.isascii() or any(c.isspace() or c in "/:@[]" for c in name)):
         raise ValueError(f"{text!r}: {name!r} is not a server name")
     if name and scheme == "tcp":
-        raise ValueError(f"{text!r}: a server name (#name) needs tls:// or https://")
+        raise ValueError(f"{text!r}: a server name (#name) needs tls://, https:// or quic://")
     hostport, slash, path = rest.partition("/")
     path = slash + path
     if scheme == "https":

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""What a cache miss costs when it is forwarded over UDP, TCP, DNS over TLS or DNS over HTTPS.
+"""What a cache miss costs when it is forwarded over UDP, TCP, DNS over TLS, HTTPS or QUIC.
 
 One NSD serves bench.test.; one Unbound in front of it serves plain DNS, DoT and
 DoH with a certificate from a throwaway CA; one Heimdall per upstream transport
 forwards to that Unbound (`127.0.0.1:P`, `tcp://`, `tls://...#name`,
-`https://.../dns-query#name`). Each round asks every Heimdall, in rotated
+`https://.../dns-query#name`; `quic://` goes to a second Heimdall serving DoQ
+in front of that Unbound, with `--transports ...,doq`). Each round asks every Heimdall, in rotated
 order, `dnsperf -c 20 -T 1 -n 1` over names no one asked before (every query a
 miss for Heimdall and for Unbound), and reads Heimdall's CPU time per answered
 query. Medians over rounds, and each transport's ratio to UDP.
@@ -16,6 +17,7 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -23,10 +25,10 @@ import tempfile
 from pathlib import Path
 
 from tools.dnsperf import dnsperf_binary, parse_summary
-from tools.nsd import LocalUpstream
+from tools.nsd import LocalUpstream, free_port
 from tools.peers import HeimdallServer, UnboundServer
 from tools.resources import tree_cpu_seconds
-from tools.testpki import make_pki
+from tools.testpki import ServerCert, make_pki
 
 NAME = "dns.heimdall.test"
 MISS_RATE_CEILING = 60_000  # names per second of window: the file never runs out
@@ -36,6 +38,15 @@ def upstream_urls(ub: UnboundServer) -> dict[str, str]:
     return {"udp": f"127.0.0.1:{ub.port}", "tcp": f"tcp://127.0.0.1:{ub.port}",
             "dot": f"tls://127.0.0.1:{ub.tls_port}#{NAME}",
             "doh": f"https://127.0.0.1:{ub.https_port}/dns-query#{NAME}"}
+
+
+def doq_listener(stack: contextlib.ExitStack, ub: UnboundServer, cert: ServerCert) -> str:
+    """Unbound 1.17 has no DoQ: a Heimdall DoQ listener in front of it is the upstream, its URL returned."""
+    port = free_port()
+    back = HeimdallServer(ub.addr, env={"HEIMDALL_QUIC_BIND_ADDR": f"127.0.0.1:{port}",
+                                        "HEIMDALL_TLS_CERT_FILE": str(cert.cert), "HEIMDALL_TLS_KEY_FILE": str(cert.key)})
+    stack.enter_context(back)
+    return f"quic://127.0.0.1:{port}#{NAME}"
 
 
 def miss_window(srv: HeimdallServer, tag: str, seconds: float, work: Path) -> dict:
@@ -65,8 +76,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="heimdall-bench-up-"))
     server_cert, _ = make_pki(work / "pki")
     rows: dict[str, list[dict]] = {t: [] for t in transports}
-    with LocalUpstream() as nsd, UnboundServer(nsd.addr, tls=(str(server_cert.cert), str(server_cert.key))) as ub:
+    with LocalUpstream() as nsd, UnboundServer(nsd.addr, tls=(str(server_cert.cert), str(server_cert.key))) as ub, \
+            contextlib.ExitStack() as stack:
         urls = upstream_urls(ub)
+        if "doq" in transports:
+            urls["doq"] = doq_listener(stack, ub, server_cert)
         servers = {t: HeimdallServer(ub.addr, env={"HEIMDALL_UPSTREAM_SERVERS": urls[t],
                                                    "HEIMDALL_UPSTREAM_CA_FILE": str(server_cert.ca)}).start()
                    for t in transports}

@@ -89,16 +89,19 @@ def test_upstream_urls_parse_and_print_back():
     assert doh == UpstreamUrl("9.9.9.9", 443, "https", "dns.quad9.net", "/dns-query")
     assert str(doh) == "https://9.9.9.9:443/dns-query#dns.quad9.net"
     assert str(parse_upstream("https://127.0.0.1:8443/q")) == "https://127.0.0.1:8443/q"
-    for text in ("tcp://10.0.0.1:53", "tls://[::1]:853#dns.example", "https://9.9.9.9:443/dns-query#a.b"):
+    assert parse_upstream("quic://[::1]#Dns.Example") == UpstreamUrl("::1", 853, "quic", "dns.example")
+    for text in ("tcp://10.0.0.1:53", "tls://[::1]:853#dns.example", "https://9.9.9.9:443/dns-query#a.b",
+                 "quic://10.0.0.1:8853#dns.example"):
         assert str(parse_upstream(text)) == text
     assert parse_upstream_list("1.2.3.4, tls://1.2.3.4") == (HostPort("1.2.3.4", 53), UpstreamUrl("1.2.3.4", 853, "tls"))
 
 
 @pytest.mark.parametrize("text, words", [
     ("udp://1.2.3.4", "unknown upstream scheme 'udp'"),
-    ("quic://1.2.3.4", "unknown upstream scheme"),
+    ("doq://1.2.3.4", "unknown upstream scheme 'doq'"),
+    ("quic://1.2.3.4/dns-query", "only https://"),
     ("tls://dns.google:853", "host must be an IP address"),
-    ("tcp://1.2.3.4#name", "needs tls:// or https://"),
+    ("tcp://1.2.3.4#name", "needs tls://, https:// or quic://"),
     ("tls://1.2.3.4/dns-query", "only https://"),
     ("tls://", "has no host"),
     ("https://1.2.3.4:70000/dns-query", "invalid port"),

@@ -51,9 +51,9 @@ def test_the_server_installs_without_the_lab():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     server = " ".join(project["dependencies"])
-    for lab_only in ("matplotlib", "py-spy", "hdrhistogram", "typer", "rich", "psutil", "redis"):
+    for lab_only in ("matplotlib", "py-spy", "hdrhistogram", "typer", "rich", "psutil", "redis", "aioquic"):
         assert lab_only not in server
-        assert any(lab_only in dep for extra in ("lab", "redis") for dep in project["optional-dependencies"][extra])
+        assert any(lab_only in dep for extra in ("lab", "redis", "quic") for dep in project["optional-dependencies"][extra])
 
 
 @pytest.mark.parametrize("module", ["heimdall", "tools.cli"])

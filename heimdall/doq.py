@@ -1,0 +1,220 @@
+"""The DNS over QUIC listener (RFC 9250): each query on a stream of its own, answered on that stream.
+
+aioquic's QuicServer reads the worker's UDP socket (bound like the others,
+SO_REUSEPORT with N workers: a client's datagrams reach one worker) and makes
+a DoqConnection per QUIC connection. A stream that ends carrying one whole
+DNS message with ID 0 goes through the rate limit and the pipeline like a TCP
+query; its reply goes back on the stream with ID 0, and ends it. Anything
+else on a stream (no message, more than one, a non-zero ID) is a protocol
+error: RFC 9250 4.3.3 closes the connection with DOQ_PROTOCOL_ERROR.
+
+The connection limits and the idle timeout of HEIMDALL_TCP_* hold here as for
+DoT and DoH (a TcpListener of its own counts the connections): a connection
+is active when a whole query arrives, and one idle for the timeout is closed.
+The certificate is the DoT and DoH listeners' one, re-read on SIGHUP for new
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from heimdall import doqwire
+from heimdall.config import Config
+from heimdall.pipeline import Pipeline
+from heimdall.tcp import TcpListener, packed_ip, submit
+from heimdall.transport import Transport
+
+MAX_BUFFERED = 256 * 1024  # bytes of unfinished queries per connection: a DNS query is rarely past 512
+
+
+class DoqConnection(QuicConnectionProtocol):
+    """One client's QUIC connection: its streams' queries, answered in any order."""
+
+    def __init__(self, quic: QuicConnection, server: "DoqListener") -> None:
+        super().__init__(quic)
+        self.server = server
+        self.listener = server.limits
+        self.pipeline = server.limits.pipeline
+        self.inbox: dict[int, bytearray] = {}
+        self.outstanding = 0
+        self.last_active = time.monotonic()
+        self.peer: object = None
+        self.peer_ip = b""
+        self.admitted: bool | None = None  # None until the handshake is done; True: counted by the listener
+        self.buffered = 0  # bytes of queries not yet whole, all streams together
+        self.closing = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    def datagram_received(self, data: bytes | str, addr: object) -> None:
+        if self.peer is None:
+            self.peer = addr
+        super().datagram_received(data, addr)
+
+    def close(self, error_code: int = doqwire.NO_ERROR, reason_phrase: str = "") -> None:
+        if not self.closing:
+            self.closing = True
+            super().close(error_code, reason_phrase)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._stream_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, events.StreamReset):
+            self.buffered -= len(self.inbox.pop(event.stream_id, b""))
+        elif isinstance(event, events.HandshakeCompleted) and self.admitted is None:
+            self._admit()
+        elif isinstance(event, events.ConnectionTerminated):
+            self.closing = True
+            self.forget()
+
+    def _admit(self) -> None:
+        """The handshake is done: a connection of the listener's, if there is room for it."""
+        lst = self.listener
+        ip = packed_ip(self.peer)
+        if not self.server.accepting or not lst.make_room(ip):
+            self.admitted = False
+            lst.counters.tcp_rejected += 1
+            self.close(doqwire.EXCESSIVE_LOAD, "too many connections")
+            return
+        self.peer_ip = ip
+        self.admitted = True
+        lst.conns.add(self)
+        lst.by_ip[ip] = lst.by_ip.get(ip, 0) + 1
+        lst.counters.tcp_connections += 1
+        self._arm()
+
+    def _stream_data(self, sid: int, data: bytes, end: bool) -> None:
+        if self.closing:
+            return
+        if sid % 4 != 0:  # only client-initiated bidirectional streams carry queries
+            self._protocol_error("a query on a stream that is not the client's bidirectional one")
+            return
+        if self.admitted is None:  # stream data that overtook the end of the handshake
+            self._admit()
+        buf = self.inbox.setdefault(sid, bytearray())
+        buf += data
+        self.buffered += len(data)
+        if len(buf) > doqwire.MAX_MESSAGE:
+            self._protocol_error("more than one DNS message on a stream")
+        elif self.buffered > MAX_BUFFERED:
+            self.close(doqwire.EXCESSIVE_LOAD, "too many bytes of unfinished queries")
+        elif end:
+            del self.inbox[sid]
+            self.buffered -= len(buf)
+            msg = doqwire.message(buf)
+            if msg is None or len(msg) < 12 or msg[0] or msg[1]:
+                self._protocol_error("a stream without one whole DNS message with ID 0")
+                return
+            self._query(sid, msg)
+
+    def _query(self, sid: int, msg: bytes) -> None:
+        if not self.admitted or self.closing:
+            return  # refused, or past a protocol error: its close is on the way
+        mono = time.monotonic()
+        self.last_active = mono
+
+        def send(reply: bytes, client: object = None) -> None:
+            if self.closing:
+                return
+            try:
+                self._quic.send_stream_data(sid, doqwire.framed(reply), end_stream=True)
+            except ValueError:  # the client reset or stopped the stream: no one waits for the reply
+                return
+            self._transmit_soon()
+
+        if submit(self.pipeline, Transport.DOQ, msg, int(mono), self.peer, self.peer_ip, send, self._miss_done):
+            self.outstanding += 1
+
+    def _miss_done(self) -> None:
+        self.outstanding -= 1
+        self.last_active = time.monotonic()
+
+    def _protocol_error(self, reason: str) -> None:
+        self.close(doqwire.PROTOCOL_ERROR, reason)
+
+    def _arm(self) -> None:
+        delay = self.last_active + self.listener.config.tcp_idle_timeout - time.monotonic()
+        self.idle = asyncio.get_running_loop().call_later(max(0.05, delay), self._check_idle)
+
+    def _check_idle(self) -> None:
+        if not self.admitted:
+            return
+        if self.outstanding == 0 and time.monotonic() - self.last_active >= self.listener.config.tcp_idle_timeout:
+            self.shut("idle")
+        else:
+            self._arm()
+
+    def shut(self, reason: str = "closing") -> None:
+        self.forget()
+        self.close(doqwire.NO_ERROR, reason)
+
+    def forget(self) -> None:
+        """No longer one of the listener's connections (closed, or being closed to make room)."""
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        if not self.admitted:
+            return
+        self.admitted = False
+        lst = self.listener
+        lst.conns.discard(self)
+        left = lst.by_ip[self.peer_ip] - 1
+        if left:
+            lst.by_ip[self.peer_ip] = left
+        else:
+            del lst.by_ip[self.peer_ip]
+
+
+class DoqListener:
+    """One worker's DoQ server on its bound UDP socket."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.limits = TcpListener(pipeline, config, Transport.DOQ)  # counts the connections, as for DoT
+        self.accepting = True
+        self.quic_config: QuicConfiguration = self.configuration()
+        self.server: QuicServer | None = None
+
+    def configuration(self) -> QuicConfiguration:
+        cfg = self.config
+        # QUIC's own idle timeout (silent) is a backstop: ours, which counts whole queries only, comes first
+        return doqwire.server_configuration(cfg.tls_cert_file, cfg.tls_key_file, cfg.tcp_idle_timeout + 5)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def connection(quic: QuicConnection, **kwargs: object) -> DoqConnection:
+            return DoqConnection(quic, self)
+
+        def server() -> QuicServer:
+            return QuicServer(configuration=self.quic_config, create_protocol=connection)
+
+        _, self.server = await loop.create_datagram_endpoint(server, sock=self.sock)
+
+    def reload_certificate(self) -> None:
+        """New connections get the certificate as the files hold it now (the caller checked that it loads)."""
+        fresh = self.configuration()
+        self.quic_config.certificate = fresh.certificate
+        self.quic_config.certificate_chain = fresh.certificate_chain
+        self.quic_config.private_key = fresh.private_key
+
+    def stop_accepting(self) -> None:
+        """New connections are closed after their handshake; the open ones keep their streams."""
+        self.accepting = False
+
+    def busy(self) -> bool:
+        return self.limits.busy()
+
+    def close_all(self) -> None:
+        self.limits.close_all()
+        if self.server is not None:
+            self.server.close()
