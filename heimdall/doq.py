@@ -31,6 +31,7 @@ from heimdall import doqwire
 from heimdall.config import Config
 from heimdall.pipeline import Pipeline
 from heimdall.tcp import TcpListener, packed_ip, submit
+from heimdall.tls import TlsError
 from heimdall.transport import Transport
 
 MAX_BUFFERED = 256 * 1024  # bytes of unfinished queries per connection: a DNS query is rarely past 512
@@ -181,13 +182,17 @@ class DoqListener:
         self.sock = sock
         self.limits = TcpListener(pipeline, config, Transport.DOQ)  # counts the connections, as for DoT
         self.accepting = True
-        self.quic_config: QuicConfiguration = self.configuration()
+        self.quic_config: QuicConfiguration = self.configuration(config)
         self.server: QuicServer | None = None
 
-    def configuration(self) -> QuicConfiguration:
-        cfg = self.config
-        # QUIC's own idle timeout (silent) is a backstop: ours, which counts whole queries only, comes first
-        return doqwire.server_configuration(cfg.tls_cert_file, cfg.tls_key_file, cfg.tcp_idle_timeout + 5)
+    @staticmethod
+    def configuration(cfg: Config) -> QuicConfiguration:
+        """QUIC's settings with the certificate as the files hold it now (TlsError when it does not load)."""
+        try:
+            # QUIC's own idle timeout (silent) is a backstop: ours, which counts whole queries only, comes first
+            return doqwire.server_configuration(cfg.tls_cert_file, cfg.tls_key_file, cfg.tcp_idle_timeout + 5)
+        except (OSError, ValueError) as exc:
+            raise TlsError(f"cannot load the TLS certificate {cfg.tls_cert_file} for DoQ: {exc}") from None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -200,9 +205,8 @@ class DoqListener:
 
         _, self.server = await loop.create_datagram_endpoint(server, sock=self.sock)
 
-    def reload_certificate(self) -> None:
-        """New connections get the certificate as the files hold it now (the caller checked that it loads)."""
-        fresh = self.configuration()
+    def use_certificate(self, fresh: QuicConfiguration) -> None:
+        """New connections get the certificate of `fresh` (a configuration())."""
         self.quic_config.certificate = fresh.certificate
         self.quic_config.certificate_chain = fresh.certificate_chain
         self.quic_config.private_key = fresh.private_key

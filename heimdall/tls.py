@@ -73,6 +73,10 @@ def check_certificate(config: Config) -> None:
     """At start, before any worker: TlsError when the encrypted listeners could not use the certificate."""
     if config.tls_bind_addr is not None or config.https_bind_addr is not None or config.quic_bind_addr is not None:
         server_context(config, [])
+    if config.quic_bind_addr is not None:
+        from heimdall.doq import DoqListener
+
+        DoqListener.configuration(config)
 
 
 @dataclass
@@ -126,10 +130,7 @@ class TlsListeners:
     async def start_doq(self, sock: socket.socket) -> None:
         from heimdall.doq import DoqListener
 
-        try:
-            self.doq = DoqListener(self.config, self.pipeline, sock)
-        except (OSError, ValueError) as exc:  # checked at start already: the files changed since
-            raise TlsError(f"cannot load the TLS certificate {self.config.tls_cert_file} for DoQ: {exc}") from None
+        self.doq = DoqListener(self.config, self.pipeline, sock)
         await self.doq.start()
 
     def reload_certificate(self) -> None:
@@ -138,10 +139,11 @@ class TlsListeners:
             return
         try:
             server_context(self.config, [])
+            quic = self.doq.configuration(self.config) if self.doq is not None else None
             for ctx in self.contexts:
                 load_certificate(ctx, self.config)
-            if self.doq is not None:
-                self.doq.reload_certificate()
+            if self.doq is not None and quic is not None:
+                self.doq.use_certificate(quic)
         except TlsError as exc:
             log.error(f"{exc}: keeping the certificate loaded before")
             return

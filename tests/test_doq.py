@@ -26,6 +26,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from test_encrypted_listeners import wait_log
 from test_encrypted_upstreams import answer_of, burst, heimdall
 from test_http_e2e import free_tcp_port, scrape, total
 
@@ -34,7 +35,7 @@ from heimdall.config import ConfigError, load_config
 from heimdall.doq import MAX_BUFFERED
 from heimdall.streamupstream import MAX_CONNECTIONS
 from tests.heimdall_server import HeimdallProcess, free_port
-from tools.testpki import SERVER_NAME
+from tools.testpki import SERVER_NAME, make_ca, make_pki, make_server_cert
 
 IDLE = 3.0  # HEIMDALL_TCP_IDLE_TIMEOUT of the back
 MAX_CONNECTIONS_BACK = 4
@@ -193,6 +194,30 @@ def test_at_the_connection_limit_the_oldest_idle_connection_makes_way(back):
     m1 = scrape(back.http)
     assert total(m1, "heimdall_tcp_evicted_total") - total(m0, "heimdall_tcp_evicted_total") == 1
     assert closed == [True] + [False] * MAX_CONNECTIONS_BACK
+
+
+def test_sighup_gives_new_connections_the_new_certificate(upstream, tmp_path):
+    server, other_ca = make_pki(tmp_path)
+    b = start_back(upstream.addr, (server, other_ca))
+    try:
+        assert doq_query(b).rcode() == dns.rcode.NOERROR
+        good = server.cert.read_bytes()
+        server.cert.write_text("broken\n")
+        b.srv.signal(signal.SIGHUP)
+        wait_log(b.srv, "keeping the certificate loaded before")
+        assert doq_query(b).rcode() == dns.rcode.NOERROR
+        server.cert.write_bytes(good)
+        new = make_server_cert(tmp_path, make_ca(tmp_path, "new-ca"), stem="new-server")
+        server.cert.write_bytes(new.cert.read_bytes())
+        server.key.write_bytes(new.key.read_bytes())
+        b.srv.signal(signal.SIGHUP)
+        wait_log(b.srv, "TLS certificate reloaded")
+        assert doq_query(b, ca=new.ca).rcode() == dns.rcode.NOERROR
+        with pytest.raises(Exception) as exc:  # the old CA no longer matches
+            doq_query(b)
+        assert not isinstance(exc.value, AssertionError)
+    finally:
+        b.srv.stop()
 
 
 def test_without_aioquic_doq_is_a_configuration_error_naming_the_extra(monkeypatch):
