@@ -10,7 +10,11 @@ error: RFC 9250 4.3.3 closes the connection with DOQ_PROTOCOL_ERROR.
 
 The connection limits and the idle timeout of HEIMDALL_TCP_* hold here as for
 DoT and DoH (a TcpListener of its own counts the connections): a connection
-is active when a whole query arrives, and one idle for the timeout is closed.
+is active when a whole query arrives, and one idle for the timeout is closed;
+a handshake must be done within the timeout, and no more handshakes may be
+under way than connections are allowed. A connection has at most MAX_STREAMS
+queries open, each stream at most one message long (`bounded`). A stream that
+gets no answer (rate limit, internal error) or that the client reset is reset.
 The certificate is the DoT and DoH listeners' one, re-read on SIGHUP for new
 connections.
 """
@@ -34,14 +38,56 @@ from heimdall.tcp import TcpListener, packed_ip, submit
 from heimdall.tls import TlsError
 from heimdall.transport import Transport
 
+MAX_STREAMS = 32  # queries a client may have open on one connection, as TcpConnection.MAX_PIPELINE
 MAX_BUFFERED = 256 * 1024  # bytes of unfinished queries per connection: a DNS query is rarely past 512
+
+
+def bounded(quic: QuicConnection) -> QuicConnection:
+    """At most MAX_STREAMS streams open, and never more bytes on one than a DNS message can have.
+
+    aioquic gives a client 128 streams, raises a stream's flow-control limit whenever data
+    comes past half of it, and fills a gap in a stream's data with zeros until the gap is
+    filled: bytes sent far ahead on many streams would grow buffers that no event shows us.
+    A DoQ stream carries one message, so its first limit (MAX_MESSAGE, server_configuration)
+    is all it needs. These are aioquic's own attributes (its version is pinned in
+    constraints.txt; tests/test_doq.py holds both bounds).
+    """
+    streams = quic._local_max_streams_bidi
+    streams.value = streams.sent = MAX_STREAMS
+    quic._write_stream_limits = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    return quic
+
+
+class Reply:
+    """Where one query's answer goes: its stream, ended with it; reset when no answer will come
+    (dropped by the rate limit, an internal error: RFC 9250 4.3.2), so the stream is freed."""
+
+    __slots__ = ("conn", "sid", "over")
+
+    def __init__(self, conn: "DoqConnection", sid: int) -> None:
+        self.conn, self.sid, self.over = conn, sid, False
+
+    def send(self, reply: bytes, client: object = None) -> None:
+        if not self.over:
+            self.over = True
+            self.conn.write(self.sid, doqwire.framed(reply))
+
+    def unanswered(self, status: int = 500) -> None:
+        if not self.over:
+            self.over = True
+            self.conn.reset(self.sid, doqwire.EXCESSIVE_LOAD if status == 429 else doqwire.INTERNAL_ERROR)
+
+    def done(self) -> None:
+        """The query's miss is over."""
+        self.conn.miss_done()
+        self.unanswered()
 
 
 class DoqConnection(QuicConnectionProtocol):
     """One client's QUIC connection: its streams' queries, answered in any order."""
 
     def __init__(self, quic: QuicConnection, server: "DoqListener") -> None:
-        super().__init__(quic)
+        super().__init__(bounded(quic))
         self.server = server
         self.listener = server.limits
         self.pipeline = server.limits.pipeline
@@ -53,12 +99,23 @@ class DoqConnection(QuicConnectionProtocol):
         self.admitted: bool | None = None  # None until the handshake is done; True: counted by the listener
         self.buffered = 0  # bytes of queries not yet whole, all streams together
         self.closing = False
-        self.idle: asyncio.TimerHandle | None = None
+        # the handshake must be done within the idle timeout, and only so many may be under way
+        self.idle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            server.config.tcp_idle_timeout, self._handshake_overdue)
+        server.handshaking.add(self)
+        self.crowded = len(server.handshaking) > server.config.tcp_max_connections
 
     def datagram_received(self, data: bytes | str, addr: object) -> None:
         if self.peer is None:
             self.peer = addr
         super().datagram_received(data, addr)
+        if self.crowded and not self.closing:
+            self.close(doqwire.EXCESSIVE_LOAD, "too many connections in their handshake")
+
+    def _handshake_overdue(self) -> None:
+        self.idle = None
+        if self.admitted is None:
+            self.close(doqwire.NO_ERROR, "handshake not done in time")
 
     def close(self, error_code: int = doqwire.NO_ERROR, reason_phrase: str = "") -> None:
         if not self.closing:
@@ -68,16 +125,22 @@ class DoqConnection(QuicConnectionProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._stream_data(event.stream_id, event.data, event.end_stream)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, events.StreamReset):  # the client gave up on it: so do we, freeing the stream
             self.buffered -= len(self.inbox.pop(event.stream_id, b""))
+            if event.stream_id % 4 == 0:
+                self.reset(event.stream_id, doqwire.REQUEST_CANCELLED)
         elif isinstance(event, events.HandshakeCompleted) and self.admitted is None:
             self._admit()
         elif isinstance(event, events.ConnectionTerminated):
             self.closing = True
+            self.server.handshaking.discard(self)
             self.forget()
 
     def _admit(self) -> None:
         """The handshake is done: a connection of the listener's, if there is room for it."""
+        self.server.handshaking.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
         lst = self.listener
         ip = packed_ip(self.peer)
         if not self.server.accepting or not lst.make_room(ip):
@@ -98,8 +161,6 @@ class DoqConnection(QuicConnectionProtocol):
         if sid % 4 != 0:  # only client-initiated bidirectional streams carry queries
             self._protocol_error("a query on a stream that is not the client's bidirectional one")
             return
-        if self.admitted is None:  # stream data that overtook the end of the handshake
-            self._admit()
         buf = self.inbox.setdefault(sid, bytearray())
         buf += data
         self.buffered += len(data)
@@ -121,20 +182,33 @@ class DoqConnection(QuicConnectionProtocol):
             return  # refused, or past a protocol error: its close is on the way
         mono = time.monotonic()
         self.last_active = mono
-
-        def send(reply: bytes, client: object = None) -> None:
-            if self.closing:
-                return
-            try:
-                self._quic.send_stream_data(sid, doqwire.framed(reply), end_stream=True)
-            except ValueError:  # the client reset or stopped the stream: no one waits for the reply
-                return
-            self._transmit_soon()
-
-        if submit(self.pipeline, Transport.DOQ, msg, int(mono), self.peer, self.peer_ip, send, self._miss_done):
+        r = Reply(self, sid)
+        if submit(self.pipeline, Transport.DOQ, msg, int(mono), self.peer, self.peer_ip, r.send, r.done,
+                  r.unanswered):
             self.outstanding += 1
+        else:
+            r.unanswered()  # answered already, or dropped without a word
 
-    def _miss_done(self) -> None:
+    def write(self, sid: int, data: bytes) -> None:
+        """The whole reply, and the end of the stream."""
+        if self.closing:
+            return
+        try:
+            self._quic.send_stream_data(sid, data, end_stream=True)
+        except (ValueError, RuntimeError):  # the client reset or stopped the stream: no one waits for it
+            return
+        self._transmit_soon()
+
+    def reset(self, sid: int, code: int) -> None:
+        if self.closing:
+            return
+        try:
+            self._quic.reset_stream(sid, code)
+        except ValueError:  # its state is gone already
+            return
+        self._transmit_soon()
+
+    def miss_done(self) -> None:
         self.outstanding -= 1
         self.last_active = time.monotonic()
 
@@ -182,6 +256,7 @@ class DoqListener:
         self.sock = sock
         self.limits = TcpListener(pipeline, config, Transport.DOQ)  # counts the connections, as for DoT
         self.accepting = True
+        self.handshaking: set[DoqConnection] = set()
         self.quic_config: QuicConfiguration = self.configuration(config)
         self.server: QuicServer | None = None
 

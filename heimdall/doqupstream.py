@@ -21,7 +21,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from heimdall import doqwire, wire
-from heimdall.streamupstream import IDLE_TIMEOUT, Connection, StreamError
+from heimdall.streamupstream import IDLE_TIMEOUT, Connection, StreamError, Untaken
 from heimdall.upstreamurl import UpstreamUrl
 
 
@@ -37,9 +37,13 @@ def client_configuration(addr: UpstreamUrl, ca_file: str) -> QuicConfiguration:
 class Doq(Connection, asyncio.DatagramProtocol):
     """One QUIC connection; queries are its streams, answered in any order."""
 
-    def __init__(self, addr: UpstreamUrl, on_lost: Callable[[Connection], None], config: QuicConfiguration) -> None:
+    def __init__(self, addr: UpstreamUrl, on_lost: Callable[[Connection], None],
+                 refused: Callable[[Connection, str], None], config: QuicConfiguration) -> None:
         super().__init__(addr, on_lost)
+        self.refused = refused  # the server turned the connection away before answering: a failed attempt
         self.quic = QuicConnection(configuration=config)
+        self.peer: tuple = ()  # as the socket names it (4 items for IPv6): aioquic drops datagrams from others
+        self.answers = 0
         self.by_stream: dict[int, int] = {}  # stream -> the qid of its query, until answered or given up
         self.by_qid: dict[int, int] = {}
         self.inbox: dict[int, bytearray] = {}
@@ -51,8 +55,9 @@ class Doq(Connection, asyncio.DatagramProtocol):
         host, port = self.addr.host, self.addr.port
         udp, _ = await self.loop.create_datagram_endpoint(lambda: self, remote_addr=(host, port))
         self.transport = cast(asyncio.Transport, udp)  # close, abort and is_closing are all the pool uses
+        self.peer = udp.get_extra_info("peername")
         try:
-            self.quic.connect((host, port), now=self.loop.time())
+            self.quic.connect(self.peer, now=self.loop.time())
             self.flush()
             await asyncio.shield(self.handshake)
         except BaseException:  # failed or timed out: nothing may stay open
@@ -87,14 +92,15 @@ class Doq(Connection, asyncio.DatagramProtocol):
             self.timer_at = at
 
     def _on_timer(self) -> None:
+        at = self.timer_at or 0.0
         self.timer = self.timer_at = None
-        self.quic.handle_timer(now=self.loop.time())
+        self.quic.handle_timer(now=max(at, self.loop.time()))  # the loop may fire a timer a little early
         self._events()
         self.flush()
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.reads += 1
-        self.quic.receive_datagram(data, addr, now=self.loop.time())
+        self.quic.receive_datagram(data, self.peer, now=self.loop.time())  # connected: only the peer's come
         self._events()
         self.flush()
 
@@ -137,6 +143,7 @@ class Doq(Connection, asyncio.DatagramProtocol):
                 self._stream_failed(sid, "ended a stream without one whole DNS message")
                 return
             qid = self.by_stream.pop(sid)
+            self.answers += 1
             self._answered(qid, qid.to_bytes(2, "big") + msg[2:])
 
     def _answered(self, qid: int, reply: bytes) -> None:
@@ -161,8 +168,15 @@ class Doq(Connection, asyncio.DatagramProtocol):
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeFailed(f"QUIC handshake failed: {reason}"))
             return
+        if event.error_code == doqwire.EXCESSIVE_LOAD and not self.answers:
+            self.refused(self, f"the server turned the connection away: {reason}")  # backoff, as for a refusal
         self.closed = True
-        self.fail(f"{self.addr} closed the QUIC connection: {reason}")
+        # A server that closes without an error (idle, shutting down) works on none of the queries left:
+        # they are asked once more on another connection, as past an HTTP/2 GOAWAY
+        kind = Untaken if event.error_code == doqwire.NO_ERROR else StreamError
+        for _q, fut, _e in list(self.waiting.values()):
+            if not fut.done():
+                fut.set_exception(kind(f"{self.addr} closed the QUIC connection: {reason}"))
         if self.transport is not None:
             self.transport.close()
 
@@ -191,4 +205,6 @@ class Doq(Connection, asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if not self.handshake.done():  # closed by the pool mid-handshake: open() ends now
+            self.handshake.set_exception(HandshakeFailed("closed before the handshake was done"))
         super().connection_lost(exc)

@@ -67,6 +67,7 @@ def client_configuration(server_name: str, ca_file: str, idle_timeout: float) ->
 
 def server_configuration(cert_file: str, key_file: str, idle_timeout: float) -> QuicConfiguration:
     """The listener's side: our certificate, DoQ only (OSError or ValueError when the pair cannot be used)."""
-    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], idle_timeout=idle_timeout)
+    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], idle_timeout=idle_timeout,
+                               max_stream_data=MAX_MESSAGE)  # a stream carries one message
     config.load_cert_chain(cert_file, key_file)
     return config

@@ -345,7 +345,7 @@ def stream_pool(addr: UpstreamUrl, ca_file: str, ids: Callable[[], int], mismatc
         from heimdall.doqupstream import Doq, client_configuration
 
         config = client_configuration(addr, ca_file)
-        return StreamPool(addr, None, lambda pool: Doq(addr, pool.forget, config), ids)
+        return StreamPool(addr, None, lambda pool: Doq(addr, pool.forget, pool.failed_after_connect, config), ids)
     if addr.transport == "https":
         from heimdall.dohupstream import Http2
 
