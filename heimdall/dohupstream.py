@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from heimdall import wire
 from heimdall.http2client import Http2Client, NoStream
 from heimdall.streamupstream import MAX_INFLIGHT, Connection, StreamError, Untaken
 from heimdall.upstreamurl import UpstreamUrl
@@ -33,7 +32,7 @@ class Http2(Connection):
         self.refused = refused  # the peer would not speak HTTP/2: a failed connection attempt
         authority = addr.verify_name if ":" not in addr.verify_name else f"[{addr.verify_name}]"
         authority = authority if addr.port == 443 else f"{authority}:{addr.port}"
-        self.h2 = Http2Client(authority.encode(), addr.path.encode(), self._answered, self._stream_failed,
+        self.h2 = Http2Client(authority.encode(), addr.path.encode(), self.deliver, self._stream_failed,
                               self._abandon)
         self.by_qid: dict[int, int] = {}
 
@@ -79,16 +78,6 @@ class Http2(Connection):
         """After the server's GOAWAY, the connection closes once the streams it took are over."""
         if self.h2.goaway and not self.waiting and not self.closed:
             self.close()
-
-    def _answered(self, qid: int, body: bytes) -> None:
-        entry = self.waiting.get(qid)
-        if entry is None or entry[1].done():
-            return
-        question, fut, exact = entry
-        if wire.reply_matches(body, qid, question, exact):
-            fut.set_result(body)
-        else:
-            fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
 
     def _stream_failed(self, qid: int, reason: str, untaken: bool) -> None:
         entry = self.waiting.get(qid)

@@ -150,9 +150,7 @@ class DoqConnection(QuicConnectionProtocol):
             return
         self.peer_ip = ip
         self.admitted = True
-        lst.conns.add(self)
-        lst.by_ip[ip] = lst.by_ip.get(ip, 0) + 1
-        lst.counters.tcp_connections += 1
+        lst.hold(self)
         self._arm()
 
     def _stream_data(self, sid: int, data: bytes, end: bool) -> None:
@@ -236,16 +234,9 @@ class DoqConnection(QuicConnectionProtocol):
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None
-        if not self.admitted:
-            return
-        self.admitted = False
-        lst = self.listener
-        lst.conns.discard(self)
-        left = lst.by_ip[self.peer_ip] - 1
-        if left:
-            lst.by_ip[self.peer_ip] = left
-        else:
-            del lst.by_ip[self.peer_ip]
+        if self.admitted:
+            self.admitted = False
+            self.listener.release(self)
 
 
 class DoqListener:

@@ -20,7 +20,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from heimdall import doqwire, wire
+from heimdall import doqwire
 from heimdall.streamupstream import IDLE_TIMEOUT, Connection, StreamError, Untaken
 from heimdall.upstreamurl import UpstreamUrl
 
@@ -144,17 +144,7 @@ class Doq(Connection, asyncio.DatagramProtocol):
                 return
             qid = self.by_stream.pop(sid)
             self.answers += 1
-            self._answered(qid, qid.to_bytes(2, "big") + msg[2:])
-
-    def _answered(self, qid: int, reply: bytes) -> None:
-        entry = self.waiting.get(qid)
-        if entry is None or entry[1].done():
-            return
-        question, fut, exact = entry
-        if wire.reply_matches(reply, qid, question, exact):
-            fut.set_result(reply)
-        else:
-            fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
+            self.deliver(qid, qid.to_bytes(2, "big") + msg[2:])
 
     def _stream_failed(self, sid: int, reason: str) -> None:
         self.inbox.pop(sid, None)

@@ -160,6 +160,17 @@ class Connection(asyncio.Protocol):
         entry[1].set_result(data)
         return True
 
+    def deliver(self, qid: int, reply: bytes) -> None:
+        """The reply that a stream of query `qid`'s own brought (DoH, DoQ): it must still match ID and question."""
+        entry = self.waiting.get(qid)
+        if entry is None or entry[1].done():
+            return
+        question, fut, exact = entry
+        if wire.reply_matches(reply, qid, question, exact):
+            fut.set_result(reply)
+        else:
+            fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
+
     def fail(self, reason: str) -> None:
         """Every query waiting here fails with `reason` (failover takes them elsewhere)."""
         for _q, fut, _e in list(self.waiting.values()):

@@ -66,6 +66,22 @@ class TcpListener:
         for conn in list(self.conns):
             conn.shut()
 
+    def hold(self, conn: Held) -> None:
+        """Count `conn` (its peer_ip set) as one of the open connections."""
+        self.conns.add(conn)
+        self.by_ip[conn.peer_ip] = self.by_ip.get(conn.peer_ip, 0) + 1
+        self.counters.tcp_connections += 1
+
+    def release(self, conn: Held) -> None:
+        """No longer count `conn` (closed, or being closed to make room)."""
+        if conn in self.conns:
+            self.conns.discard(conn)
+            left = self.by_ip[conn.peer_ip] - 1
+            if left:
+                self.by_ip[conn.peer_ip] = left
+            else:
+                del self.by_ip[conn.peer_ip]
+
     def make_room(self, ip: bytes) -> bool:
         """Room for one more connection from `ip`: the oldest idle one goes if a limit is reached
         (its client's own when the per-client limit is the one); False when none is idle."""
@@ -118,9 +134,7 @@ class TcpConnection(asyncio.BaseProtocol):
             transport.close()
             return
         self.peer_ip = ip
-        lst.conns.add(self)
-        lst.by_ip[ip] = lst.by_ip.get(ip, 0) + 1
-        lst.counters.tcp_connections += 1
+        lst.hold(self)
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self._arm()
 
@@ -157,14 +171,7 @@ class TcpConnection(asyncio.BaseProtocol):
 
     def forget(self) -> None:
         """No longer one of the listener's connections (closed, or being closed to make room)."""
-        lst = self.listener
-        if self in lst.conns:
-            lst.conns.discard(self)
-            left = lst.by_ip[self.peer_ip] - 1
-            if left:
-                lst.by_ip[self.peer_ip] = left
-            else:
-                del lst.by_ip[self.peer_ip]
+        self.listener.release(self)
 
     def eof_received(self) -> bool:
         self.eof = True

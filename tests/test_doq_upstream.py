@@ -9,13 +9,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import threading
-import time
 
 import dns.rcode
 import pytest
 from test_doq import start_back
-from test_encrypted_upstreams import answer_of, burst, heimdall
+from test_encrypted_upstreams import answer_of, burst, heimdall, queries_across
 from test_http_e2e import scrape, total
 
 from heimdall.config import ConfigError, load_config
@@ -71,28 +69,14 @@ def test_killed_doq_upstream_loses_no_query(upstream, pki):
     first = start_back(upstream.addr, pki)
     try:
         with heimdall([first.url, upstream.addr], first.ca, HEIMDALL_UPSTREAM_TIMEOUT="3") as front:
-            rcodes: list[int | str] = []
-            lock = threading.Lock()
+            used_first = 0.0
 
-            def client(k: int) -> None:
-                for i in range(60):
-                    try:
-                        rc: int | str = front.query(f"kill-doq-{k}-{i}.bench.test", timeout=5).rcode()
-                    except Exception as exc:  # a lost query: no answer at all
-                        rc = type(exc).__name__
-                    with lock:
-                        rcodes.append(rc)
-                    time.sleep(0.005)
+            def kill() -> None:
+                nonlocal used_first
+                used_first = total(scrape(first.http), "heimdall_queries_total", protocol="doq")
+                os.killpg(first.srv.pid, signal.SIGKILL)
 
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-            for t in threads:
-                t.start()
-            while len(rcodes) < 60 and any(t.is_alive() for t in threads):
-                time.sleep(0.01)
-            used_first = total(scrape(first.http), "heimdall_queries_total", protocol="doq")
-            os.killpg(first.srv.pid, signal.SIGKILL)
-            for t in threads:
-                t.join(60)
+            rcodes = queries_across(front, "kill-doq", kill)
             after = answer_of(front, "www.example.test")
     finally:
         first.srv.stop()

@@ -237,35 +237,48 @@ def test_bad_certificate_is_refused_with_servfail_and_one_log_line(tls_unbound, 
     assert len(lines) < 6, "a line per connection attempt (with backoff), not per query"
 
 
+def queries_across(srv: HeimdallProcess, tag: str, event, clients: int = 4, each: int = 60) -> list[int | str]:
+    """Each of `clients` threads asks `srv` `each` new names one after another; `event()` runs once a
+    quarter of them are answered. Every query's rcode, or the exception's name for one never answered."""
+    rcodes: list[int | str] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for i in range(each):
+            try:
+                rc: int | str = srv.query(f"{tag}-{k}-{i}.bench.test", timeout=5).rcode()
+            except Exception as exc:  # a lost query: no answer at all
+                rc = type(exc).__name__
+            with lock:
+                rcodes.append(rc)
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    while len(rcodes) < each and any(t.is_alive() for t in threads):
+        time.sleep(0.01)
+    event()
+    for t in threads:
+        t.join(60)
+    return rcodes
+
+
 def test_killed_dot_upstream_loses_no_query(upstream, tls_unbound, pki):
     server, _other = pki
     first = UnboundServer(f"127.0.0.1:{upstream.port}", tls=(str(server.cert), str(server.key))).start()
     try:
         urls = [f"tls://127.0.0.1:{first.tls_port}#{NAME}", f"tls://127.0.0.1:{tls_unbound.tls_port}#{NAME}"]
         with heimdall(urls, server.ca, HEIMDALL_UPSTREAM_TIMEOUT="3") as srv:
-            rcodes: list[int | str] = []
-            lock = threading.Lock()
+            used_first = 0
 
-            def client(k: int) -> None:
-                for i in range(60):
-                    try:
-                        rc: int | str = srv.query(f"kill-{k}-{i}.bench.test", timeout=5).rcode()
-                    except Exception as exc:  # a lost query: no answer at all
-                        rc = type(exc).__name__
-                    with lock:
-                        rcodes.append(rc)
-                    time.sleep(0.005)
+            def kill() -> None:
+                nonlocal used_first
+                assert first.proc is not None
+                used_first = established(first.tls_port)
+                os.killpg(first.proc.pid, signal.SIGKILL)
 
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-            for t in threads:
-                t.start()
-            while len(rcodes) < 60 and any(t.is_alive() for t in threads):
-                time.sleep(0.01)
-            assert first.proc is not None
-            used_first = established(first.tls_port)
-            os.killpg(first.proc.pid, signal.SIGKILL)
-            for t in threads:
-                t.join(60)
+            rcodes = queries_across(srv, "kill", kill)
             after = answer_of(srv)
     finally:
         first.stop()
