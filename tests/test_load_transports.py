@@ -1,4 +1,5 @@
-"""The load generator over TCP, DoT and DoH against a real Unbound (and dnsperf -m dot), with a test CA."""
+"""The load generator over TCP, DoT and DoH against a real Unbound (and dnsperf -m dot), and over DoQ
+against Heimdall's DoQ listener, with a test CA."""
 
 from __future__ import annotations
 
@@ -92,14 +93,53 @@ def test_insecure_skips_the_certificate_check(tls_unbound, pki):
 
 @pytest.mark.parametrize("args, message", [
     (["--queries-per-connection", "1"], "needs a connection"),
-    (["--transport", "tcp", "--ca-file", "/nonexistent"], "go with --transport dot or doh"),
+    (["--transport", "tcp", "--ca-file", "/nonexistent"], "go with --transport dot, doh or doq"),
     (["--transport", "dot", "--ca-file", "/nonexistent"], "no such file"),
     (["--transport", "quic"], "quic"),
+    (["--transport", "doq", "--engine", "dnsperf"], "dnsperf has no DNS over QUIC"),
 ])
 def test_transport_flags_that_do_not_fit_are_one_line_errors(args, message):
     out = subprocess.run([*CLI, "load", "--server", "127.0.0.1:9", "--duration", "0.2", *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def doq_server(upstream, pki):
+    """Heimdall's DoQ listener: Unbound 1.17 serves no DNS over QUIC."""
+    from test_doq import start_back
+
+    b = start_back(upstream.addr, pki, idle=30, HEIMDALL_TCP_MAX_CONNECTIONS="64")
+    yield b
+    b.srv.stop()
+
+
+def load_doq(srv, pki, **kw) -> dict:
+    cfg = LoadConfig(**{"server": f"127.0.0.1:{srv.port}", "transport": "doq", "duration": 1.0, "warmup": 0,
+                        "clients": CLIENTS, "processes": 1, "timeout_ms": 2000, "warm_set": 200,
+                        "ca_file": pki[0].ca, "tls_server_name": pki[0].name, **kw})
+    return run_load(cfg)
+
+
+@pytest.mark.parametrize("per_connection", [0, 5])
+def test_doq_answers_every_query_on_its_connections(doq_server, pki, per_connection):
+    r = load_doq(doq_server, pki, queries_per_connection=per_connection)
+    assert r["transport"] == "doq"
+    assert r["received"] == r["sent"] > 0 and r["timeouts"] == 0 and r["mismatched"] == 0
+    assert r["successes"] == r["received"]
+    c = r["connections"]
+    assert c["handshake_failures"] == c["connect_failures"] == c["lost_with_connection"] == 0
+    if per_connection:  # a new connection after every 5 queries (those after the window too)
+        assert r["sent"] / 5 <= c["opened"] <= r["sent"] / 5 + 2 * CLIENTS
+    else:
+        assert c["opened"] == CLIENTS
+
+
+def test_doq_with_an_untrusted_ca_counts_failed_handshakes(doq_server, pki):
+    r = load_doq(doq_server, pki, ca_file=pki[1], duration=0.5)
+    c = r["connections"]
+    assert r["received"] == 0 and c["handshake_failures"] >= 2
+    assert "unable to get local issuer certificate" in c["first_error"]
 
 
 @requires_dnsperf

@@ -29,6 +29,7 @@ says so in `generator_saturated` and `warnings`.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import multiprocessing as mp
 import os
@@ -81,7 +82,7 @@ class LoadConfig:
     prime: bool = True                # ask the warm set once before the window
     kernel_timestamps: bool = False   # also time replies by their kernel arrival (SO_TIMESTAMPNS)
     start_at_ns: int | None = None    # CLOCK_MONOTONIC instant the processes start (two runs in step)
-    transport: str = "udp"            # udp | tcp | dot | doh
+    transport: str = "udp"            # udp | tcp | dot | doh | doq
     queries_per_connection: int = 0   # stream transports: queries per connection, 0 = persistent
     tls_server_name: str | None = None  # dot/doh: SNI and the name verified (default: the server's address)
     ca_file: Path | None = None       # dot/doh: the CA to trust (default: the system's)
@@ -186,11 +187,16 @@ def check_transport(cfg: LoadConfig) -> None:
     if cfg.queries_per_connection < 0:
         raise ToolError("queries per connection must be 0 (persistent) or more")
     if cfg.transport == "udp" and cfg.queries_per_connection:
-        raise ToolError("--queries-per-connection needs a connection: --transport tcp, dot or doh")
+        raise ToolError("--queries-per-connection needs a connection: --transport tcp, dot, doh or doq")
     if cfg.transport in ("udp", "tcp") and (cfg.tls_server_name or cfg.ca_file or cfg.insecure):
-        raise ToolError("--tls-server-name, --ca-file and --insecure go with --transport dot or doh")
+        raise ToolError("--tls-server-name, --ca-file and --insecure go with --transport dot, doh or doq")
     if cfg.transport != "udp" and cfg.kernel_timestamps:
         raise ToolError("--kernel-timestamps times UDP datagrams only")
+    if cfg.transport == "doq" and cfg.engine == "dnsperf":
+        raise ToolError("dnsperf has no DNS over QUIC: --engine builtin for --transport doq")
+    if cfg.transport == "doq" and importlib.util.find_spec("aioquic") is None:
+        raise ToolError("--transport doq needs the aioquic package: pip install 'heimdall-dns[quic]'",
+                        EXIT_ENVIRONMENT)
     if cfg.ca_file is not None and not Path(cfg.ca_file).is_file():
         raise ToolError(f"--ca-file {cfg.ca_file}: no such file", EXIT_ENVIRONMENT)
 

@@ -1,4 +1,4 @@
-"""Client connections of the load generator's stream transports: TCP, DNS over TLS, DNS over HTTPS.
+"""Client connections of the load generator's stream transports: TCP, DNS over TLS, HTTPS and QUIC.
 
 A connection is a non-blocking socket driven by the worker's epoll loop
 (tools/stream_worker.py): `on_readable` / `on_writable` advance the connect,
@@ -8,7 +8,8 @@ C, so a query costs one SSL_write and a reply one SSL_read. The classes only
 move bytes; counting and timing stay with the worker.
 
 TCP and DoT frame each message with its two-byte length (RFC 7766, RFC 7858);
-DoH (tools/doh_client.py) carries each one in an HTTP/2 stream.
+DoH (tools/doh_client.py) carries each one in an HTTP/2 stream, DoQ
+(tools/doq_client.py) in a QUIC stream.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-TRANSPORTS = ("udp", "tcp", "dot", "doh")
+TRANSPORTS = ("udp", "tcp", "dot", "doh", "doq")
 CONNECTING, HANDSHAKE, READY = range(3)
 RECV_SIZE = 65536
 

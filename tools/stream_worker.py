@@ -1,4 +1,4 @@
-"""One load generator process over connections: TCP, DoT or DoH clients in one epoll loop.
+"""One load generator process over connections: TCP, DoT, DoH or DoQ clients in one epoll loop.
 
 The same window, counters and result as the UDP worker (tools/load_worker.py);
 what differs is that a client is a connection (tools/stream_clients.py):
@@ -49,6 +49,7 @@ from tools.stream_clients import ConnectionLost, SendFailed, StreamOptions, TcpC
 RETRY_NS = 100_000_000   # a closed-loop client whose connection failed tries again after this
 MAX_BURST = 2000         # open loop: sends per iteration before reading replies
 IN, OUT = select.EPOLLIN, select.EPOLLIN | select.EPOLLOUT
+TIMER = 1 << 30  # not an epoll flag: a connection's own timer is due (DoQ)
 CONN_STATS = ("opened", "connect_failures", "handshake_failures", "closed_by_server", "reset",
               "lost_with_connection", "http_errors")
 
@@ -59,6 +60,11 @@ def connection_factory(spec: WorkerSpec) -> Callable[[int], TcpConnection]:
     fam, addr = spec.family, spec.sockaddr
     if opts.transport == "tcp":
         return lambda c: TcpConnection(fam, addr, c)
+    if opts.transport == "doq":
+        from tools.doq_client import DoqConnection, quic_configuration
+
+        config = quic_configuration(opts, opts.tls_server_name or addr[0])
+        return lambda c: DoqConnection(fam, addr, c, config)  # type: ignore[return-value]
     ctx = tls_context(opts)
     name = opts.tls_server_name or addr[0]
     if opts.transport == "dot":
@@ -98,6 +104,7 @@ class ClientPool:
         self.timeout_ns = spec.timeout_ns
         self.closed = spec.rate is None
         self.sending = True
+        self.timed = spec.stream is not None and spec.stream.transport == "doq"  # its connections keep timers
         self.success = [frozenset(s) for s in SUCCESS_RCODES]
 
     def failed(self, exc: ConnectionLost) -> None:
@@ -219,15 +226,36 @@ class ClientPool:
             if self.closed and self.sending:
                 self.again.append(key >> 16)
 
+    def next_timer(self, due: int) -> int:
+        """The earlier of `due` and the first connection timer (QUIC's acks and loss recovery), in ns."""
+        if self.timed:
+            for conn in self.conns.values():
+                at = conn.timer_at  # type: ignore[attr-defined]
+                if at is not None:
+                    due = min(due, int(at * 1e9))
+        return due
+
+    def tick(self, now: int) -> None:
+        """Run the connection timers that are due."""
+        if self.timed:
+            for conn in list(self.conns.values()):
+                at = conn.timer_at  # type: ignore[attr-defined]
+                if at is not None and at * 1e9 <= now:
+                    self.event(conn.fd, TIMER)
+
     def event(self, fd: int, ev: int) -> None:
-        """One epoll event: advance the connection, count what arrived, close it when it is done."""
+        """One epoll event (or TIMER): advance the connection, count what arrived, close it when it is done."""
         conn = self.conns.get(fd)
         if conn is None:
             return
         try:
             if ev & select.EPOLLOUT:
                 conn.on_writable()
-            if ev & ~select.EPOLLOUT:
+            if ev & TIMER:
+                t = time.monotonic_ns()
+                for data in conn.on_timer():  # type: ignore[attr-defined]
+                    self.answered(conn, data, t)
+            elif ev & ~select.EPOLLOUT:
                 t = time.monotonic_ns()
                 for data in conn.on_readable():
                     self.answered(conn, data, t)
@@ -314,12 +342,14 @@ def run_stream_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, re
         while retries and retries[0][0] <= now:
             pool.issue(retries.popleft()[1])
         pool.expire(now)
+        pool.tick(now)
         if now >= next_progress:
             next_progress = now + PROGRESS_NS
             _publish(progress, base, pool.cnt, 1 if now < t_measure else 2)
         due = next_progress if not deadlines or deadlines[0][0] >= next_progress else deadlines[0][0]
         if retries:
             due = min(due, retries[0][0])
+        due = pool.next_timer(due)
         if sending:
             due = min(due, t_end, next_send) if not closed else min(due, t_end)
             if now < t_measure:

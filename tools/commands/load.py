@@ -29,6 +29,7 @@ class Transport(str, Enum):
     tcp = "tcp"
     dot = "dot"
     doh = "doh"
+    doq = "doq"
 
 
 class Engine(str, Enum):
@@ -109,15 +110,17 @@ def load(
     kernel_timestamps: bool = typer.Option(False, "--kernel-timestamps",
                                            help="Also time replies by kernel arrival: shows the generator's own delay."),
     transport: Transport = typer.Option(Transport.udp, "--transport",
-                                        help="udp, tcp, dot (DNS over TLS) or doh (DNS over HTTPS, HTTP/2 POST)."),
+                                        help="udp, tcp, dot (DNS over TLS), doh (DNS over HTTPS, HTTP/2 POST) "
+                                             "or doq (DNS over QUIC)."),
     queries_per_connection: int = typer.Option(
         0, "--queries-per-connection", min=0,
-        help="tcp/dot/doh: queries a connection carries before the client opens a new one; 0 = persistent."),
+        help="tcp/dot/doh/doq: queries a connection carries before the client opens a new one; "
+             "0 = persistent."),
     tls_server_name: str = typer.Option(None, "--tls-server-name",
-                                        help="dot/doh: name sent (SNI) and verified; default the server address."),
-    ca_file: Path = typer.Option(None, "--ca-file", help="dot/doh: CA certificate(s) to trust (default: the system's)."),
+                                        help="dot/doh/doq: name sent (SNI) and verified; default the server address."),
+    ca_file: Path = typer.Option(None, "--ca-file", help="dot/doh/doq: CA certificate(s) to trust (default: the system's)."),
     insecure: bool = typer.Option(False, "--insecure",
-                                  help="dot/doh, lab only: accept any certificate (no verification)."),
+                                  help="dot/doh/doq, lab only: accept any certificate (no verification)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live progress."),
     ramp: bool = typer.Option(False, "--ramp", help="Raise the open-loop rate step by step to the capacity."),
     max_loss: float = typer.Option(1.0, "--max-loss", help="--ramp: a step fails above this loss, percent."),
