@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 from test_encrypted_listeners import wait_log
 from test_http_e2e import free_tcp_port, scrape, total
@@ -304,6 +306,44 @@ def test_at_the_connection_limit_the_oldest_idle_connection_makes_way(upstream, 
         b.srv.stop()
     assert evicted == 1
     assert closed == [True] + [False] * MAX_CONNECTIONS_BACK
+
+
+def half_open(back: Back, n: int) -> list[socket.socket]:
+    """`n` connections that send their first flight and nothing more: handshakes never done."""
+    socks = []
+    for _ in range(n):
+        quic = QuicConnection(configuration=client_config(back.ca))
+        quic.connect(("127.0.0.1", back.port), now=time.monotonic())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(("127.0.0.1", back.port))
+        for data, _addr in quic.datagrams_to_send(now=time.monotonic()):
+            sock.send(data)
+        socks.append(sock)
+    return socks
+
+
+def test_handshakes_are_bounded_in_number_and_in_time(upstream, pki):
+    idle = 2.0
+    b = start_back(upstream.addr, pki, idle=idle)
+    socks = half_open(b, MAX_CONNECTIONS_BACK)
+    try:
+        time.sleep(0.3)
+        turned_away = send_raw(b, [query_bytes(0)], wait=5)  # one handshake too many
+        assert turned_away.closed_by_server and not turned_away.streams
+        # EXCESSIVE_LOAD, sent before the handshake is done: as QUIC's APPLICATION_ERROR (RFC 9000 10.2.3)
+        assert turned_away.ended.result().error_code == QuicErrorCode.APPLICATION_ERROR
+        deadline = time.monotonic() + idle + 8
+        while True:  # the stalled ones are dropped after the idle timeout: room again
+            try:
+                assert doq_query(b).rcode() == dns.rcode.NOERROR
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the stalled handshakes kept their places"
+                time.sleep(0.5)
+    finally:
+        for sock in socks:
+            sock.close()
+        b.srv.stop()
 
 
 def test_sighup_gives_new_connections_the_new_certificate(upstream, tmp_path):
