@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/mypy" ]; then
       echo "[lint] python3 cannot make a venv yet (python3-venv): the checks run after setup"
       exit 3
     fi
-    deps=$(python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["redis"] + x["lab"] + x["lint"]))')
+    deps=$(python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["redis"] + x["quic"] + x["lab"] + x["lint"]))')
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install -q -c constraints.txt $deps
   fi
