@@ -57,9 +57,13 @@ class Doq(Connection, asyncio.DatagramProtocol):
         self.transport = cast(asyncio.Transport, udp)  # close, abort and is_closing are all the pool uses
         self.peer = udp.get_extra_info("peername")
         try:
+            if self.closed:  # the pool closed it while the socket was being made
+                raise HandshakeFailed("closed before the handshake began")
             self.quic.connect(self.peer, now=self.loop.time())
             self.flush()
             await asyncio.shield(self.handshake)
+            if self.closed:
+                raise HandshakeFailed("closed during the handshake")
         except BaseException:  # failed or timed out: nothing may stay open
             self.closed = True
             udp.close()
@@ -102,6 +106,9 @@ class Doq(Connection, asyncio.DatagramProtocol):
         self.reads += 1
         self.quic.receive_datagram(data, self.peer, now=self.loop.time())  # connected: only the peer's come
         self._events()
+        closing = self.quic._close_event  # the server's close: aioquic tells of it only after 3 PTOs of draining
+        if closing is not None and not self.closed and self.handshake.done():
+            self._terminated(closing)  # so no query is written into a connection that is draining
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -158,12 +165,15 @@ class Doq(Connection, asyncio.DatagramProtocol):
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeFailed(f"QUIC handshake failed: {reason}"))
             return
-        if event.error_code == doqwire.EXCESSIVE_LOAD and not self.answers:
+        if self.closed:
+            return  # told already (at the close frame, or it was ours)
+        app = event.frame_type is None  # DoQ's own codes (RFC 9250 4.3), not QUIC's transport ones
+        if app and event.error_code == doqwire.EXCESSIVE_LOAD and not self.answers:
             self.refused(self, f"the server turned the connection away: {reason}")  # backoff, as for a refusal
         self.closed = True
         # A server that closes without an error (idle, shutting down) works on none of the queries left:
         # they are asked once more on another connection, as past an HTTP/2 GOAWAY
-        kind = Untaken if event.error_code == doqwire.NO_ERROR else StreamError
+        kind = Untaken if app and event.error_code == doqwire.NO_ERROR else StreamError
         for _q, fut, _e in list(self.waiting.values()):
             if not fut.done():
                 fut.set_exception(kind(f"{self.addr} closed the QUIC connection: {reason}"))

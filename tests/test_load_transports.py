@@ -3,6 +3,7 @@ against Heimdall's DoQ listener, with a test CA."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -133,6 +134,31 @@ def test_doq_answers_every_query_on_its_connections(doq_server, pki, per_connect
         assert r["sent"] / 5 <= c["opened"] <= r["sent"] / 5 + 2 * CLIENTS
     else:
         assert c["opened"] == CLIENTS
+
+
+def test_doq_queries_that_time_out_give_their_streams_back(upstream, pki):
+    """A server that never answers: every timed-out query stops its stream, so the server's 32 streams
+    per connection do not run out and all 120 queries reach it over one connection."""
+    from test_doq import start_back
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the back's upstream: takes, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    b = start_back(f"127.0.0.1:{silent.getsockname()[1]}", pki, HEIMDALL_UPSTREAM_TIMEOUT="30")
+    try:
+        r = load_doq(b, pki, test_type="cache-miss", clients=1, qps=60, duration=2.0, timeout_ms=200)
+        seen = 0
+        while True:
+            try:
+                silent.recv(4096)
+                seen += 1
+            except socket.timeout:
+                break
+    finally:
+        b.srv.stop()
+        silent.close()
+    assert r["connections"]["opened"] == 1 and r["received"] == 0 and r["timeouts"] == r["sent"] >= 100
+    assert seen >= r["sent"] - 5, (seen, r["sent"])  # without giving streams back: 32
 
 
 def test_doq_with_an_untrusted_ca_counts_failed_handshakes(doq_server, pki):

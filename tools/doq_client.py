@@ -52,11 +52,16 @@ class DoqConnection:
         self.eof = False
         self.http_errors = 0  # streams the server reset (counted with DoH's HTTP errors)
         self.ready = False
-        self.ids: dict[int, bytes] = {}  # stream -> its query's ID
+        self.ids: dict[int, bytes] = {}  # stream -> its query's ID, until answered or given up
+        self.streams: dict[bytes, int] = {}  # the other way
         self.inbox: dict[int, bytearray] = {}
         self.quic = QuicConnection(configuration=config)
         self.quic.connect(self.peer, now=time.monotonic())
-        self._transmit()
+        try:
+            self._transmit()
+        except ConnectionLost:
+            self.sock.close()
+            raise
 
     @property
     def timer_at(self) -> float | None:
@@ -69,7 +74,22 @@ class DoqConnection:
     def send(self, msg: bytes) -> None:
         sid = self.quic.get_next_available_stream_id()
         self.ids[sid] = msg[:2]
+        self.streams[msg[:2]] = sid
         self.quic.send_stream_data(sid, doqwire.framed(msg), end_stream=True)
+        self._transmit()
+
+    def abandon(self, qid: int) -> None:
+        """The query timed out: stop its stream (DOQ_REQUEST_CANCELLED), so a server that never answers
+        does not keep the stream, and with it one of the streams it allows, for the connection's life."""
+        sid = self.streams.pop(qid.to_bytes(2, "big"), None)
+        if sid is None or self.ids.pop(sid, None) is None:
+            return
+        self.inbox.pop(sid, None)
+        try:
+            self.quic.stop_stream(sid, doqwire.REQUEST_CANCELLED)
+            self.quic.reset_stream(sid, doqwire.REQUEST_CANCELLED)
+        except (ValueError, RuntimeError):  # its state is gone already
+            return
         self._transmit()
 
     def on_writable(self) -> None:
@@ -77,15 +97,23 @@ class DoqConnection:
 
     def on_readable(self) -> list[bytes]:
         now = time.monotonic()
+        failed: OSError | None = None
         while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # port unreachable: nothing listens there
-                raise ConnectionLost(f"receive: {exc.strerror or exc}", connect=not self.ready) from None
+                failed = exc
+                break
             self.quic.receive_datagram(data, self.peer, now=now)
-        return self._after()
+        out = self._after()
+        if failed is not None:
+            if out:  # what came before it counts: then the connection closes as one the server closed
+                self.eof = True
+                return out
+            raise ConnectionLost(f"receive: {failed.strerror or failed}", connect=not self.ready)
+        return out
 
     def on_timer(self) -> list[bytes]:
         self.quic.handle_timer(now=max(self.quic.get_timer() or 0.0, time.monotonic()))
@@ -105,11 +133,15 @@ class DoqConnection:
                 if event.end_stream:
                     msg = doqwire.message(self.inbox.pop(event.stream_id))
                     qid = self.ids.pop(event.stream_id, None)
-                    if msg is not None and qid is not None and len(msg) >= 12:
-                        out.append(qid + msg[2:])
+                    if qid is not None:
+                        self.streams.pop(qid, None)
+                        if msg is not None and len(msg) >= 12:
+                            out.append(qid + msg[2:])
             elif isinstance(event, events.StreamReset):
                 self.inbox.pop(event.stream_id, None)
-                self.ids.pop(event.stream_id, None)
+                qid = self.ids.pop(event.stream_id, None)
+                if qid is not None:
+                    self.streams.pop(qid, None)
                 self.http_errors += 1
             elif isinstance(event, events.HandshakeCompleted):
                 self.ready = True

@@ -97,6 +97,9 @@ class TcpConnection:
         if self.state == READY:
             self.flush()
 
+    def abandon(self, qid: int) -> None:
+        """Hook: the query with this ID timed out (DoQ stops its stream; a TCP stream has none)."""
+
     def on_writable(self) -> None:
         if self.state == CONNECTING:
             self._connected()

@@ -219,6 +219,7 @@ class ClientPool:
                 continue
             del pending[key]
             conn.outstanding.discard(key)
+            conn.abandon(key & 0xFFFF)
             if ent[3]:
                 self.cnt[TIMEOUTS] += 1
             if conn.retired and not conn.outstanding:
