@@ -42,7 +42,7 @@ from heimdall.parsers import (  # noqa: F401 - re-exported: callers import them 
     parse_redis_url,
     size_in,
 )
-from heimdall.upstreamurl import parse_upstream_list
+from heimdall.upstreamurl import parse_upstream_list, transport
 
 if TYPE_CHECKING:
     from heimdall.forwardzones import ForwardZone
@@ -207,7 +207,7 @@ class Config:
             raise ConfigError(f"HEIMDALL_HTTP_BIND_ADDR {http} is reachable beyond this machine: set HEIMDALL_API_TOKEN "
                               "so that /api calls (pause blocking, flush the cache) need it")
         upstreams = [*self.upstream_servers, *(u for zone in self.forward_zones for u in zone.upstreams)]
-        quic = self.quic_bind_addr is not None or any(getattr(u, "transport", "") == "quic" for u in upstreams)
+        quic = self.quic_bind_addr is not None or any(transport(u) == "quic" for u in upstreams)
         if quic and importlib.util.find_spec("aioquic") is None:
             raise ConfigError("DNS over QUIC (HEIMDALL_QUIC_BIND_ADDR or a quic:// upstream) needs the aioquic "
                               "package, which the server's install leaves out: pip install 'heimdall-dns[quic]'")

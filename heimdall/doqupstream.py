@@ -174,9 +174,7 @@ class Doq(Connection, asyncio.DatagramProtocol):
         # A server that closes without an error (idle, shutting down) works on none of the queries left:
         # they are asked once more on another connection, as past an HTTP/2 GOAWAY
         kind = Untaken if app and event.error_code == doqwire.NO_ERROR else StreamError
-        for _q, fut, _e in list(self.waiting.values()):
-            if not fut.done():
-                fut.set_exception(kind(f"{self.addr} closed the QUIC connection: {reason}"))
+        self.fail(f"{self.addr} closed the QUIC connection: {reason}", kind)
         if self.transport is not None:
             self.transport.close()
 

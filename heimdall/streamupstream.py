@@ -171,11 +171,12 @@ class Connection(asyncio.Protocol):
         else:
             fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
 
-    def fail(self, reason: str) -> None:
-        """Every query waiting here fails with `reason` (failover takes them elsewhere)."""
+    def fail(self, reason: str, kind: type[StreamError] = StreamError) -> None:
+        """Every query waiting here fails with `reason` (failover takes them elsewhere; Untaken: the pool
+        asks them once more first)."""
         for _q, fut, _e in list(self.waiting.values()):
             if not fut.done():
-                fut.set_exception(StreamError(reason))
+                fut.set_exception(kind(reason))
 
     def _arm_idle(self) -> None:
         if not self.waiting and not self.closed and self.idle is None and self.transport is not None:

@@ -227,22 +227,22 @@ class ClientPool:
             if self.closed and self.sending:
                 self.again.append(key >> 16)
 
-    def next_timer(self, due: int) -> int:
-        """The earlier of `due` and the first connection timer (QUIC's acks and loss recovery), in ns."""
-        if self.timed:
-            for conn in self.conns.values():
+    def tick(self, now: int) -> int | None:
+        """Run the connection timers (QUIC's acks and loss recovery) that are due at `now`; when the
+        next one is due (ns), or None, for the loop's wait: one pass over the connections for both."""
+        if not self.timed:
+            return None
+        due = None
+        for conn in list(self.conns.values()):
+            at = conn.timer_at  # type: ignore[attr-defined]
+            if at is not None and at * 1e9 <= now:
+                self.event(conn.fd, TIMER)
+                if self.conns.get(conn.fd) is not conn:
+                    continue  # closed by what its timer found
                 at = conn.timer_at  # type: ignore[attr-defined]
-                if at is not None:
-                    due = min(due, int(at * 1e9))
+            if at is not None and (due is None or at * 1e9 < due):
+                due = int(at * 1e9)
         return due
-
-    def tick(self, now: int) -> None:
-        """Run the connection timers that are due."""
-        if self.timed:
-            for conn in list(self.conns.values()):
-                at = conn.timer_at  # type: ignore[attr-defined]
-                if at is not None and at * 1e9 <= now:
-                    self.event(conn.fd, TIMER)
 
     def event(self, fd: int, ev: int) -> None:
         """One epoll event (or TIMER): advance the connection, count what arrived, close it when it is done."""
@@ -343,14 +343,15 @@ def run_stream_worker(spec: WorkerSpec, progress: Any, start: Any, stop: Any, re
         while retries and retries[0][0] <= now:
             pool.issue(retries.popleft()[1])
         pool.expire(now)
-        pool.tick(now)
+        timer = pool.tick(now)
         if now >= next_progress:
             next_progress = now + PROGRESS_NS
             _publish(progress, base, pool.cnt, 1 if now < t_measure else 2)
         due = next_progress if not deadlines or deadlines[0][0] >= next_progress else deadlines[0][0]
         if retries:
             due = min(due, retries[0][0])
-        due = pool.next_timer(due)
+        if timer is not None:
+            due = min(due, timer)
         if sending:
             due = min(due, t_end, next_send) if not closed else min(due, t_end)
             if now < t_measure:
