@@ -32,13 +32,10 @@ from heimdall.http2frame import (
     END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
-    FRAME_SIZE,
-    FRAME_SIZE_ERROR,
     GOAWAY,
     HEADER,
     HEADERS,
     MAX_STREAMS,
-    MAX_WINDOW,
     OUR_SETTINGS,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -75,9 +72,7 @@ class Http2Connection(Http2Endpoint):
     def __init__(self, on_request: OnRequest, write: Callable[[list[bytes]], None], close: Callable[[], None]):
         super().__init__()
         self.on_request, self.write, self.close = on_request, write, close
-        self.buf = bytearray()
         self.preface = False  # the client's preface and first SETTINGS have arrived
-        self.closed = False
         self.streams: dict[int, Stream] = {}
         self.last_sid = 0  # the highest stream the client opened
         self.blocks = HeaderBlocks()
@@ -107,26 +102,17 @@ class Http2Connection(Http2Endpoint):
         self.close_if_left()
 
     def frames(self) -> None:
-        buf = self.buf
         if not self.preface:
-            if not take_preface(buf):
+            if not take_preface(self.buf):
                 return
             self.preface = True
-        pos, end = 0, len(buf)
-        while end - pos >= 9 and not self.closed:
-            head, flags, sid = HEADER.unpack_from(buf, pos)
-            size, kind, sid = head >> 8, head & 0xFF, sid & MAX_WINDOW
-            if size > FRAME_SIZE:
-                raise Violation(FRAME_SIZE_ERROR)
-            if end - pos - 9 < size:
-                break
-            payload = bytes(buf[pos + 9:pos + 9 + size])
-            pos += 9 + size
-            if kind == HEADERS and flags & WHOLE_BLOCK == END_HEADERS and sid & 1 and self.block is None:
-                self.header_block(sid, flags, payload)  # a request's whole header block (headers() in short)
-            else:
-                self.frame(kind, flags, sid, payload)
-        del buf[:pos]
+        super().frames()
+
+    def received(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if kind == HEADERS and flags & WHOLE_BLOCK == END_HEADERS and sid & 1 and self.block is None:
+            self.header_block(sid, flags, payload)  # a request's whole header block (headers() in short)
+        else:
+            self.frame(kind, flags, sid, payload)
 
     def on_rst_stream(self, sid: int, code: int) -> None:
         self.streams.pop(sid, None)

@@ -35,8 +35,6 @@ from heimdall.http2frame import (
     ENABLE_PUSH,
     END_HEADERS,
     END_STREAM,
-    FRAME_SIZE,
-    FRAME_SIZE_ERROR,
     GOAWAY,
     HEADER,
     HEADERS,
@@ -91,10 +89,8 @@ class Http2Client(Http2Endpoint):
         self.next_sid = 1
         self.max_streams = MAX_WINDOW  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
         self.recv_window = CONNECTION_WINDOW
-        self.buf = bytearray()
         self.settled = False  # the server's first SETTINGS came, as its preface must begin
         self.heads = ReplyHeadBlocks(MAX_HEAD)
-        self.closed = False
         self.goaway = False  # the server is leaving: no new streams; those it took may still be answered
         self.out += [PREFACE, CLIENT_SETTINGS, frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", CONNECTION_WINDOW - WINDOW))]
 
@@ -149,24 +145,12 @@ class Http2Client(Http2Endpoint):
             self.recv_window += self.consumed
             self.consumed = 0
 
-    def frames(self) -> None:
-        buf = self.buf
-        pos, end = 0, len(buf)
-        while end - pos >= 9 and not self.closed:
-            head, flags, sid = HEADER.unpack_from(buf, pos)
-            size, kind, sid = head >> 8, head & 0xFF, sid & MAX_WINDOW
-            if size > FRAME_SIZE:
-                raise Violation(FRAME_SIZE_ERROR)
-            if end - pos - 9 < size:
-                break
-            payload = bytes(buf[pos + 9:pos + 9 + size])
-            pos += 9 + size
-            if not self.settled:
-                if kind != SETTINGS or flags & ACK:
-                    raise Violation(PROTOCOL_ERROR)  # the server's preface is a SETTINGS frame
-                self.settled = True
-            self.frame(kind, flags, sid, payload)
-        del buf[:pos]
+    def received(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if not self.settled:
+            if kind != SETTINGS or flags & ACK:
+                raise Violation(PROTOCOL_ERROR)  # the server's preface is a SETTINGS frame
+            self.settled = True
+        self.frame(kind, flags, sid, payload)
 
     def on_rst_stream(self, sid: int, code: int) -> None:
         self.fail_stream(sid, f"stream reset ({error_name(code)})", untaken=code == REFUSED_STREAM)

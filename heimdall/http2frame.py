@@ -99,6 +99,8 @@ class Http2Endpoint:
     block_sid = block_flags = 0
 
     def __init__(self) -> None:
+        self.buf = bytearray()  # bytes received and not yet taken as whole frames
+        self.closed = False
         self.streams: dict[int, Any] = {}
         self.out: list[bytes] = []  # frames to send
         self.peer = PeerSettings()
@@ -136,6 +138,26 @@ class Http2Endpoint:
 
     def setting(self, key: int, value: int) -> None:
         """Hook: one of the peer's settings, before PeerSettings takes it."""
+
+    def frames(self) -> None:
+        """Each whole frame in `buf` to `received`; a frame's last bytes may come in a later read."""
+        buf = self.buf
+        pos, end = 0, len(buf)
+        while end - pos >= 9 and not self.closed:
+            head, flags, sid = HEADER.unpack_from(buf, pos)
+            size, kind, sid = head >> 8, head & 0xFF, sid & MAX_WINDOW
+            if size > FRAME_SIZE:
+                raise Violation(FRAME_SIZE_ERROR)
+            if end - pos - 9 < size:
+                break
+            payload = bytes(buf[pos + 9:pos + 9 + size])
+            pos += 9 + size
+            self.received(kind, flags, sid, payload)
+        del buf[:pos]
+
+    def received(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        """Hook: one frame, before `frame` acts on it."""
+        self.frame(kind, flags, sid, payload)
 
     def frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self.block is not None and kind != CONTINUATION:
