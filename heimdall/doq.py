@@ -12,7 +12,8 @@ The connection limits and the idle timeout of HEIMDALL_TCP_* hold here as for
 DoT and DoH (a TcpListener of its own counts the connections): a connection
 is active when a whole query arrives, and one idle for the timeout is closed;
 a handshake must be done within the timeout, and no more handshakes may be
-under way than connections are allowed. A connection has at most MAX_STREAMS
+under way than connections are allowed (a client's first Initial past that
+is answered with CONNECTION_REFUSED before any TLS work: `DoqServer`). A connection has at most MAX_STREAMS
 queries open, each stream at most one message long (`bounded`). A stream that
 gets no answer (rate limit, internal error) or that the client reset is reset.
 The certificate is the DoT and DoH listeners' one, re-read on SIGHUP for new
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
@@ -103,14 +105,11 @@ class DoqConnection(QuicConnectionProtocol):
         self.idle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             server.config.tcp_idle_timeout, self._handshake_overdue)
         server.handshaking.add(self)
-        self.crowded = len(server.handshaking) > server.config.tcp_max_connections
 
     def datagram_received(self, data: bytes | str, addr: object) -> None:
         if self.peer is None:
             self.peer = addr
         super().datagram_received(data, addr)
-        if self.crowded and not self.closing:
-            self.close(doqwire.EXCESSIVE_LOAD, "too many connections in their handshake")
 
     def _handshake_overdue(self) -> None:
         self.idle = None
@@ -239,6 +238,28 @@ class DoqConnection(QuicConnectionProtocol):
             self.listener.release(self)
 
 
+class DoqServer(QuicServer):
+    """aioquic's server, which turns a connection away before any TLS work when the listener has
+    as many handshakes under way as it allows connections: a flood of Initials costs an Initial
+    each (a key derivation and one seal), not a handshake each."""
+
+    def __init__(self, listener: "DoqListener", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listener = listener
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        lst = self.listener
+        if len(lst.handshaking) >= lst.config.tcp_max_connections and isinstance(data, bytes):
+            cfg = lst.quic_config
+            header = doqwire.first_initial(data, cfg.connection_id_length, cfg.supported_versions)
+            if header is not None and header.destination_cid not in self._protocols:
+                lst.limits.counters.tcp_rejected += 1
+                assert self._transport is not None
+                self._transport.sendto(doqwire.refusal(header), addr)
+                return
+        super().datagram_received(data, addr)
+
+
 class DoqListener:
     """One worker's DoQ server on its bound UDP socket."""
 
@@ -267,7 +288,7 @@ class DoqListener:
             return DoqConnection(quic, self)
 
         def server() -> QuicServer:
-            return QuicServer(configuration=self.quic_config, create_protocol=connection)
+            return DoqServer(self, configuration=self.quic_config, create_protocol=connection)
 
         _, self.server = await loop.create_datagram_endpoint(server, sock=self.sock)
 

@@ -15,7 +15,12 @@ import ssl
 import warnings
 from pathlib import Path
 
-from aioquic.quic.configuration import QuicConfiguration
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import TRANSPORT_CLOSE_FRAME_CAPACITY
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicHeader, QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicPacketBuilder
 
 ALPN = "doq"
 
@@ -71,3 +76,34 @@ def server_configuration(cert_file: str, key_file: str, idle_timeout: float) -> 
                                max_stream_data=MAX_MESSAGE)  # a stream carries one message
     config.load_cert_chain(cert_file, key_file)
     return config
+
+
+def first_initial(data: bytes, cid_length: int, versions: list[int]) -> QuicHeader | None:
+    """The header of `data` when it is a client's first Initial in a version we speak, else None."""
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
+    except ValueError:
+        return None
+    if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        return None
+    return header if header.version in versions else None
+
+
+def refusal(header: QuicHeader) -> bytes:
+    """An Initial closing the connection `header` would open with CONNECTION_REFUSED (RFC 9000 10.2.3).
+
+    Its keys come from the client's Destination Connection ID alone, so refusing
+    costs no TLS work; it is smaller than the client's datagram, so a spoofed
+    source gains nothing from it."""
+    crypto = CryptoPair()
+    assert header.version is not None  # an Initial always names its version
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+    builder = QuicPacketBuilder(host_cid=header.destination_cid, peer_cid=header.source_cid, version=header.version,
+                                is_client=False, max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE)
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY)
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)  # the frame type that caused it: none in particular
+    buf.push_uint_var(0)  # no reason phrase
+    datagrams, _ = builder.flush()
+    return datagrams[0]

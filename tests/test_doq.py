@@ -136,10 +136,12 @@ def client_config(ca: Path) -> QuicConfiguration:
     return config
 
 
-def raw(back: Back, script, host: str = "127.0.0.1") -> Watched:
-    """Run `await script(client)` on a new raw connection to the back; the client afterwards."""
+def raw(back: Back, script, host: str = "127.0.0.1", handshake: bool = True) -> Watched:
+    """Run `await script(client)` on a new raw connection to the back (once its handshake is done,
+    if `handshake`); the client afterwards."""
     async def run() -> Watched:
-        async with connect(host, back.port, configuration=client_config(back.ca), create_protocol=Watched) as client:
+        async with connect(host, back.port, configuration=client_config(back.ca), create_protocol=Watched,
+                           wait_connected=handshake) as client:
             await script(client)
             return client
     return asyncio.run(run())
@@ -328,10 +330,15 @@ def test_handshakes_are_bounded_in_number_and_in_time(upstream, pki):
     socks = half_open(b, MAX_CONNECTIONS_BACK)
     try:
         time.sleep(0.3)
-        turned_away = send_raw(b, [query_bytes(0)], wait=5)  # one handshake too many
+        async def first_flight(client: Watched) -> None:
+            client.transmit()
+            await client.settle(5)
+        turned_away = raw(b, first_flight, handshake=False)  # one handshake too many
         assert turned_away.closed_by_server and not turned_away.streams
-        # EXCESSIVE_LOAD, sent before the handshake is done: as QUIC's APPLICATION_ERROR (RFC 9000 10.2.3)
-        assert turned_away.ended.result().error_code == QuicErrorCode.APPLICATION_ERROR
+        # refused in the server's first Initial, before any TLS work (after it, the close would be
+        # DoQ's EXCESSIVE_LOAD carried as QUIC's APPLICATION_ERROR: RFC 9000 10.2.3)
+        assert turned_away.ended.result().error_code == QuicErrorCode.CONNECTION_REFUSED
+        assert total(scrape(b.http), "heimdall_tcp_rejected_total") == 1
         deadline = time.monotonic() + idle + 8
         while True:  # the stalled ones are dropped after the idle timeout: room again
             try:
