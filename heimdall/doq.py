@@ -13,9 +13,10 @@ DoT and DoH (a TcpListener of its own counts the connections): a connection
 is active when a whole query arrives, and one idle for the timeout is closed;
 a handshake must be done within the timeout, and no more handshakes may be
 under way than connections are allowed (a client's first Initial past that
-is answered with CONNECTION_REFUSED before any TLS work: `DoqServer`). A connection has at most MAX_STREAMS
-queries open, each stream at most one message long (`bounded`). A stream that
-gets no answer (rate limit, internal error) or that the client reset is reset.
+is answered with CONNECTION_REFUSED before any TLS work: `DoqServer`). A
+connection has at most MAX_STREAMS queries open, each stream at most one
+message long (`bounded`). A stream that gets no answer (rate limit, internal
+error) or that the client reset is reset.
 The certificate is the DoT and DoH listeners' one, re-read on SIGHUP for new
 connections.
 """
