@@ -80,9 +80,7 @@ class Http2(Connection):
             self.close()
 
     def _stream_failed(self, qid: int, reason: str, untaken: bool) -> None:
-        entry = self.waiting.get(qid)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception((Untaken if untaken else StreamError)(f"{self.addr} {reason}"))
+        self.fail_query(qid, f"{self.addr} {reason}", Untaken if untaken else StreamError)
 
     def _abandon(self, reason: str) -> None:
         """No new streams here; every query waiting fails over; the connection closes."""

@@ -156,9 +156,8 @@ class Doq(Connection, asyncio.DatagramProtocol):
     def _stream_failed(self, sid: int, reason: str) -> None:
         self.inbox.pop(sid, None)
         qid = self.by_stream.pop(sid, None)
-        entry = self.waiting.get(qid) if qid is not None else None
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(StreamError(f"{self.addr} {reason}"))
+        if qid is not None:
+            self.fail_query(qid, f"{self.addr} {reason}")
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
         reason = event.reason_phrase or f"error {event.error_code:#x}"

@@ -171,6 +171,12 @@ class Connection(asyncio.Protocol):
         else:
             fut.set_exception(StreamError(f"{self.addr} answered a stream with a reply that does not match its query"))
 
+    def fail_query(self, qid: int, reason: str, kind: type[StreamError] = StreamError) -> None:
+        """Query `qid` alone fails with `reason` (its stream did: DoH, DoQ)."""
+        entry = self.waiting.get(qid)
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(kind(reason))
+
     def fail(self, reason: str, kind: type[StreamError] = StreamError) -> None:
         """Every query waiting here fails with `reason` (failover takes them elsewhere; Untaken: the pool
         asks them once more first)."""
